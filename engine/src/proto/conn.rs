@@ -1,0 +1,1705 @@
+//! The per-connection WebSocket state machine (RFC 6455 sections 5 and 7), after the handshake.
+//!
+//! No I/O and no clock: the caller hands in received bytes and `now`, and takes the bytes this
+//! module appends to `out` to the socket. Modelled on quinn-proto: `poll_event` drains input into
+//! events, `poll_timeout` / `handle_timeout` drive keepalive and the close deadline.
+//!
+//! Memory: an idle connection owns no heap memory. The `partial` buffer holds only the tail of
+//! a frame split across inputs and the `message` buffer only a fragmented message being
+//! reassembled; both are replaced by `Vec::new()` as soon as their content has been consumed
+//! (at the next `poll_event` call when an event still borrowed them).
+
+use std::time::{Duration, Instant};
+
+use super::frame::{
+    parse_header, write_close, write_frame, FrameHeader, ProtocolError, MAX_CONTROL_PAYLOAD,
+    OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// Shared by every connection of a shard; passed by reference, never copied into a connection.
+#[derive(Clone, Debug)]
+pub struct ProtoConfig {
+    /// A frame or reassembled message larger than this -> close 1009.
+    pub max_message_size: usize,
+    /// Keepalive ping period; None = never ping.
+    pub ping_interval: Option<Duration>,
+    /// After a ping, a peer that sends no frame at all within this is dead (close 1011).
+    pub pong_timeout: Duration,
+    /// How long to wait for the peer's Close after we sent ours.
+    pub close_timeout: Duration,
+}
+
+impl Default for ProtoConfig {
+    fn default() -> Self {
+        ProtoConfig {
+            max_message_size: 16 << 20,
+            ping_interval: Some(Duration::from_secs(20)),
+            pong_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Initiator {
+    Local,
+    Peer,
+    Abnormal,
+}
+
+impl Initiator {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Initiator::Local => "local",
+            Initiator::Peer => "peer",
+            Initiator::Abnormal => "abnormal",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloseInfo {
+    pub code: u16,
+    pub reason: String,
+    pub initiator: Initiator,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MessageKind {
+    Text,
+    Binary,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Event<'a> {
+    /// One complete (reassembled, unmasked, UTF-8-checked for Text) message.
+    Message {
+        kind: MessageKind,
+        payload: &'a [u8],
+    },
+    /// The peer pinged us; the Pong is already written to `out` (informational).
+    Ping(&'a [u8]),
+    /// rtt = now - time our outstanding ping was sent, when the payload matches it.
+    Pong {
+        payload: &'a [u8],
+        rtt: Option<Duration>,
+    },
+    /// Returned by handle_timeout when it wrote a keepalive ping to `out`.
+    PingSent,
+    /// The connection is finished: flush `out`, then close TCP. Returned exactly once.
+    Closed(CloseInfo),
+}
+
+/// Why a message could not be sent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SendError {
+    /// The close handshake has started (or finished): no more data may be sent.
+    Closed,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection is closing or closed")
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Received bytes plus a read position. Frames are unmasked in place, so the slice is mutable.
+#[derive(Debug)]
+pub struct Input<'b> {
+    data: &'b mut [u8],
+    pos: usize,
+}
+
+impl<'b> Input<'b> {
+    pub fn new(data: &'b mut [u8]) -> Self {
+        Input { data, pos: 0 }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+    pub fn remaining(&self) -> usize {
+        self.data.len().saturating_sub(self.pos)
+    }
+    /// Bytes consumed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+}
+
+enum State {
+    Open,
+    /// We sent Close(code, reason); waiting for the peer's Close until `deadline`.
+    CloseSent {
+        code: u16,
+        reason: Box<str>,
+        deadline: Instant,
+    },
+    Closed,
+}
+
+/// Where an event's payload lives; resolved to a slice only when the event is returned, so the
+/// frame loop never holds a borrow across iterations.
+#[derive(Clone, Copy)]
+enum Src {
+    Input(usize, usize),
+    Partial(usize, usize),
+    Message,
+}
+
+enum Action {
+    Nothing,
+    Message(MessageKind, Src),
+    Ping(Src),
+    Pong(Src, Option<Duration>),
+    Closed(CloseInfo),
+}
+
+pub struct Connection {
+    /// The start of a frame that did not fit the previous input (at most one frame, bounded by
+    /// max_message_size + 14). Empty whenever frames end on input boundaries.
+    partial: Vec<u8>,
+    /// The last event borrowed `partial`; free it on the next call.
+    release_partial: bool,
+    core: Core,
+}
+
+/// Everything but `partial`, so a frame payload borrowed from `partial` can be handed to the
+/// state machine.
+struct Core {
+    /// A fragmented message being reassembled; empty otherwise.
+    message: Vec<u8>,
+    state: State,
+    /// When the last ping was sent (the connection's start before the first one): the next
+    /// keepalive ping is due at `last_ping_at + ping_interval`.
+    last_ping_at: Instant,
+    /// Set when a ping is sent while none is pending; any inbound frame clears it.
+    /// The pong deadline is `pong_wait_since + pong_timeout`.
+    pong_wait_since: Option<Instant>,
+    /// Counter of pings we sent; the outstanding one is its 8-byte big-endian value.
+    ping_counter: u64,
+    /// xorshift64 state for client-role mask keys.
+    rng: u64,
+    /// Prefix of `message` known to be valid UTF-8 (a Text message in progress).
+    utf8_valid_to: u32,
+    role: Role,
+    /// Kind of the fragmented message in progress.
+    fragment: Option<MessageKind>,
+    /// The outstanding ping (`ping_counter`) has not been answered yet: its pong yields an rtt.
+    rtt_pending: bool,
+    /// The last event borrowed `message`; free it on the next call.
+    release_message: bool,
+}
+
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+fn after(t: Instant, d: Duration) -> Option<Instant> {
+    t.checked_add(d)
+}
+
+impl Connection {
+    /// Open state; `seed` feeds the xorshift used for client-role mask keys; the first ping is
+    /// due at now + ping_interval.
+    pub fn new(role: Role, now: Instant, _cfg: &ProtoConfig, seed: u64) -> Self {
+        Connection {
+            partial: Vec::new(),
+            release_partial: false,
+            core: Core {
+                message: Vec::new(),
+                state: State::Open,
+                last_ping_at: now,
+                pong_wait_since: None,
+                ping_counter: 0,
+                rng: if seed == 0 {
+                    0x9E37_79B9_7F4A_7C15
+                } else {
+                    seed
+                },
+                utf8_valid_to: 0,
+                role,
+                fragment: None,
+                rtt_pending: false,
+                release_message: false,
+            },
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.core.role
+    }
+
+    /// Consume bytes from `input` and return the next event, or None when input is exhausted.
+    /// Call in a loop until None. Control replies are appended to `out`.
+    pub fn poll_event<'a>(
+        &'a mut self,
+        input: &'a mut Input<'_>,
+        out: &mut Vec<u8>,
+        now: Instant,
+        cfg: &ProtoConfig,
+    ) -> Option<Event<'a>> {
+        loop {
+            if self.release_partial {
+                self.partial = Vec::new();
+                self.release_partial = false;
+            }
+            if self.core.release_message {
+                self.core.message = Vec::new();
+                self.core.release_message = false;
+            }
+            if matches!(self.core.state, State::Closed) {
+                input.pos = input.data.len();
+                return None;
+            }
+            let action = if self.partial.is_empty() {
+                self.step_input(input, out, now, cfg)?
+            } else {
+                self.step_partial(input, out, now, cfg)?
+            };
+            if matches!(action, Action::Closed(_)) {
+                self.release_partial = true;
+                input.pos = input.data.len();
+            }
+            if matches!(action, Action::Nothing) {
+                continue;
+            }
+            return Some(self.event(action, input));
+        }
+    }
+
+    fn event<'a>(&'a self, action: Action, input: &'a Input<'_>) -> Event<'a> {
+        let bytes = |src: Src| -> &'a [u8] {
+            match src {
+                Src::Input(s, e) => &input.data[s..e],
+                Src::Partial(s, e) => &self.partial[s..e],
+                Src::Message => &self.core.message,
+            }
+        };
+        match action {
+            // Filtered out by poll_event; an empty message keeps this total.
+            Action::Nothing => Event::Message {
+                kind: MessageKind::Binary,
+                payload: &[],
+            },
+            Action::Message(kind, src) => Event::Message {
+                kind,
+                payload: bytes(src),
+            },
+            Action::Ping(src) => Event::Ping(bytes(src)),
+            Action::Pong(src, rtt) => Event::Pong {
+                payload: bytes(src),
+                rtt,
+            },
+            Action::Closed(info) => Event::Closed(info),
+        }
+    }
+
+    /// Next frame from the input itself (no partial frame pending). None: input exhausted.
+    fn step_input(
+        &mut self,
+        input: &mut Input<'_>,
+        out: &mut Vec<u8>,
+        now: Instant,
+        cfg: &ProtoConfig,
+    ) -> Option<Action> {
+        let start = input.pos;
+        let buf = input.data.get_mut(start..).filter(|b| !b.is_empty())?;
+        let header = match parse_header(buf) {
+            Err(e) => return Some(self.core.fail(out, e)),
+            Ok(None) => {
+                self.partial.extend_from_slice(buf);
+                input.pos = input.data.len();
+                return None;
+            }
+            Ok(Some(h)) => h,
+        };
+        let total = match self.core.check_header(&header, cfg) {
+            Ok(t) => t,
+            Err(e) => return Some(self.core.fail(out, e)),
+        };
+        if buf.len() < total {
+            self.partial.reserve_exact(total);
+            self.partial.extend_from_slice(buf);
+            input.pos = input.data.len();
+            return None;
+        }
+        let (s, e) = (start + header.header_len, start + total);
+        input.pos = e;
+        let payload = &mut input.data[s..e];
+        if let Some(m) = header.mask {
+            fastwebsockets::unmask(payload, m);
+        }
+        Some(
+            self.core
+                .on_frame(&header, payload, Src::Input(s, e), out, now),
+        )
+    }
+
+    /// Continue the frame started in `partial` with bytes from input. None: still incomplete.
+    fn step_partial(
+        &mut self,
+        input: &mut Input<'_>,
+        out: &mut Vec<u8>,
+        now: Instant,
+        cfg: &ProtoConfig,
+    ) -> Option<Action> {
+        if input.is_empty() {
+            return None;
+        }
+        let header = loop {
+            match parse_header(&self.partial) {
+                Err(e) => return Some(self.core.fail(out, e)),
+                Ok(Some(h)) => break h,
+                Ok(None) => {
+                    // At most 13 single-byte steps: headers are short, this path is rare.
+                    let b = *input.data.get(input.pos)?;
+                    self.partial.push(b);
+                    input.pos += 1;
+                }
+            }
+        };
+        let total = match self.core.check_header(&header, cfg) {
+            Ok(t) => t,
+            Err(e) => return Some(self.core.fail(out, e)),
+        };
+        // Invariant: partial never holds more than one frame, so partial.len() <= total.
+        let missing = total.saturating_sub(self.partial.len());
+        if missing > 0 {
+            self.partial.reserve_exact(missing);
+            let take = missing.min(input.remaining());
+            self.partial
+                .extend_from_slice(&input.data[input.pos..input.pos + take]);
+            input.pos += take;
+            if take < missing {
+                return None;
+            }
+        }
+        let (s, e) = (header.header_len, total);
+        let payload = &mut self.partial[s..e];
+        if let Some(m) = header.mask {
+            fastwebsockets::unmask(payload, m);
+        }
+        self.release_partial = true;
+        Some(
+            self.core
+                .on_frame(&header, payload, Src::Partial(s, e), out, now),
+        )
+    }
+
+    /// Append a data message (a single frame, masked in client role) to out.
+    /// Err if the connection is closing or closed.
+    pub fn send_message(
+        &mut self,
+        out: &mut Vec<u8>,
+        kind: MessageKind,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::Closed);
+        }
+        let opcode = match kind {
+            MessageKind::Text => OP_TEXT,
+            MessageKind::Binary => OP_BINARY,
+        };
+        let mask = self.core.out_mask();
+        write_frame(out, true, opcode, mask, payload);
+        Ok(())
+    }
+
+    /// An app-initiated ping, tracked for rtt (and the pong deadline) like keepalive pings.
+    pub fn send_ping(&mut self, out: &mut Vec<u8>, now: Instant) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::Closed);
+        }
+        self.core.write_ping(out, now);
+        Ok(())
+    }
+
+    /// Start the close handshake: write Close(code, reason) to out and wait up to close_timeout
+    /// for the peer's Close. No-op unless open.
+    pub fn close(
+        &mut self,
+        out: &mut Vec<u8>,
+        code: u16,
+        reason: &str,
+        now: Instant,
+        cfg: &ProtoConfig,
+    ) {
+        if !self.is_open() {
+            return;
+        }
+        let mask = self.core.out_mask();
+        write_close(out, mask, code, reason);
+        // Far-future fallback if now + close_timeout overflows: "never" in practice.
+        let deadline =
+            after(now, cfg.close_timeout).unwrap_or(now + Duration::from_secs(86400 * 365));
+        self.core.state = State::CloseSent {
+            code,
+            reason: reason.into(),
+            deadline,
+        };
+        // A message in progress will never be delivered now.
+        if !self.core.release_message {
+            self.core.message = Vec::new();
+        }
+        self.core.pong_wait_since = None;
+    }
+
+    /// The next instant handle_timeout must run; None if nothing is pending.
+    pub fn poll_timeout(&self, cfg: &ProtoConfig) -> Option<Instant> {
+        match &self.core.state {
+            State::Closed => None,
+            State::CloseSent { deadline, .. } => Some(*deadline),
+            State::Open => {
+                let ping = cfg
+                    .ping_interval
+                    .and_then(|i| after(self.core.last_ping_at, i));
+                let pong = self
+                    .core
+                    .pong_wait_since
+                    .and_then(|t| after(t, cfg.pong_timeout));
+                match (ping, pong) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+        }
+    }
+
+    /// Run due timers: write a keepalive ping (PingSent), or finish the connection on the pong or
+    /// close deadline. None if nothing was due.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<u8>,
+        cfg: &ProtoConfig,
+    ) -> Option<Event<'static>> {
+        let info = match &self.core.state {
+            State::Closed => return None,
+            State::CloseSent { code, deadline, .. } => {
+                if now < *deadline {
+                    return None;
+                }
+                CloseInfo {
+                    code: *code,
+                    reason: "close timeout".into(),
+                    initiator: Initiator::Local,
+                }
+            }
+            State::Open => {
+                let pong_due = self
+                    .core
+                    .pong_wait_since
+                    .and_then(|t| after(t, cfg.pong_timeout));
+                if pong_due.is_some_and(|d| d <= now) {
+                    let mask = self.core.out_mask();
+                    write_close(out, mask, 1011, "pong timeout");
+                    CloseInfo {
+                        code: 1011,
+                        reason: "pong timeout".into(),
+                        initiator: Initiator::Local,
+                    }
+                } else {
+                    let ping_due = cfg
+                        .ping_interval
+                        .and_then(|i| after(self.core.last_ping_at, i));
+                    if ping_due.is_some_and(|d| d <= now) {
+                        self.core.write_ping(out, now);
+                        return Some(Event::PingSent);
+                    }
+                    return None;
+                }
+            }
+        };
+        self.finish();
+        Some(Event::Closed(info))
+    }
+
+    /// TCP EOF or error from the peer: Closed{1006, reason, Abnormal} unless already closed.
+    pub fn handle_eof(&mut self, reason: &str) -> Option<CloseInfo> {
+        if self.is_closed() {
+            return None;
+        }
+        self.finish();
+        Some(CloseInfo {
+            code: 1006,
+            reason: reason.into(),
+            initiator: Initiator::Abnormal,
+        })
+    }
+
+    /// Closed was returned.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.core.state, State::Closed)
+    }
+
+    /// Data may still be sent.
+    pub fn is_open(&self) -> bool {
+        matches!(self.core.state, State::Open)
+    }
+
+    /// Enter Closed outside poll_event (no event borrows the buffers): free everything.
+    fn finish(&mut self) {
+        self.core.state = State::Closed;
+        self.partial = Vec::new();
+        self.release_partial = false;
+        self.core.message = Vec::new();
+        self.core.release_message = false;
+        self.core.fragment = None;
+    }
+
+    /// Heap bytes held by this connection's buffers (0 when idle).
+    pub fn buffered_capacity(&self) -> usize {
+        self.partial.capacity() + self.core.message.capacity()
+    }
+}
+
+impl Core {
+    fn out_mask(&mut self) -> Option<[u8; 4]> {
+        match self.role {
+            Role::Server => None,
+            Role::Client => {
+                // xorshift64: mask keys need to be unpredictable to scripts in a browser, not
+                // cryptographically strong; the seed comes from the caller.
+                let mut x = self.rng;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.rng = x;
+                Some(((x >> 32) as u32).to_ne_bytes())
+            }
+        }
+    }
+
+    fn write_ping(&mut self, out: &mut Vec<u8>, now: Instant) {
+        self.ping_counter = self.ping_counter.wrapping_add(1);
+        let mask = self.out_mask();
+        write_frame(out, true, OP_PING, mask, &self.ping_counter.to_be_bytes());
+        self.last_ping_at = now;
+        self.rtt_pending = true;
+        // Keep the earliest unanswered ping: a later ping must not push the deadline out.
+        if self.pong_wait_since.is_none() {
+            self.pong_wait_since = Some(now);
+        }
+    }
+
+    /// Fail the connection: send Close(code, reason) (unless we already sent one) and finish.
+    fn fail(&mut self, out: &mut Vec<u8>, e: ProtocolError) -> Action {
+        if matches!(self.state, State::Open) {
+            let mask = self.out_mask();
+            write_close(out, mask, e.code, e.reason);
+        }
+        self.state = State::Closed;
+        self.fragment = None;
+        self.release_message = true;
+        Action::Closed(CloseInfo {
+            code: e.code,
+            reason: e.reason.into(),
+            initiator: Initiator::Local,
+        })
+    }
+
+    /// Validate a header before any of its payload is buffered; returns the frame's total length.
+    fn check_header(&mut self, h: &FrameHeader, cfg: &ProtoConfig) -> Result<usize, ProtocolError> {
+        // Any inbound frame (even one still arriving) is a sign of life.
+        self.pong_wait_since = None;
+        if h.rsv != 0 {
+            return Err(ProtocolError::new(1002, "reserved bits set"));
+        }
+        if !matches!(
+            h.opcode,
+            OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+        ) {
+            return Err(ProtocolError::new(1002, "unknown opcode"));
+        }
+        match (self.role, h.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::new(1002, "unmasked client frame")),
+            (Role::Client, true) => return Err(ProtocolError::new(1002, "masked server frame")),
+            _ => {}
+        }
+        let buffered = if h.is_control() {
+            if !h.fin {
+                return Err(ProtocolError::new(1002, "fragmented control frame"));
+            }
+            if h.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(ProtocolError::new(1002, "control frame too long"));
+            }
+            0
+        } else {
+            match (self.fragment.is_some(), h.opcode == OP_CONTINUATION) {
+                (false, true) => {
+                    return Err(ProtocolError::new(1002, "unexpected continuation frame"))
+                }
+                (true, false) => {
+                    return Err(ProtocolError::new(1002, "expected continuation frame"))
+                }
+                (true, true) => self.message.len(),
+                (false, false) => 0,
+            }
+        };
+        let room = cfg.max_message_size.saturating_sub(buffered) as u64;
+        if h.payload_len > room {
+            return Err(ProtocolError::new(1009, "message too big"));
+        }
+        usize::try_from(h.payload_len)
+            .ok()
+            .and_then(|n| n.checked_add(h.header_len))
+            .ok_or(ProtocolError::new(1009, "message too big"))
+    }
+
+    /// A complete, unmasked frame whose header passed check_header.
+    fn on_frame(
+        &mut self,
+        h: &FrameHeader,
+        payload: &[u8],
+        src: Src,
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Action {
+        let open = matches!(self.state, State::Open);
+        match h.opcode {
+            OP_TEXT | OP_BINARY => {
+                let kind = if h.opcode == OP_TEXT {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                if h.fin {
+                    if !open {
+                        return Action::Nothing;
+                    }
+                    if kind == MessageKind::Text && simdutf8::basic::from_utf8(payload).is_err() {
+                        return self.fail(
+                            out,
+                            ProtocolError::new(1007, "invalid UTF-8 in text message"),
+                        );
+                    }
+                    return Action::Message(kind, src);
+                }
+                self.fragment = Some(kind);
+                if !open {
+                    return Action::Nothing;
+                }
+                self.message.extend_from_slice(payload);
+                self.utf8_valid_to = 0;
+                self.continue_message(kind, false, out)
+            }
+            OP_CONTINUATION => {
+                let Some(kind) = self.fragment else {
+                    return Action::Nothing; // excluded by check_header
+                };
+                if h.fin {
+                    self.fragment = None;
+                }
+                if !open {
+                    return Action::Nothing;
+                }
+                self.message.extend_from_slice(payload);
+                self.continue_message(kind, h.fin, out)
+            }
+            OP_PING => {
+                if !open {
+                    return Action::Nothing;
+                }
+                let mask = self.out_mask();
+                write_frame(out, true, OP_PONG, mask, payload);
+                Action::Ping(src)
+            }
+            OP_PONG => {
+                let rtt = if self.rtt_pending && payload == self.ping_counter.to_be_bytes() {
+                    self.rtt_pending = false;
+                    Some(now.saturating_duration_since(self.last_ping_at))
+                } else {
+                    None
+                };
+                Action::Pong(src, rtt)
+            }
+            OP_CLOSE => self.on_close(payload, out),
+            _ => Action::Nothing, // excluded by check_header
+        }
+    }
+
+    /// After appending a fragment to `message`: check UTF-8 so far, deliver on the final one.
+    fn continue_message(&mut self, kind: MessageKind, fin: bool, out: &mut Vec<u8>) -> Action {
+        if kind == MessageKind::Text {
+            let from = (self.utf8_valid_to as usize).min(self.message.len());
+            match simdutf8::compat::from_utf8(&self.message[from..]) {
+                Ok(_) => self.utf8_valid_to = self.message.len() as u32,
+                // An incomplete sequence at the end may be completed by the next fragment.
+                Err(e) if e.error_len().is_none() && !fin => {
+                    self.utf8_valid_to = (from + e.valid_up_to()) as u32;
+                }
+                Err(_) => {
+                    return self.fail(
+                        out,
+                        ProtocolError::new(1007, "invalid UTF-8 in text message"),
+                    )
+                }
+            }
+        }
+        if !fin {
+            return Action::Nothing;
+        }
+        self.utf8_valid_to = 0;
+        self.release_message = true;
+        Action::Message(kind, Src::Message)
+    }
+
+    fn on_close(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Action {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::CloseSent { code, reason, .. } => {
+                self.fragment = None;
+                self.release_message = true;
+                Action::Closed(CloseInfo {
+                    code,
+                    reason: reason.into(),
+                    initiator: Initiator::Local,
+                })
+            }
+            State::Closed => Action::Nothing,
+            State::Open => {
+                self.state = State::Open; // so fail() still sends its Close
+                let (code, reason) = match payload {
+                    [] => (1005, String::new()),
+                    [_] => {
+                        return self.fail(out, ProtocolError::new(1002, "invalid close payload"))
+                    }
+                    [hi, lo, rest @ ..] => {
+                        let code = u16::from_be_bytes([*hi, *lo]);
+                        if !valid_close_code(code) {
+                            return self.fail(out, ProtocolError::new(1002, "invalid close code"));
+                        }
+                        match std::str::from_utf8(rest) {
+                            Ok(r) => (code, r.to_string()),
+                            Err(_) => {
+                                return self.fail(
+                                    out,
+                                    ProtocolError::new(1007, "invalid UTF-8 in close reason"),
+                                )
+                            }
+                        }
+                    }
+                };
+                let mask = self.out_mask();
+                // write_close sends an empty payload for 1005: echo "no code" as no code.
+                write_close(out, mask, code, "");
+                self.state = State::Closed;
+                self.fragment = None;
+                self.release_message = true;
+                Action::Closed(CloseInfo {
+                    code,
+                    reason,
+                    initiator: Initiator::Peer,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::write_header;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, Clone)]
+    enum Ev {
+        Msg(MessageKind, Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>, Option<Duration>),
+        PingSent,
+        Closed(CloseInfo),
+    }
+
+    fn own(e: Event<'_>) -> Ev {
+        match e {
+            Event::Message { kind, payload } => Ev::Msg(kind, payload.to_vec()),
+            Event::Ping(p) => Ev::Ping(p.to_vec()),
+            Event::Pong { payload, rtt } => Ev::Pong(payload.to_vec(), rtt),
+            Event::PingSent => Ev::PingSent,
+            Event::Closed(i) => Ev::Closed(i),
+        }
+    }
+
+    fn cfg() -> ProtoConfig {
+        ProtoConfig::default()
+    }
+
+    fn server(now: Instant) -> Connection {
+        Connection::new(Role::Server, now, &cfg(), 1)
+    }
+
+    /// Feed `bytes` as one input; collect events until None.
+    fn feed(
+        c: &mut Connection,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        now: Instant,
+        cfg: &ProtoConfig,
+    ) -> Vec<Ev> {
+        let mut data = bytes.to_vec();
+        let mut input = Input::new(&mut data);
+        let mut evs = Vec::new();
+        while let Some(e) = c.poll_event(&mut input, out, now, cfg) {
+            evs.push(own(e));
+        }
+        assert!(input.is_empty());
+        evs
+    }
+
+    fn feed_chunks(
+        c: &mut Connection,
+        bytes: &[u8],
+        cuts: &[usize],
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Vec<Ev> {
+        let mut evs = Vec::new();
+        let mut prev = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            let cut = cut.clamp(prev, bytes.len());
+            evs.extend(feed(c, &bytes[prev..cut], out, now, &cfg()));
+            prev = cut;
+        }
+        evs
+    }
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A client-to-server frame.
+    fn cframe(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_frame(&mut v, fin, opcode, Some(MASK), payload);
+        v
+    }
+
+    fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+        let mut v = code.to_be_bytes().to_vec();
+        v.extend_from_slice(reason.as_bytes());
+        v
+    }
+
+    /// Parse the frames a connection wrote: (opcode, masked, unmasked payload).
+    fn frames(mut buf: &[u8]) -> Vec<(u8, bool, Vec<u8>)> {
+        let mut v = Vec::new();
+        while !buf.is_empty() {
+            let h = parse_header(buf).unwrap().unwrap();
+            let end = h.header_len + h.payload_len as usize;
+            let mut p = buf[h.header_len..end].to_vec();
+            if let Some(m) = h.mask {
+                fastwebsockets::unmask(&mut p, m);
+            }
+            assert!(h.fin);
+            v.push((h.opcode, h.mask.is_some(), p));
+            buf = &buf[end..];
+        }
+        v
+    }
+
+    fn closed(code: u16, initiator: Initiator) -> impl Fn(&Ev) -> bool {
+        move |e| matches!(e, Ev::Closed(i) if i.code == code && i.initiator == initiator)
+    }
+
+    /// Feed and expect the connection to be failed with `code`, a Close(code) written.
+    fn expect_fail(bytes: &[u8], code: u16) {
+        let now = Instant::now();
+        let mut c = server(now);
+        let mut out = Vec::new();
+        let evs = feed(&mut c, bytes, &mut out, now, &cfg());
+        assert!(
+            evs.last().is_some_and(closed(code, Initiator::Local)),
+            "{evs:?}"
+        );
+        assert!(c.is_closed());
+        let f = frames(&out);
+        assert_eq!(f.last().unwrap().0, OP_CLOSE);
+        assert_eq!(&f.last().unwrap().2[..2], &code.to_be_bytes());
+        assert_eq!(c.buffered_capacity(), 0);
+        // input after Closed is ignored
+        assert!(feed(&mut c, &cframe(true, OP_TEXT, b"x"), &mut out, now, &cfg()).is_empty());
+    }
+
+    #[test]
+    fn connection_is_small() {
+        let size = std::mem::size_of::<Connection>();
+        println!("size_of::<Connection>() = {size}");
+        assert!(size <= 192, "{size}");
+    }
+
+    #[test]
+    fn echo_text_and_binary() {
+        let now = Instant::now();
+        let mut c = server(now);
+        let mut out = Vec::new();
+        let mut bytes = cframe(true, OP_TEXT, "héllo".as_bytes());
+        bytes.extend(cframe(true, OP_BINARY, &[0, 1, 2, 255]));
+        let evs = feed(&mut c, &bytes, &mut out, now, &cfg());
+        assert_eq!(
+            evs,
+            [
+                Ev::Msg(MessageKind::Text, "héllo".into()),
+                Ev::Msg(MessageKind::Binary, vec![0, 1, 2, 255])
+            ]
+        );
+        assert!(out.is_empty());
+        for e in &evs {
+            if let Ev::Msg(k, p) = e {
+                c.send_message(&mut out, *k, p).unwrap();
+            }
+        }
+        assert_eq!(
+            frames(&out),
+            [
+                (OP_TEXT, false, "héllo".as_bytes().to_vec()),
+                (OP_BINARY, false, vec![0, 1, 2, 255])
+            ]
+        );
+        assert_eq!(c.buffered_capacity(), 0);
+    }
+
+    #[test]
+    fn in_place_message_borrows_input() {
+        let now = Instant::now();
+        let mut c = server(now);
+        let mut data = cframe(true, OP_BINARY, &[5; 100]);
+        let range = data.as_ptr_range();
+        let mut input = Input::new(&mut data);
+        let mut out = Vec::new();
+        match c.poll_event(&mut input, &mut out, now, &cfg()) {
+            Some(Event::Message { payload, .. }) => assert!(range.contains(&payload.as_ptr())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lengths_whole_and_chunked() {
+        for len in [0usize, 125, 126, 65535, 65536, 200_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let bytes = cframe(true, OP_BINARY, &payload);
+            let now = Instant::now();
+            let mut out = Vec::new();
+            let mut c = server(now);
+            assert_eq!(
+                feed(&mut c, &bytes, &mut out, now, &cfg()),
+                [Ev::Msg(MessageKind::Binary, payload.clone())]
+            );
+            let mut c = server(now);
+            let cuts: Vec<usize> = (1..)
+                .map(|i| i * 4096)
+                .take_while(|&c| c < bytes.len())
+                .collect();
+            assert_eq!(
+                feed_chunks(&mut c, &bytes, &cuts, &mut out, now),
+                [Ev::Msg(MessageKind::Binary, payload)],
+                "len {len}"
+            );
+            assert_eq!(c.buffered_capacity(), 0);
+            assert!(out.is_empty());
+        }
+    }
+
+    fn fragmented_stream() -> Vec<u8> {
+        let mut b = cframe(false, OP_TEXT, b"Hel");
+        b.extend(cframe(true, OP_PING, b"p"));
+        b.extend(cframe(false, OP_CONTINUATION, b"lo "));
+        b.extend(cframe(true, OP_PONG, b"unsolicited"));
+        b.extend(cframe(true, OP_CONTINUATION, "wörld".as_bytes()));
+        b.extend(cframe(true, OP_BINARY, &[9; 300]));
+        b.extend(cframe(false, OP_BINARY, &[1]));
+        b.extend(cframe(true, OP_CONTINUATION, &[2]));
+        b
+    }
+
+    fn fragmented_expected() -> Vec<Ev> {
+        vec![
+            Ev::Ping(b"p".to_vec()),
+            Ev::Pong(b"unsolicited".to_vec(), None),
+            Ev::Msg(MessageKind::Text, "Hello wörld".into()),
+            Ev::Msg(MessageKind::Binary, vec![9; 300]),
+            Ev::Msg(MessageKind::Binary, vec![1, 2]),
+        ]
+    }
+
+    #[test]
+    fn fragmented_with_interleaved_control() {
+        let now = Instant::now();
+        let mut c = server(now);
+        let mut out = Vec::new();
+        assert_eq!(
+            feed(&mut c, &fragmented_stream(), &mut out, now, &cfg()),
+            fragmented_expected()
+        );
+        assert_eq!(frames(&out), [(OP_PONG, false, b"p".to_vec())]);
+        assert_eq!(c.buffered_capacity(), 0);
+    }
+
+    #[test]
+    fn byte_at_a_time_gives_same_events() {
+        let bytes = fragmented_stream();
+        let now = Instant::now();
+        let mut c = server(now);
+        let mut out = Vec::new();
+        let cuts: Vec<usize> = (1..bytes.len()).collect();
+        assert_eq!(
+            feed_chunks(&mut c, &bytes, &cuts, &mut out, now),
+            fragmented_expected()
+        );
+        assert_eq!(frames(&out), [(OP_PONG, false, b"p".to_vec())]);
+        // and every single split point
+        for cut in 1..bytes.len() {
+            let mut c = server(now);
+            let mut out = Vec::new();
+            assert_eq!(
+                feed_chunks(&mut c, &bytes, &[cut], &mut out, now),
+                fragmented_expected(),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn protocol_errors_1002() {
+        let mut unmasked = Vec::new();
+        write_frame(&mut unmasked, true, OP_TEXT, None, b"hi");
+        expect_fail(&unmasked, 1002);
+        let mut rsv = cframe(true, OP_TEXT, b"hi");
+        rsv[0] |= 0x40;
+        expect_fail(&rsv, 1002);
+        expect_fail(&cframe(true, 3, b""), 1002);
+        expect_fail(&cframe(true, 0xB, b""), 1002);
+        expect_fail(&cframe(true, OP_PING, &[0; 126]), 1002);
+        expect_fail(&cframe(false, OP_PING, b""), 1002);
+        expect_fail(&cframe(true, OP_CONTINUATION, b"x"), 1002);
+        let mut two_starts = cframe(false, OP_TEXT, b"a");
+        two_starts.extend(cframe(true, OP_BINARY, b"b"));
+        expect_fail(&two_starts, 1002);
+        // non-minimal length
+        expect_fail(&[0x82, 0xFE, 0, 5, 1, 2, 3, 4, 0, 0, 0, 0, 0], 1002);
+    }
+
+    #[test]
+    fn too_big_1009() {
+        let small = ProtoConfig {
+            max_message_size: 1000,
+            ..cfg()
+        };
+        let now = Instant::now();
+        // Only the header of a huge frame: fails before buffering anything.
+        let mut hdr = Vec::new();
+        write_header(&mut hdr, true, OP_BINARY, Some(MASK), 1 << 40);
+        let mut c = server(now);
+        let mut out = Vec::new();
+        let evs = feed(&mut c, &hdr, &mut out, now, &small);
+        assert!(
+            evs.last().is_some_and(closed(1009, Initiator::Local)),
+            "{evs:?}"
+        );
+        assert_eq!(c.buffered_capacity(), 0);
+        // Fragments adding up to more than the limit.
+        let mut c = server(now);
+        let mut out = Vec::new();
+        let mut b = cframe(false, OP_BINARY, &[0; 600]);
+        b.extend(cframe(true, OP_CONTINUATION, &[0; 600]));
+        let evs = feed(&mut c, &b, &mut out, now, &small);
+        assert_eq!(evs.len(), 1);
+        assert!(closed(1009, Initiator::Local)(&evs[0]));
+        assert_eq!(frames(&out)[0].2[..2], 1009u16.to_be_bytes());
+        // exactly at the limit is fine
+        let mut c = server(now);
+        let evs = feed(
+            &mut c,
+            &cframe(true, OP_BINARY, &[0; 1000]),
+            &mut out,
+            now,
+            &small,
+        );
+        assert_eq!(evs, [Ev::Msg(MessageKind::Binary, vec![0; 1000])]);
+    }
+
+    #[test]
+    fn bad_utf8_1007() {
+        expect_fail(&cframe(true, OP_TEXT, &[b'a', 0xFF, b'b']), 1007);
+        // incomplete sequence in a final single frame
+        expect_fail(&cframe(true, OP_TEXT, &[b'a', 0xE2, 0x82]), 1007);
+        // fail fast: the first fragment is already invalid, no final fragment needed
+        expect_fail(&cframe(false, OP_TEXT, &[b'a', 0xC0, 0x80]), 1007);
+        // incomplete at the end of the final fragment
+        let mut b = cframe(false, OP_TEXT, b"a");
+        b.extend(cframe(true, OP_CONTINUATION, &[0xE2, 0x82]));
+        expect_fail(&b, 1007);
+        // invalid in a later fragment, before the message ends
+        let mut b = cframe(false, OP_TEXT, b"ok");
+        b.extend(cframe(false, OP_CONTINUATION, &[0xED, 0xA0, 0x80])); // surrogate
+        expect_fail(&b, 1007);
+        // a sequence split across fragments is fine: € = E2 82 AC
+        let now = Instant::now();
+        let mut c = server(now);
+        let mut out = Vec::new();
+        let mut b = cframe(false, OP_TEXT, &[b'x', 0xE2]);
+        b.extend(cframe(false, OP_CONTINUATION, &[0x82]));
+        b.extend(cframe(true, OP_CONTINUATION, &[0xAC, b'y']));
+        assert_eq!(
+            feed(&mut c, &b, &mut out, now, &cfg()),
+            [Ev::Msg(MessageKind::Text, "x€y".into())]
+        );
+        // binary is never checked
+        let evs = feed(
+            &mut c,
+            &cframe(true, OP_BINARY, &[0xFF]),
+            &mut out,
+            now,
+            &cfg(),
+        );
+        assert_eq!(evs, [Ev::Msg(MessageKind::Binary, vec![0xFF])]);
+    }
+
+    #[test]
+    fn peer_initiated_close() {
+        let now = Instant::now();
+        let mut c = server(now);
+        let mut out = Vec::new();
+        let evs = feed(
+            &mut c,
+            &cframe(true, OP_CLOSE, &close_payload(1001, "bye")),
+            &mut out,
+            now,
+            &cfg(),
+        );
+        assert_eq!(
+            evs,
+            [Ev::Closed(CloseInfo {
+                code: 1001,
+                reason: "bye".into(),
+                initiator: Initiator::Peer
+            })]
+        );
+        assert_eq!(
+            frames(&out),
+            [(OP_CLOSE, false, 1001u16.to_be_bytes().to_vec())]
+        );
+        assert!(c.is_closed() && !c.is_open());
+        assert_eq!(
+            c.send_message(&mut out, MessageKind::Text, b"x"),
+            Err(SendError::Closed)
+        );
+        assert_eq!(c.handle_eof("eof"), None);
+        assert_eq!(c.poll_timeout(&cfg()), None);
+
+        // empty close -> 1005, empty reply
+        let mut c = server(now);
+        let mut out = Vec::new();
+        let evs = feed(&mut c, &cframe(true, OP_CLOSE, b""), &mut out, now, &cfg());
+        assert_eq!(
+            evs,
+            [Ev::Closed(CloseInfo {
+                code: 1005,
+                reason: "".into(),
+                initiator: Initiator::Peer
+            })]
+        );
+        assert_eq!(frames(&out), [(OP_CLOSE, false, vec![])]);
+    }
+
+    #[test]
+    fn invalid_close_payloads() {
+        expect_fail(&cframe(true, OP_CLOSE, &[3]), 1002);
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
+            expect_fail(&cframe(true, OP_CLOSE, &close_payload(code, "")), 1002);
+        }
+        let mut bad = close_payload(1000, "");
+        bad.push(0xFF);
+        expect_fail(&cframe(true, OP_CLOSE, &bad), 1007);
+        for code in [1000u16, 1003, 1007, 1011, 1013, 3000, 4999] {
+            let now = Instant::now();
+            let mut c = server(now);
+            let evs = feed(
+                &mut c,
+                &cframe(true, OP_CLOSE, &close_payload(code, "")),
+                &mut Vec::new(),
+                now,
+                &cfg(),
+            );
+            assert!(closed(code, Initiator::Peer)(&evs[0]), "{code}");
+        }
+    }
+
+    #[test]
+    fn local_close_handshake() {
+        let now = Instant::now();
+        let mut c = server(now);
+        let mut out = Vec::new();
+        // a message in progress is dropped by close
+        feed(
+            &mut c,
+            &cframe(false, OP_TEXT, b"par"),
+            &mut out,
+            now,
+            &cfg(),
+        );
+        c.close(&mut out, 1001, "going away", now, &cfg());
+        assert!(!c.is_open() && !c.is_closed());
+        assert_eq!(
+            frames(&out),
+            [(OP_CLOSE, false, close_payload(1001, "going away"))]
+        );
+        assert_eq!(
+            c.send_message(&mut out, MessageKind::Text, b"x"),
+            Err(SendError::Closed)
+        );
+        assert_eq!(c.send_ping(&mut out, now), Err(SendError::Closed));
+        assert_eq!(c.poll_timeout(&cfg()), Some(now + Duration::from_secs(5)));
+        out.clear();
+        // data after our Close is ignored; the peer's Close finishes it with our code
+        let mut b = cframe(true, OP_CONTINUATION, b"tial");
+        b.extend(cframe(true, OP_TEXT, b"ignored"));
+        b.extend(cframe(true, OP_PING, b"ignored"));
+        b.extend(cframe(true, OP_CLOSE, &close_payload(1001, "")));
+        let evs = feed(&mut c, &b, &mut out, now, &cfg());
+        assert_eq!(
+            evs,
+            [Ev::Closed(CloseInfo {
+                code: 1001,
+                reason: "going away".into(),
+                initiator: Initiator::Local
+            })]
+        );
+        assert!(out.is_empty(), "no second Close, no pong");
+        assert!(c.is_closed());
+        assert_eq!(c.buffered_capacity(), 0);
+        assert_eq!(
+            c.handle_timeout(now + Duration::from_secs(60), &mut out, &cfg()),
+            None
+        );
+    }
+
+    #[test]
+    fn close_timeout() {
+        let t0 = Instant::now();
+        let mut c = server(t0);
+        let mut out = Vec::new();
+        c.close(&mut out, 1000, "done", t0, &cfg());
+        assert!(c
+            .handle_timeout(t0 + Duration::from_secs(4), &mut out, &cfg())
+            .is_none());
+        out.clear();
+        match c.handle_timeout(t0 + Duration::from_secs(5), &mut out, &cfg()) {
+            Some(Event::Closed(i)) => {
+                assert_eq!(
+                    i,
+                    CloseInfo {
+                        code: 1000,
+                        reason: "close timeout".into(),
+                        initiator: Initiator::Local
+                    }
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(out.is_empty());
+        assert!(c.is_closed());
+        assert!(c
+            .handle_timeout(t0 + Duration::from_secs(50), &mut out, &cfg())
+            .is_none());
+        assert_eq!(c.handle_eof("late"), None);
+    }
+
+    #[test]
+    fn eof_is_abnormal() {
+        let t0 = Instant::now();
+        let mut c = server(t0);
+        let mut out = Vec::new();
+        feed(
+            &mut c,
+            &cframe(true, OP_TEXT, b"abc")[..4],
+            &mut out,
+            t0,
+            &cfg(),
+        );
+        assert!(c.buffered_capacity() > 0);
+        assert_eq!(
+            c.handle_eof("connection reset"),
+            Some(CloseInfo {
+                code: 1006,
+                reason: "connection reset".into(),
+                initiator: Initiator::Abnormal
+            })
+        );
+        assert_eq!(c.buffered_capacity(), 0);
+        assert_eq!(c.handle_eof("again"), None);
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn keepalive_ping_and_pong_timeout() {
+        let t0 = Instant::now();
+        let cfg = cfg();
+        let mut c = server(t0);
+        let mut out = Vec::new();
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(20)));
+        assert!(c.handle_timeout(t0 + secs(19), &mut out, &cfg).is_none());
+        assert!(matches!(
+            c.handle_timeout(t0 + secs(20), &mut out, &cfg),
+            Some(Event::PingSent)
+        ));
+        let f = frames(&out);
+        assert_eq!(f, [(OP_PING, false, 1u64.to_be_bytes().to_vec())]);
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(30)));
+        out.clear();
+        assert!(c.handle_timeout(t0 + secs(29), &mut out, &cfg).is_none());
+        match c.handle_timeout(t0 + secs(30), &mut out, &cfg) {
+            Some(Event::Closed(i)) => {
+                assert_eq!(
+                    i,
+                    CloseInfo {
+                        code: 1011,
+                        reason: "pong timeout".into(),
+                        initiator: Initiator::Local
+                    }
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            frames(&out),
+            [(OP_CLOSE, false, close_payload(1011, "pong timeout"))]
+        );
+        assert!(c.is_closed());
+        assert_eq!(c.poll_timeout(&cfg), None);
+    }
+
+    #[test]
+    fn any_inbound_frame_cancels_pong_deadline() {
+        let t0 = Instant::now();
+        let cfg = cfg();
+        let mut c = server(t0);
+        let mut out = Vec::new();
+        assert!(matches!(
+            c.handle_timeout(t0 + secs(20), &mut out, &cfg),
+            Some(Event::PingSent)
+        ));
+        // a data frame (not a pong) at t0+25
+        let evs = feed(
+            &mut c,
+            &cframe(true, OP_TEXT, b"busy"),
+            &mut out,
+            t0 + secs(25),
+            &cfg,
+        );
+        assert_eq!(evs.len(), 1);
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(40)));
+        assert!(c.handle_timeout(t0 + secs(35), &mut out, &cfg).is_none());
+        // the matching pong still yields an rtt
+        let evs = feed(
+            &mut c,
+            &cframe(true, OP_PONG, &1u64.to_be_bytes()),
+            &mut out,
+            t0 + secs(26),
+            &cfg,
+        );
+        assert_eq!(evs, [Ev::Pong(1u64.to_be_bytes().to_vec(), Some(secs(6)))]);
+        // a second pong with the same payload has no rtt
+        let evs = feed(
+            &mut c,
+            &cframe(true, OP_PONG, &1u64.to_be_bytes()),
+            &mut out,
+            t0 + secs(27),
+            &cfg,
+        );
+        assert_eq!(evs, [Ev::Pong(1u64.to_be_bytes().to_vec(), None)]);
+        // next ping at last ping + interval
+        out.clear();
+        assert!(matches!(
+            c.handle_timeout(t0 + secs(40), &mut out, &cfg),
+            Some(Event::PingSent)
+        ));
+        assert_eq!(
+            frames(&out),
+            [(OP_PING, false, 2u64.to_be_bytes().to_vec())]
+        );
+        let evs = feed(
+            &mut c,
+            &cframe(true, OP_PONG, &2u64.to_be_bytes()),
+            &mut out,
+            t0 + secs(41),
+            &cfg,
+        );
+        assert_eq!(evs, [Ev::Pong(2u64.to_be_bytes().to_vec(), Some(secs(1)))]);
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(60)));
+        // a partial frame counts as a sign of life too
+        assert!(matches!(
+            c.handle_timeout(t0 + secs(60), &mut out, &cfg),
+            Some(Event::PingSent)
+        ));
+        feed(
+            &mut c,
+            &cframe(true, OP_BINARY, &[0; 50])[..10],
+            &mut out,
+            t0 + secs(61),
+            &cfg,
+        );
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(80)));
+    }
+
+    #[test]
+    fn app_ping_and_no_keepalive() {
+        let t0 = Instant::now();
+        let cfg = ProtoConfig {
+            ping_interval: None,
+            ..cfg()
+        };
+        let mut c = Connection::new(Role::Server, t0, &cfg, 1);
+        let mut out = Vec::new();
+        assert_eq!(c.poll_timeout(&cfg), None);
+        assert!(c.handle_timeout(t0 + secs(1000), &mut out, &cfg).is_none());
+        c.send_ping(&mut out, t0).unwrap();
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(10)));
+        let p = frames(&out)[0].2.clone();
+        let evs = feed(
+            &mut c,
+            &cframe(true, OP_PONG, &p),
+            &mut out,
+            t0 + Duration::from_millis(3),
+            &cfg,
+        );
+        assert_eq!(evs, [Ev::Pong(p, Some(Duration::from_millis(3)))]);
+        assert_eq!(c.poll_timeout(&cfg), None);
+    }
+
+    #[test]
+    fn client_role_masks_and_rejects_masked_input() {
+        let t0 = Instant::now();
+        let cfg = cfg();
+        let mut c = Connection::new(Role::Client, t0, &cfg, 42);
+        let mut out = Vec::new();
+        c.send_message(&mut out, MessageKind::Text, b"hello")
+            .unwrap();
+        c.send_message(&mut out, MessageKind::Text, b"hello")
+            .unwrap();
+        let masks: Vec<_> = {
+            let h1 = parse_header(&out).unwrap().unwrap();
+            let h2 = parse_header(&out[h1.header_len + 5..]).unwrap().unwrap();
+            vec![h1.mask.unwrap(), h2.mask.unwrap()]
+        };
+        assert_ne!(masks[0], masks[1]);
+        assert_eq!(
+            frames(&out),
+            [
+                (OP_TEXT, true, b"hello".to_vec()),
+                (OP_TEXT, true, b"hello".to_vec())
+            ]
+        );
+        out.clear();
+        // a server frame (unmasked) is accepted; a ping is answered with a masked pong
+        let mut b = Vec::new();
+        write_frame(&mut b, true, OP_BINARY, None, b"srv");
+        write_frame(&mut b, true, OP_PING, None, b"pp");
+        let evs = feed(&mut c, &b, &mut out, t0, &cfg);
+        assert_eq!(
+            evs,
+            [
+                Ev::Msg(MessageKind::Binary, b"srv".to_vec()),
+                Ev::Ping(b"pp".to_vec())
+            ]
+        );
+        assert_eq!(frames(&out), [(OP_PONG, true, b"pp".to_vec())]);
+        out.clear();
+        c.close(&mut out, 1000, "bye", t0, &cfg);
+        assert_eq!(frames(&out), [(OP_CLOSE, true, close_payload(1000, "bye"))]);
+        // masked input -> 1002
+        let mut c = Connection::new(Role::Client, t0, &cfg, 7);
+        let mut out = Vec::new();
+        let evs = feed(&mut c, &cframe(true, OP_TEXT, b"x"), &mut out, t0, &cfg);
+        assert!(closed(1002, Initiator::Local)(&evs[0]));
+        let f = frames(&out);
+        assert_eq!(f[0].0, OP_CLOSE);
+        assert!(f[0].1, "client's close is masked");
+    }
+
+    #[test]
+    fn server_output_never_masked() {
+        let t0 = Instant::now();
+        let cfg = cfg();
+        let mut c = server(t0);
+        let mut out = Vec::new();
+        c.send_message(&mut out, MessageKind::Binary, &[1; 70_000])
+            .unwrap();
+        c.send_ping(&mut out, t0).unwrap();
+        feed(&mut c, &cframe(true, OP_PING, b"x"), &mut out, t0, &cfg);
+        c.handle_timeout(t0 + secs(20), &mut out, &cfg);
+        c.close(&mut out, 1000, "", t0, &cfg);
+        let f = frames(&out);
+        assert_eq!(f.len(), 5);
+        assert!(f.iter().all(|(_, masked, _)| !masked));
+    }
+
+    #[test]
+    fn idle_connection_holds_no_heap() {
+        let t0 = Instant::now();
+        let mut c = server(t0);
+        let mut out = Vec::new();
+        let bytes = fragmented_stream();
+        let cuts: Vec<usize> = (1..)
+            .map(|i| i * 7)
+            .take_while(|&c| c < bytes.len())
+            .collect();
+        let evs = feed_chunks(&mut c, &bytes, &cuts, &mut out, t0);
+        assert_eq!(evs, fragmented_expected());
+        assert_eq!(c.buffered_capacity(), 0);
+    }
+
+    // ---- property tests ----
+
+    #[derive(Debug, Clone)]
+    struct Msg {
+        binary: bool,
+        payload: Vec<u8>,
+        /// Fragment sizes (the rest goes into the final fragment).
+        frags: Vec<usize>,
+        ping_between: bool,
+    }
+
+    fn msg_strategy() -> impl Strategy<Value = Msg> {
+        (
+            any::<bool>(),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                proptest::collection::vec(any::<u8>(), 65530..65600),
+            ],
+            ".{0,40}",
+            proptest::collection::vec(0usize..50, 0..4),
+            any::<bool>(),
+        )
+            .prop_map(|(binary, bin, text, frags, ping_between)| Msg {
+                binary,
+                payload: if binary { bin } else { text.into_bytes() },
+                frags,
+                ping_between,
+            })
+    }
+
+    fn encode(msgs: &[Msg], mask_seed: u8) -> (Vec<u8>, Vec<Ev>) {
+        let mut bytes = Vec::new();
+        let mut expected = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let mask = Some([mask_seed, i as u8, 3, 4]);
+            let mut rest: &[u8] = &m.payload;
+            let mut first = true;
+            for &f in &m.frags {
+                let n = f.min(rest.len());
+                let op = if !first {
+                    OP_CONTINUATION
+                } else if m.binary {
+                    OP_BINARY
+                } else {
+                    OP_TEXT
+                };
+                write_frame(&mut bytes, false, op, mask, &rest[..n]);
+                rest = &rest[n..];
+                first = false;
+                if m.ping_between {
+                    write_frame(&mut bytes, true, OP_PING, mask, &[i as u8]);
+                    expected.push(Ev::Ping(vec![i as u8]));
+                }
+            }
+            let op = if !first {
+                OP_CONTINUATION
+            } else if m.binary {
+                OP_BINARY
+            } else {
+                OP_TEXT
+            };
+            write_frame(&mut bytes, true, op, mask, rest);
+            let kind = if m.binary {
+                MessageKind::Binary
+            } else {
+                MessageKind::Text
+            };
+            expected.push(Ev::Msg(kind, m.payload.clone()));
+        }
+        (bytes, expected)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_splits_same_messages(
+            msgs in proptest::collection::vec(msg_strategy(), 1..6),
+            mut cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..20),
+            seed in any::<u8>(),
+        ) {
+            let (bytes, expected) = encode(&msgs, seed);
+            let t0 = Instant::now();
+            let mut c = server(t0);
+            let mut out_whole = Vec::new();
+            let whole = feed(&mut c, &bytes, &mut out_whole, t0, &cfg());
+            prop_assert_eq!(&whole, &expected);
+            let mut cut_pos: Vec<usize> = cuts.drain(..).map(|i| i.index(bytes.len() + 1)).collect();
+            cut_pos.sort_unstable();
+            let mut c = server(t0);
+            let mut out_split = Vec::new();
+            let split = feed_chunks(&mut c, &bytes, &cut_pos, &mut out_split, t0);
+            prop_assert_eq!(&split, &expected);
+            prop_assert_eq!(out_whole, out_split);
+            prop_assert_eq!(c.buffered_capacity(), 0);
+        }
+
+        #[test]
+        fn garbage_never_panics(
+            data in proptest::collection::vec(any::<u8>(), 0..2000),
+            cuts in proptest::collection::vec(0usize..2000, 0..10),
+            client in any::<bool>(),
+        ) {
+            let t0 = Instant::now();
+            let cfg = ProtoConfig { max_message_size: 1 << 20, ..cfg() };
+            let role = if client { Role::Client } else { Role::Server };
+            let mut c = Connection::new(role, t0, &cfg, 3);
+            let mut out = Vec::new();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut prev = 0;
+            for cut in cuts.into_iter().chain(std::iter::once(data.len())) {
+                let cut = cut.clamp(prev, data.len());
+                let mut chunk = data[prev..cut].to_vec();
+                let mut input = Input::new(&mut chunk);
+                let mut closes = 0;
+                while let Some(e) = c.poll_event(&mut input, &mut out, t0, &cfg) {
+                    if matches!(e, Event::Closed(_)) {
+                        closes += 1;
+                    }
+                }
+                prop_assert!(closes <= 1);
+                prev = cut;
+            }
+            let _ = c.handle_timeout(t0 + secs(100), &mut out, &cfg);
+            let _ = c.handle_eof("eof");
+            prop_assert!(c.is_closed());
+        }
+
+        #[test]
+        fn garbage_after_valid_prefix_never_panics(
+            msgs in proptest::collection::vec(msg_strategy(), 0..3),
+            tail in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let (mut bytes, _) = encode(&msgs, 1);
+            bytes.extend(tail);
+            let t0 = Instant::now();
+            let mut c = server(t0);
+            let cuts: Vec<usize> = (1..).map(|i| i * 13).take_while(|&c| c < bytes.len()).collect();
+            feed_chunks(&mut c, &bytes, &cuts, &mut Vec::new(), t0);
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! RFC 6455 section 4: the HTTP/1.1 upgrade handshake, both halves.
+//!
+//! Pure functions over byte slices: the caller accumulates the request bytes and calls
+//! `parse_request` again as they grow. Parsing uses httparse (no allocation until a request
+//! is complete).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// Headers accepted in one request or response.
+pub const MAX_HEADERS: usize = 64;
+
+/// base64(sha1(key ++ GUID))
+pub fn accept_key(client_key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(client_key);
+    h.update(GUID.as_bytes());
+    STANDARD.encode(h.finalize())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    pub path: String,
+    pub host: String,
+    pub origin: Option<String>,
+    pub protocols: Vec<String>,
+    /// Sec-WebSocket-Key as sent.
+    pub key: String,
+}
+
+/// A complete plain HTTP request with no Upgrade header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub reason: &'static str,
+    /// Short body text.
+    pub message: String,
+}
+
+impl HttpError {
+    fn bad_request(message: &str) -> Self {
+        HttpError {
+            status: 400,
+            reason: "Bad Request",
+            message: message.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestParse {
+    /// Need more bytes.
+    Partial,
+    /// Valid upgrade; `consumed` = header bytes (bytes after it are already WebSocket frames).
+    Upgrade {
+        request: UpgradeRequest,
+        consumed: usize,
+    },
+    /// Plain HTTP (e.g. GET /healthz), no Upgrade header at all.
+    Http {
+        request: HttpRequest,
+        consumed: usize,
+    },
+    /// Answer with this status and close.
+    Reject(HttpError),
+}
+
+fn too_large() -> RequestParse {
+    RequestParse::Reject(HttpError {
+        status: 431,
+        reason: "Request Header Fields Too Large",
+        message: "request headers too large".to_string(),
+    })
+}
+
+/// True if the comma-separated token list in any of `values` contains `token` (ASCII case-insensitive).
+fn has_token<'h>(mut values: impl Iterator<Item = &'h [u8]>, token: &str) -> bool {
+    values.any(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+fn values<'h, 'b: 'h>(
+    headers: &'h [httparse::Header<'b>],
+    name: &'h str,
+) -> impl Iterator<Item = &'b [u8]> + 'h {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn first_str<'b>(headers: &[httparse::Header<'b>], name: &str) -> Option<Result<&'b str, ()>> {
+    values(headers, name)
+        .next()
+        .map(|v| std::str::from_utf8(v).map(str::trim).map_err(|_| ()))
+}
+
+/// `max_size`: a request whose headers are not complete within max_size bytes -> Reject 431.
+/// Allow up to 64 headers.
+pub fn parse_request(buf: &[u8], max_size: usize) -> RequestParse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(buf) {
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= max_size {
+                too_large()
+            } else {
+                RequestParse::Partial
+            };
+        }
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(httparse::Error::TooManyHeaders) => return too_large(),
+        Err(_) => return RequestParse::Reject(HttpError::bad_request("malformed HTTP request")),
+    };
+    if consumed > max_size {
+        return too_large();
+    }
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("");
+    let headers = req.headers;
+
+    if values(headers, "upgrade").next().is_none() {
+        let request = HttpRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+        };
+        return RequestParse::Http { request, consumed };
+    }
+    match validate_upgrade(method, req.version.unwrap_or(0), path, headers) {
+        Ok(request) => RequestParse::Upgrade { request, consumed },
+        Err(e) => RequestParse::Reject(e),
+    }
+}
+
+fn validate_upgrade(
+    method: &str,
+    version: u8,
+    path: &str,
+    headers: &[httparse::Header<'_>],
+) -> Result<UpgradeRequest, HttpError> {
+    if method != "GET" {
+        return Err(HttpError::bad_request("method must be GET"));
+    }
+    if version < 1 {
+        return Err(HttpError::bad_request("HTTP/1.1 required"));
+    }
+    let host = match first_str(headers, "host") {
+        Some(Ok(h)) if !h.is_empty() => h,
+        Some(_) => return Err(HttpError::bad_request("invalid Host header")),
+        None => return Err(HttpError::bad_request("missing Host header")),
+    };
+    if !has_token(values(headers, "upgrade"), "websocket") {
+        return Err(HttpError::bad_request("Upgrade header must be websocket"));
+    }
+    if !has_token(values(headers, "connection"), "upgrade") {
+        return Err(HttpError::bad_request(
+            "Connection header must contain Upgrade",
+        ));
+    }
+    if values(headers, "sec-websocket-version")
+        .next()
+        .map(|v| v.trim_ascii())
+        != Some(b"13")
+    {
+        return Err(HttpError {
+            status: 426,
+            reason: "Upgrade Required",
+            message: "Sec-WebSocket-Version must be 13".to_string(),
+        });
+    }
+    let key = match first_str(headers, "sec-websocket-key") {
+        Some(Ok(k)) => k,
+        Some(Err(())) => return Err(HttpError::bad_request("invalid Sec-WebSocket-Key")),
+        None => return Err(HttpError::bad_request("missing Sec-WebSocket-Key")),
+    };
+    match STANDARD.decode(key) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => return Err(HttpError::bad_request("invalid Sec-WebSocket-Key")),
+    }
+    let origin = match first_str(headers, "origin") {
+        Some(Ok(o)) => Some(o.to_string()),
+        Some(Err(())) => return Err(HttpError::bad_request("invalid Origin header")),
+        None => None,
+    };
+    let mut protocols = Vec::new();
+    for v in values(headers, "sec-websocket-protocol") {
+        let v = std::str::from_utf8(v)
+            .map_err(|_| HttpError::bad_request("invalid Sec-WebSocket-Protocol"))?;
+        protocols.extend(
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from),
+        );
+    }
+    Ok(UpgradeRequest {
+        path: path.to_string(),
+        host: host.to_string(),
+        origin,
+        protocols,
+        key: key.to_string(),
+    })
+}
+
+/// "HTTP/1.1 101 Switching Protocols" + Upgrade/Connection/Sec-WebSocket-Accept
+/// (+ Sec-WebSocket-Protocol when one was chosen).
+pub fn upgrade_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+    let mut s = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+    );
+    if let Some(p) = protocol {
+        s.push_str("Sec-WebSocket-Protocol: ");
+        s.push_str(p);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+/// A complete HTTP/1.1 response with Content-Length, Connection: close, the given content type
+/// and extra header lines (each "Name: value").
+pub fn http_response(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    extra_headers: &[&str],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut s = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for h in extra_headers {
+        s.push_str(h);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    let mut out = s.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// text/plain body = err.message + "\n"; a 426 carries "Sec-WebSocket-Version: 13".
+pub fn reject_response(err: &HttpError) -> Vec<u8> {
+    let extra: &[&str] = if err.status == 426 {
+        &["Sec-WebSocket-Version: 13"]
+    } else {
+        &[]
+    };
+    let body = format!("{}\n", err.message);
+    http_response(
+        err.status,
+        err.reason,
+        "text/plain; charset=utf-8",
+        extra,
+        body.as_bytes(),
+    )
+}
+
+// ---- client half (used by the load generator) ----
+
+/// base64 of 16 bytes.
+pub fn generate_key(random: [u8; 16]) -> String {
+    STANDARD.encode(random)
+}
+
+pub fn client_request(host: &str, path: &str, key: &str, extra_headers: &[&str]) -> Vec<u8> {
+    let mut s = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for h in extra_headers {
+        s.push_str(h);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseParse {
+    Partial,
+    /// `consumed` = header bytes; bytes after it are already WebSocket frames.
+    Accepted {
+        consumed: usize,
+    },
+    Rejected {
+        status: u16,
+        reason: String,
+    },
+    Invalid(String),
+}
+
+/// Check a server's response: 101, Upgrade: websocket, Connection contains upgrade,
+/// Sec-WebSocket-Accept == accept_key(key). Non-101 -> Rejected; 101 with wrong/missing accept
+/// or headers -> Invalid. Too large (> max_size) -> Invalid.
+pub fn parse_response(buf: &[u8], key: &str, max_size: usize) -> ResponseParse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let consumed = match resp.parse(buf) {
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= max_size {
+                ResponseParse::Invalid("response headers too large".to_string())
+            } else {
+                ResponseParse::Partial
+            };
+        }
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(e) => return ResponseParse::Invalid(format!("malformed HTTP response: {e}")),
+    };
+    if consumed > max_size {
+        return ResponseParse::Invalid("response headers too large".to_string());
+    }
+    let status = resp.code.unwrap_or(0);
+    if status != 101 {
+        let reason = resp.reason.unwrap_or("").to_string();
+        return ResponseParse::Rejected { status, reason };
+    }
+    let headers = resp.headers;
+    if !has_token(values(headers, "upgrade"), "websocket") {
+        return ResponseParse::Invalid("missing Upgrade: websocket".to_string());
+    }
+    if !has_token(values(headers, "connection"), "upgrade") {
+        return ResponseParse::Invalid("missing Connection: upgrade".to_string());
+    }
+    let expected = accept_key(key.as_bytes());
+    let accept = values(headers, "sec-websocket-accept").next();
+    match accept {
+        Some(v) if v.trim_ascii() == expected.as_bytes() => ResponseParse::Accepted { consumed },
+        Some(_) => ResponseParse::Invalid("wrong Sec-WebSocket-Accept".to_string()),
+        None => ResponseParse::Invalid("missing Sec-WebSocket-Accept".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn request(lines: &[&str]) -> Vec<u8> {
+        let mut s = String::new();
+        for l in lines {
+            s.push_str(l);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    }
+
+    fn good_lines() -> Vec<&'static str> {
+        vec![
+            "GET /chat?x=1 HTTP/1.1",
+            "Host: server.example.com",
+            "Upgrade: WebSocket",
+            "Connection: keep-alive, Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Origin: http://example.com",
+            "Sec-WebSocket-Protocol: chat, superchat",
+            "sec-websocket-protocol: v2",
+            "Sec-WebSocket-Version: 13",
+        ]
+    }
+
+    fn reject_status(lines: &[&str]) -> (u16, String) {
+        match parse_request(&request(lines), 8192) {
+            RequestParse::Reject(e) => (e.status, e.message),
+            other => panic!("expected reject, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc_accept_key() {
+        // RFC 6455 section 1.3 (checked against Python's hashlib too).
+        assert_eq!(accept_key(KEY.as_bytes()), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn valid_request_partial_then_complete() {
+        let mut buf = request(&good_lines());
+        let header_len = buf.len();
+        buf.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // a frame right behind the header
+        for cut in [0, 1, 10, header_len - 1] {
+            assert_eq!(
+                parse_request(&buf[..cut], 8192),
+                RequestParse::Partial,
+                "cut {cut}"
+            );
+        }
+        match parse_request(&buf, 8192) {
+            RequestParse::Upgrade { request, consumed } => {
+                assert_eq!(consumed, header_len);
+                assert_eq!(request.path, "/chat?x=1");
+                assert_eq!(request.host, "server.example.com");
+                assert_eq!(request.origin.as_deref(), Some("http://example.com"));
+                assert_eq!(request.protocols, ["chat", "superchat", "v2"]);
+                assert_eq!(request.key, KEY);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn without(name: &str) -> Vec<&'static str> {
+        good_lines()
+            .into_iter()
+            .filter(|l| !l.starts_with(name))
+            .collect()
+    }
+
+    fn replaced(name: &str, line: &'static str) -> Vec<&'static str> {
+        let mut v = without(name);
+        v.push(line);
+        v
+    }
+
+    #[test]
+    fn invalid_requests() {
+        let mut post = good_lines();
+        post[0] = "POST /chat HTTP/1.1";
+        assert_eq!(reject_status(&post), (400, "method must be GET".into()));
+        let mut http10 = good_lines();
+        http10[0] = "GET /chat HTTP/1.0";
+        assert_eq!(reject_status(&http10).0, 400);
+        assert_eq!(reject_status(&without("Host")).0, 400);
+        assert_eq!(reject_status(&replaced("Upgrade", "Upgrade: h2c")).0, 400);
+        assert_eq!(reject_status(&without("Connection")).0, 400);
+        assert_eq!(
+            reject_status(&replaced("Connection", "Connection: keep-alive")).0,
+            400
+        );
+        assert_eq!(reject_status(&without("Sec-WebSocket-Key")).0, 400);
+        assert_eq!(
+            reject_status(&replaced(
+                "Sec-WebSocket-Key",
+                "Sec-WebSocket-Key: c2hvcnQ="
+            ))
+            .0,
+            400
+        );
+        assert_eq!(
+            reject_status(&replaced("Sec-WebSocket-Key", "Sec-WebSocket-Key: !!!")).0,
+            400
+        );
+        assert_eq!(reject_status(&without("Sec-WebSocket-Version")).0, 426);
+        assert_eq!(
+            reject_status(&replaced(
+                "Sec-WebSocket-Version",
+                "Sec-WebSocket-Version: 8"
+            ))
+            .0,
+            426
+        );
+        assert!(matches!(
+            parse_request(b"GARBAGE\0 / HTTP/1.1\r\n\r\n", 8192),
+            RequestParse::Reject(HttpError { status: 400, .. })
+        ));
+    }
+
+    #[test]
+    fn reject_426_carries_version_header() {
+        let err = match parse_request(&request(&without("Sec-WebSocket-Version")), 8192) {
+            RequestParse::Reject(e) => e,
+            other => panic!("{other:?}"),
+        };
+        let resp = String::from_utf8(reject_response(&err)).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{resp}"
+        );
+        assert!(resp.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        assert!(resp.contains("Connection: close\r\n"));
+        assert!(resp.ends_with(&format!("\r\n\r\n{}\n", err.message)));
+        let len = err.message.len() + 1;
+        assert!(resp.contains(&format!("Content-Length: {len}\r\n")));
+    }
+
+    #[test]
+    fn too_large_is_431() {
+        let mut buf = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        while buf.len() < 200 {
+            buf.extend_from_slice(b"X-Pad: aaaaaaaaaa\r\n");
+        }
+        assert!(matches!(
+            parse_request(&buf, 200),
+            RequestParse::Reject(HttpError { status: 431, .. })
+        ));
+        assert_eq!(parse_request(&buf, 4096), RequestParse::Partial);
+        // complete but larger than the limit
+        buf.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            parse_request(&buf, 200),
+            RequestParse::Reject(HttpError { status: 431, .. })
+        ));
+        // more than 64 headers
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..70 {
+            many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            parse_request(&many, 1 << 20),
+            RequestParse::Reject(HttpError { status: 431, .. })
+        ));
+    }
+
+    #[test]
+    fn plain_http() {
+        let buf = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_request(buf, 8192),
+            RequestParse::Http {
+                request: HttpRequest {
+                    method: "GET".into(),
+                    path: "/healthz".into()
+                },
+                consumed: buf.len()
+            }
+        );
+        let post = b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(
+            parse_request(post, 8192),
+            RequestParse::Http { .. }
+        ));
+    }
+
+    #[test]
+    fn responses() {
+        let r = String::from_utf8(upgrade_response("abc=", Some("chat"))).unwrap();
+        assert_eq!(
+            r,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+        );
+        let h = http_response(200, "OK", "text/plain", &["X-A: 1"], b"ok\n");
+        assert_eq!(
+            h,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\nX-A: 1\r\n\r\nok\n"
+        );
+    }
+
+    #[test]
+    fn client_round_trip() {
+        let key = generate_key([7; 16]);
+        assert_eq!(STANDARD.decode(&key).unwrap(), [7; 16]);
+        let req = client_request(
+            "localhost:9000",
+            "/ws",
+            &key,
+            &["Sec-WebSocket-Protocol: chat"],
+        );
+        let request = match parse_request(&req, 8192) {
+            RequestParse::Upgrade { request, consumed } => {
+                assert_eq!(consumed, req.len());
+                request
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(request.path, "/ws");
+        assert_eq!(request.host, "localhost:9000");
+        assert_eq!(request.protocols, ["chat"]);
+        let mut resp = upgrade_response(&accept_key(request.key.as_bytes()), None);
+        let n = resp.len();
+        for cut in [0, 5, n - 1] {
+            assert_eq!(
+                parse_response(&resp[..cut], &key, 4096),
+                ResponseParse::Partial
+            );
+        }
+        resp.extend_from_slice(&[0x81, 0]);
+        assert_eq!(
+            parse_response(&resp, &key, 4096),
+            ResponseParse::Accepted { consumed: n }
+        );
+
+        let wrong = upgrade_response(&accept_key(b"other"), None);
+        assert_eq!(
+            parse_response(&wrong, &key, 4096),
+            ResponseParse::Invalid("wrong Sec-WebSocket-Accept".into())
+        );
+        let missing = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert!(matches!(
+            parse_response(missing, &key, 4096),
+            ResponseParse::Invalid(_)
+        ));
+        let forbidden = reject_response(&HttpError {
+            status: 403,
+            reason: "Forbidden",
+            message: "no".into(),
+        });
+        assert_eq!(
+            parse_response(&forbidden, &key, 4096),
+            ResponseParse::Rejected {
+                status: 403,
+                reason: "Forbidden".into()
+            }
+        );
+        assert!(matches!(
+            parse_response(&resp, &key, 10),
+            ResponseParse::Invalid(_)
+        ));
+        assert!(matches!(
+            parse_response(b"NOT HTTP\r\n\r\n", &key, 4096),
+            ResponseParse::Invalid(_)
+        ));
+    }
+}

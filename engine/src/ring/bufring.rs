@@ -1,0 +1,117 @@
+//! The provided-buffer ring: receive buffers the kernel picks from when a multishot receive has data, so an
+//! idle connection holds no user-space read buffer at all.
+
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+
+/// Anonymous, page-aligned memory from mmap (the kernel requires the ring itself to be page aligned).
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Mapping> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: ptr.cast(), len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from a successful mmap and are unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+pub struct BufRing {
+    ring: Mapping,
+    bufs: Mapping,
+    entries: u16,
+    buf_size: u32,
+    /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
+    tail: u16,
+    published: u16,
+}
+
+impl BufRing {
+    pub fn new(entries: u16, buf_size: u32) -> io::Result<BufRing> {
+        if !entries.is_power_of_two() || entries > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("recv_buffers must be a power of two up to 32768, got {entries}"),
+            ));
+        }
+        if buf_size < 256 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "recv_buffer_size must be at least 256"));
+        }
+        let ring = Mapping::new(entries as usize * std::mem::size_of::<BufRingEntry>())?;
+        let bufs = Mapping::new(entries as usize * buf_size as usize)?;
+        let mut br = BufRing { ring, bufs, entries, buf_size, tail: 0, published: 0 };
+        for bid in 0..entries {
+            br.recycle(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    pub fn ring_addr(&self) -> u64 {
+        self.ring.ptr as u64
+    }
+
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    /// Put buffer `bid` back at the tail (visible to the kernel after the next publish).
+    pub fn recycle(&mut self, bid: u16) {
+        let idx = (self.tail & (self.entries - 1)) as usize;
+        // SAFETY: idx < entries, so the entry lies inside the ring mapping; the kernel only reads entries
+        // between its head and the published tail, and this one is past the published tail.
+        unsafe {
+            let entry = &mut *(self.ring.ptr as *mut BufRingEntry).add(idx);
+            entry.set_addr(self.bufs.ptr.add(bid as usize * self.buf_size as usize) as u64);
+            entry.set_len(self.buf_size);
+            entry.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Make recycled buffers visible to the kernel.
+    pub fn publish(&mut self) {
+        if self.published == self.tail {
+            return;
+        }
+        // SAFETY: the tail field overlays the `resv` of entry 0 inside the ring mapping; the kernel reads it
+        // with acquire semantics, so a release store orders the entry writes before it.
+        unsafe {
+            let tail = BufRingEntry::tail(self.ring.ptr as *const BufRingEntry) as *mut u16;
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+        self.published = self.tail;
+    }
+
+    /// The first `len` bytes of buffer `bid`, which the kernel handed us in a completion.
+    pub fn buffer_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        assert!(bid < self.entries, "buffer id out of range");
+        let len = len.min(self.buf_size as usize);
+        // SAFETY: bid < entries, so the range lies inside the buffer mapping; the kernel gave this buffer to
+        // us with the completion and will not touch it until we recycle it; &mut self makes the slice unique.
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.ptr.add(bid as usize * self.buf_size as usize), len) }
+    }
+}

@@ -1,0 +1,442 @@
+//! The only place that touches io_uring: ring setup, `user_data` tokens, the provided-buffer ring, multishot
+//! accept and receive, sends, shutdown and close of direct descriptors, and the wake-up the shard sleeps on.
+//!
+//! Every buffer the kernel may read or write while an operation is in flight is owned here (send buffers,
+//! socket-address buffers, the eventfd read buffer, the provided buffers), so the shard above never needs
+//! `unsafe` and can never free memory the kernel still uses.
+
+mod bufring;
+pub mod token;
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::{opcode, squeue, IoUring};
+
+pub use bufring::BufRing;
+pub use token::{Op, Token};
+
+/// The provided-buffer group id used by every shard (each ring has its own group table).
+const BUF_GROUP: u16 = 0;
+
+/// SOCKET_URING_OP_GETSOCKOPT from include/uapi/linux/io_uring.h (since 6.7).
+const SOCKET_URING_OP_GETSOCKOPT: u32 = 2;
+/// SOCKET_URING_OP_SETSOCKOPT.
+const SOCKET_URING_OP_SETSOCKOPT: u32 = 3;
+
+/// RLIMIT_NOFILE soft limit: the most slots a ring's registered file table can have.
+pub fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+/// A wake-up other threads use to rouse a sleeping shard: an eventfd the shard keeps a read armed on.
+/// `pending` collapses many wakes between two reads into one write(2).
+#[derive(Clone)]
+pub struct Waker {
+    inner: Arc<WakerInner>,
+}
+
+struct WakerInner {
+    fd: OwnedFd,
+    pending: AtomicBool,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd has no memory arguments; a non-negative result is a fresh fd we now own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a valid, open descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Waker { inner: Arc::new(WakerInner { fd, pending: AtomicBool::new(false) }) })
+    }
+
+    pub fn wake(&self) {
+        if !self.inner.pending.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+            unsafe { libc::write(self.inner.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Called by the shard when the armed read completed, before it drains its inbox.
+    pub fn reset(&self) {
+        self.inner.pending.store(false, Ordering::Release);
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.inner.fd.as_raw_fd()
+    }
+}
+
+/// A completion, copied out of the completion queue so the shard can act on the ring while handling it.
+#[derive(Clone, Copy, Debug)]
+pub struct Completion {
+    pub user_data: u64,
+    pub result: i32,
+    pub flags: u32,
+}
+
+impl Completion {
+    pub fn more(&self) -> bool {
+        io_uring::cqueue::more(self.flags)
+    }
+    pub fn buffer_id(&self) -> Option<u16> {
+        io_uring::cqueue::buffer_select(self.flags)
+    }
+}
+
+/// Ring sizing.
+#[derive(Clone, Copy, Debug)]
+pub struct RingConfig {
+    pub entries: u32,
+    pub slots: u32,
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+}
+
+/// Socket-address storage for one slot: big enough for sockaddr_in6; read only after its completion.
+type AddrBuf = MaybeUninit<libc::sockaddr_in6>;
+
+/// A send in flight: the whole buffer and where the kernel was asked to start.
+struct InFlightSend {
+    buf: Vec<u8>,
+    offset: usize,
+}
+
+pub struct Ring {
+    // Field order matters: the ring is dropped (and its operations torn down) before the memory they use.
+    uring: IoUring,
+    bufs: BufRing,
+    sends: Vec<Option<InFlightSend>>,
+    addrs: Vec<AddrBuf>,
+    wake_buf: Box<u64>,
+    slots: u32,
+    /// Whether DEFER_TASKRUN was accepted (otherwise COOP_TASKRUN or nothing).
+    pub defer_taskrun: bool,
+}
+
+impl Ring {
+    /// Must be called on the thread that will use the ring (SINGLE_ISSUER).
+    pub fn new(cfg: RingConfig) -> io::Result<Ring> {
+        let cq = cfg.entries.saturating_mul(4).max(1024);
+        let (uring, defer_taskrun) = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(cq)
+            .setup_submit_all()
+            .build(cfg.entries)
+        {
+            Ok(r) => (r, true),
+            Err(_) => match IoUring::builder().setup_coop_taskrun().setup_cqsize(cq).build(cfg.entries) {
+                Ok(r) => (r, false),
+                Err(_) => (IoUring::builder().setup_cqsize(cq).build(cfg.entries)?, false),
+            },
+        };
+        uring.submitter().register_files_sparse(cfg.slots).map_err(|e| {
+            io::Error::new(e.kind(), format!("registering a file table of {} slots: {e}", cfg.slots))
+        })?;
+        let bufs = BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
+        // SAFETY: the ring memory lives in `bufs`, which this Ring owns and drops after `uring`.
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP, 0)?;
+        }
+        let slots = cfg.slots as usize;
+        let mut sends = Vec::with_capacity(slots);
+        sends.resize_with(slots, || None);
+        Ok(Ring {
+            uring,
+            bufs,
+            sends,
+            addrs: vec![MaybeUninit::zeroed(); slots],
+            wake_buf: Box::new(0),
+            slots: cfg.slots,
+            defer_taskrun,
+        })
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry built in this module points only at memory this Ring owns (send buffers,
+            // address buffers, the wake buffer) or at nothing; that memory stays put until the completion.
+            if unsafe { self.uring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // Queue full: hand what we have to the kernel to make room.
+            let _ = self.uring.submit();
+        }
+    }
+
+    /// Multishot accept on `listener` into auto-allocated direct descriptors.
+    pub fn accept_multi(&mut self, listener: RawFd) {
+        let e = opcode::AcceptMulti::new(Fd(listener))
+            // No SOCK_CLOEXEC: direct descriptors are not in the fd table, and the kernel refuses the flag (EINVAL).
+            .allocate_file_index(true)
+            .build()
+            .user_data(Token::new(Op::Accept, 0, 0).encode());
+        self.push(e);
+    }
+
+    /// Cancel the multishot accept (on shutdown).
+    pub fn cancel_accept(&mut self) {
+        let e = opcode::AsyncCancel::new(Token::new(Op::Accept, 0, 0).encode())
+            .build()
+            .user_data(Token::new(Op::Ignore, 0, 0).encode());
+        self.push(e);
+    }
+
+    /// Multishot receive on a direct descriptor into the shared provided buffers.
+    pub fn recv_multi(&mut self, slot: u32, generation: u32) {
+        let e = opcode::RecvMulti::new(Fixed(slot), BUF_GROUP)
+            .build()
+            .user_data(Token::new(Op::Recv, slot, generation).encode());
+        self.push(e);
+    }
+
+    /// Send `buf[offset..]` on a direct descriptor. The ring keeps `buf` until [`Ring::take_send`].
+    pub fn send(&mut self, slot: u32, generation: u32, buf: Vec<u8>, offset: usize) {
+        let idx = slot as usize;
+        debug_assert!(self.sends[idx].is_none(), "one send in flight per slot");
+        let len = buf.len().saturating_sub(offset).min(u32::MAX as usize) as u32;
+        // The Vec's heap block does not move when the Vec (its pointer/len/cap) is moved into `sends`.
+        let ptr = buf[offset.min(buf.len())..].as_ptr();
+        self.sends[idx] = Some(InFlightSend { buf, offset });
+        let e = opcode::Send::new(Fixed(slot), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Token::new(Op::Send, slot, generation).encode());
+        self.push(e);
+    }
+
+    /// The buffer of the send that just completed on `slot`, and the offset it was sent from.
+    pub fn take_send(&mut self, slot: u32) -> Option<(Vec<u8>, usize)> {
+        self.sends.get_mut(slot as usize)?.take().map(|s| (s.buf, s.offset))
+    }
+
+    /// Cancel every operation on `slot`'s descriptor (a teardown that did not finish in time).
+    pub fn cancel_slot(&mut self, slot: u32) {
+        let e = opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::fd(Fixed(slot)).all())
+            .build()
+            .user_data(Token::new(Op::Ignore, slot, 0).encode());
+        self.push(e);
+    }
+
+    pub fn shutdown(&mut self, slot: u32, generation: u32) {
+        let e = opcode::Shutdown::new(Fixed(slot), libc::SHUT_RDWR)
+            .build()
+            .user_data(Token::new(Op::Shutdown, slot, generation).encode());
+        self.push(e);
+    }
+
+    /// Close a direct descriptor; its table slot is free for the kernel to hand out again afterwards.
+    pub fn close(&mut self, slot: u32, generation: u32) {
+        let e = opcode::Close::new(Fixed(slot)).build().user_data(Token::new(Op::Close, slot, generation).encode());
+        self.push(e);
+    }
+
+    /// Ask for the peer address of an accepted socket (multishot accept cannot report it):
+    /// getsockopt(SOL_SOCKET, SO_PEERNAME) through the socket uring_cmd, no syscall.
+    pub fn peer_name(&mut self, slot: u32, generation: u32, ipv6: bool) {
+        let optlen: u32 = if ipv6 {
+            std::mem::size_of::<libc::sockaddr_in6>() as u32
+        } else {
+            std::mem::size_of::<libc::sockaddr_in>() as u32
+        };
+        let optval = self.addrs[slot as usize].as_mut_ptr() as u64;
+        let e = self.sockopt_entry(slot, SOCKET_URING_OP_GETSOCKOPT, libc::SOL_SOCKET, libc::SO_PEERNAME, optval, optlen);
+        self.push(e.user_data(Token::new(Op::PeerName, slot, generation).encode()));
+    }
+
+    /// The peer address written by a completed [`Ring::peer_name`] (`len` = the completion's result).
+    pub fn read_peer_name(&self, slot: u32, len: i32) -> Option<SocketAddr> {
+        let buf = self.addrs.get(slot as usize)?;
+        // SAFETY: the getsockopt completed, so the kernel is done writing; the buffer was zero-initialised,
+        // so every byte is initialised whatever the kernel wrote.
+        let raw = unsafe { buf.assume_init_ref() };
+        sockaddr_to_std(raw, len as usize)
+    }
+
+    fn sockopt_entry(&self, slot: u32, cmd_op: u32, level: i32, optname: i32, optval: u64, optlen: u32) -> squeue::Entry {
+        let mut cmd = [0u8; 16];
+        cmd[..8].copy_from_slice(&optval.to_ne_bytes());
+        let level_optname = (level as u32 as u64) | ((optname as u32 as u64) << 32);
+        let entry = opcode::UringCmd16::new(Fixed(slot), cmd_op).cmd(cmd).addr(Some(level_optname)).build();
+        // The builder has no setter for `optlen`, which shares bytes 44..48 of the SQE with `file_index`.
+        // SAFETY: squeue::Entry is a #[repr(C)] wrapper around the 64-byte, plain-data io_uring_sqe, so it can be
+        // viewed as bytes and back; only the optlen field is changed.
+        unsafe {
+            let mut bytes: [u8; 64] = std::mem::transmute(entry);
+            bytes[44..48].copy_from_slice(&optlen.to_ne_bytes());
+            std::mem::transmute::<[u8; 64], squeue::Entry>(bytes)
+        }
+    }
+
+    /// setsockopt on a direct descriptor (for sockets we create ourselves; accepted ones inherit the
+    /// listener's options). `value` is copied into the slot's address buffer, which must not be in use.
+    pub fn set_sockopt_int(&mut self, slot: u32, generation: u32, level: i32, optname: i32, value: i32, link: bool) {
+        let ptr = self.addrs[slot as usize].as_mut_ptr() as *mut i32;
+        // SAFETY: the slot's address buffer is not in use by any in-flight op (caller's contract) and is
+        // large and aligned enough for an i32.
+        unsafe { ptr.write(value) };
+        let e = self.sockopt_entry(slot, SOCKET_URING_OP_SETSOCKOPT, level, optname, ptr as u64, 4);
+        let mut e = e.user_data(Token::new(Op::Ignore, slot, generation).encode());
+        if link {
+            e = e.flags(squeue::Flags::IO_LINK);
+        }
+        self.push(e);
+    }
+
+    /// Create a TCP socket straight into a free direct-descriptor slot (result = the slot).
+    pub fn socket(&mut self, ipv6: bool, tag: u32) {
+        let domain = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
+        let e = opcode::Socket::new(domain, libc::SOCK_STREAM, 0)
+            .file_index(Some(io_uring::types::DestinationSlot::auto_target()))
+            .build()
+            .user_data(Token::new(Op::Socket, tag, 0).encode());
+        self.push(e);
+    }
+
+    /// bind(2) a direct descriptor; the address is kept in the slot's buffer until the completion.
+    pub fn bind(&mut self, slot: u32, generation: u32, addr: SocketAddr) {
+        let len = self.store_addr(slot, addr);
+        let ptr = self.addrs[slot as usize].as_ptr() as *const libc::sockaddr;
+        let e = opcode::Bind::new(Fixed(slot), ptr, len).build().user_data(Token::new(Op::Bind, slot, generation).encode());
+        self.push(e);
+    }
+
+    /// connect(2) a direct descriptor; the address is kept in the slot's buffer until the completion.
+    pub fn connect(&mut self, slot: u32, generation: u32, addr: SocketAddr) {
+        let len = self.store_addr(slot, addr);
+        let ptr = self.addrs[slot as usize].as_ptr() as *const libc::sockaddr;
+        let e = opcode::Connect::new(Fixed(slot), ptr, len)
+            .build()
+            .user_data(Token::new(Op::Connect, slot, generation).encode());
+        self.push(e);
+    }
+
+    fn store_addr(&mut self, slot: u32, addr: SocketAddr) -> libc::socklen_t {
+        let buf = self.addrs[slot as usize].as_mut_ptr();
+        // SAFETY: the buffer is ours and not in use by an in-flight operation (one address op per slot at a
+        // time); sockaddr_in fits in sockaddr_in6 and both are plain data.
+        unsafe {
+            std::ptr::write_bytes(buf, 0, 1);
+            match addr {
+                SocketAddr::V4(a) => {
+                    let sin = buf as *mut libc::sockaddr_in;
+                    (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                    (*sin).sin_port = a.port().to_be();
+                    (*sin).sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+                }
+                SocketAddr::V6(a) => {
+                    (*buf).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                    (*buf).sin6_port = a.port().to_be();
+                    (*buf).sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+                    (*buf).sin6_flowinfo = a.flowinfo();
+                    (*buf).sin6_scope_id = a.scope_id();
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+                }
+            }
+        }
+    }
+
+    /// Arm a read on the waker's eventfd; it completes when another thread calls [`Waker::wake`].
+    pub fn arm_wake(&mut self, waker: &Waker) {
+        let ptr = (&mut *self.wake_buf) as *mut u64 as *mut u8;
+        let e = opcode::Read::new(Fd(waker.raw_fd()), ptr, 8).build().user_data(Token::new(Op::Wake, 0, 0).encode());
+        self.push(e);
+    }
+
+    /// The bytes a receive completion delivered in provided buffer `bid`.
+    pub fn recv_buffer(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        self.bufs.buffer_mut(bid, len)
+    }
+
+    /// Give a provided buffer back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
+        self.bufs.recycle(bid);
+    }
+
+    /// Submit everything queued and wait for at least one completion or `timeout`.
+    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.bufs.publish();
+        let ts = Timespec::from(timeout);
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.uring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submit without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.bufs.publish();
+        match self.uring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Move every available completion into `out`.
+    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        for cqe in self.uring.completion() {
+            out.push(Completion { user_data: cqe.user_data(), result: cqe.result(), flags: cqe.flags() });
+        }
+    }
+}
+
+/// Reads a kernel sockaddr of `len` bytes.
+fn sockaddr_to_std(raw: &libc::sockaddr_in6, len: usize) -> Option<SocketAddr> {
+    match raw.sin6_family as i32 {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the bytes hold a sockaddr_in, which is smaller than sockaddr_in6 and has
+            // no stricter alignment.
+            let sin = unsafe { &*(raw as *const libc::sockaddr_in6 as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(u32::from_be(sin.sin_addr.s_addr).into(), u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => Some(SocketAddr::V6(SocketAddrV6::new(
+            raw.sin6_addr.s6_addr.into(),
+            u16::from_be(raw.sin6_port),
+            raw.sin6_flowinfo,
+            raw.sin6_scope_id,
+        ))),
+        _ => None,
+    }
+}
+
+/// A random u64 from getrandom(2) (seeds for masking keys and handshake nonces); the clock if that fails.
+pub fn random_u64() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into the 8-byte buffer.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), 8, 0) };
+    if n == 8 {
+        u64::from_ne_bytes(seed)
+    } else {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    }
+}
+
+/// Errno text for a negative completion result.
+pub fn errno_str(result: i32) -> String {
+    io::Error::from_raw_os_error(-result).to_string()
+}
