@@ -112,6 +112,9 @@ pub struct Config {
     pub ring_entries: u32,
     /// Registered file table slots per ring; 0 = RLIMIT_NOFILE (the kernel caps it there).
     pub slots_per_shard: u32,
+    /// Wake each shard at least this often to call [`Handler::on_tick`] (for applications with their own
+    /// timers, such as the load generator's message rate); `None` = only when the loop wakes anyway.
+    pub handler_tick: Option<Duration>,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
             recv_buffer_size: 4096,
             ring_entries: 4096,
             slots_per_shard: 0,
+            handler_tick: None,
         }
     }
 }
@@ -219,8 +223,11 @@ pub trait Handler: Send + 'static {
     fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_>, _tag: u64, _error: &ConnectError) {}
     /// An outbound connection reached the open state. Called before `on_open`.
     fn on_connected(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, _tag: u64) {}
-    /// Called once per loop iteration with the shard's clock, after completions and timers ran.
+    /// Called once per loop iteration with the shard's clock, after completions and timers ran
+    /// (at least every `Config::handler_tick` when that is set).
     fn on_tick(&mut self, _ctx: &mut Ctx<'_>) {}
+    /// A value sent with [`EngineHandle::notify`] arrived on this shard.
+    fn on_notify(&mut self, _ctx: &mut Ctx<'_>, _message: Box<dyn std::any::Any + Send>) {}
 }
 
 /// Why an outbound connection failed.
@@ -380,6 +387,10 @@ impl EngineHandle {
     /// Open an outbound connection on `shard` (client role).
     pub fn connect(&self, shard: usize, request: ConnectRequest) {
         self.deliver(shard, Command::Connect(Box::new(request)));
+    }
+    /// Hand `message` to the shard's handler ([`Handler::on_notify`]) on its thread.
+    pub fn notify(&self, shard: usize, message: Box<dyn std::any::Any + Send>) {
+        self.deliver(shard, Command::Notify(message));
     }
     /// Run `f` with a [`Ctx`] on the given shard's thread.
     pub fn run_on(&self, shard: usize, f: Box<dyn FnOnce(&mut Ctx<'_>) + Send>) {

@@ -37,6 +37,7 @@ pub(crate) enum Command {
     Ping { conn: ConnId },
     Connect(Box<ConnectRequest>),
     Run(Box<dyn FnOnce(&mut Ctx<'_>) + Send>),
+    Notify(Box<dyn std::any::Any + Send>),
     Shutdown { drain: Duration },
 }
 
@@ -402,7 +403,7 @@ impl Core {
 
     /// How long the ring may sleep: until the wheel's next deadline, at most one second.
     fn sleep_budget(&self) -> Duration {
-        let mut budget = Duration::from_secs(1);
+        let mut budget = self.cfg.handler_tick.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
         if let Some(tick) = self.wheel.next_expiration() {
             let at = self.epoch + Duration::from_nanos((tick as u128 * self.tick_nanos).min(u64::MAX as u128) as u64);
             budget = budget.min(at.saturating_duration_since(self.now));
@@ -1149,6 +1150,10 @@ impl Core {
             Command::Run(f) => {
                 let mut ctx = Ctx { shard: self.index, now: self.now, direct: None, queue: &mut self.queue, handle };
                 f(&mut ctx);
+            }
+            Command::Notify(message) => {
+                let mut ctx = Ctx { shard: self.index, now: self.now, direct: None, queue: &mut self.queue, handle };
+                handler.on_notify(&mut ctx, message);
             }
             Command::Shutdown { drain } => self.begin_shutdown(drain),
         }
