@@ -115,14 +115,19 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl ShardMetrics {
+    /// `code` 0 means the connection never spoke WebSocket (plain HTTP, refused upgrade, handshake timeout):
+    /// it is counted by reason only, so the close-code counters describe WebSocket connections alone.
     pub(crate) fn record_close(&self, code: u16, reason: CloseReason) {
         bump(&self.closed);
+        bump(&self.closed_by_reason[reason.index()]);
+        if code == 0 {
+            return;
+        }
         let i = TRACKED_CLOSE_CODES
             .iter()
             .position(|c| *c == code)
             .unwrap_or(TRACKED_CLOSE_CODES.len());
         bump(&self.closed_by_code[i]);
-        bump(&self.closed_by_reason[reason.index()]);
     }
 
     /// A plain-number copy of every counter.

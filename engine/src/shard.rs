@@ -1016,7 +1016,7 @@ impl Core {
         self.metrics.open.fetch_sub(1, Ordering::Relaxed);
         self.shared.open_total.fetch_sub(1, Ordering::Relaxed);
         let code = ending.info.code;
-        self.metrics.record_close(if code == 0 { 1006 } else { code }, ending.reason);
+        self.metrics.record_close(code, ending.reason);
         let peer_text = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
         if was_open || code != 0 {
             info!(
@@ -1071,7 +1071,7 @@ impl Core {
                     let s = &mut self.slots[slot as usize];
                     s.handshake = Vec::new();
                     s.out.extend_from_slice(&resp);
-                    let info = close_info(1006, "handshake timeout", Initiator::Local);
+                    let info = close_info(0, "handshake timeout", Initiator::Local);
                     self.teardown(slot, CloseReason::HandshakeTimeout, info, true);
                 }
                 Phase::Open => {

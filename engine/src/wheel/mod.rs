@@ -128,7 +128,11 @@ impl Wheel {
                 Some((level, slot, start)) if start <= now => {
                     // Entries are re-placed relative to the slot's start, which is also the earliest any of
                     // them can be due: nothing below this level is occupied.
-                    self.elapsed = start;
+                    self.elapsed = if level == LEVELS - 1 {
+                        self.top_level_cascade_tick(slot, start, now)
+                    } else {
+                        start
+                    };
                     self.cascade(level, slot);
                 }
                 _ => {
@@ -246,6 +250,29 @@ impl Wheel {
             _ => top.slot_for(deadline),
         };
         (LEVELS - 1, slot)
+    }
+
+    /// How far `elapsed` may jump when cascading the top-level `slot` (starting at `start <= now`).
+    ///
+    /// Entries parked from beyond the wheel's span would otherwise come back to the top level one turn
+    /// (`2^36` ticks) at a time: 2^28 cascades to reach a deadline near `u64::MAX`. Instead jump straight to
+    /// the earliest of `now`, the slot's earliest deadline, and the tick before the next occupied slot: nothing
+    /// is due before that tick, and no other occupied slot is passed, so the level invariant still holds.
+    fn top_level_cascade_tick(&self, slot: usize, start: u64, now: u64) -> u64 {
+        let top = &self.levels[LEVELS - 1];
+        let before_next_slot = top
+            .occupied_slots(self.elapsed)
+            .nth(1)
+            .map_or(u64::MAX, |(_, next_start)| next_start - 1);
+        let mut tick = now.min(before_next_slot);
+        let mut key = top.head(slot);
+        while key != NONE {
+            let entry = &self.entries[key as usize];
+            tick = tick.min(entry.deadline);
+            key = entry.next;
+        }
+        debug_assert!(tick >= start);
+        tick
     }
 
     /// Unlinks a scheduled entry from whichever list holds it; leaves `location` stale for the caller to set.
