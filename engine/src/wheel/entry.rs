@@ -29,7 +29,7 @@ impl Location {
     /// The (level, slot) this entry is linked into, or `None` for pending and unscheduled entries.
     pub(super) fn level_slot(self) -> Option<(usize, usize)> {
         let packed = usize::from(self.0);
-        (packed < LEVELS * LEVEL_SLOTS).then(|| (packed / LEVEL_SLOTS, packed % LEVEL_SLOTS))
+        (packed < LEVELS * LEVEL_SLOTS).then_some((packed / LEVEL_SLOTS, packed % LEVEL_SLOTS))
     }
 }
 

@@ -1,9 +1,9 @@
 //! Hierarchical timing wheel: one per shard, at most one entry (the next deadline) per connection slot.
 //!
 //! Time is in ticks (`u64`; the shard maps `Instant`s to ticks). Keys are connection slot indexes (`u32`,
-//! dense). Layout follows tokio's timer wheel: [`LEVELS`] levels of 64 slots, a `u64` occupancy bitmap per
+//! dense). Layout follows tokio's timer wheel: six levels of 64 slots, a `u64` occupancy bitmap per
 //! level so that the next occupied slot is found with a `trailing_zeros` instead of a scan, and entries
-//! threaded through per-slot intrusive lists (see [`entry`]) so that schedule, cancel and re-arm are O(1)
+//! threaded through per-slot intrusive lists (see `entry.rs`) so that schedule, cancel and re-arm are O(1)
 //! and allocate nothing once the entry table has grown to the highest key.
 //!
 //! Why a wheel and not a heap: every connection re-arms its keepalive deadline on every ping and on much
@@ -28,7 +28,7 @@ const EXACT_SCAN_LIMIT: usize = 64;
 ///
 /// Invariants (checked by the tests against a reference model):
 /// * every scheduled entry with `deadline <= elapsed` is in the pending list, every other one is in exactly
-///   one wheel slot, chosen relative to `elapsed` as described in [`level`];
+///   one wheel slot, chosen relative to `elapsed` as described in `level.rs`;
 /// * a slot is never entered by `elapsed` while still occupied: `poll` cascades every slot whose start it
 ///   passes, so entries are always re-placed before their deadline and never fire early.
 pub struct Wheel {
@@ -126,8 +126,8 @@ impl Wheel {
             }
             match self.next_slot() {
                 Some((level, slot, start)) if start <= now => {
-                    // Entries are re-placed relative to the slot's start, which is also the earliest any of
-                    // them can be due: nothing below this level is occupied.
+                    // Entries are re-placed relative to the slot's start (or a later tick at the top level),
+                    // which is no later than any of them is due: nothing below this level is occupied.
                     self.elapsed = if level == LEVELS - 1 {
                         self.top_level_cascade_tick(slot, start, now)
                     } else {
@@ -147,7 +147,7 @@ impl Wheel {
 
     /// The earliest tick at which `poll` may return something; never later than the earliest deadline.
     ///
-    /// Exact when at most [`EXACT_SCAN_LIMIT`] entries have to be looked at to be sure (always with that
+    /// Exact when at most `EXACT_SCAN_LIMIT` (64) entries have to be looked at to be sure (always with that
     /// many keys or fewer); otherwise the start of the slot holding the earliest entry, where a poll only
     /// cascades and the next call gives a tighter answer. `None` when empty.
     pub fn next_expiration(&self) -> Option<u64> {
