@@ -1,1 +1,112 @@
-fn main() {}
+//! tetherd: Tether's WebSocket gateway. Reads its settings, starts the engine with the default application,
+//! and drains on SIGINT/SIGTERM.
+
+mod app;
+mod config;
+mod metrics;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tether::Engine;
+use tracing::{error, info, warn};
+
+use crate::app::App;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit code for bad settings (the same clap uses for bad flags).
+const EXIT_USAGE: u8 = 2;
+/// Exit code when a second signal cuts the drain short (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: i32 = 130;
+
+fn main() -> ExitCode {
+    let settings = match config::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tetherd: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if settings.print_config {
+        print!("{}", settings.to_toml());
+        let _ = std::io::stdout().flush();
+        return ExitCode::SUCCESS;
+    }
+
+    tracing_subscriber::fmt()
+        .compact()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
+        .init();
+
+    // Registered before the engine starts so that a signal arriving during start-up is queued, not fatal.
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let handle_cell = Arc::new(OnceLock::new());
+    let engine = match Engine::start(settings.engine.clone(), |shard| App::new(shard, handle_cell.clone())) {
+        Ok(engine) => engine,
+        Err(e) => {
+            let listen = settings.engine.listen.map_or_else(String::new, |a| a.to_string());
+            error!(error = %e, listen = %listen, "cannot start the engine");
+            eprintln!("tetherd: cannot start on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = engine.handle();
+    let _ = handle_cell.set(handle.clone());
+
+    let addr = engine.local_addr().or(settings.engine.listen);
+    let addr_text = addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+    let capacity = engine.capacity();
+    info!(
+        addr = %addr_text,
+        shards = capacity.shards,
+        slots_per_shard = capacity.slots_per_shard,
+        max_connections = capacity.max_connections,
+        rlimit_nofile = capacity.rlimit_nofile,
+        "listening"
+    );
+    {
+        // Tests start tetherd on port 0 and read this line to learn the port.
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "tetherd listening on {addr_text}");
+        let _ = stdout.flush();
+    }
+
+    let drain = settings.drain_timeout;
+    std::thread::Builder::new()
+        .name("tetherd-signals".into())
+        .spawn(move || watch_signals(signals, handle, drain))
+        .expect("spawn the signal thread");
+
+    engine.wait();
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// First SIGINT/SIGTERM: drain. Second: leave at once.
+fn watch_signals(mut signals: Signals, handle: tether::EngineHandle, drain: std::time::Duration) {
+    let mut draining = false;
+    for signal in signals.forever() {
+        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+        if draining {
+            warn!(signal = name, "second signal, exiting now");
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        draining = true;
+        info!(signal = name, "shutting down, draining for {}", humantime::format_duration(drain));
+        handle.shutdown(drain);
+    }
+}

@@ -1,0 +1,189 @@
+//! `/metrics`: the engine's counters in the Prometheus / OpenMetrics text format, built with prometheus-client.
+//!
+//! The engine keeps its own lock-free counters; a scrape takes a snapshot (`EngineHandle::stats` and
+//! `shard_stats`) and copies it into a fresh registry. A registry per scrape costs a few allocations and keeps
+//! no second set of counters in step with the engine's.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tether::metrics::Stats;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str, label: &'static str, values: &[(String, u64)]) {
+    let family = Family::<Labels, Counter>::default();
+    for (value, n) in values {
+        family.get_or_create(&vec![(label, value.clone())]).inc_by(*n);
+    }
+    registry.register(name, help, family);
+}
+
+fn per_shard_gauge(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    total: &Stats,
+    shards: &[Stats],
+    value: fn(&Stats) -> u64,
+) {
+    let family = Family::<Labels, Gauge>::default();
+    for (i, s) in shards.iter().enumerate() {
+        family.get_or_create(&vec![("shard", i.to_string())]).set(value(s) as i64);
+    }
+    family.get_or_create(&vec![("shard", "total".to_string())]).set(value(total) as i64);
+    registry.register(name, help, family);
+}
+
+/// Renders the totals and per-shard gauges (prefix `tether_`), ending with `# EOF`.
+pub fn render(total: &Stats, shards: &[Stats]) -> String {
+    let mut r = Registry::with_prefix("tether");
+    let reg = &mut r;
+
+    per_shard_gauge(
+        reg,
+        "connections_open",
+        "Connections holding a slot (handshaking, open or closing), per shard and shard=\"total\"",
+        total,
+        shards,
+        |s| s.open,
+    );
+    per_shard_gauge(
+        reg,
+        "websockets_open",
+        "Connections past the WebSocket upgrade and not yet closed, per shard and shard=\"total\"",
+        total,
+        shards,
+        |s| s.websocket_open,
+    );
+    counter(reg, "accepted", "Connections accepted", total.accepted);
+    counter(reg, "closed", "Connections closed, for any reason", total.closed);
+    counter_family(
+        reg,
+        "closed_by_code",
+        "Connections closed, by WebSocket close code (other = untracked codes)",
+        "code",
+        &total.closed_by_code,
+    );
+    let by_reason: Vec<(String, u64)> =
+        total.closed_by_reason.iter().map(|(reason, n)| (reason.as_str().to_string(), *n)).collect();
+    counter_family(reg, "closed_by_reason", "Connections closed, by why they ended", "reason", &by_reason);
+    counter(reg, "pings_sent", "Ping frames sent by the server", total.pings_sent);
+    counter(reg, "pongs_received", "Pong frames received", total.pongs_received);
+    counter(reg, "pings_received", "Ping frames received from peers", total.pings_received);
+    counter(reg, "pong_timeouts", "Connections closed because no frame came within pong_timeout", total.pong_timeouts);
+    counter(
+        reg,
+        "handshake_timeouts",
+        "Connections closed because the upgrade did not finish within handshake_timeout",
+        total.handshake_timeouts,
+    );
+    counter(reg, "rejected_capacity", "Connections refused with 503 at max_connections", total.rejected_capacity);
+    counter(
+        reg,
+        "accept_table_full",
+        "Accepts refused by the kernel because the registered file table was full",
+        total.accept_table_full,
+    );
+    counter(reg, "messages_in", "Messages received", total.messages_in);
+    counter(reg, "messages_out", "Messages sent", total.messages_out);
+    counter(reg, "bytes_in", "Bytes received", total.bytes_in);
+    counter(reg, "bytes_out", "Bytes sent", total.bytes_out);
+    counter(reg, "send_dropped", "Messages dropped because a send queue was full (policy drop)", total.send_dropped);
+    counter(
+        reg,
+        "recv_buffer_exhausted",
+        "Times the provided receive buffers ran out and a receive had to be re-armed",
+        total.recv_buffer_exhausted,
+    );
+
+    let mut out = String::with_capacity(4096);
+    encode(&mut out, &r).expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether::metrics::CloseReason;
+
+    fn sample() -> (Stats, Vec<Stats>) {
+        let a = Stats {
+            shards: 1,
+            open: 3,
+            websocket_open: 2,
+            accepted: 10,
+            closed: 7,
+            pings_sent: 40,
+            pongs_received: 38,
+            pong_timeouts: 2,
+            bytes_in: 1234,
+            closed_by_code: vec![("1000".into(), 5), ("1006".into(), 2)],
+            closed_by_reason: CloseReason::ALL
+                .iter()
+                .map(|r| {
+                    let n = match r {
+                        CloseReason::PeerClose => 5,
+                        CloseReason::PongTimeout => 2,
+                        _ => 0,
+                    };
+                    (*r, n)
+                })
+                .collect(),
+            ..Stats::default()
+        };
+        let b = Stats { shards: 1, open: 4, accepted: 4, messages_in: 9, ..Stats::default() };
+        let mut total = Stats::default();
+        total.merge(&a);
+        total.merge(&b);
+        (total, vec![a, b])
+    }
+
+    #[test]
+    fn renders_counters_and_gauges() {
+        let (total, shards) = sample();
+        let text = render(&total, &shards);
+        let has = |line: &str| text.lines().any(|l| l == line);
+        for line in [
+            "tether_connections_open{shard=\"0\"} 3",
+            "tether_connections_open{shard=\"1\"} 4",
+            "tether_connections_open{shard=\"total\"} 7",
+            "tether_accepted_total 14",
+            "tether_closed_total 7",
+            "tether_closed_by_code_total{code=\"1000\"} 5",
+            "tether_closed_by_code_total{code=\"1006\"} 2",
+            "tether_closed_by_reason_total{reason=\"pong_timeout\"} 2",
+            "tether_closed_by_reason_total{reason=\"shutdown\"} 0",
+            "tether_pings_sent_total 40",
+            "tether_pongs_received_total 38",
+            "tether_pong_timeouts_total 2",
+            "tether_messages_in_total 9",
+            "tether_bytes_in_total 1234",
+            "tether_recv_buffer_exhausted_total 0",
+            "# TYPE tether_accepted counter",
+            "# TYPE tether_connections_open gauge",
+            "# EOF",
+        ] {
+            assert!(has(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn renders_an_empty_engine() {
+        let text = render(&Stats::default(), &[]);
+        assert!(text.lines().any(|l| l == "tether_connections_open{shard=\"total\"} 0"), "{text}");
+        assert!(text.lines().any(|l| l == "tether_handshake_timeouts_total 0"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
