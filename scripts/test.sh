@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The project's test command (README and .ci/run both call it):
+#   bash scripts/test.sh
+# Installs what the tests need on a fresh Debian machine (idempotent), builds tetherd and the test
+# crate in release mode, runs every Rust test in the workspace (unit tests and the end-to-end tests in
+# tests/), then the Python client tests in tests/python. Exits non-zero if anything failed.
+#
+# Environment: CARGO_TARGET_DIR is honoured; TETHERD_BIN is set to the freshly built binary unless
+# given; TETHER_SKIP_PYTHON=1 skips the Python suite; extra arguments go to `cargo test` (a test name
+# filter, e.g. `bash scripts/test.sh echo`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
+
+apt_install() {
+    command -v apt-get >/dev/null || die "need $*, and there is no apt-get to install it"
+    log "apt-get install $*"
+    as_root apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- toolchain -------------------------------------------------------------------------------------
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+command -v python3 >/dev/null || apt_install python3
+
+# --- Python test dependencies: websockets >= 13 and pytest ------------------------------------------
+PY=python3
+py_ready() { "$1" -c 'import pytest, websockets; assert int(websockets.__version__.split(".")[0]) >= 13' 2>/dev/null; }
+if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
+    if py_ready "$ROOT/.venv/bin/python"; then
+        PY=$ROOT/.venv/bin/python
+    elif ! py_ready python3; then
+        log "installing Python test dependencies (websockets, pytest)"
+        python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip python3-venv
+        if ! python3 -m pip install -q --disable-pip-version-check 'websockets>=13' pytest 2>/dev/null; then
+            # PEP 668 (Debian's externally managed Python): use a project-local venv (.venv is ignored).
+            python3 -m venv "$ROOT/.venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$ROOT/.venv"; }
+            "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check 'websockets>=13' pytest
+            PY=$ROOT/.venv/bin/python
+        fi
+        py_ready "$PY" || die "could not install websockets>=13 and pytest for $PY"
+    fi
+fi
+
+# --- build -----------------------------------------------------------------------------------------
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+log "cargo build --release -p tetherd --bins"
+cargo build --release -p tetherd --bins
+export TETHERD_BIN=${TETHERD_BIN:-$TARGET_DIR/release/tetherd}
+[ -x "$TETHERD_BIN" ] || die "built, but $TETHERD_BIN is missing"
+
+# The 30,000-connection test splits its clients over two processes of 15,000 each (each needs an fd
+# limit above ~15,100), and tetherd sizes its registered-file tables by the limit: raise the soft limit
+# to the hard one.
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16000 ]; then
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 16000 ]; then
+        log "warning: RLIMIT_NOFILE is $(ulimit -n); the 30k-connection test needs about 16000 per process"
+    fi
+fi
+
+# --- run -------------------------------------------------------------------------------------------
+# Both suites always run (the Python one needs only tetherd), so one failure never hides another.
+failed=()
+log "cargo test --workspace --release --no-fail-fast $*"
+if ! cargo test --workspace --release --no-fail-fast "$@"; then
+    failed+=("cargo test --workspace")
+fi
+
+if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
+    log "$PY -m pytest -q tests/python"
+    if ! "$PY" -m pytest -q -p no:cacheprovider tests/python; then
+        failed+=("pytest tests/python")
+    fi
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    log "FAILED: ${failed[*]}"
+    exit 1
+fi
+log "all tests passed"

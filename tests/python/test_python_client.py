@@ -1,0 +1,285 @@
+"""End-to-end tests of tetherd with Python's `websockets` (asyncio client).
+
+Starts the same tetherd binary the Rust tests use: $TETHERD_BIN, else target/release/tetherd, else
+target/debug/tetherd (relative to the workspace root, or $CARGO_TARGET_DIR).
+"""
+
+import asyncio
+import logging
+import os
+import pathlib
+import select
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Opcode
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TEST_LIMIT = 60  # seconds, per test
+
+
+def tetherd_bin() -> pathlib.Path:
+    env = os.environ.get("TETHERD_BIN")
+    if env:
+        path = pathlib.Path(env)
+        if not path.is_file():
+            raise RuntimeError(f"TETHERD_BIN={env} is not a file")
+        return path
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    for profile in ("release", "debug"):
+        path = target / profile / "tetherd"
+        if path.is_file():
+            return path
+    raise RuntimeError(
+        "tetherd binary not found: set TETHERD_BIN or build it with "
+        f"`cargo build --release -p tetherd` (looked in {target}/{{release,debug}}/tetherd)"
+    )
+
+
+class Tetherd:
+    """A running tetherd on an ephemeral loopback port; stderr collected in `self.log`."""
+
+    def __init__(self, *args: str):
+        env = dict(os.environ, RUST_LOG=os.environ.get("TETHERD_LOG", "info"), NO_COLOR="1")
+        self.proc = subprocess.Popen(
+            [str(tetherd_bin()), "--listen", "127.0.0.1:0", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        self.log: list[str] = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else ""
+        prefix = "tetherd listening on "
+        if not line.startswith(prefix):
+            self.stop()
+            raise RuntimeError(f"tetherd did not print its listening line (got {line!r}): {self.log[-20:]}")
+        self.addr = line[len(prefix):].strip()
+        threading.Thread(target=self._drain_stdout, daemon=True).start()
+
+    def _drain_stderr(self):
+        for line in self.proc.stderr:
+            self.log.append(line.rstrip("\n"))
+
+    def _drain_stdout(self):
+        for _ in self.proc.stdout:
+            pass
+
+    def url(self, path: str = "/") -> str:
+        return f"ws://{self.addr}{path}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Tetherd("--ping-interval", "1s", "--pong-timeout", "1s", "--tick", "100ms")
+    yield srv
+    srv.stop()
+
+
+def run(coro):
+    """Runs a coroutine with an overall limit so no test can hang."""
+
+    async def bounded():
+        return await asyncio.wait_for(coro, TEST_LIMIT)
+
+    return asyncio.run(bounded())
+
+
+def client(url: str, **kwargs):
+    # proxy=None: never route loopback through an environment proxy.
+    kwargs.setdefault("proxy", None)
+    kwargs.setdefault("open_timeout", 10)
+    kwargs.setdefault("close_timeout", 10)
+    kwargs.setdefault("max_size", 16 * 1024 * 1024)
+    return connect(url, **kwargs)
+
+
+async def recv(ws):
+    return await asyncio.wait_for(ws.recv(), 10)
+
+
+def test_text_and_binary_echo(server):
+    async def go():
+        async with client(server.url()) as ws:
+            await ws.send("hello from python")
+            assert await recv(ws) == "hello from python"
+            await ws.send(b"\x00\x01\x02\xff")
+            assert await recv(ws) == b"\x00\x01\x02\xff"
+            await ws.send("žluťoučký kůň 🐎")
+            assert await recv(ws) == "žluťoučký kůň 🐎"
+            for i in range(100):
+                await ws.send(f"n{i}")
+            for i in range(100):
+                assert await recv(ws) == f"n{i}"
+
+    run(go())
+
+
+def test_permessage_deflate_offer_is_declined_or_works(server):
+    # websockets offers permessage-deflate by default; tetherd does not implement it, so it must not
+    # accept the offer (or, if it ever does, messages must still round-trip).
+    async def go():
+        async with client(server.url(), compression="deflate") as ws:
+            await ws.send("compressible " * 100)
+            assert await recv(ws) == "compressible " * 100
+
+    run(go())
+
+
+def test_fragmented_messages_echo(server):
+    async def go():
+        async with client(server.url(), compression=None) as ws:
+            await ws.send(["frag", "mented ", "text"])
+            assert await recv(ws) == "fragmented text"
+            await ws.send([b"\x01\x02", b"\x03", b"\x04\x05"])
+            assert await recv(ws) == b"\x01\x02\x03\x04\x05"
+
+    run(go())
+
+
+def test_200_kb_echo(server):
+    async def go():
+        async with client(server.url(), compression=None) as ws:
+            blob = bytes((i * 7) % 251 for i in range(200 * 1024))
+            await ws.send(blob)
+            assert await recv(ws) == blob
+            text = "0123456789abcdef" * (200 * 1024 // 16)
+            await ws.send(text)
+            assert await recv(ws) == text
+
+    run(go())
+
+
+def test_ping_is_answered(server):
+    async def go():
+        async with client(server.url(), ping_interval=None) as ws:
+            for payload in (b"", b"py-ping", bytes(range(125))):
+                pong = await ws.ping(payload)
+                latency = await asyncio.wait_for(pong, 10)
+                assert latency >= 0
+            await ws.send("after ping")
+            assert await recv(ws) == "after ping"
+
+    run(go())
+
+
+def test_clean_close_1000(server):
+    async def go():
+        async with client(server.url()) as ws:
+            await ws.send("bye soon")
+            assert await recv(ws) == "bye soon"
+            await ws.close(code=1000, reason="python done")
+            assert ws.close_code == 1000, f"server answered close with {ws.close_code}"
+            # rcvd: the close frame the server sent back.
+            assert ws.protocol.close_rcvd is not None
+            assert ws.protocol.close_rcvd.code == 1000
+
+    run(go())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any("code=1000" in l and 'reason="python done"' in l for l in server.log):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"no close line for the python client's 1000: {server.log[-10:]}")
+
+
+def test_server_pings_arrive_and_idle_connection_survives(server):
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger("tether-test-ws")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = Collect()
+    logger.addHandler(handler)
+
+    async def go():
+        # No client pings: only the server's pings (answered by websockets) keep it alive.
+        async with client(server.url(), ping_interval=None, logger=logger) as ws:
+            await asyncio.sleep(3.5)
+            assert ws.close_code is None, f"idle connection closed with {ws.close_code}"
+            await ws.send("still alive")
+            assert await recv(ws) == "still alive"
+
+    try:
+        run(go())
+    finally:
+        logger.removeHandler(handler)
+    pings = [m for m in messages if m.startswith("< PING")]
+    pongs = [m for m in messages if m.startswith("> PONG")]
+    assert 2 <= len(pings) <= 6, f"expected 2..=6 server pings in 3.5 s with --ping-interval 1s: {pings}"
+    assert len(pongs) >= len(pings) - 1, f"websockets did not answer the pings: {pongs}"
+    assert not any("pong timeout" in l for l in server.log), "an answering client was timed out"
+
+
+def test_silent_peer_is_closed_by_server():
+    # A websockets client whose pong answers are suppressed: the server must close it (1011).
+    srv = Tetherd("--ping-interval", "1s", "--pong-timeout", "1s", "--tick", "100ms", "--close-timeout", "1s")
+    try:
+
+        async def go():
+            async with client(srv.url(), ping_interval=None) as ws:
+                # Stop websockets from answering pings: drop every Pong frame it tries to send.
+                send_frame = ws.protocol.send_frame
+
+                def no_pongs(frame):
+                    if frame.opcode is not Opcode.PONG:
+                        send_frame(frame)
+
+                ws.protocol.send_frame = no_pongs
+                try:
+                    await asyncio.wait_for(ws.recv(), 15)
+                    pytest.fail("expected the server to close the connection")
+                except ConnectionClosed as e:
+                    return e.rcvd.code if e.rcvd is not None else None
+
+        code = run(go())
+        assert code in (1011, None), f"server closed a silent peer with {code}, want 1011"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("pong timeout" in l for l in srv.log):
+            time.sleep(0.1)
+        assert any("pong timeout" in l for l in srv.log), f"no pong timeout logged: {srv.log[-10:]}"
+    finally:
+        srv.stop()
+
+
+def test_sigterm_sends_1001():
+    srv = Tetherd()
+    try:
+
+        async def go():
+            conns = [await client(srv.url()).__aenter__() for _ in range(5)]
+            for ws in conns:
+                await ws.send("x")
+                assert await recv(ws) == "x"
+            srv.proc.send_signal(signal.SIGTERM)
+            codes = []
+            for ws in conns:
+                try:
+                    await asyncio.wait_for(ws.recv(), 15)
+                except ConnectionClosed as e:
+                    codes.append(e.rcvd.code if e.rcvd else None)
+            return codes
+
+        codes = run(go())
+        assert codes == [1001] * 5, f"close codes after SIGTERM: {codes}"
+        assert srv.proc.wait(timeout=20) == 0, "tetherd did not exit 0 after SIGTERM"
+    finally:
+        srv.stop()
