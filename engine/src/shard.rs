@@ -248,6 +248,14 @@ fn bind_listeners(cfg: &Config, addr: SocketAddr, shards: usize) -> io::Result<V
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out = Vec::with_capacity(shards);
     let mut addr = addr;
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let this process silently share the port with another server already
+        // listening there (same user). A plain bind first turns that into a clear "address in use".
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+        drop(probe);
+    }
     for _ in 0..shards {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
         s.set_reuse_address(true)?;

@@ -180,6 +180,8 @@ struct Core {
     /// When the last ping was sent (the connection's start before the first one): the next
     /// keepalive ping is due at `last_ping_at + ping_interval`.
     last_ping_at: Instant,
+    /// When the outstanding ping actually went out (for its RTT).
+    ping_sent_at: Instant,
     /// Set when a ping is sent while none is pending; any inbound frame clears it.
     /// The pong deadline is `pong_wait_since + pong_timeout`.
     pong_wait_since: Option<Instant>,
@@ -217,6 +219,7 @@ impl Connection {
                 message: Vec::new(),
                 state: State::Open,
                 last_ping_at: now,
+                ping_sent_at: now,
                 pong_wait_since: None,
                 ping_counter: 0,
                 rng: if seed == 0 {
@@ -511,8 +514,15 @@ impl Connection {
                     let ping_due = cfg
                         .ping_interval
                         .and_then(|i| after(self.core.last_ping_at, i));
-                    if ping_due.is_some_and(|d| d <= now) {
+                    if let Some(due) = ping_due.filter(|d| *d <= now) {
                         self.core.write_ping(out, now);
+                        // Keep a fixed cadence: the next ping is due one interval after this one was due,
+                        // not after the (tick-rounded, later) moment it went out, unless we fell a whole
+                        // interval behind (then start afresh rather than send a burst).
+                        let interval = cfg.ping_interval.unwrap_or_default();
+                        if now.saturating_duration_since(due) < interval {
+                            self.core.last_ping_at = due;
+                        }
                         return Some(Event::PingSent);
                     }
                     return None;
@@ -584,6 +594,7 @@ impl Core {
         let mask = self.out_mask();
         write_frame(out, true, OP_PING, mask, &self.ping_counter.to_be_bytes());
         self.last_ping_at = now;
+        self.ping_sent_at = now;
         self.rtt_pending = true;
         // Keep the earliest unanswered ping: a later ping must not push the deadline out.
         if self.pong_wait_since.is_none() {
@@ -716,7 +727,7 @@ impl Core {
             OP_PONG => {
                 let rtt = if self.rtt_pending && payload == self.ping_counter.to_be_bytes() {
                     self.rtt_pending = false;
-                    Some(now.saturating_duration_since(self.last_ping_at))
+                    Some(now.saturating_duration_since(self.ping_sent_at))
                 } else {
                     None
                 };

@@ -129,7 +129,12 @@ pub fn parse_request(buf: &[u8], max_size: usize) -> RequestParse {
     let path = req.path.unwrap_or("");
     let headers = req.headers;
 
-    if values(headers, "upgrade").next().is_none() {
+    // A request that carries any WebSocket header is an upgrade attempt: a broken one gets 400, not the
+    // application's plain-HTTP answer.
+    let upgrade_attempt = ["upgrade", "sec-websocket-key", "sec-websocket-version"]
+        .iter()
+        .any(|name| values(headers, name).next().is_some());
+    if !upgrade_attempt {
         let request = HttpRequest {
             method: method.to_string(),
             path: path.to_string(),
@@ -510,6 +515,15 @@ mod tests {
             parse_request(&many, 1 << 20),
             RequestParse::Reject(HttpError { status: 431, .. })
         ));
+    }
+
+    #[test]
+    fn websocket_headers_without_upgrade_are_a_bad_upgrade_not_plain_http() {
+        let buf = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        match parse_request(buf, 8192) {
+            RequestParse::Reject(e) => assert_eq!(e.status, 400),
+            _ => panic!("expected a 400"),
+        }
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub struct Ring {
     sends: Vec<Option<InFlightSend>>,
     addrs: Vec<AddrBuf>,
     wake_buf: Box<u64>,
+    /// Completions reaped early because the submission queue was full (see `push`).
+    backlog: Vec<Completion>,
     slots: u32,
     /// Whether DEFER_TASKRUN was accepted (otherwise COOP_TASKRUN or nothing).
     pub defer_taskrun: bool,
@@ -133,7 +135,9 @@ pub struct Ring {
 impl Ring {
     /// Must be called on the thread that will use the ring (SINGLE_ISSUER).
     pub fn new(cfg: RingConfig) -> io::Result<Ring> {
-        let cq = cfg.entries.saturating_mul(4).max(1024);
+        // Room for a completion from every connection at once (a keepalive round, a broadcast) plus the
+        // operations in flight, so bursts rarely spill into the kernel's overflow list. 16 bytes each.
+        let cq = cfg.entries.saturating_mul(4).max(cfg.slots.saturating_mul(2)).clamp(1024, 65536);
         let (uring, defer_taskrun) = match IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -164,6 +168,7 @@ impl Ring {
             sends,
             addrs: vec![MaybeUninit::zeroed(); slots],
             wake_buf: Box::new(0),
+            backlog: Vec::new(),
             slots: cfg.slots,
             defer_taskrun,
         })
@@ -180,8 +185,18 @@ impl Ring {
             if unsafe { self.uring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            // Queue full: hand what we have to the kernel to make room.
+            // Submission queue full: hand what we have to the kernel. When the completion queue is full too,
+            // the kernel refuses new submissions (EBUSY) until completions are reaped, so move them to the
+            // backlog first; otherwise this loop would spin forever in the middle of a burst.
+            self.reap_to_backlog();
             let _ = self.uring.submit();
+        }
+    }
+
+    fn reap_to_backlog(&mut self) {
+        let backlog = &mut self.backlog;
+        for cqe in self.uring.completion() {
+            backlog.push(Completion { user_data: cqe.user_data(), result: cqe.result(), flags: cqe.flags() });
         }
     }
 
@@ -397,8 +412,9 @@ impl Ring {
         }
     }
 
-    /// Move every available completion into `out`.
+    /// Move every available completion into `out`, oldest first (those reaped while submitting come first).
     pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.backlog);
         for cqe in self.uring.completion() {
             out.push(Completion { user_data: cqe.user_data(), result: cqe.result(), flags: cqe.flags() });
         }
