@@ -1,1 +1,247 @@
-fn main() {}
+//! `tether-load run` / `tether-load demo`: see the crate docs in lib.rs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tether_load::load::{self, LoadConfig, Outcome, ProgressMode};
+use tether_load::{plot, report, url};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "tether-load",
+    version,
+    about = "WebSocket load generator: holds many connections, measures ping latency and idle drops"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a WebSocket server.
+    Run(RunArgs),
+    /// Start a Tether echo server in this process and load it (exit 0 when every connection held).
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Target, ws://HOST:PORT/PATH (wss is not supported).
+    #[arg(long)]
+    url: String,
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long, default_value_t = 50_000)]
+    connections: usize,
+    /// Server ping interval of the in-process server (0 = none).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    server_ping_interval: Duration,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct Common {
+    /// New connections per second during the ramp (e.g. 20000 or 20000/s).
+    #[arg(long, default_value = "20000/s", value_parser = parse_rate)]
+    rate: f64,
+    /// How long to hold the connections after the ramp.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Client ping interval (0 = no pings).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// A ping unanswered this long (no frame at all) counts the connection as dead.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pong_timeout: Duration,
+    /// Messages per second per connection (echo traffic; 0 = idle).
+    #[arg(long, default_value_t = 0.0)]
+    message_rate: f64,
+    /// Message size in bytes (at least 16: send time and a marker).
+    #[arg(long, default_value_t = 64)]
+    message_size: usize,
+    /// Bring dropped connections back with exponential backoff (1 s, 2 s, 4 s ... 30 s, jittered).
+    #[arg(long)]
+    reconnect: bool,
+    /// Source addresses: a range (127.0.0.1-127.0.0.40) or a comma list. Default for loopback targets: enough
+    /// addresses from 127.0.0.1 up for 20,000 connections each.
+    #[arg(long)]
+    source_ips: Option<String>,
+    /// Shard threads (default: enough for the connections, at least one per CPU).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// How long to wait for the close handshakes at the end.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    close_wait: Duration,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the ping RTT distribution (HdrHistogram .hgrm, milliseconds) here.
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write an SVG plot of open connections, ping p50/p99 and drops over time here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Exit non-zero (3) when any connection failed, dropped, or did not close cleanly.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let n = s.trim().trim_end_matches("/s").trim();
+    match n.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("not a rate: {s} (e.g. 20000/s)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    match cli.command {
+        Command::Run(args) => {
+            let target = url::parse_target(&args.url).map_err(anyhow::Error::msg)?;
+            let cfg = load_config(target, args.connections, &args.common)?;
+            let outcome = load::run(&cfg, &stop)?;
+            finish(&outcome, &args.common, args.common.strict)
+        }
+        Command::Demo(args) => {
+            let server_ping = Some(args.server_ping_interval).filter(|d| !d.is_zero());
+            let (server, addr) = tether_load::start_echo_server(args.connections, server_ping)?;
+            eprintln!(
+                "demo: Tether echo server on {addr}, {} connections",
+                args.connections
+            );
+            let target = url::parse_target(&format!("ws://{addr}/")).map_err(anyhow::Error::msg)?;
+            let cfg = load_config(target, args.connections, &args.common)?;
+            let result = load::run(&cfg, &stop);
+            if std::env::var_os("TETHER_LOAD_DEBUG").is_some() {
+                eprintln!("server engine: {:?}", server.handle().stats());
+            }
+            server.handle().shutdown(Duration::from_millis(500));
+            load::wait_bounded(server, Duration::from_secs(5));
+            finish(&result?, &args.common, true)
+        }
+    }
+}
+
+fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::Result<LoadConfig> {
+    let source_ips = match &c.source_ips {
+        Some(spec) => url::parse_source_ips(spec).map_err(anyhow::Error::msg)?,
+        None => url::default_source_ips(&target.addr, connections),
+    };
+    anyhow::ensure!(
+        c.message_rate >= 0.0 && c.message_rate.is_finite(),
+        "--message-rate must be 0 or more"
+    );
+    Ok(LoadConfig {
+        target,
+        connections,
+        rate: c.rate,
+        duration: c.duration,
+        ping_interval: Some(c.ping_interval).filter(|d| !d.is_zero()),
+        pong_timeout: c.pong_timeout,
+        message_rate: c.message_rate,
+        message_size: c.message_size,
+        reconnect: c.reconnect,
+        source_ips,
+        shards: c.shards,
+        handshake_timeout: c.handshake_timeout,
+        close_wait: c.close_wait,
+        progress: if c.quiet {
+            ProgressMode::Off
+        } else {
+            ProgressMode::Auto
+        },
+    })
+}
+
+fn finish(outcome: &Outcome, c: &Common, strict: bool) -> anyhow::Result<ExitCode> {
+    let r = &outcome.report;
+    print!("{}", r.table());
+    if let Some(path) = &c.json {
+        let mut text = serde_json::to_string_pretty(r)?;
+        text.push('\n');
+        std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &c.hgrm {
+        std::fs::write(path, report::hgrm(&outcome.ping_rtt, 1000.0))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &c.plot {
+        let title = format!(
+            "tether-load {}: {} connections",
+            r.target, r.connections.requested
+        );
+        std::fs::write(path, plot::svg(&outcome.samples, &title))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    let healthy = r.connections.established == r.connections.requested
+        && r.connections.failed == 0
+        && r.drops.total == 0
+        && r.closes.unclean == 0
+        && r.closes.left_open == 0
+        && !r.interrupted;
+    if strict && !healthy {
+        eprintln!(
+            "tether-load: not every connection held: established {}/{}, failed {}, drops {}, unclean closes {}, left open {}",
+            r.connections.established,
+            r.connections.requested,
+            r.connections.failed,
+            r.drops.total,
+            r.closes.unclean,
+            r.closes.left_open
+        );
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,967 @@
+//! The load itself: a [`Handler`] per shard that owns its connections' state and measurements, and the driver
+//! that paces connects from the main thread, holds, closes, and gathers the shards' numbers.
+//!
+//! Hot path: every callback touches only shard-local state (a hash map entry and a histogram). The main thread
+//! reads the shards at most once a second by asking each one through [`EngineHandle::notify`]; the shard
+//! answers with a copy of its counters and histograms.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+use hdrhistogram::Histogram;
+use tether::{
+    Closed, Config, ConnId, ConnectError, ConnectRequest, Ctx, Engine, EngineHandle, Handler,
+    Initiator, Message, MessageKind,
+};
+
+use crate::report::{self, new_histogram, Report, Summary};
+use crate::url::Target;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub target: Target,
+    pub connections: usize,
+    /// New connections per second during the ramp.
+    pub rate: f64,
+    /// How long to hold the connections once the ramp is done.
+    pub duration: Duration,
+    /// Client pings (the engine's keepalive pings); `None` = no pings.
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    /// Messages per second per connection (echo traffic); 0 = idle.
+    pub message_rate: f64,
+    pub message_size: usize,
+    pub reconnect: bool,
+    /// Source addresses to bind, round robin; empty = let the kernel choose.
+    pub source_ips: Vec<IpAddr>,
+    /// Shard threads; 0 = enough for the connections and at least one per CPU.
+    pub shards: usize,
+    pub handshake_timeout: Duration,
+    /// How long to wait for the close handshakes at the end.
+    pub close_wait: Duration,
+    pub progress: ProgressMode,
+}
+
+impl LoadConfig {
+    /// Defaults for everything but the target.
+    pub fn new(target: Target) -> LoadConfig {
+        LoadConfig {
+            source_ips: crate::url::default_source_ips(&target.addr, 1000),
+            target,
+            connections: 1000,
+            rate: 10_000.0,
+            duration: Duration::from_secs(60),
+            ping_interval: Some(Duration::from_secs(5)),
+            pong_timeout: Duration::from_secs(10),
+            message_rate: 0.0,
+            message_size: 64,
+            reconnect: false,
+            shards: 0,
+            handshake_timeout: Duration::from_secs(10),
+            close_wait: Duration::from_secs(10),
+            progress: ProgressMode::Auto,
+        }
+    }
+}
+
+/// How the once-a-second progress line is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// An indicatif line when stderr is a terminal, plain lines otherwise.
+    Auto,
+    Plain,
+    Off,
+}
+
+/// One point of the per-second time series (the plot).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub open: u64,
+    /// Ping RTT percentiles of the pongs that arrived during this second (ms), None when there were none.
+    pub ping_p50_ms: Option<f64>,
+    pub ping_p99_ms: Option<f64>,
+    /// Drops so far.
+    pub drops: u64,
+}
+
+/// Everything a run produced.
+pub struct Outcome {
+    pub report: Report,
+    pub samples: Vec<Sample>,
+    pub ping_rtt: Histogram<u64>,
+}
+
+// ----- connect tags -----
+
+// A connect tag carries everything on_connected / on_connect_failed need: the logical connection's index, two
+// flags, and when the request was issued (µs since the run's epoch, wrapping), for the handshake latency.
+const TAG_INDEX_MASK: u64 = (1 << 28) - 1;
+/// Not the first attempt for this index.
+const TAG_RETRY: u64 = 1 << 28;
+/// This index has been open before: a success is a reconnect.
+const TAG_WAS_OPEN: u64 = 1 << 29;
+const TAG_TIME_SHIFT: u32 = 30;
+const TAG_TIME_MASK: u64 = (1 << 34) - 1;
+
+/// Marks our echo payloads: `[send time µs LE][MAGIC LE][padding]`.
+const PAYLOAD_MAGIC: u64 = 0x646c_7265_6874_6574; // "tetherld"
+const PAYLOAD_HEADER: usize = 16;
+
+const PHASE_RAMP: u8 = 0;
+const PHASE_HOLD: u8 = 1;
+const PHASE_CLOSING: u8 = 2;
+
+/// What the shards share: read-only settings plus a few counters the driver polls while ramping.
+struct Shared {
+    epoch: Instant,
+    phase: AtomicU8,
+    target: Target,
+    source_ips: Vec<IpAddr>,
+    reconnect: bool,
+    message_interval: Option<Duration>,
+    message_size: usize,
+    /// First attempts that finished (opened or failed).
+    first_resolved: AtomicU64,
+    /// Logical connections that opened at least once.
+    opened: AtomicU64,
+    /// The first connect error, worded for the user.
+    first_error: OnceLock<String>,
+}
+
+impl Shared {
+    fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    fn request(&self, index: u64, flags: u64, now: Instant) -> ConnectRequest {
+        let bind = if self.source_ips.is_empty() {
+            None
+        } else {
+            Some(SocketAddr::new(
+                self.source_ips[index as usize % self.source_ips.len()],
+                0,
+            ))
+        };
+        let tag = (index & TAG_INDEX_MASK)
+            | flags
+            | ((self.micros(now) & TAG_TIME_MASK) << TAG_TIME_SHIFT);
+        ConnectRequest {
+            addr: self.target.addr,
+            bind,
+            host: self.target.host.clone(),
+            path: self.target.path.clone(),
+            tag,
+        }
+    }
+}
+
+/// The user-facing wording of a connect error (the line after `error: ` for a bad target).
+pub fn describe_connect_error(url: &str, error: &ConnectError) -> String {
+    match error {
+        ConnectError::Io(text) => {
+            let text = text.strip_prefix("connect: ").unwrap_or(text);
+            let text = match text.find(" (os error") {
+                Some(i) => &text[..i],
+                None => text,
+            };
+            format!("cannot connect to {url}: {text}")
+        }
+        ConnectError::Rejected { .. } | ConnectError::Invalid(_) => error.to_string(),
+        other => format!("cannot connect to {url}: {other}"),
+    }
+}
+
+// ----- per-shard state -----
+
+/// A shard's counters and histograms. Merged over shards for the report.
+#[derive(Clone)]
+pub struct ShardStats {
+    pub established: u64,
+    pub failed: u64,
+    pub reconnects: u64,
+    pub retry_failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub drops_by_code: BTreeMap<u16, u64>,
+    pub drops_ramp: u64,
+    pub drops_hold: u64,
+    pub pong_timeouts: u64,
+    pub pings_answered: u64,
+    pub pongs_late: u64,
+    pub server_pings: u64,
+    pub messages_sent: u64,
+    pub messages_echoed: u64,
+    pub closed_clean: u64,
+    pub closed_unclean: u64,
+    pub handshake_us: Histogram<u64>,
+    pub ping_rtt_us: Histogram<u64>,
+    pub echo_us: Histogram<u64>,
+    pub server_ping_interval_ms: Histogram<u64>,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            established: 0,
+            failed: 0,
+            reconnects: 0,
+            retry_failed: 0,
+            errors: BTreeMap::new(),
+            drops_by_code: BTreeMap::new(),
+            drops_ramp: 0,
+            drops_hold: 0,
+            pong_timeouts: 0,
+            pings_answered: 0,
+            pongs_late: 0,
+            server_pings: 0,
+            messages_sent: 0,
+            messages_echoed: 0,
+            closed_clean: 0,
+            closed_unclean: 0,
+            handshake_us: new_histogram(),
+            ping_rtt_us: new_histogram(),
+            echo_us: new_histogram(),
+            server_ping_interval_ms: new_histogram(),
+        }
+    }
+}
+
+impl ShardStats {
+    pub fn drops(&self) -> u64 {
+        self.drops_ramp + self.drops_hold
+    }
+
+    pub fn merge(&mut self, o: &ShardStats) {
+        self.established += o.established;
+        self.failed += o.failed;
+        self.reconnects += o.reconnects;
+        self.retry_failed += o.retry_failed;
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.drops_by_code {
+            *self.drops_by_code.entry(*k).or_default() += v;
+        }
+        self.drops_ramp += o.drops_ramp;
+        self.drops_hold += o.drops_hold;
+        self.pong_timeouts += o.pong_timeouts;
+        self.pings_answered += o.pings_answered;
+        self.pongs_late += o.pongs_late;
+        self.server_pings += o.server_pings;
+        self.messages_sent += o.messages_sent;
+        self.messages_echoed += o.messages_echoed;
+        self.closed_clean += o.closed_clean;
+        self.closed_unclean += o.closed_unclean;
+        // Same bounds everywhere: adding cannot fail.
+        let _ = self.handshake_us.add(&o.handshake_us);
+        let _ = self.ping_rtt_us.add(&o.ping_rtt_us);
+        let _ = self.echo_us.add(&o.echo_us);
+        let _ = self.server_ping_interval_ms.add(&o.server_ping_interval_ms);
+    }
+}
+
+/// Messages from the driver to a shard's handler (through [`EngineHandle::notify`]).
+enum Control {
+    /// Answer with a copy of the stats and the ping RTTs since the last snapshot.
+    Snapshot(mpsc::Sender<(usize, Box<ShardStats>, Histogram<u64>)>),
+    /// Close every connection with 1000 and stop reconnecting.
+    CloseAll,
+}
+
+struct Conn {
+    index: u32,
+    last_server_ping: Option<Instant>,
+    /// We started its close: its end is not a drop.
+    closing: bool,
+}
+
+/// The load generator's handler: one per shard.
+pub struct LoadHandler {
+    shard: usize,
+    shared: Arc<Shared>,
+    conns: HashMap<ConnId, Conn>,
+    stats: ShardStats,
+    /// Ping RTTs since the last snapshot (the progress line's p99 and the plot).
+    recent_ping_us: Histogram<u64>,
+    /// Next message due per connection (stale entries of closed connections are skipped).
+    messages: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Reconnects due: (when, index, tag flags).
+    retries: BinaryHeap<Reverse<(Instant, u32, u64)>>,
+    /// Consecutive failures per index, for the backoff; cleared when the index connects.
+    attempts: HashMap<u32, u32>,
+    closing: bool,
+    rng: u64,
+}
+
+const MAX_ERROR_KINDS: usize = 32;
+/// Messages sent per tick at most, so a late shard catches up without stalling its loop.
+const MAX_MESSAGES_PER_TICK: usize = 50_000;
+
+impl LoadHandler {
+    fn new(shard: usize, shared: Arc<Shared>) -> LoadHandler {
+        let seed = shared.epoch.elapsed().as_nanos() as u64
+            ^ (shard as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        LoadHandler {
+            shard,
+            shared,
+            conns: HashMap::new(),
+            stats: ShardStats::default(),
+            recent_ping_us: new_histogram(),
+            messages: BinaryHeap::new(),
+            retries: BinaryHeap::new(),
+            attempts: HashMap::new(),
+            closing: false,
+            rng: seed | 1,
+        }
+    }
+
+    /// Uniform in [0, 1).
+    fn random(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Reconnect `index` after an exponential backoff (1 s, 2 s, 4s ... 30 s, ±20 % jitter).
+    fn schedule_retry(&mut self, index: u32, flags: u64, now: Instant) {
+        if !self.shared.reconnect || self.closing {
+            return;
+        }
+        let attempt = self.attempts.entry(index).or_insert(0);
+        let base = Duration::from_secs(1u64 << (*attempt).min(5)).min(Duration::from_secs(30));
+        *attempt += 1;
+        let delay = base
+            .mul_f64(0.8 + 0.4 * self.random())
+            .min(Duration::from_secs(30));
+        self.retries
+            .push(Reverse((now + delay, index, flags | TAG_RETRY)));
+    }
+
+    fn phase_drop(&mut self) {
+        match self.shared.phase.load(Relaxed) {
+            PHASE_RAMP => self.stats.drops_ramp += 1,
+            _ => self.stats.drops_hold += 1,
+        }
+    }
+
+    fn send_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        let size = self.shared.message_size.max(PAYLOAD_HEADER);
+        let mut payload = vec![0u8; size];
+        payload[..8].copy_from_slice(&self.shared.micros(Instant::now()).to_le_bytes());
+        payload[8..16].copy_from_slice(&PAYLOAD_MAGIC.to_le_bytes());
+        ctx.send_owned(conn, MessageKind::Binary, payload);
+        self.stats.messages_sent += 1;
+    }
+}
+
+impl Handler for LoadHandler {
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, tag: u64) {
+        let now = ctx.now();
+        let issued = (tag >> TAG_TIME_SHIFT) & TAG_TIME_MASK;
+        let latency = self.shared.micros(now).wrapping_sub(issued) & TAG_TIME_MASK;
+        self.stats.handshake_us.saturating_record(latency.max(1));
+        let index = (tag & TAG_INDEX_MASK) as u32;
+        if tag & TAG_WAS_OPEN == 0 {
+            self.stats.established += 1;
+            self.shared.opened.fetch_add(1, Relaxed);
+        } else {
+            self.stats.reconnects += 1;
+        }
+        if tag & TAG_RETRY == 0 {
+            self.shared.first_resolved.fetch_add(1, Relaxed);
+        }
+        if self.shared.reconnect {
+            self.attempts.remove(&index);
+        }
+        let closing = self.closing;
+        self.conns.insert(
+            conn,
+            Conn {
+                index,
+                last_server_ping: None,
+                closing,
+            },
+        );
+        if closing {
+            ctx.close(conn, 1000, "load test done");
+        } else if let Some(interval) = self.shared.message_interval {
+            // Spread the first message over one interval so connections do not send in lockstep.
+            let first = now + interval.mul_f64(self.random());
+            self.messages.push(Reverse((first, conn)));
+        }
+    }
+
+    fn on_connect_failed(&mut self, ctx: &mut Ctx<'_>, tag: u64, error: &ConnectError) {
+        let _ = self
+            .shared
+            .first_error
+            .set(describe_connect_error(&self.shared.target.url, error));
+        if tag & TAG_RETRY == 0 {
+            self.stats.failed += 1;
+            self.shared.first_resolved.fetch_add(1, Relaxed);
+        } else {
+            self.stats.retry_failed += 1;
+        }
+        let text = error.to_string();
+        if self.stats.errors.len() < MAX_ERROR_KINDS || self.stats.errors.contains_key(&text) {
+            *self.stats.errors.entry(text).or_default() += 1;
+        }
+        let index = (tag & TAG_INDEX_MASK) as u32;
+        self.schedule_retry(index, tag & TAG_WAS_OPEN, ctx.now());
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, _conn: ConnId, message: Message<'_>) {
+        let bytes = message.as_bytes();
+        if bytes.len() >= PAYLOAD_HEADER && bytes[8..16] == PAYLOAD_MAGIC.to_le_bytes() {
+            let sent = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            let latency = self.shared.micros(ctx.now()).saturating_sub(sent);
+            self.stats.echo_us.saturating_record(latency.max(1));
+            self.stats.messages_echoed += 1;
+        }
+    }
+
+    fn on_ping(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, _payload: &[u8]) {
+        self.stats.server_pings += 1;
+        let now = ctx.now();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if let Some(prev) = c.last_server_ping.replace(now) {
+                let ms = now.saturating_duration_since(prev).as_millis() as u64;
+                self.stats
+                    .server_ping_interval_ms
+                    .saturating_record(ms.max(1));
+            }
+        }
+    }
+
+    fn on_pong(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, rtt: Option<Duration>) {
+        match rtt {
+            Some(rtt) => {
+                let us = (rtt.as_micros() as u64).max(1);
+                self.stats.ping_rtt_us.saturating_record(us);
+                self.recent_ping_us.saturating_record(us);
+                self.stats.pings_answered += 1;
+            }
+            None => self.stats.pongs_late += 1,
+        }
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, closed: &Closed) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let info = &closed.info;
+        if c.closing {
+            if info.code == 1000 && info.initiator != Initiator::Abnormal {
+                self.stats.closed_clean += 1;
+            } else {
+                self.stats.closed_unclean += 1;
+            }
+            return;
+        }
+        // A close we did not start: a drop.
+        let code = match (info.initiator, info.code) {
+            (Initiator::Abnormal, _) => 1006,
+            (_, 0) => 1005,
+            (_, code) => code,
+        };
+        *self.stats.drops_by_code.entry(code).or_default() += 1;
+        if info.initiator == Initiator::Local && info.reason == "pong timeout" {
+            self.stats.pong_timeouts += 1;
+        }
+        self.phase_drop();
+        self.schedule_retry(c.index, TAG_WAS_OPEN, ctx.now());
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now();
+        while let Some(Reverse((due, index, flags))) = self.retries.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.retries.pop();
+            ctx.connect(self.shared.request(index as u64, flags, Instant::now()));
+        }
+        let Some(interval) = self.shared.message_interval else {
+            return;
+        };
+        let mut sent = 0;
+        while let Some(Reverse((due, conn))) = self.messages.peek().copied() {
+            if due > now || sent >= MAX_MESSAGES_PER_TICK {
+                break;
+            }
+            self.messages.pop();
+            if self.conns.get(&conn).is_some_and(|c| !c.closing) {
+                self.send_message(ctx, conn);
+                sent += 1;
+                self.messages.push(Reverse((due + interval, conn)));
+            }
+        }
+    }
+
+    fn on_notify(&mut self, ctx: &mut Ctx<'_>, message: Box<dyn std::any::Any + Send>) {
+        let Ok(control) = message.downcast::<Control>() else {
+            return;
+        };
+        match *control {
+            Control::Snapshot(reply) => {
+                let mut recent = self.recent_ping_us.clone();
+                std::mem::swap(&mut recent, &mut self.recent_ping_us);
+                self.recent_ping_us.reset();
+                let _ = reply.send((self.shard, Box::new(self.stats.clone()), recent));
+            }
+            Control::CloseAll => {
+                self.closing = true;
+                self.retries.clear();
+                self.messages.clear();
+                for (id, c) in self.conns.iter_mut() {
+                    c.closing = true;
+                    ctx.close(*id, 1000, "load test done");
+                }
+            }
+        }
+    }
+}
+
+// ----- the driver -----
+
+/// Reads the shards and the engine's counters, integrates connection time, prints the progress line and
+/// records the per-second samples.
+struct Monitor {
+    handle: EngineHandle,
+    epoch: Instant,
+    target_connections: u64,
+    last_poll: Instant,
+    last_second: Instant,
+    connection_seconds: f64,
+    peak_open: u64,
+    latest: Vec<Option<Box<ShardStats>>>,
+    samples: Vec<Sample>,
+    prev_opens: u64,
+    prev_answered: u64,
+    progress: Progress,
+    phase: &'static str,
+}
+
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Plain,
+    Off,
+}
+
+const POLL_EVERY: Duration = Duration::from_millis(100);
+const SECOND: Duration = Duration::from_secs(1);
+
+impl Monitor {
+    fn new(handle: EngineHandle, epoch: Instant, target: u64, mode: ProgressMode) -> Monitor {
+        use std::io::IsTerminal;
+        let progress = match mode {
+            ProgressMode::Off => Progress::Off,
+            ProgressMode::Plain => Progress::Plain,
+            ProgressMode::Auto if std::io::stderr().is_terminal() => {
+                let bar = indicatif::ProgressBar::with_draw_target(
+                    Some(target),
+                    indicatif::ProgressDrawTarget::stderr_with_hz(2),
+                );
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:20.cyan/blue} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                Progress::Bar(bar)
+            }
+            ProgressMode::Auto => Progress::Plain,
+        };
+        let shards = handle.shards();
+        Monitor {
+            handle,
+            epoch,
+            target_connections: target,
+            last_poll: epoch,
+            last_second: epoch,
+            connection_seconds: 0.0,
+            peak_open: 0,
+            latest: (0..shards).map(|_| None).collect(),
+            samples: vec![Sample::default()],
+            prev_opens: 0,
+            prev_answered: 0,
+            progress,
+            phase: "ramp",
+        }
+    }
+
+    /// Called often by the driver's loops; does its work at most every 100 ms / once a second.
+    fn poll(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_poll) >= POLL_EVERY {
+            let open = self.open_websockets();
+            self.connection_seconds +=
+                open as f64 * now.duration_since(self.last_poll).as_secs_f64();
+            self.peak_open = self.peak_open.max(open);
+            self.last_poll = now;
+        }
+        if now.duration_since(self.last_second) >= SECOND {
+            self.last_second += SECOND;
+            if now.duration_since(self.last_second) > SECOND {
+                self.last_second = now;
+            }
+            self.second();
+        }
+    }
+
+    fn open_websockets(&self) -> u64 {
+        self.handle
+            .shard_stats()
+            .iter()
+            .map(|s| s.websocket_open)
+            .sum()
+    }
+
+    /// Ask every shard for its numbers; returns the merged stats and the RTTs since the last request.
+    fn snapshot(&mut self, wait: Duration) -> (ShardStats, Histogram<u64>) {
+        let (tx, rx) = mpsc::channel();
+        let shards = self.handle.shards();
+        for shard in 0..shards {
+            self.handle
+                .notify(shard, Box::new(Control::Snapshot(tx.clone())));
+        }
+        drop(tx);
+        let deadline = Instant::now() + wait;
+        let mut recent = new_histogram();
+        let mut answered = 0;
+        while answered < shards {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((shard, stats, rtts)) => {
+                    self.latest[shard] = Some(stats);
+                    let _ = recent.add(&rtts);
+                    answered += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut total = ShardStats::default();
+        for s in self.latest.iter().flatten() {
+            total.merge(s);
+        }
+        (total, recent)
+    }
+
+    fn second(&mut self) {
+        let (total, recent) = self.snapshot(Duration::from_millis(300));
+        let open = self.open_websockets();
+        self.peak_open = self.peak_open.max(open);
+        let t_s = self.epoch.elapsed().as_secs_f64();
+        let q = |q: f64| (!recent.is_empty()).then(|| recent.value_at_quantile(q) as f64 / 1000.0);
+        let sample = Sample {
+            t_s,
+            open,
+            ping_p50_ms: q(0.5),
+            ping_p99_ms: q(0.99),
+            drops: total.drops(),
+        };
+        let opens = total.established + total.reconnects;
+        let line = format!(
+            "[{:>5.0}s] {:<7} open {}/{}  conn/s {}  pings/s {}  ping p99 {}  drops {}",
+            t_s,
+            self.phase,
+            open,
+            self.target_connections,
+            opens.saturating_sub(self.prev_opens),
+            total.pings_answered.saturating_sub(self.prev_answered),
+            sample
+                .ping_p99_ms
+                .map_or("-".to_string(), |v| format!("{v:.2}ms")),
+            sample.drops,
+        );
+        self.prev_opens = opens;
+        self.prev_answered = total.pings_answered;
+        match &self.progress {
+            Progress::Bar(bar) => {
+                bar.set_position(open.min(self.target_connections));
+                bar.set_message(line);
+            }
+            Progress::Plain => eprintln!("{line}"),
+            Progress::Off => {}
+        }
+        self.samples.push(sample);
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A load run's result: the numbers, or the one-line reason the target is unusable.
+pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(cfg.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        cfg.connections as u64 <= TAG_INDEX_MASK,
+        "--connections is too large"
+    );
+    anyhow::ensure!(cfg.rate > 0.0, "--rate must be positive");
+    let epoch = Instant::now();
+    let shared = Arc::new(Shared {
+        epoch,
+        phase: AtomicU8::new(PHASE_RAMP),
+        target: cfg.target.clone(),
+        source_ips: cfg.source_ips.clone(),
+        reconnect: cfg.reconnect,
+        message_interval: (cfg.message_rate > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
+        message_size: cfg.message_size,
+        first_resolved: AtomicU64::new(0),
+        opened: AtomicU64::new(0),
+        first_error: OnceLock::new(),
+    });
+    let n = cfg.connections;
+    let config = Config {
+        listen: None,
+        shards: cfg.shards,
+        max_connections: n + n / 8 + 256,
+        ping_interval: cfg.ping_interval.filter(|d| !d.is_zero()),
+        pong_timeout: cfg.pong_timeout,
+        handshake_timeout: cfg.handshake_timeout,
+        handler_tick: Some(Duration::from_millis(10)),
+        ..Config::default()
+    };
+    let engine = {
+        let shared = shared.clone();
+        Engine::start(config, move |i| LoadHandler::new(i, shared.clone()))
+            .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?
+    };
+    let handle = engine.handle();
+    let shards = handle.shards();
+    let mut issued = 0usize;
+    let issue = |count: usize, issued: &mut usize| {
+        for _ in 0..count {
+            let index = *issued;
+            handle.connect(
+                index % shards,
+                shared.request(index as u64, 0, Instant::now()),
+            );
+            *issued += 1;
+        }
+    };
+
+    // Probe: the first few connections decide whether the target is usable at all.
+    let probe = n.min(10);
+    issue(probe, &mut issued);
+    let probe_deadline = Instant::now() + cfg.handshake_timeout + Duration::from_secs(2);
+    while shared.first_resolved.load(Relaxed) < probe as u64 && Instant::now() < probe_deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if shared.opened.load(Relaxed) == 0 {
+        let why = shared
+            .first_error
+            .get()
+            .cloned()
+            .unwrap_or_else(|| format!("cannot connect to {}: no answer", cfg.target.url));
+        handle.shutdown(Duration::ZERO);
+        engine.wait();
+        anyhow::bail!(why);
+    }
+
+    let mut monitor = Monitor::new(handle.clone(), epoch, n as u64, cfg.progress);
+    // Ramp: pace the rest; the clock started with the probe.
+    let mut interrupted = false;
+    while issued < n {
+        if stop.load(Relaxed) {
+            interrupted = true;
+            break;
+        }
+        let due = ((epoch.elapsed().as_secs_f64() * cfg.rate) as usize).min(n);
+        if due > issued {
+            issue(due - issued, &mut issued);
+        }
+        monitor.poll();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let last_issue = Instant::now();
+    let resolve_deadline = last_issue + cfg.handshake_timeout + Duration::from_secs(2);
+    while !interrupted
+        && shared.first_resolved.load(Relaxed) < issued as u64
+        && Instant::now() < resolve_deadline
+    {
+        if stop.load(Relaxed) {
+            interrupted = true;
+        }
+        monitor.poll();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ramp = epoch.elapsed();
+
+    // Hold.
+    shared.phase.store(PHASE_HOLD, Relaxed);
+    monitor.phase = "hold";
+    let hold_start = Instant::now();
+    while !interrupted && hold_start.elapsed() < cfg.duration {
+        if stop.load(Relaxed) {
+            interrupted = true;
+        }
+        monitor.poll();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let hold = hold_start.elapsed();
+
+    // Close everything with 1000 and wait (bounded) for the handshakes.
+    shared.phase.store(PHASE_CLOSING, Relaxed);
+    monitor.phase = "closing";
+    monitor.poll();
+    let connection_seconds = monitor.connection_seconds;
+    for shard in 0..shards {
+        handle.notify(shard, Box::new(Control::CloseAll));
+    }
+    let close_deadline = Instant::now() + cfg.close_wait;
+    let mut left_open = handle.stats().open;
+    while Instant::now() < close_deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        left_open = handle.shard_stats().iter().map(|s| s.open).sum();
+        if left_open == 0 {
+            break;
+        }
+        monitor.poll();
+    }
+    let (total, _) = monitor.snapshot(Duration::from_secs(2));
+    monitor.finish();
+    let engine_stats = handle.stats();
+    if std::env::var_os("TETHER_LOAD_DEBUG").is_some() {
+        eprintln!("client engine: {engine_stats:?}");
+    }
+    handle.shutdown(Duration::from_millis(500));
+    wait_bounded(engine, Duration::from_secs(5));
+
+    let report = build_report(
+        cfg,
+        shards,
+        &total,
+        &engine_stats,
+        Timings {
+            ramp,
+            hold,
+            total: epoch.elapsed(),
+        },
+        connection_seconds,
+        monitor.peak_open,
+        left_open,
+        interrupted,
+    );
+    Ok(Outcome {
+        report,
+        samples: std::mem::take(&mut monitor.samples),
+        ping_rtt: total.ping_rtt_us,
+    })
+}
+
+/// Waits for the engine's threads, at most `limit`: a wedged shard must not hang the report (its threads end
+/// with the process).
+pub fn wait_bounded(engine: Engine, limit: Duration) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        engine.wait();
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(limit).is_err() {
+        tracing::warn!("engine threads did not exit within {limit:?} of shutdown");
+    }
+}
+
+struct Timings {
+    ramp: Duration,
+    hold: Duration,
+    total: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    cfg: &LoadConfig,
+    shards: usize,
+    s: &ShardStats,
+    engine: &tether::Stats,
+    t: Timings,
+    connection_seconds: f64,
+    peak_open: u64,
+    left_open: u64,
+    interrupted: bool,
+) -> Report {
+    let drops = s.drops();
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let active_minutes = (t.ramp + t.hold).as_secs_f64() / 60.0;
+    Report {
+        target: cfg.target.url.clone(),
+        duration_s: round2(t.hold.as_secs_f64()),
+        ramp_s: round2(t.ramp.as_secs_f64()),
+        total_s: round2(t.total.as_secs_f64()),
+        shards,
+        source_ips: cfg.source_ips.len(),
+        connections: report::Connections {
+            requested: cfg.connections as u64,
+            established: s.established,
+            failed: s.failed,
+            peak_open,
+            reconnects: s.reconnects,
+            retry_failed: s.retry_failed,
+            errors: s.errors.clone(),
+        },
+        connect_rate_per_s: if t.ramp.is_zero() {
+            0.0
+        } else {
+            round2(s.established as f64 / t.ramp.as_secs_f64())
+        },
+        connection_hours: (connection_seconds / 3600.0 * 1e4).round() / 1e4,
+        handshake_us: Summary::of(&s.handshake_us),
+        ping_rtt_us: Summary::of(&s.ping_rtt_us),
+        echo_us: Summary::of(&s.echo_us),
+        server_ping_interval_ms: Summary::of(&s.server_ping_interval_ms),
+        pings: report::Pings {
+            sent: engine.pings_sent,
+            answered: s.pings_answered,
+            late: s.pongs_late,
+            server_pings: s.server_pings,
+        },
+        messages: report::Messages {
+            sent: s.messages_sent,
+            echoed: s.messages_echoed,
+        },
+        drops: report::Drops {
+            total: drops,
+            per_1k_conn_hours: if connection_seconds > 0.0 {
+                round2(drops as f64 * 1000.0 / (connection_seconds / 3600.0))
+            } else {
+                0.0
+            },
+            per_minute: if active_minutes > 0.0 {
+                round2(drops as f64 / active_minutes)
+            } else {
+                0.0
+            },
+            by_code: s
+                .drops_by_code
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            by_phase: report::ByPhase {
+                ramp: s.drops_ramp,
+                hold: s.drops_hold,
+            },
+            pong_timeouts: s.pong_timeouts,
+        },
+        closes: report::Closes {
+            clean: s.closed_clean,
+            unclean: s.closed_unclean,
+            left_open,
+        },
+        peak_rss_mib: report::peak_rss_mib(),
+        interrupted,
+    }
+}

@@ -1,0 +1,345 @@
+//! The end-of-run report: histogram summaries, the JSON document, the text table and the `.hgrm` file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Microsecond histograms hold up to an hour; millisecond ones up to ten days.
+pub const HIST_MAX: u64 = 3_600_000_000;
+
+/// A histogram with three significant digits and the range used everywhere here.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX, 3).expect("valid histogram bounds")
+}
+
+/// count and percentiles of one histogram, in its own unit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Summary {
+    pub fn of(h: &Histogram<u64>) -> Summary {
+        if h.is_empty() {
+            return Summary::default();
+        }
+        Summary {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Connections {
+    pub requested: u64,
+    /// Logical connections that opened at least once.
+    pub established: u64,
+    /// First connection attempts that failed.
+    pub failed: u64,
+    pub peak_open: u64,
+    /// Connections that came back after a drop (`--reconnect`).
+    pub reconnects: u64,
+    /// Retries (after a drop or a failed attempt) that failed again.
+    pub retry_failed: u64,
+    /// Connect errors by text.
+    pub errors: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Pings {
+    pub sent: u64,
+    /// Pongs that answered our latest ping: exactly the RTT sample count.
+    pub answered: u64,
+    /// Pongs for an older ping (no RTT).
+    pub late: u64,
+    /// Pings the server sent us (answered by the engine).
+    pub server_pings: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Messages {
+    pub sent: u64,
+    pub echoed: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ByPhase {
+    pub ramp: u64,
+    pub hold: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Drops {
+    pub total: u64,
+    pub per_1k_conn_hours: f64,
+    pub per_minute: f64,
+    pub by_code: BTreeMap<String, u64>,
+    pub by_phase: ByPhase,
+    pub pong_timeouts: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Closes {
+    /// Connections we closed whose close handshake finished with 1000.
+    pub clean: u64,
+    /// Connections we closed that ended otherwise (close timeout, abnormal).
+    pub unclean: u64,
+    /// Still open when the close wait ran out.
+    pub left_open: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub target: String,
+    /// The hold phase, seconds.
+    pub duration_s: f64,
+    pub ramp_s: f64,
+    pub total_s: f64,
+    pub shards: usize,
+    pub source_ips: usize,
+    pub connections: Connections,
+    pub connect_rate_per_s: f64,
+    pub connection_hours: f64,
+    pub handshake_us: Summary,
+    pub ping_rtt_us: Summary,
+    pub echo_us: Summary,
+    pub server_ping_interval_ms: Summary,
+    pub pings: Pings,
+    pub messages: Messages,
+    pub drops: Drops,
+    pub closes: Closes,
+    /// Peak resident memory of this process (MiB), from /proc/self/status VmHWM.
+    pub peak_rss_mib: f64,
+    /// Set when the run was stopped early (Ctrl-C).
+    pub interrupted: bool,
+}
+
+impl Report {
+    /// The report as a plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let c = &self.connections;
+        let _ = writeln!(s, "target            {}", self.target);
+        let _ = writeln!(
+            s,
+            "time              ramp {:.1} s, hold {:.1} s, total {:.1} s ({} shards, {} source addresses)",
+            self.ramp_s, self.duration_s, self.total_s, self.shards, self.source_ips
+        );
+        let _ = writeln!(
+            s,
+            "connections       requested {}  established {}  failed {}  peak open {}  reconnects {}",
+            c.requested, c.established, c.failed, c.peak_open, c.reconnects
+        );
+        for (e, n) in &c.errors {
+            let _ = writeln!(s, "  connect error   {n} x {e}");
+        }
+        let _ = writeln!(s, "connect rate      {:.0}/s", self.connect_rate_per_s);
+        let _ = writeln!(
+            s,
+            "pings             sent {}  answered {}  late {}  server pings {}",
+            self.pings.sent, self.pings.answered, self.pings.late, self.pings.server_pings
+        );
+        let _ = writeln!(
+            s,
+            "messages          sent {}  echoed {}",
+            self.messages.sent, self.messages.echoed
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:<24} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "latency", "count", "p50", "p90", "p99", "p99.9", "max"
+        );
+        let us = |v: u64| format_us(v);
+        let ms = |v: u64| format!("{v} ms");
+        for (name, sum, f) in [
+            (
+                "handshake",
+                &self.handshake_us,
+                &us as &dyn Fn(u64) -> String,
+            ),
+            ("ping rtt", &self.ping_rtt_us, &us),
+            ("echo", &self.echo_us, &us),
+            ("server ping interval", &self.server_ping_interval_ms, &ms),
+        ] {
+            if sum.count == 0 {
+                let _ = writeln!(s, "{name:<24} {:>9} {:>10}", 0, "-");
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "{name:<24} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                sum.count,
+                f(sum.p50),
+                f(sum.p90),
+                f(sum.p99),
+                f(sum.p999),
+                f(sum.max)
+            );
+        }
+        let _ = writeln!(s);
+        let d = &self.drops;
+        let codes: Vec<String> = d.by_code.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = writeln!(
+            s,
+            "drops             {} (ramp {}, hold {})  {:.2} per 1k conn-hours  {:.2}/min  pong timeouts {}{}",
+            d.total,
+            d.by_phase.ramp,
+            d.by_phase.hold,
+            d.per_1k_conn_hours,
+            d.per_minute,
+            d.pong_timeouts,
+            if codes.is_empty() {
+                String::new()
+            } else {
+                format!("  by code {{{}}}", codes.join(", "))
+            }
+        );
+        let _ = writeln!(
+            s,
+            "closes            clean {}  unclean {}  left open {}",
+            self.closes.clean, self.closes.unclean, self.closes.left_open
+        );
+        if self.peak_rss_mib > 0.0 {
+            let _ = writeln!(s, "peak memory       {:.0} MiB RSS", self.peak_rss_mib);
+        }
+        s
+    }
+}
+
+/// Microseconds as `850 us`, `12.3 ms` or `1.20 s`.
+pub fn format_us(v: u64) -> String {
+    if v < 1_000 {
+        format!("{v} us")
+    } else if v < 1_000_000 {
+        format!("{:.1} ms", v as f64 / 1e3)
+    } else {
+        format!("{:.2} s", v as f64 / 1e6)
+    }
+}
+
+/// HdrHistogram's percentile distribution (`outputPercentileDistribution` with 5 ticks per half distance),
+/// values divided by `scale` (1000.0 turns microseconds into milliseconds).
+pub fn hgrm(h: &Histogram<u64>, scale: f64) -> String {
+    let digits = h.sigfig() as usize;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "{:>12} {:>14} {:>10} {:>14}\n\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0u64;
+    if !h.is_empty() {
+        for v in h.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let value = v.value_iterated_to() as f64 / scale;
+            let q = v.quantile_iterated_to();
+            if q < 1.0 {
+                let _ = writeln!(
+                    s,
+                    "{value:12.digits$} {q:2.12} {total:10} {:14.2}",
+                    1.0 / (1.0 - q)
+                );
+            } else {
+                let _ = writeln!(s, "{value:12.digits$} {q:2.12} {total:10}");
+            }
+        }
+    }
+    let (mean, stdev, max) = if h.is_empty() {
+        (0.0, 0.0, 0.0)
+    } else {
+        (h.mean(), h.stdev(), h.max() as f64)
+    };
+    let sub_buckets = (2.0 * 10f64.powi(h.sigfig() as i32)).log2().ceil().exp2() as u64;
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:12.digits$}, StdDeviation   = {:12.digits$}]",
+        mean / scale,
+        stdev / scale
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:12.digits$}, Total count    = {:12}]",
+        max / scale,
+        h.len()
+    );
+    let _ = writeln!(
+        s,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        sub_buckets
+    );
+    s
+}
+
+/// Peak resident set size of this process in MiB (0 when /proc is not there).
+pub fn peak_rss_mib() -> f64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_layout() {
+        let mut h = new_histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 10).unwrap();
+        }
+        let text = hgrm(&h, 1000.0);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "       Value     Percentile TotalCount 1/(1-Percentile)"
+        );
+        assert_eq!(lines.next().unwrap(), "");
+        let first = lines.next().unwrap();
+        assert!(
+            first.starts_with("       0.010 0.000000000000          1           1.00"),
+            "{first}"
+        );
+        let last_row = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .last()
+            .unwrap();
+        assert!(
+            last_row.contains(" 1.000000000000       1000"),
+            "{last_row}"
+        );
+        assert!(
+            text.contains("#[Mean    =        5.006, StdDeviation   ="),
+            "{text}"
+        );
+        assert!(
+            text.contains("#[Max     =       10.007, Total count    =         1000]"),
+            "{text}"
+        );
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
+        let s = Summary::of(&h);
+        assert_eq!(s.count, 1000);
+        assert!((4990..=5010).contains(&s.p50), "{s:?}");
+    }
+}
