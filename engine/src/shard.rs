@@ -1305,10 +1305,17 @@ impl Core {
         let bind = request.bind;
         let addr = request.addr;
         s.client = Some(Box::new(ClientState { request, key }));
-        // TCP_NODELAY: pings and echoes are latency measurements.
-        self.ring.set_sockopt_int(slot, generation, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1, false);
+        // TCP_NODELAY: pings and echoes are latency measurements. Linked, so the bind/connect after it runs
+        // only once it is set.
+        self.ring.enable_sockopt(slot, generation, libc::IPPROTO_TCP, libc::TCP_NODELAY, true);
         match bind {
-            Some(b) => self.ring.bind(slot, generation, b),
+            Some(b) => {
+                // Bind the address only and let connect pick the port: a bind to port 0 scans the whole
+                // ephemeral range per call (quadratic at tens of thousands of sockets on one address), and
+                // connect's choice also lets one port serve several destinations.
+                self.ring.enable_sockopt(slot, generation, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, true);
+                self.ring.bind(slot, generation, b)
+            }
             None => self.ring.connect(slot, generation, addr),
         }
         let deadline = self.now + self.cfg.handshake_timeout;

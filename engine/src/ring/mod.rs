@@ -304,14 +304,13 @@ impl Ring {
         }
     }
 
-    /// setsockopt on a direct descriptor (for sockets we create ourselves; accepted ones inherit the
-    /// listener's options). `value` is copied into the slot's address buffer, which must not be in use.
-    pub fn set_sockopt_int(&mut self, slot: u32, generation: u32, level: i32, optname: i32, value: i32, link: bool) {
-        let ptr = self.addrs[slot as usize].as_mut_ptr() as *mut i32;
-        // SAFETY: the slot's address buffer is not in use by any in-flight op (caller's contract) and is
-        // large and aligned enough for an i32.
-        unsafe { ptr.write(value) };
-        let e = self.sockopt_entry(slot, SOCKET_URING_OP_SETSOCKOPT, level, optname, ptr as u64, 4);
+    /// Turn a boolean socket option on for a direct descriptor (for sockets we create ourselves; accepted
+    /// ones inherit the listener's options). With `link`, the next submission runs only if this succeeds.
+    pub fn enable_sockopt(&mut self, slot: u32, generation: u32, level: i32, optname: i32, link: bool) {
+        /// The kernel reads the option value when it issues the operation; a static never moves or changes.
+        static ONE: i32 = 1;
+        let ptr = &ONE as *const i32 as u64;
+        let e = self.sockopt_entry(slot, SOCKET_URING_OP_SETSOCKOPT, level, optname, ptr, 4);
         let mut e = e.user_data(Token::new(Op::Ignore, slot, generation).encode());
         if link {
             e = e.flags(squeue::Flags::IO_LINK);
