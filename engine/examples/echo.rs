@@ -1,6 +1,6 @@
 //! The smallest Tether server: echoes every message. `cargo run --release -p tether --example echo [ADDR]`.
 
-use tether::{Config, Ctx, ConnId, Engine, Handler, Message};
+use tether::{Config, ConnId, Ctx, Engine, Handler, Message};
 
 struct Echo;
 

@@ -251,7 +251,9 @@ impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConnectError::Io(e) => write!(f, "{e}"),
-            ConnectError::Rejected { status, reason } => write!(f, "server answered HTTP {status} {reason} instead of 101"),
+            ConnectError::Rejected { status, reason } => {
+                write!(f, "server answered HTTP {status} {reason} instead of 101")
+            }
             ConnectError::Invalid(e) => write!(f, "invalid handshake response: {e}"),
             ConnectError::Timeout => write!(f, "handshake timed out"),
             ConnectError::NoCapacity => write!(f, "no free connection slot"),
@@ -300,7 +302,7 @@ impl<'a> Ctx<'a> {
     /// Queue an owned message (no copy).
     pub fn send_owned(&mut self, conn: ConnId, kind: MessageKind, data: Vec<u8>) {
         if conn.shard() == self.shard as usize {
-            self.queue.push(Command::Send { conn, kind, data: data.into() });
+            self.queue.push(Command::Send { conn, kind, data });
         } else {
             self.handle.send(conn, kind, data);
         }
@@ -369,7 +371,7 @@ impl EngineHandle {
         }
     }
     pub fn send(&self, conn: ConnId, kind: MessageKind, data: Vec<u8>) {
-        self.deliver(conn.shard(), Command::Send { conn, kind, data: data.into() });
+        self.deliver(conn.shard(), Command::Send { conn, kind, data });
     }
     pub fn send_text(&self, conn: ConnId, text: &str) {
         self.send(conn, MessageKind::Text, text.as_bytes().to_vec());

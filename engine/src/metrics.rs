@@ -7,9 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Close codes that get their own counter; anything else lands in `other`.
-pub const TRACKED_CLOSE_CODES: [u16; 13] = [
-    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1013, 1015,
-];
+pub const TRACKED_CLOSE_CODES: [u16; 13] =
+    [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1013, 1015];
 
 /// Why a connection ended, as the engine saw it. One counter each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,10 +122,7 @@ impl ShardMetrics {
         if code == 0 {
             return;
         }
-        let i = TRACKED_CLOSE_CODES
-            .iter()
-            .position(|c| *c == code)
-            .unwrap_or(TRACKED_CLOSE_CODES.len());
+        let i = TRACKED_CLOSE_CODES.iter().position(|c| *c == code).unwrap_or(TRACKED_CLOSE_CODES.len());
         bump(&self.closed_by_code[i]);
     }
 
@@ -139,11 +135,8 @@ impl ShardMetrics {
             .zip(self.closed_by_code.iter().map(|c| c.load(Relaxed)))
             .collect();
         by_code.retain(|(_, n)| *n > 0);
-        let by_reason = CloseReason::ALL
-            .iter()
-            .zip(self.closed_by_reason.iter())
-            .map(|(r, c)| (*r, c.load(Relaxed)))
-            .collect();
+        let by_reason =
+            CloseReason::ALL.iter().zip(self.closed_by_reason.iter()).map(|(r, c)| (*r, c.load(Relaxed))).collect();
         Stats {
             shards: 1,
             open: self.open.load(Relaxed),
@@ -240,17 +233,11 @@ impl Stats {
     /// Count of closes with this code.
     pub fn closed_with(&self, code: u16) -> u64 {
         let code = code.to_string();
-        self.closed_by_code
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map_or(0, |(_, n)| *n)
+        self.closed_by_code.iter().find(|(c, _)| *c == code).map_or(0, |(_, n)| *n)
     }
 
     /// Count of closes for this reason.
     pub fn closed_for(&self, reason: CloseReason) -> u64 {
-        self.closed_by_reason
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| *n)
+        self.closed_by_reason.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
     }
 }

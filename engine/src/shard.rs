@@ -153,6 +153,7 @@ struct Core {
     accept_retry_at: Option<Instant>,
     shutting_down: bool,
     drain_deadline: Option<Instant>,
+    drain_requested: Duration,
     queue: CmdQueue,
     dirty: Vec<u32>,
     pool: Vec<Vec<u8>>,
@@ -277,10 +278,8 @@ fn apply_keepalive(s: &socket2::Socket, cfg: &Config) -> io::Result<()> {
     match cfg.tcp_keepalive {
         Some(ka) => {
             s.set_keepalive(true)?;
-            let params = socket2::TcpKeepalive::new()
-                .with_time(ka.idle)
-                .with_interval(ka.interval)
-                .with_retries(ka.count);
+            let params =
+                socket2::TcpKeepalive::new().with_time(ka.idle).with_interval(ka.interval).with_retries(ka.count);
             s.set_tcp_keepalive(&params)?;
         }
         None => s.set_keepalive(false)?,
@@ -335,6 +334,7 @@ impl Core {
             accept_retry_at: None,
             shutting_down: false,
             drain_deadline: None,
+            drain_requested: Duration::ZERO,
             queue: Vec::new(),
             dirty: Vec::new(),
             pool: Vec::new(),
@@ -344,7 +344,13 @@ impl Core {
         })
     }
 
-    fn run<H: Handler>(&mut self, handler: &mut H, handle: &EngineHandle, rx: Receiver<Command>, waker: Waker) -> io::Result<()> {
+    fn run<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        handle: &EngineHandle,
+        rx: Receiver<Command>,
+        waker: Waker,
+    ) -> io::Result<()> {
         self.ring.arm_wake(&waker);
         if let Some(l) = &self.listener {
             let fd = l.as_raw_fd();
@@ -384,7 +390,17 @@ impl Core {
                 let deadline_passed = self.drain_deadline.is_some_and(|d| self.now >= d);
                 if drained || deadline_passed {
                     if !drained {
-                        warn!(shard = self.index, open, "drain deadline passed; dropping the remaining connections");
+                        if self.drain_requested.is_zero() {
+                            debug!(
+                                shard = self.index,
+                                open, "stopping without a drain; dropping the remaining connections"
+                            );
+                        } else {
+                            warn!(
+                                shard = self.index,
+                                open, "drain deadline passed; dropping the remaining connections"
+                            );
+                        }
                     }
                     // Let queued closes reach the kernel before the ring goes away.
                     let _ = self.ring.submit();
@@ -555,7 +571,12 @@ impl Core {
         let slot = c.result as u32;
         if self.shutting_down {
             self.adopt(slot, false);
-            self.teardown(slot, CloseReason::Shutdown, close_info(1001, "server shutting down", Initiator::Local), false);
+            self.teardown(
+                slot,
+                CloseReason::Shutdown,
+                close_info(1001, "server shutting down", Initiator::Local),
+                false,
+            );
         } else {
             self.adopt(slot, false);
             bump(&self.metrics.accepted);
@@ -974,8 +995,12 @@ impl Core {
             s.set(flag::SHUTDOWN_SUBMITTED);
             let generation = s.generation;
             if s.has(flag::ADDR_OP_PENDING) || (s.has(flag::CLIENT) && s.phase == Phase::Connecting) {
-                // No connected socket yet: nothing to shut down.
+                // No connected socket yet: nothing to shut down, but a connect may be waiting on an
+                // unresponsive peer; cancel it rather than wait for the teardown deadline.
                 s.set(flag::SHUTDOWN_DONE);
+                if s.has(flag::ADDR_OP_PENDING) {
+                    self.ring.cancel_slot(slot);
+                }
             } else {
                 self.ring.shutdown(slot, generation);
             }
@@ -1005,10 +1030,11 @@ impl Core {
     fn finalize<H: Handler>(&mut self, handler: &mut H, handle: &EngineHandle, slot: u32) {
         let id = self.id(slot);
         let s = &mut self.slots[slot as usize];
-        let ending = s.ending.take().map(|b| *b).unwrap_or(Ending {
-            info: close_info(1006, "closed", Initiator::Abnormal),
-            reason: CloseReason::Abnormal,
-        });
+        let ending = s
+            .ending
+            .take()
+            .map(|b| *b)
+            .unwrap_or(Ending { info: close_info(1006, "closed", Initiator::Abnormal), reason: CloseReason::Abnormal });
         let duration = self.now.saturating_duration_since(s.created_at);
         let was_open = s.has(flag::WAS_OPEN);
         let peer = s.peer;
@@ -1214,7 +1240,10 @@ impl Core {
                     if p.is_open() {
                         p.close(&mut s.out, code, reason, now, &self.proto_cfg);
                         if s.ending.is_none() {
-                            s.ending = Some(Box::new(Ending { info: close_info(code, reason, Initiator::Local), reason: why }));
+                            s.ending = Some(Box::new(Ending {
+                                info: close_info(code, reason, Initiator::Local),
+                                reason: why,
+                            }));
                         }
                     }
                 }
@@ -1235,6 +1264,7 @@ impl Core {
         }
         self.shutting_down = true;
         self.drain_deadline = Some(self.now + drain);
+        self.drain_requested = drain;
         if self.accept_armed {
             self.ring.cancel_accept();
         }
@@ -1322,7 +1352,14 @@ impl Core {
         self.schedule(slot, deadline);
     }
 
-    fn on_connect_step<H: Handler>(&mut self, handler: &mut H, handle: &EngineHandle, slot: u32, op: Op, c: Completion) {
+    fn on_connect_step<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        handle: &EngineHandle,
+        slot: u32,
+        op: Op,
+        c: Completion,
+    ) {
         let s = &mut self.slots[slot as usize];
         s.clear(flag::ADDR_OP_PENDING);
         if s.phase == Phase::Closing {
@@ -1374,7 +1411,8 @@ impl Core {
                 bump(&self.metrics.connected);
                 let id = self.id(slot);
                 {
-                    let mut ctx = Ctx { shard: self.index, now: self.now, direct: None, queue: &mut self.queue, handle };
+                    let mut ctx =
+                        Ctx { shard: self.index, now: self.now, direct: None, queue: &mut self.queue, handle };
                     handler.on_connected(&mut ctx, id, tag);
                 }
                 self.opened(handler, handle, slot, consumed);

@@ -130,7 +130,9 @@ fn client_reports_refused_and_rejected_connections() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    client.handle().connect(0, ConnectRequest { addr: closed_port, bind: None, host: "x".into(), path: "/".into(), tag: 7 });
+    client
+        .handle()
+        .connect(0, ConnectRequest { addr: closed_port, bind: None, host: "x".into(), path: "/".into(), tag: 7 });
     // A plain HTTP server that answers 403.
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let http_addr = http.local_addr().unwrap();
@@ -143,7 +145,9 @@ fn client_reports_refused_and_rejected_connections() {
             std::thread::sleep(Duration::from_millis(500));
         }
     });
-    client.handle().connect(1, ConnectRequest { addr: http_addr, bind: None, host: "x".into(), path: "/".into(), tag: 8 });
+    client
+        .handle()
+        .connect(1, ConnectRequest { addr: http_addr, bind: None, host: "x".into(), path: "/".into(), tag: 8 });
     let mut failures = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while failures.len() < 2 && Instant::now() < deadline {

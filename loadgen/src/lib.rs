@@ -25,20 +25,15 @@ impl Handler for EchoHandler {
 
 /// Starts an in-process Tether echo server on 127.0.0.1 (port 0) sized for `connections`, pinging every
 /// `ping_interval`. Returns the engine and its address.
-pub fn start_echo_server(
-    connections: usize,
-    ping_interval: Option<Duration>,
-) -> anyhow::Result<(Engine, SocketAddr)> {
+pub fn start_echo_server(connections: usize, ping_interval: Option<Duration>) -> anyhow::Result<(Engine, SocketAddr)> {
     let config = Config {
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         max_connections: connections + connections / 8 + 256,
         ping_interval,
         ..Config::default()
     };
-    let engine = Engine::start(config, |_| EchoHandler)
-        .map_err(|e| anyhow::anyhow!("cannot start the echo server: {e}"))?;
-    let addr = engine
-        .local_addr()
-        .ok_or_else(|| anyhow::anyhow!("echo server has no address"))?;
+    let engine =
+        Engine::start(config, |_| EchoHandler).map_err(|e| anyhow::anyhow!("cannot start the echo server: {e}"))?;
+    let addr = engine.local_addr().ok_or_else(|| anyhow::anyhow!("echo server has no address"))?;
     Ok((engine, addr))
 }

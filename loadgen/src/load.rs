@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use hdrhistogram::Histogram;
 use tether::{
-    Closed, Config, ConnId, ConnectError, ConnectRequest, Ctx, Engine, EngineHandle, Handler,
-    Initiator, Message, MessageKind,
+    Closed, Config, ConnId, ConnectError, ConnectRequest, Ctx, Engine, EngineHandle, Handler, Initiator, Message,
+    MessageKind,
 };
 
 use crate::report::{self, new_histogram, Report, Summary};
@@ -145,14 +145,9 @@ impl Shared {
         let bind = if self.source_ips.is_empty() {
             None
         } else {
-            Some(SocketAddr::new(
-                self.source_ips[index as usize % self.source_ips.len()],
-                0,
-            ))
+            Some(SocketAddr::new(self.source_ips[index as usize % self.source_ips.len()], 0))
         };
-        let tag = (index & TAG_INDEX_MASK)
-            | flags
-            | ((self.micros(now) & TAG_TIME_MASK) << TAG_TIME_SHIFT);
+        let tag = (index & TAG_INDEX_MASK) | flags | ((self.micros(now) & TAG_TIME_MASK) << TAG_TIME_SHIFT);
         ConnectRequest {
             addr: self.target.addr,
             bind,
@@ -306,8 +301,7 @@ const MAX_MESSAGES_PER_TICK: usize = 50_000;
 
 impl LoadHandler {
     fn new(shard: usize, shared: Arc<Shared>) -> LoadHandler {
-        let seed = shared.epoch.elapsed().as_nanos() as u64
-            ^ (shard as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let seed = shared.epoch.elapsed().as_nanos() as u64 ^ (shard as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         LoadHandler {
             shard,
             shared,
@@ -340,11 +334,8 @@ impl LoadHandler {
         let attempt = self.attempts.entry(index).or_insert(0);
         let base = Duration::from_secs(1u64 << (*attempt).min(5)).min(Duration::from_secs(30));
         *attempt += 1;
-        let delay = base
-            .mul_f64(0.8 + 0.4 * self.random())
-            .min(Duration::from_secs(30));
-        self.retries
-            .push(Reverse((now + delay, index, flags | TAG_RETRY)));
+        let delay = base.mul_f64(0.8 + 0.4 * self.random()).min(Duration::from_secs(30));
+        self.retries.push(Reverse((now + delay, index, flags | TAG_RETRY)));
     }
 
     fn phase_drop(&mut self) {
@@ -384,14 +375,7 @@ impl Handler for LoadHandler {
             self.attempts.remove(&index);
         }
         let closing = self.closing;
-        self.conns.insert(
-            conn,
-            Conn {
-                index,
-                last_server_ping: None,
-                closing,
-            },
-        );
+        self.conns.insert(conn, Conn { index, last_server_ping: None, closing });
         if closing {
             ctx.close(conn, 1000, "load test done");
         } else if let Some(interval) = self.shared.message_interval {
@@ -402,10 +386,7 @@ impl Handler for LoadHandler {
     }
 
     fn on_connect_failed(&mut self, ctx: &mut Ctx<'_>, tag: u64, error: &ConnectError) {
-        let _ = self
-            .shared
-            .first_error
-            .set(describe_connect_error(&self.shared.target.url, error));
+        let _ = self.shared.first_error.set(describe_connect_error(&self.shared.target.url, error));
         if tag & TAG_RETRY == 0 {
             self.stats.failed += 1;
             self.shared.first_resolved.fetch_add(1, Relaxed);
@@ -436,9 +417,7 @@ impl Handler for LoadHandler {
         if let Some(c) = self.conns.get_mut(&conn) {
             if let Some(prev) = c.last_server_ping.replace(now) {
                 let ms = now.saturating_duration_since(prev).as_millis() as u64;
-                self.stats
-                    .server_ping_interval_ms
-                    .saturating_record(ms.max(1));
+                self.stats.server_ping_interval_ms.saturating_record(ms.max(1));
             }
         }
     }
@@ -603,8 +582,7 @@ impl Monitor {
         let now = Instant::now();
         if now.duration_since(self.last_poll) >= POLL_EVERY {
             let open = self.open_websockets();
-            self.connection_seconds +=
-                open as f64 * now.duration_since(self.last_poll).as_secs_f64();
+            self.connection_seconds += open as f64 * now.duration_since(self.last_poll).as_secs_f64();
             self.peak_open = self.peak_open.max(open);
             self.last_poll = now;
         }
@@ -618,11 +596,7 @@ impl Monitor {
     }
 
     fn open_websockets(&self) -> u64 {
-        self.handle
-            .shard_stats()
-            .iter()
-            .map(|s| s.websocket_open)
-            .sum()
+        self.handle.shard_stats().iter().map(|s| s.websocket_open).sum()
     }
 
     /// Ask every shard for its numbers; returns the merged stats and the RTTs since the last request.
@@ -630,8 +604,7 @@ impl Monitor {
         let (tx, rx) = mpsc::channel();
         let shards = self.handle.shards();
         for shard in 0..shards {
-            self.handle
-                .notify(shard, Box::new(Control::Snapshot(tx.clone())));
+            self.handle.notify(shard, Box::new(Control::Snapshot(tx.clone())));
         }
         drop(tx);
         let deadline = Instant::now() + wait;
@@ -661,13 +634,7 @@ impl Monitor {
         self.peak_open = self.peak_open.max(open);
         let t_s = self.epoch.elapsed().as_secs_f64();
         let q = |q: f64| (!recent.is_empty()).then(|| recent.value_at_quantile(q) as f64 / 1000.0);
-        let sample = Sample {
-            t_s,
-            open,
-            ping_p50_ms: q(0.5),
-            ping_p99_ms: q(0.99),
-            drops: total.drops(),
-        };
+        let sample = Sample { t_s, open, ping_p50_ms: q(0.5), ping_p99_ms: q(0.99), drops: total.drops() };
         let opens = total.established + total.reconnects;
         let line = format!(
             "[{:>5.0}s] {:<7} open {}/{}  conn/s {}  pings/s {}  ping p99 {}  drops {}",
@@ -677,9 +644,7 @@ impl Monitor {
             self.target_connections,
             opens.saturating_sub(self.prev_opens),
             total.pings_answered.saturating_sub(self.prev_answered),
-            sample
-                .ping_p99_ms
-                .map_or("-".to_string(), |v| format!("{v:.2}ms")),
+            sample.ping_p99_ms.map_or("-".to_string(), |v| format!("{v:.2}ms")),
             sample.drops,
         );
         self.prev_opens = opens;
@@ -705,10 +670,7 @@ impl Monitor {
 /// A load run's result: the numbers, or the one-line reason the target is unusable.
 pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     anyhow::ensure!(cfg.connections > 0, "--connections must be at least 1");
-    anyhow::ensure!(
-        cfg.connections as u64 <= TAG_INDEX_MASK,
-        "--connections is too large"
-    );
+    anyhow::ensure!(cfg.connections as u64 <= TAG_INDEX_MASK, "--connections is too large");
     anyhow::ensure!(cfg.rate > 0.0, "--rate must be positive");
     let epoch = Instant::now();
     let shared = Arc::new(Shared {
@@ -717,8 +679,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         target: cfg.target.clone(),
         source_ips: cfg.source_ips.clone(),
         reconnect: cfg.reconnect,
-        message_interval: (cfg.message_rate > 0.0)
-            .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
+        message_interval: (cfg.message_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
         message_size: cfg.message_size,
         first_resolved: AtomicU64::new(0),
         opened: AtomicU64::new(0),
@@ -746,10 +707,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let issue = |count: usize, issued: &mut usize| {
         for _ in 0..count {
             let index = *issued;
-            handle.connect(
-                index % shards,
-                shared.request(index as u64, 0, Instant::now()),
-            );
+            handle.connect(index % shards, shared.request(index as u64, 0, Instant::now()));
             *issued += 1;
         }
     };
@@ -767,8 +725,8 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             .get()
             .cloned()
             .unwrap_or_else(|| format!("cannot connect to {}: no answer", cfg.target.url));
-        handle.shutdown(Duration::ZERO);
-        engine.wait();
+        handle.shutdown(Duration::from_millis(500));
+        wait_bounded(engine, Duration::from_secs(5));
         anyhow::bail!(why);
     }
 
@@ -789,10 +747,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     }
     let last_issue = Instant::now();
     let resolve_deadline = last_issue + cfg.handshake_timeout + Duration::from_secs(2);
-    while !interrupted
-        && shared.first_resolved.load(Relaxed) < issued as u64
-        && Instant::now() < resolve_deadline
-    {
+    while !interrupted && shared.first_resolved.load(Relaxed) < issued as u64 && Instant::now() < resolve_deadline {
         if stop.load(Relaxed) {
             interrupted = true;
         }
@@ -846,21 +801,13 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         shards,
         &total,
         &engine_stats,
-        Timings {
-            ramp,
-            hold,
-            total: epoch.elapsed(),
-        },
+        Timings { ramp, hold, total: epoch.elapsed() },
         connection_seconds,
         monitor.peak_open,
         left_open,
         interrupted,
     );
-    Ok(Outcome {
-        report,
-        samples: std::mem::take(&mut monitor.samples),
-        ping_rtt: total.ping_rtt_us,
-    })
+    Ok(Outcome { report, samples: std::mem::take(&mut monitor.samples), ping_rtt: total.ping_rtt_us })
 }
 
 /// Waits for the engine's threads, at most `limit`: a wedged shard must not hang the report (its threads end
@@ -913,11 +860,7 @@ fn build_report(
             retry_failed: s.retry_failed,
             errors: s.errors.clone(),
         },
-        connect_rate_per_s: if t.ramp.is_zero() {
-            0.0
-        } else {
-            round2(s.established as f64 / t.ramp.as_secs_f64())
-        },
+        connect_rate_per_s: if t.ramp.is_zero() { 0.0 } else { round2(s.established as f64 / t.ramp.as_secs_f64()) },
         connection_hours: (connection_seconds / 3600.0 * 1e4).round() / 1e4,
         handshake_us: Summary::of(&s.handshake_us),
         ping_rtt_us: Summary::of(&s.ping_rtt_us),
@@ -929,10 +872,7 @@ fn build_report(
             late: s.pongs_late,
             server_pings: s.server_pings,
         },
-        messages: report::Messages {
-            sent: s.messages_sent,
-            echoed: s.messages_echoed,
-        },
+        messages: report::Messages { sent: s.messages_sent, echoed: s.messages_echoed },
         drops: report::Drops {
             total: drops,
             per_1k_conn_hours: if connection_seconds > 0.0 {
@@ -940,27 +880,12 @@ fn build_report(
             } else {
                 0.0
             },
-            per_minute: if active_minutes > 0.0 {
-                round2(drops as f64 / active_minutes)
-            } else {
-                0.0
-            },
-            by_code: s
-                .drops_by_code
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
-            by_phase: report::ByPhase {
-                ramp: s.drops_ramp,
-                hold: s.drops_hold,
-            },
+            per_minute: if active_minutes > 0.0 { round2(drops as f64 / active_minutes) } else { 0.0 },
+            by_code: s.drops_by_code.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            by_phase: report::ByPhase { ramp: s.drops_ramp, hold: s.drops_hold },
             pong_timeouts: s.pong_timeouts,
         },
-        closes: report::Closes {
-            clean: s.closed_clean,
-            unclean: s.closed_unclean,
-            left_open,
-        },
+        closes: report::Closes { clean: s.closed_clean, unclean: s.closed_unclean, left_open },
         peak_rss_mib: report::peak_rss_mib(),
         interrupted,
     }

@@ -156,10 +156,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => {
             let server_ping = Some(args.server_ping_interval).filter(|d| !d.is_zero());
             let (server, addr) = tether_load::start_echo_server(args.connections, server_ping)?;
-            eprintln!(
-                "demo: Tether echo server on {addr}, {} connections",
-                args.connections
-            );
+            eprintln!("demo: Tether echo server on {addr}, {} connections", args.connections);
             let target = url::parse_target(&format!("ws://{addr}/")).map_err(anyhow::Error::msg)?;
             let cfg = load_config(target, args.connections, &args.common)?;
             let result = load::run(&cfg, &stop);
@@ -178,10 +175,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         Some(spec) => url::parse_source_ips(spec).map_err(anyhow::Error::msg)?,
         None => url::default_source_ips(&target.addr, connections),
     };
-    anyhow::ensure!(
-        c.message_rate >= 0.0 && c.message_rate.is_finite(),
-        "--message-rate must be 0 or more"
-    );
+    anyhow::ensure!(c.message_rate >= 0.0 && c.message_rate.is_finite(), "--message-rate must be 0 or more");
     Ok(LoadConfig {
         target,
         connections,
@@ -196,11 +190,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         shards: c.shards,
         handshake_timeout: c.handshake_timeout,
         close_wait: c.close_wait,
-        progress: if c.quiet {
-            ProgressMode::Off
-        } else {
-            ProgressMode::Auto
-        },
+        progress: if c.quiet { ProgressMode::Off } else { ProgressMode::Auto },
     })
 }
 
@@ -210,18 +200,14 @@ fn finish(outcome: &Outcome, c: &Common, strict: bool) -> anyhow::Result<ExitCod
     if let Some(path) = &c.json {
         let mut text = serde_json::to_string_pretty(r)?;
         text.push('\n');
-        std::fs::write(path, text)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     if let Some(path) = &c.hgrm {
         std::fs::write(path, report::hgrm(&outcome.ping_rtt, 1000.0))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     if let Some(path) = &c.plot {
-        let title = format!(
-            "tether-load {}: {} connections",
-            r.target, r.connections.requested
-        );
+        let title = format!("tether-load {}: {} connections", r.target, r.connections.requested);
         std::fs::write(path, plot::svg(&outcome.samples, &title))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }

@@ -36,18 +36,12 @@ pub fn svg(samples: &[Sample], title: &str) -> String {
                 Series {
                     label: "p50",
                     color: "#2ca02c",
-                    points: samples
-                        .iter()
-                        .filter_map(|s| Some((s.t_s, s.ping_p50_ms?)))
-                        .collect(),
+                    points: samples.iter().filter_map(|s| Some((s.t_s, s.ping_p50_ms?))).collect(),
                 },
                 Series {
                     label: "p99",
                     color: "#d62728",
-                    points: samples
-                        .iter()
-                        .filter_map(|s| Some((s.t_s, s.ping_p99_ms?)))
-                        .collect(),
+                    points: samples.iter().filter_map(|s| Some((s.t_s, s.ping_p99_ms?))).collect(),
                 },
             ],
         ),
@@ -83,20 +77,10 @@ pub fn svg(samples: &[Sample], title: &str) -> String {
 
 fn panel(out: &mut String, y0: f64, name: &str, series: &[Series<'_>], t_max: f64) {
     let plot_w = WIDTH - LEFT - RIGHT;
-    let y_max = nice_max(
-        series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.1))
-            .fold(0.0, f64::max),
-    );
+    let y_max = nice_max(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::max));
     let x = |t: f64| LEFT + t / t_max * plot_w;
     let y = |v: f64| y0 + PANEL_HEIGHT - v / y_max * PANEL_HEIGHT;
-    let _ = writeln!(
-        out,
-        r#"<text x="{LEFT}" y="{}" font-weight="bold">{}</text>"#,
-        y0 - 8.0,
-        escape(name)
-    );
+    let _ = writeln!(out, r#"<text x="{LEFT}" y="{}" font-weight="bold">{}</text>"#, y0 - 8.0, escape(name));
     // Grid and y labels.
     for k in 0..=4 {
         let v = y_max * k as f64 / 4.0;
@@ -131,11 +115,7 @@ fn panel(out: &mut String, y0: f64, name: &str, series: &[Series<'_>], t_max: f6
     );
     for (j, s) in series.iter().enumerate() {
         if !s.points.is_empty() {
-            let pts: Vec<String> = s
-                .points
-                .iter()
-                .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
-                .collect();
+            let pts: Vec<String> = s.points.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect();
             let _ = writeln!(
                 out,
                 r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
@@ -163,11 +143,7 @@ fn nice_max(v: f64) -> f64 {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * p)
-        .find(|c| *c >= v)
-        .unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|c| *c >= v).unwrap_or(10.0 * p)
 }
 
 fn nice_step(v: f64) -> f64 {
@@ -175,11 +151,7 @@ fn nice_step(v: f64) -> f64 {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * p)
-        .find(|c| *c >= v)
-        .unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|c| *c >= v).unwrap_or(10.0 * p)
 }
 
 fn fmt_value(v: f64) -> String {
@@ -195,9 +167,7 @@ fn fmt_value(v: f64) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -153,11 +153,7 @@ impl Report {
             "pings             sent {}  answered {}  late {}  server pings {}",
             self.pings.sent, self.pings.answered, self.pings.late, self.pings.server_pings
         );
-        let _ = writeln!(
-            s,
-            "messages          sent {}  echoed {}",
-            self.messages.sent, self.messages.echoed
-        );
+        let _ = writeln!(s, "messages          sent {}  echoed {}", self.messages.sent, self.messages.echoed);
         let _ = writeln!(s);
         let _ = writeln!(
             s,
@@ -167,11 +163,7 @@ impl Report {
         let us = |v: u64| format_us(v);
         let ms = |v: u64| format!("{v} ms");
         for (name, sum, f) in [
-            (
-                "handshake",
-                &self.handshake_us,
-                &us as &dyn Fn(u64) -> String,
-            ),
+            ("handshake", &self.handshake_us, &us as &dyn Fn(u64) -> String),
             ("ping rtt", &self.ping_rtt_us, &us),
             ("echo", &self.echo_us, &us),
             ("server ping interval", &self.server_ping_interval_ms, &ms),
@@ -203,11 +195,7 @@ impl Report {
             d.per_1k_conn_hours,
             d.per_minute,
             d.pong_timeouts,
-            if codes.is_empty() {
-                String::new()
-            } else {
-                format!("  by code {{{}}}", codes.join(", "))
-            }
+            if codes.is_empty() { String::new() } else { format!("  by code {{{}}}", codes.join(", ")) }
         );
         let _ = writeln!(
             s,
@@ -237,11 +225,7 @@ pub fn format_us(v: u64) -> String {
 pub fn hgrm(h: &Histogram<u64>, scale: f64) -> String {
     let digits = h.sigfig() as usize;
     let mut s = String::new();
-    let _ = write!(
-        s,
-        "{:>12} {:>14} {:>10} {:>14}\n\n",
-        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-    );
+    let _ = write!(s, "{:>12} {:>14} {:>10} {:>14}\n\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
     let mut total = 0u64;
     if !h.is_empty() {
         for v in h.iter_quantiles(5) {
@@ -249,40 +233,17 @@ pub fn hgrm(h: &Histogram<u64>, scale: f64) -> String {
             let value = v.value_iterated_to() as f64 / scale;
             let q = v.quantile_iterated_to();
             if q < 1.0 {
-                let _ = writeln!(
-                    s,
-                    "{value:12.digits$} {q:2.12} {total:10} {:14.2}",
-                    1.0 / (1.0 - q)
-                );
+                let _ = writeln!(s, "{value:12.digits$} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
             } else {
                 let _ = writeln!(s, "{value:12.digits$} {q:2.12} {total:10}");
             }
         }
     }
-    let (mean, stdev, max) = if h.is_empty() {
-        (0.0, 0.0, 0.0)
-    } else {
-        (h.mean(), h.stdev(), h.max() as f64)
-    };
+    let (mean, stdev, max) = if h.is_empty() { (0.0, 0.0, 0.0) } else { (h.mean(), h.stdev(), h.max() as f64) };
     let sub_buckets = (2.0 * 10f64.powi(h.sigfig() as i32)).log2().ceil().exp2() as u64;
-    let _ = writeln!(
-        s,
-        "#[Mean    = {:12.digits$}, StdDeviation   = {:12.digits$}]",
-        mean / scale,
-        stdev / scale
-    );
-    let _ = writeln!(
-        s,
-        "#[Max     = {:12.digits$}, Total count    = {:12}]",
-        max / scale,
-        h.len()
-    );
-    let _ = writeln!(
-        s,
-        "#[Buckets = {:12}, SubBuckets     = {:12}]",
-        h.buckets(),
-        sub_buckets
-    );
+    let _ = writeln!(s, "#[Mean    = {:12.digits$}, StdDeviation   = {:12.digits$}]", mean / scale, stdev / scale);
+    let _ = writeln!(s, "#[Max     = {:12.digits$}, Total count    = {:12}]", max / scale, h.len());
+    let _ = writeln!(s, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), sub_buckets);
     s
 }
 
@@ -310,33 +271,14 @@ mod tests {
         }
         let text = hgrm(&h, 1000.0);
         let mut lines = text.lines();
-        assert_eq!(
-            lines.next().unwrap(),
-            "       Value     Percentile TotalCount 1/(1-Percentile)"
-        );
+        assert_eq!(lines.next().unwrap(), "       Value     Percentile TotalCount 1/(1-Percentile)");
         assert_eq!(lines.next().unwrap(), "");
         let first = lines.next().unwrap();
-        assert!(
-            first.starts_with("       0.010 0.000000000000          1           1.00"),
-            "{first}"
-        );
-        let last_row = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .last()
-            .unwrap();
-        assert!(
-            last_row.contains(" 1.000000000000       1000"),
-            "{last_row}"
-        );
-        assert!(
-            text.contains("#[Mean    =        5.006, StdDeviation   ="),
-            "{text}"
-        );
-        assert!(
-            text.contains("#[Max     =       10.007, Total count    =         1000]"),
-            "{text}"
-        );
+        assert!(first.starts_with("       0.010 0.000000000000          1           1.00"), "{first}");
+        let last_row = text.lines().rfind(|l| !l.starts_with('#') && !l.is_empty()).unwrap();
+        assert!(last_row.contains(" 1.000000000000       1000"), "{last_row}");
+        assert!(text.contains("#[Mean    =        5.006, StdDeviation   ="), "{text}");
+        assert!(text.contains("#[Max     =       10.007, Total count    =         1000]"), "{text}");
         assert!(text.contains("SubBuckets     =         2048]"), "{text}");
         let s = Summary::of(&h);
         assert_eq!(s.count, 1000);

@@ -19,9 +19,7 @@ pub struct Target {
 pub fn parse_target(url: &str) -> Result<Target, String> {
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("wss://") {
-        return Err(format!(
-            "wss:// is not supported (no TLS in tether-load); use a ws:// URL: {url}"
-        ));
+        return Err(format!("wss:// is not supported (no TLS in tether-load); use a ws:// URL: {url}"));
     }
     let Some(rest) = url.get(5..).filter(|_| lower.starts_with("ws://")) else {
         return Err(format!("not a ws:// URL: {url}"));
@@ -38,24 +36,16 @@ pub fn parse_target(url: &str) -> Result<Target, String> {
     if authority.is_empty() || authority.contains('@') {
         return Err(format!("not a ws:// URL (no usable host): {url}"));
     }
-    let (host, port) =
-        split_host_port(authority).ok_or_else(|| format!("not a ws:// URL (bad port): {url}"))?;
-    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
+    let (host, port) = split_host_port(authority).ok_or_else(|| format!("not a ws:// URL (bad port): {url}"))?;
+    let addrs: Vec<SocketAddr> =
+        (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
     let addr = addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| format!("cannot resolve {host}: no addresses"))?;
-    Ok(Target {
-        url: url.to_string(),
-        host: authority.to_string(),
-        path,
-        addr,
-    })
+    Ok(Target { url: url.to_string(), host: authority.to_string(), path, addr })
 }
 
 /// Splits `host[:port]` / `[v6][:port]`; the host comes back without brackets, the port defaults to 80.
@@ -81,24 +71,15 @@ pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>, String> {
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((a, b)) => {
-                let a: Ipv4Addr = a
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("bad source address range: {part}"))?;
-                let b: Ipv4Addr = b
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("bad source address range: {part}"))?;
+                let a: Ipv4Addr = a.trim().parse().map_err(|_| format!("bad source address range: {part}"))?;
+                let b: Ipv4Addr = b.trim().parse().map_err(|_| format!("bad source address range: {part}"))?;
                 let (a, b) = (u32::from(a), u32::from(b));
                 if b < a || b - a > 65_535 {
                     return Err(format!("bad source address range: {part}"));
                 }
                 out.extend((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
             }
-            None => out.push(
-                part.parse()
-                    .map_err(|_| format!("bad source address: {part}"))?,
-            ),
+            None => out.push(part.parse().map_err(|_| format!("bad source address: {part}"))?),
         }
     }
     if out.is_empty() {
@@ -121,9 +102,7 @@ pub fn default_source_ips(target: &SocketAddr, connections: usize) -> Vec<IpAddr
     if !own.is_loopback() {
         return Vec::new();
     }
-    let n = connections
-        .div_ceil(CONNECTIONS_PER_SOURCE_IP)
-        .clamp(1, 250);
+    let n = connections.div_ceil(CONNECTIONS_PER_SOURCE_IP).clamp(1, 250);
     (2u32..)
         .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 0)) + i))
         .filter(|ip| *ip != own)
@@ -146,12 +125,8 @@ mod tests {
         assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
         let t = parse_target("WS://localhost:81?q").unwrap();
         assert_eq!((t.addr.port(), t.path.as_str()), (81, "/?q"));
-        assert!(parse_target("http://127.0.0.1/")
-            .unwrap_err()
-            .starts_with("not a ws:// URL: http://"));
-        assert!(parse_target("wss://127.0.0.1/")
-            .unwrap_err()
-            .contains("not supported"));
+        assert!(parse_target("http://127.0.0.1/").unwrap_err().starts_with("not a ws:// URL: http://"));
+        assert!(parse_target("wss://127.0.0.1/").unwrap_err().contains("not supported"));
         assert!(parse_target("ws://127.0.0.1:99999/").is_err());
         assert!(parse_target("ws:///x").is_err());
     }
@@ -166,15 +141,9 @@ mod tests {
         assert!(parse_source_ips("x").is_err());
         let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(default_source_ips(&lo, 50_000).len(), 3);
-        assert_eq!(
-            default_source_ips(&lo, 10),
-            vec!["127.0.0.2".parse::<IpAddr>().unwrap()]
-        );
+        assert_eq!(default_source_ips(&lo, 10), vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
         let two: SocketAddr = "127.0.0.2:1".parse().unwrap();
-        assert_eq!(
-            default_source_ips(&two, 30_000)[1],
-            "127.0.0.4".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(default_source_ips(&two, 30_000)[1], "127.0.0.4".parse::<IpAddr>().unwrap());
         assert!(default_source_ips(&"10.1.1.1:1".parse().unwrap(), 10).is_empty());
     }
 }

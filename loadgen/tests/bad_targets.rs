@@ -12,19 +12,9 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 fn error_line(args: &[&str]) -> String {
     let run = tether_load(args, None, LIMIT);
-    assert_ne!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    assert_ne!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     assert!(run.code.is_some());
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "exactly one line on stderr: {lines:?}");
     assert!(lines[0].starts_with("error: "), "{lines:?}");
     lines[0].to_string()
@@ -57,45 +47,18 @@ fn raw_server(response: &'static [u8]) -> u16 {
 
 #[test]
 fn connection_refused() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("ws://127.0.0.1:{port}/");
-    let line = error_line(&[
-        "run",
-        "--url",
-        &url,
-        "--connections",
-        "20",
-        "--duration",
-        "1s",
-    ]);
-    assert_eq!(
-        line,
-        format!("error: cannot connect to {url}: Connection refused")
-    );
+    let line = error_line(&["run", "--url", &url, "--connections", "20", "--duration", "1s"]);
+    assert_eq!(line, format!("error: cannot connect to {url}: Connection refused"));
 }
 
 #[test]
 fn http_403_instead_of_101() {
-    let port =
-        raw_server(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let port = raw_server(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let url = format!("ws://127.0.0.1:{port}/");
-    let line = error_line(&[
-        "run",
-        "--url",
-        &url,
-        "--connections",
-        "20",
-        "--duration",
-        "1s",
-    ]);
-    assert_eq!(
-        line,
-        "error: server answered HTTP 403 Forbidden instead of 101"
-    );
+    let line = error_line(&["run", "--url", &url, "--connections", "20", "--duration", "1s"]);
+    assert_eq!(line, "error: server answered HTTP 403 Forbidden instead of 101");
 }
 
 #[test]
@@ -104,19 +67,8 @@ fn wrong_accept_key() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
     );
     let url = format!("ws://127.0.0.1:{port}/");
-    let line = error_line(&[
-        "run",
-        "--url",
-        &url,
-        "--connections",
-        "5",
-        "--duration",
-        "1s",
-    ]);
-    assert_eq!(
-        line,
-        "error: invalid handshake response: wrong Sec-WebSocket-Accept"
-    );
+    let line = error_line(&["run", "--url", &url, "--connections", "5", "--duration", "1s"]);
+    assert_eq!(line, "error: invalid handshake response: wrong Sec-WebSocket-Accept");
 }
 
 #[test]

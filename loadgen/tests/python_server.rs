@@ -17,12 +17,8 @@ fn run(port: u16, name: &str, extra: &[&str]) -> (common::Run, serde_json::Value
     let mut args = vec!["run", "--url", &url, "--quiet"];
     args.extend_from_slice(extra);
     let run = tether_load(&args, Some(&json), LIMIT);
-    let report = run.json.clone().unwrap_or_else(|| {
-        panic!(
-            "no report\nstdout:\n{}\nstderr:\n{}",
-            run.stdout, run.stderr
-        )
-    });
+    let report =
+        run.json.clone().unwrap_or_else(|| panic!("no report\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr));
     (run, report)
 }
 
@@ -50,13 +46,7 @@ fn echo_and_pings_with_zero_drops() {
             "--strict",
         ],
     );
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     assert_eq!(u(&r, "connections.requested"), 500);
     assert_eq!(u(&r, "connections.established"), 500);
     assert_eq!(u(&r, "connections.failed"), 0);
@@ -66,10 +56,7 @@ fn echo_and_pings_with_zero_drops() {
     assert!(u(&r, "pings.sent") >= u(&r, "pings.answered"));
     assert!(u(&r, "messages.sent") >= 500 * 4, "{r:#}");
     assert_eq!(u(&r, "messages.echoed"), u(&r, "echo_us.count"));
-    assert!(
-        u(&r, "messages.echoed") + 500 >= u(&r, "messages.sent"),
-        "{r:#}"
-    );
+    assert!(u(&r, "messages.echoed") + 500 >= u(&r, "messages.sent"), "{r:#}");
     assert_eq!(u(&r, "handshake_us.count"), 500);
     assert_eq!(u(&r, "closes.clean"), 500);
 }
@@ -80,31 +67,13 @@ fn counts_exactly_the_connections_the_server_closes_with_1008() {
     let (run, r) = run(
         server.port,
         "close1008",
-        &[
-            "--connections",
-            "200",
-            "--rate",
-            "1000/s",
-            "--duration",
-            "3s",
-            "--source-ips",
-            "127.0.1.3",
-        ],
+        &["--connections", "200", "--rate", "1000/s", "--duration", "3s", "--source-ips", "127.0.1.3"],
     );
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     assert_eq!(u(&r, "connections.established"), 200);
     assert_eq!(u(&r, "drops.total"), 7, "{r:#}");
     assert_eq!(u(&r, "drops.by_code.1008"), 7, "{r:#}");
-    assert_eq!(
-        u(&r, "drops.by_phase.ramp") + u(&r, "drops.by_phase.hold"),
-        7
-    );
+    assert_eq!(u(&r, "drops.by_phase.ramp") + u(&r, "drops.by_phase.hold"), 7);
     assert_eq!(u(&r, "drops.pong_timeouts"), 0);
     assert_eq!(u(&r, "connections.reconnects"), 0);
     assert_eq!(u(&r, "closes.clean"), 193);
@@ -116,24 +85,9 @@ fn a_tcp_abort_is_a_1006_drop() {
     let (run, r) = run(
         server.port,
         "abort",
-        &[
-            "--connections",
-            "100",
-            "--rate",
-            "1000/s",
-            "--duration",
-            "3s",
-            "--source-ips",
-            "127.0.1.4",
-        ],
+        &["--connections", "100", "--rate", "1000/s", "--duration", "3s", "--source-ips", "127.0.1.4"],
     );
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     assert_eq!(u(&r, "drops.total"), 5, "{r:#}");
     assert_eq!(u(&r, "drops.by_code.1006"), 5, "{r:#}");
 }
@@ -144,25 +98,9 @@ fn dropped_connections_come_back_with_reconnect() {
     let (run, r) = run(
         server.port,
         "reconnect",
-        &[
-            "--connections",
-            "100",
-            "--rate",
-            "1000/s",
-            "--duration",
-            "5s",
-            "--reconnect",
-            "--source-ips",
-            "127.0.1.5",
-        ],
+        &["--connections", "100", "--rate", "1000/s", "--duration", "5s", "--reconnect", "--source-ips", "127.0.1.5"],
     );
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     assert_eq!(u(&r, "connections.established"), 100);
     assert_eq!(u(&r, "drops.by_code.1008"), 6, "{r:#}");
     assert_eq!(u(&r, "connections.reconnects"), 6, "{r:#}");

@@ -16,14 +16,7 @@ fn thirty_thousand_connections_against_tetherd() {
         return;
     };
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "3",
-        "--ping-interval",
-        "4s",
-    ]);
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "3", "--ping-interval", "4s"]);
     let server = start_server(cmd, "tetherd listening on");
     let dir = scratch("tetherd30k");
     let json = dir.join("report.json");
@@ -55,13 +48,7 @@ fn thirty_thousand_connections_against_tetherd() {
         Some(&json),
         Duration::from_secs(120),
     );
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
+    assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     let r = run.json.expect("report");
     assert_eq!(u(&r, "connections.requested"), 30_000);
     assert_eq!(u(&r, "connections.established"), 30_000, "{r:#}");
@@ -75,19 +62,13 @@ fn thirty_thousand_connections_against_tetherd() {
     assert_eq!(u(&r, "pings.answered"), u(&r, "ping_rtt_us.count"));
     // At most one ping per connection can be outstanding when it closes.
     let answered = u(&r, "pings.answered") + u(&r, "pings.late");
-    assert!(
-        u(&r, "pings.sent") >= answered && u(&r, "pings.sent") - answered <= 30_000,
-        "{r:#}"
-    );
+    assert!(u(&r, "pings.sent") >= answered && u(&r, "pings.sent") - answered <= 30_000, "{r:#}");
     // tetherd pinged us every 4 s: intervals were seen.
     assert!(u(&r, "server_ping_interval_ms.count") > 0, "{r:#}");
     assert_eq!(u(&r, "closes.clean"), 30_000, "{r:#}");
     assert_eq!(u(&r, "closes.left_open"), 0);
     let hgrm = std::fs::read_to_string(hgrm).unwrap();
     assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
-    assert!(hgrm.contains(&format!(
-        "Total count    = {:>12}]",
-        u(&r, "pings.answered")
-    )));
+    assert!(hgrm.contains(&format!("Total count    = {:>12}]", u(&r, "pings.answered"))));
     assert!(std::fs::read_to_string(plot).unwrap().contains("<polyline"));
 }

@@ -19,10 +19,7 @@ pub mod raw;
 
 /// Path to the workspace root (the parent of this crate's folder).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The `tetherd` binary: `$TETHERD_BIN`, else `target/release/tetherd`, else `target/debug/tetherd`.
@@ -31,16 +28,11 @@ pub fn workspace_root() -> PathBuf {
 pub fn tetherd_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("TETHERD_BIN") {
         let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "TETHERD_BIN={} is not a file",
-            path.display()
-        );
+        assert!(path.is_file(), "TETHERD_BIN={} is not a file", path.display());
         return path;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     for profile in ["release", "debug"] {
         let path = target.join(profile).join("tetherd");
         if path.is_file() {
@@ -72,13 +64,7 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only the child being set up.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
             Ok(())
         })
     }
@@ -116,13 +102,7 @@ impl LogBuffer {
 
     /// Lines that contain every one of `needles`.
     pub fn matching(&self, needles: &[&str]) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
-            .cloned()
-            .collect()
+        self.lines.lock().unwrap().iter().filter(|l| needles.iter().all(|n| l.contains(n))).cloned().collect()
     }
 
     /// The last `n` lines, for failure messages.
@@ -172,10 +152,7 @@ impl Server {
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("TETHERD_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("TETHERD_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -187,9 +164,7 @@ impl Server {
             }
         }
         die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
         let log = LogBuffer::capture(child.stderr.take().unwrap());
 
         let stdout = child.stdout.take().unwrap();
@@ -207,26 +182,17 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "tetherd {args:?} did not print its listening line (got {other:?}); stderr:\n{}",
-                    log.tail(50)
-                );
+                panic!("tetherd {args:?} did not print its listening line (got {other:?}); stderr:\n{}", log.tail(50));
             }
         };
-        let addr: SocketAddr = line
-            .trim()
-            .strip_prefix("tetherd listening on ")
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!("unexpected first stdout line from tetherd: {line:?}")
-            });
-        Server {
-            child,
-            addr,
-            log,
-            exited: None,
-        }
+        let addr: SocketAddr =
+            line.trim().strip_prefix("tetherd listening on ").and_then(|a| a.trim().parse().ok()).unwrap_or_else(
+                || {
+                    let _ = child.kill();
+                    panic!("unexpected first stdout line from tetherd: {line:?}")
+                },
+            );
+        Server { child, addr, log, exited: None }
     }
 
     pub fn port(&self) -> u16 {
@@ -269,8 +235,7 @@ impl Server {
 
     /// Fetches `/metrics`.
     pub fn metrics(&self) -> String {
-        let (status, body) =
-            http_get(self.addr, "/metrics").unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        let (status, body) = http_get(self.addr, "/metrics").unwrap_or_else(|e| panic!("GET /metrics: {e}"));
         assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
         body
     }
@@ -279,8 +244,7 @@ impl Server {
     /// connection may be counted.
     pub fn open_connections(&self) -> u64 {
         let text = self.metrics();
-        open_connections(&text)
-            .unwrap_or_else(|| panic!("no open-connections gauge found in /metrics:\n{text}"))
+        open_connections(&text).unwrap_or_else(|| panic!("no open-connections gauge found in /metrics:\n{text}"))
     }
 
     /// Waits until the open-connection gauge is at most `max` (the scrape itself may count as one).
@@ -308,11 +272,7 @@ impl Drop for Server {
         if std::thread::panicking() {
             // Give the stderr reader a moment to catch the last lines.
             std::thread::sleep(Duration::from_millis(100));
-            eprintln!(
-                "---- tetherd ({}) stderr, last 60 lines ----\n{}\n----",
-                self.addr,
-                self.log.tail(60)
-            );
+            eprintln!("---- tetherd ({}) stderr, last 60 lines ----\n{}\n----", self.addr, self.log.tail(60));
         }
     }
 }
@@ -336,15 +296,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let resp = read_http_response(&mut stream)?;
-    Ok((
-        resp.status,
-        String::from_utf8_lossy(&resp.body).into_owned(),
-    ))
+    Ok((resp.status, String::from_utf8_lossy(&resp.body).into_owned()))
 }
 
 /// A parsed HTTP response.
@@ -357,10 +311,7 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -377,10 +328,7 @@ pub fn read_http_response(stream: &mut impl Read) -> std::io::Result<HttpRespons
         let mut body = vec![0; len];
         stream.read_exact(&mut body)?;
         resp.body = body;
-    } else if resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    {
+    } else if resp.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
         let mut reader = BufReader::new(stream);
         loop {
             let mut size_line = String::new();
@@ -412,10 +360,7 @@ pub fn read_http_head(stream: &mut impl Read) -> std::io::Result<Vec<u8>> {
             0 => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "EOF inside HTTP head after {:?}",
-                        String::from_utf8_lossy(&head)
-                    ),
+                    format!("EOF inside HTTP head after {:?}", String::from_utf8_lossy(&head)),
                 ))
             }
             _ => head.push(byte[0]),
@@ -433,20 +378,14 @@ pub fn parse_http_head(head: &[u8]) -> std::io::Result<HttpResponse> {
     if !version.starts_with("HTTP/1.") {
         return Err(bad(&format!("bad status line {status_line:?}")));
     }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(&format!("bad status line {status_line:?}")))?;
+    let status: u16 =
+        parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| bad(&format!("bad status line {status_line:?}")))?;
     let headers = lines
         .filter(|l| !l.is_empty())
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    })
+    Ok(HttpResponse { status, headers, body: Vec::new() })
 }
 
 fn bad(msg: &str) -> std::io::Error {
@@ -463,10 +402,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -483,11 +419,7 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
                 let Some(close) = line.rfind('}') else {
                     continue;
                 };
-                (
-                    &line[..open],
-                    parse_labels(&line[open + 1..close]),
-                    &line[close + 1..],
-                )
+                (&line[..open], parse_labels(&line[open + 1..close]), &line[close + 1..])
             }
             None => match line.split_once(char::is_whitespace) {
                 Some((name, rest)) => (name, Vec::new(), rest),
@@ -497,11 +429,7 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
         let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse().ok()) else {
             continue;
         };
-        out.push(Sample {
-            name: name.trim().to_string(),
-            labels,
-            value,
-        });
+        out.push(Sample { name: name.trim().to_string(), labels, value });
     }
     out
 }
@@ -551,23 +479,13 @@ pub fn gauge_total(samples: &[Sample], name: &str) -> Option<u64> {
     if let Some(plain) = family.iter().find(|s| s.labels.is_empty()) {
         return Some(plain.value as u64);
     }
-    Some(
-        family
-            .iter()
-            .filter(|s| s.label("shard").is_some())
-            .map(|s| s.value as u64)
-            .sum(),
-    )
+    Some(family.iter().filter(|s| s.label("shard").is_some()).map(|s| s.value as u64).sum())
 }
 
 /// Open connections from a `/metrics` text: `tether_connections_open` (or a close variant of that name).
 pub fn open_connections(metrics_text: &str) -> Option<u64> {
     let samples = parse_metrics(metrics_text);
-    for name in [
-        "tether_connections_open",
-        "tether_open_connections",
-        "tether_connections",
-    ] {
+    for name in ["tether_connections_open", "tether_open_connections", "tether_connections"] {
         if let Some(v) = gauge_total(&samples, name) {
             return Some(v);
         }
@@ -617,9 +535,8 @@ pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     while let Some(pos) = line[search..].find(&needle) {
         let start = search + pos;
         // Must be the start of a field, not the tail of another key (e.g. "reason" in "close_reason").
-        let at_boundary = start == 0
-            || !line.as_bytes()[start - 1].is_ascii_alphanumeric()
-                && line.as_bytes()[start - 1] != b'_';
+        let at_boundary =
+            start == 0 || !line.as_bytes()[start - 1].is_ascii_alphanumeric() && line.as_bytes()[start - 1] != b'_';
         let value_start = start + needle.len();
         if at_boundary {
             let rest = &line[value_start..];
@@ -639,24 +556,16 @@ pub fn close_lines(log: &LogBuffer) -> Vec<String> {
     log.lines()
         .into_iter()
         .filter(|l| {
-            log_field(l, "conn").is_some()
-                && log_field(l, "code").is_some()
-                && log_field(l, "initiator").is_some()
+            log_field(l, "conn").is_some() && log_field(l, "code").is_some() && log_field(l, "initiator").is_some()
         })
         .collect()
 }
 
 /// Runs a future on a fresh runtime with an overall time limit, panicking if it is exceeded.
 pub fn block_on_with_timeout<F: std::future::Future>(limit: Duration, fut: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
-        tokio::time::timeout(limit, fut)
-            .await
-            .unwrap_or_else(|_| panic!("test exceeded its {limit:?} limit"))
+        tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| panic!("test exceeded its {limit:?} limit"))
     })
 }
 
@@ -684,16 +593,12 @@ mod tests {
 
     #[test]
     fn strips_ansi() {
-        assert_eq!(
-            strip_ansi("\x1b[3mconn\x1b[0m\x1b[2m=\x1b[0m7 code=1000"),
-            "conn=7 code=1000"
-        );
+        assert_eq!(strip_ansi("\x1b[3mconn\x1b[0m\x1b[2m=\x1b[0m7 code=1000"), "conn=7 code=1000");
     }
 
     #[test]
     fn parses_log_fields() {
-        let line =
-            "2025 INFO closed conn=0:12:1 peer=127.0.0.1:5000 code=1011 reason=\"pong timeout\" \
+        let line = "2025 INFO closed conn=0:12:1 peer=127.0.0.1:5000 code=1011 reason=\"pong timeout\" \
                     initiator=local duration_ms=2100";
         assert_eq!(log_field(line, "conn"), Some("0:12:1"));
         assert_eq!(log_field(line, "code"), Some("1011"));

@@ -23,14 +23,10 @@ const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// Connects with 10 s read and write timeouts (a hung server fails the test instead of hanging it).
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.set_nodelay(true).unwrap();
     stream
 }
@@ -47,9 +43,7 @@ pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
 /// Reads exactly the response head, so frames the server sends right after it stay unread.
 pub fn handshake(addr: SocketAddr) -> TcpStream {
     let mut stream = connect(addr);
-    stream
-        .write_all(upgrade_request(addr, "/").as_bytes())
-        .unwrap();
+    stream.write_all(upgrade_request(addr, "/").as_bytes()).unwrap();
     let resp = read_http_response(&mut stream).expect("reading the upgrade response");
     check_upgrade_response(&resp);
     stream
@@ -59,20 +53,14 @@ pub fn handshake(addr: SocketAddr) -> TcpStream {
 pub fn check_upgrade_response(resp: &HttpResponse) {
     assert_eq!(resp.status, 101, "upgrade answered {resp:?}");
     assert!(
-        resp.header("upgrade")
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+        resp.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
         "101 without `Upgrade: websocket`: {resp:?}"
     );
     assert!(
-        resp.header("connection")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")),
+        resp.header("connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")),
         "101 without `Connection: Upgrade`: {resp:?}"
     );
-    assert_eq!(
-        resp.header("sec-websocket-accept"),
-        Some(ACCEPT),
-        "wrong Sec-WebSocket-Accept: {resp:?}"
-    );
+    assert_eq!(resp.header("sec-websocket-accept"), Some(ACCEPT), "wrong Sec-WebSocket-Accept: {resp:?}");
 }
 
 /// Encodes one frame. Clients must mask (`mask: Some`); `None` builds the unmasked frame a server sends.
@@ -132,10 +120,7 @@ impl Frame {
             return Some((1005, String::new()));
         }
         let code = u16::from_be_bytes([self.payload[0], self.payload[1]]);
-        Some((
-            code,
-            String::from_utf8_lossy(&self.payload[2..]).into_owned(),
-        ))
+        Some((code, String::from_utf8_lossy(&self.payload[2..]).into_owned()))
     }
 }
 
@@ -189,19 +174,11 @@ pub fn read_frame(stream: &mut TcpStream) -> io::Result<Option<Frame>> {
         n => n as u64,
     };
     if len > 64 << 20 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
     }
     let mut payload = vec![0u8; len as usize];
     stream.read_exact(&mut payload)?;
-    Ok(Some(Frame {
-        fin,
-        rsv,
-        opcode,
-        payload,
-    }))
+    Ok(Some(Frame { fin, rsv, opcode, payload }))
 }
 
 /// Everything a raw client saw until the server closed.
@@ -248,11 +225,7 @@ pub fn read_until_close(stream: &mut TcpStream, timeout: Duration, reply: bool) 
                 }
                 ending.frames.push(frame);
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                return ending
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => return ending,
             Err(e) if is_closed_err(&e) => {
                 ending.eof = true;
                 ending.eof_after = Some(start.elapsed());
@@ -291,11 +264,7 @@ pub fn read_to_eof(stream: &mut TcpStream, timeout: Duration) -> Option<Vec<u8>>
             Ok(0) => return Some(out),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if is_closed_err(&e) => return Some(out),
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                return None
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => return None,
             Err(e) => panic!("read: {e}"),
         }
     }
@@ -324,10 +293,7 @@ pub fn read_message(stream: &mut TcpStream) -> Received {
         match frame.opcode {
             OP_PING => got.pings.push(frame.payload),
             OP_PONG => got.pongs.push(frame.payload),
-            OP_CLOSE => panic!(
-                "server closed while a message was expected: {:?}",
-                frame.close_code()
-            ),
+            OP_CLOSE => panic!("server closed while a message was expected: {:?}", frame.close_code()),
             OP_TEXT | OP_BINARY => {
                 assert!(!started, "new data frame inside a fragmented message");
                 started = true;

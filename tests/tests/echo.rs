@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tether_tests::raw::{self, OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT};
-use tether_tests::{
-    block_on_with_timeout, close_lines, closed_with_code, log_field, wait_until, Server,
-};
+use tether_tests::{block_on_with_timeout, close_lines, closed_with_code, log_field, wait_until, Server};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -140,12 +138,7 @@ fn clean_close_1000() {
         let mut ws = connect(&server, "/").await;
         ws.send(Message::text("before close")).await.unwrap();
         assert_eq!(next_data(&mut ws).await, Message::text("before close"));
-        ws.close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "bye".into(),
-        }))
-        .await
-        .unwrap();
+        ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).await.unwrap();
         match next_data(&mut ws).await {
             Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Normal),
             other => panic!("expected Close 1000 back, got {other:?}"),
@@ -154,36 +147,19 @@ fn clean_close_1000() {
         let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
             .expect("stream did not end within 10 s after the close handshake");
-        assert!(
-            matches!(end, None | Some(Err(_))),
-            "unexpected item after close: {end:?}"
-        );
+        assert!(matches!(end, None | Some(Err(_))), "unexpected item after close: {end:?}");
     });
 
     // One close line for it, code 1000, started by the peer.
     let found = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-        close_lines(&server.log).iter().any(|l| {
-            log_field(l, "code") == Some("1000") && log_field(l, "initiator") == Some("peer")
-        })
+        close_lines(&server.log)
+            .iter()
+            .any(|l| log_field(l, "code") == Some("1000") && log_field(l, "initiator") == Some("peer"))
     });
-    assert!(
-        found,
-        "no close line with code=1000 initiator=peer in the log:\n{}",
-        server.log.tail(30)
-    );
-    let line = close_lines(&server.log)
-        .into_iter()
-        .find(|l| log_field(l, "code") == Some("1000"))
-        .unwrap();
-    assert_eq!(
-        log_field(&line, "reason"),
-        Some("bye"),
-        "close line: {line}"
-    );
-    assert!(
-        log_field(&line, "peer").is_some(),
-        "close line lacks peer=: {line}"
-    );
+    assert!(found, "no close line with code=1000 initiator=peer in the log:\n{}", server.log.tail(30));
+    let line = close_lines(&server.log).into_iter().find(|l| log_field(l, "code") == Some("1000")).unwrap();
+    assert_eq!(log_field(&line, "reason"), Some("bye"), "close line: {line}");
+    assert!(log_field(&line, "peer").is_some(), "close line lacks peer=: {line}");
     assert!(
         log_field(&line, "duration_ms").is_some_and(|d| d.parse::<u64>().is_ok()),
         "close line lacks a numeric duration_ms=: {line}"
@@ -212,11 +188,7 @@ fn echoes_fragmented_messages() {
     let got = raw::read_message(&mut stream);
     assert_eq!(got.opcode, OP_TEXT);
     assert_eq!(String::from_utf8(got.data).unwrap(), "Hello, wörld!");
-    assert_eq!(
-        got.pongs,
-        vec![b"in-between".to_vec()],
-        "the interleaved ping was not answered"
-    );
+    assert_eq!(got.pongs, vec![b"in-between".to_vec()], "the interleaved ping was not answered");
 
     // A UTF-8 character split across fragments is valid.
     let snake = "🐍".as_bytes();
@@ -231,9 +203,7 @@ fn echoes_fragmented_messages() {
     let chunks: Vec<&[u8]> = payload.chunks(100).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         let op = if i == 0 { OP_BINARY } else { OP_CONTINUATION };
-        stream
-            .write_all(&raw::masked(i + 1 == chunks.len(), op, chunk))
-            .unwrap();
+        stream.write_all(&raw::masked(i + 1 == chunks.len(), op, chunk)).unwrap();
     }
     let got = raw::read_message(&mut stream);
     assert_eq!(got.opcode, OP_BINARY);

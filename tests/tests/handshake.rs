@@ -11,12 +11,8 @@ use tether_tests::{http_get, read_http_response, wait_until, HttpResponse, Serve
 fn exchange(addr: SocketAddr, request: &[u8]) -> HttpResponse {
     let mut stream = raw::connect(addr);
     stream.write_all(request).unwrap();
-    let resp = read_http_response_no_eof_body(&mut stream).unwrap_or_else(|e| {
-        panic!(
-            "no HTTP response to {:?}: {e}",
-            String::from_utf8_lossy(request)
-        )
-    });
+    let resp = read_http_response_no_eof_body(&mut stream)
+        .unwrap_or_else(|e| panic!("no HTTP response to {:?}: {e}", String::from_utf8_lossy(request)));
     let rest = raw::read_to_eof(&mut stream, Duration::from_secs(10));
     assert!(
         rest.is_some(),
@@ -28,15 +24,10 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> HttpResponse {
 }
 
 /// Like [`read_http_response`] but never waits for EOF for the body (the EOF check comes after).
-fn read_http_response_no_eof_body(
-    stream: &mut std::net::TcpStream,
-) -> std::io::Result<HttpResponse> {
+fn read_http_response_no_eof_body(stream: &mut std::net::TcpStream) -> std::io::Result<HttpResponse> {
     let head = tether_tests::read_http_head(stream)?;
     let mut resp = tether_tests::parse_http_head(&head)?;
-    if let Some(len) = resp
-        .header("content-length")
-        .and_then(|l| l.trim().parse::<usize>().ok())
-    {
+    if let Some(len) = resp.header("content-length").and_then(|l| l.trim().parse::<usize>().ok()) {
         let mut body = vec![0; len];
         std::io::Read::read_exact(stream, &mut body)?;
         resp.body = body;
@@ -76,9 +67,7 @@ fn valid_upgrade_variants_are_accepted() {
     stream.write_all(&req).unwrap();
     let resp = read_http_response(&mut stream).unwrap();
     raw::check_upgrade_response(&resp);
-    stream
-        .write_all(&raw::masked(true, raw::OP_TEXT, b"ok"))
-        .unwrap();
+    stream.write_all(&raw::masked(true, raw::OP_TEXT, b"ok")).unwrap();
     assert_eq!(raw::read_message(&mut stream).data, b"ok");
 
     // The request arriving one byte at a time.
@@ -104,58 +93,21 @@ fn malformed_upgrades_are_rejected_and_closed() {
     let server = Server::start(&[]);
     let addr = server.addr;
     let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
-        (
-            "missing Sec-WebSocket-Key",
-            upgrade(addr, "GET", &[UPGRADE, CONNECTION, VERSION]),
-            &[400],
-        ),
+        ("missing Sec-WebSocket-Key", upgrade(addr, "GET", &[UPGRADE, CONNECTION, VERSION]), &[400]),
         (
             "key that is not 16 bytes of base64",
-            upgrade(
-                addr,
-                "GET",
-                &[UPGRADE, CONNECTION, VERSION, ("Sec-WebSocket-Key", "abc")],
-            ),
+            upgrade(addr, "GET", &[UPGRADE, CONNECTION, VERSION, ("Sec-WebSocket-Key", "abc")]),
             &[400],
         ),
         (
             "key that is not base64 at all",
-            upgrade(
-                addr,
-                "GET",
-                &[
-                    UPGRADE,
-                    CONNECTION,
-                    VERSION,
-                    ("Sec-WebSocket-Key", "!!!!not base64!!!!!!!!=="),
-                ],
-            ),
+            upgrade(addr, "GET", &[UPGRADE, CONNECTION, VERSION, ("Sec-WebSocket-Key", "!!!!not base64!!!!!!!!==")]),
             &[400],
         ),
-        (
-            "POST instead of GET",
-            upgrade(addr, "POST", &[UPGRADE, CONNECTION, VERSION, GOOD_KEY]),
-            &[400, 405],
-        ),
-        (
-            "missing Upgrade header",
-            upgrade(addr, "GET", &[CONNECTION, VERSION, GOOD_KEY]),
-            &[400, 426],
-        ),
-        (
-            "missing Connection header",
-            upgrade(addr, "GET", &[UPGRADE, VERSION, GOOD_KEY]),
-            &[400, 426],
-        ),
-        (
-            "Upgrade: h2c",
-            upgrade(
-                addr,
-                "GET",
-                &[("Upgrade", "h2c"), CONNECTION, VERSION, GOOD_KEY],
-            ),
-            &[400, 426],
-        ),
+        ("POST instead of GET", upgrade(addr, "POST", &[UPGRADE, CONNECTION, VERSION, GOOD_KEY]), &[400, 405]),
+        ("missing Upgrade header", upgrade(addr, "GET", &[CONNECTION, VERSION, GOOD_KEY]), &[400, 426]),
+        ("missing Connection header", upgrade(addr, "GET", &[UPGRADE, VERSION, GOOD_KEY]), &[400, 426]),
+        ("Upgrade: h2c", upgrade(addr, "GET", &[("Upgrade", "h2c"), CONNECTION, VERSION, GOOD_KEY]), &[400, 426]),
         (
             "HTTP/1.0",
             format!(
@@ -171,23 +123,14 @@ fn malformed_upgrades_are_rejected_and_closed() {
     for (what, req, allowed) in &cases {
         let resp = exchange(addr, req);
         if !allowed.contains(&resp.status) {
-            failures.push(format!(
-                "{what}: got {} (want one of {allowed:?})",
-                resp.status
-            ));
+            failures.push(format!("{what}: got {} (want one of {allowed:?})", resp.status));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "wrong statuses:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "wrong statuses:\n{}", failures.join("\n"));
 
     // The server is still healthy afterwards.
     let mut stream = raw::handshake(addr);
-    stream
-        .write_all(&raw::masked(true, raw::OP_TEXT, b"fine"))
-        .unwrap();
+    stream.write_all(&raw::masked(true, raw::OP_TEXT, b"fine")).unwrap();
     assert_eq!(raw::read_message(&mut stream).data, b"fine");
 }
 
@@ -195,16 +138,7 @@ fn malformed_upgrades_are_rejected_and_closed() {
 fn wrong_version_gets_426_with_supported_version() {
     let server = Server::start(&[]);
     for version in ["8", "12", "14"] {
-        let req = upgrade(
-            server.addr,
-            "GET",
-            &[
-                UPGRADE,
-                CONNECTION,
-                GOOD_KEY,
-                ("Sec-WebSocket-Version", version),
-            ],
-        );
+        let req = upgrade(server.addr, "GET", &[UPGRADE, CONNECTION, GOOD_KEY, ("Sec-WebSocket-Version", version)]);
         let resp = exchange(server.addr, &req);
         assert_eq!(resp.status, 426, "version {version}: {resp:?}");
         assert_eq!(
@@ -220,11 +154,7 @@ fn oversized_headers_get_431() {
     let server = Server::start(&[]);
     // Default max handshake size is 8 KiB: send a complete request of ~12 KiB.
     let big = "x".repeat(12 * 1024);
-    let req = upgrade(
-        server.addr,
-        "GET",
-        &[UPGRADE, CONNECTION, VERSION, GOOD_KEY, ("X-Padding", &big)],
-    );
+    let req = upgrade(server.addr, "GET", &[UPGRADE, CONNECTION, VERSION, GOOD_KEY, ("X-Padding", &big)]);
     let resp = exchange(server.addr, &req);
     assert_eq!(resp.status, 431, "{resp:?}");
 
@@ -237,10 +167,7 @@ fn oversized_headers_get_431() {
     stream.write_all(head.as_bytes()).unwrap();
     let resp = read_http_response_no_eof_body(&mut stream).expect("no response to an endless head");
     assert_eq!(resp.status, 431, "{resp:?}");
-    assert!(
-        raw::read_to_eof(&mut stream, Duration::from_secs(10)).is_some(),
-        "connection left open after 431"
-    );
+    assert!(raw::read_to_eof(&mut stream, Duration::from_secs(10)).is_some(), "connection left open after 431");
 }
 
 #[test]
@@ -250,8 +177,7 @@ fn half_upgrade_is_closed_at_the_handshake_deadline() {
     // Half a request: request line and one header, never the blank line.
     let mut half = raw::connect(server.addr);
     let start = Instant::now();
-    half.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: web", server.addr).as_bytes())
-        .unwrap();
+    half.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: web", server.addr).as_bytes()).unwrap();
     // And a connection that sends nothing at all.
     let mut mute = raw::connect(server.addr);
 
@@ -259,19 +185,13 @@ fn half_upgrade_is_closed_at_the_handshake_deadline() {
         let got = raw::read_to_eof(stream, Duration::from_secs(10));
         let after = start.elapsed();
         let got = got.unwrap_or_else(|| {
-            panic!(
-                "{what}: connection still open {after:?} after connecting with --handshake-timeout 1s"
-            )
+            panic!("{what}: connection still open {after:?} after connecting with --handshake-timeout 1s")
         });
         // It may be answered (408 or 400) before the close; if so it must be a well-formed response.
         if !got.is_empty() {
             let resp = read_http_response(&mut std::io::Cursor::new(&got))
                 .unwrap_or_else(|e| panic!("{what}: garbage before close: {e}: {got:?}"));
-            assert!(
-                [400, 408].contains(&resp.status),
-                "{what}: answered {} at the handshake deadline",
-                resp.status
-            );
+            assert!([400, 408].contains(&resp.status), "{what}: answered {} at the handshake deadline", resp.status);
         }
         assert!(
             after >= Duration::from_millis(500),
@@ -281,16 +201,9 @@ fn half_upgrade_is_closed_at_the_handshake_deadline() {
     let logged = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
         server.log.matching(&["handshake timeout"]).len() >= 2
     });
-    assert!(
-        logged,
-        "expected two \"handshake timeout\" log lines:\n{}",
-        server.log.tail(30)
-    );
+    assert!(logged, "expected two \"handshake timeout\" log lines:\n{}", server.log.tail(30));
     let line = &server.log.matching(&["handshake timeout"])[0];
-    assert!(
-        line.contains("conn="),
-        "handshake timeout line lacks conn=: {line}"
-    );
+    assert!(line.contains("conn="), "handshake timeout line lacks conn=: {line}");
     server.wait_open_at_most(1, Duration::from_secs(10));
 }
 
@@ -306,8 +219,5 @@ fn healthz_and_unknown_paths() {
 
     let (status, body) = http_get(server.addr, "/metrics").unwrap();
     assert_eq!(status, 200);
-    assert!(
-        tether_tests::open_connections(&body).is_some(),
-        "/metrics has no open-connections gauge:\n{body}"
-    );
+    assert!(tether_tests::open_connections(&body).is_some(), "/metrics has no open-connections gauge:\n{body}");
 }

@@ -10,16 +10,8 @@ use tether_tests::{block_on_with_timeout, close_lines, log_field, wait_until, Se
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
-const FAST_PINGS: &[&str] = &[
-    "--ping-interval",
-    "1s",
-    "--pong-timeout",
-    "1s",
-    "--close-timeout",
-    "1s",
-    "--tick",
-    "100ms",
-];
+const FAST_PINGS: &[&str] =
+    &["--ping-interval", "1s", "--pong-timeout", "1s", "--close-timeout", "1s", "--tick", "100ms"];
 
 #[test]
 fn pings_arrive_about_once_per_interval() {
@@ -40,10 +32,7 @@ fn pings_arrive_about_once_per_interval() {
                 }
                 Ok(Some(Ok(other))) => panic!("unexpected message while idle: {other:?}"),
                 Ok(Some(Err(e))) => panic!("websocket error while idle: {e}"),
-                Ok(None) => panic!(
-                    "server closed an answering client after {:?}",
-                    start.elapsed()
-                ),
+                Ok(None) => panic!("server closed an answering client after {:?}", start.elapsed()),
             }
         }
         assert!(
@@ -83,11 +72,7 @@ fn silent_peer_is_closed_after_pong_timeout() {
         !server.log.matching(&["pong timeout"]).is_empty()
     });
     let waited = connected.elapsed();
-    assert!(
-        found,
-        "no \"pong timeout\" in the log {waited:?} after a peer went silent:\n{}",
-        server.log.tail(30)
-    );
+    assert!(found, "no \"pong timeout\" in the log {waited:?} after a peer went silent:\n{}", server.log.tail(30));
     // Not before a ping could have been sent and the pong deadline missed (interval + timeout = 2 s;
     // allow a tick of slack on each).
     assert!(
@@ -105,20 +90,13 @@ fn silent_peer_is_closed_after_pong_timeout() {
             )
         });
     assert_eq!(log_field(&line, "code"), Some("1011"), "close line: {line}");
-    assert_eq!(
-        log_field(&line, "initiator"),
-        Some("local"),
-        "close line: {line}"
-    );
+    assert_eq!(log_field(&line, "initiator"), Some("local"), "close line: {line}");
 
     server.wait_open_at_most(1, Duration::from_secs(10));
 
     // The socket holds whatever the server sent (pings, maybe a Close 1011), then EOF.
     let ending = raw::read_until_close(&mut stream, Duration::from_secs(10), false);
-    assert!(
-        ending.eof,
-        "socket of a timed-out peer not closed: {ending:?}"
-    );
+    assert!(ending.eof, "socket of a timed-out peer not closed: {ending:?}");
     if let Some((code, reason)) = &ending.close {
         assert_eq!(*code, 1011, "close frame to a timed-out peer: {ending:?}");
         assert!(reason.contains("pong"), "close reason: {reason:?}");
@@ -140,9 +118,7 @@ fn busy_client_is_not_dropped_for_missing_pongs() {
     let mut i = 0;
     while start.elapsed() < Duration::from_secs(5) {
         let msg = format!("busy {i}");
-        stream
-            .write_all(&raw::masked(true, OP_TEXT, msg.as_bytes()))
-            .unwrap();
+        stream.write_all(&raw::masked(true, OP_TEXT, msg.as_bytes())).unwrap();
         let got = raw::read_message(&mut stream);
         assert_eq!(got.data, msg.as_bytes());
         pings += got.pings.len();
@@ -164,22 +140,12 @@ fn busy_client_is_not_dropped_for_missing_pongs() {
 fn ping_interval_zero_disables_pings() {
     let server = Server::start(&["--ping-interval", "0", "--pong-timeout", "1s"]);
     let mut stream = raw::handshake(server.addr);
-    stream
-        .set_read_timeout(Some(Duration::from_millis(3500)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(3500))).unwrap();
     match raw::read_frame(&mut stream) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
         other => panic!("expected silence with --ping-interval 0, got {other:?}"),
     }
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(&raw::masked(true, OP_TEXT, b"alive"))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(&raw::masked(true, OP_TEXT, b"alive")).unwrap();
     assert_eq!(raw::read_message(&mut stream).data, b"alive");
 }

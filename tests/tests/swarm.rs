@@ -24,12 +24,7 @@ impl Swarm {
         cmd.arg(url)
             .arg(count.to_string())
             .arg(sources.join(","))
-            .args([
-                "--concurrency",
-                "256",
-                "--deadline",
-                &deadline_s.to_string(),
-            ])
+            .args(["--concurrency", "256", "--deadline", &deadline_s.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -45,13 +40,7 @@ impl Swarm {
                 }
             }
         });
-        Swarm {
-            name: name.to_string(),
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            log,
-        }
+        Swarm { name: name.to_string(), stdin: child.stdin.take(), child, lines, log }
     }
 
     /// Waits for a stdout line starting with `prefix`; panics on `swarm FAILED`, exit, or the deadline.
@@ -65,11 +54,9 @@ impl Swarm {
                     panic!("{}: {line}\nstderr:\n{}", self.name, self.log.tail(20))
                 }
                 Ok(line) => eprintln!("{}: {line}", self.name),
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{}: no {prefix:?} line before the deadline; stderr:\n{}",
-                    self.name,
-                    self.log.tail(20)
-                ),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: no {prefix:?} line before the deadline; stderr:\n{}", self.name, self.log.tail(20))
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().ok();
                     std::thread::sleep(Duration::from_millis(200));
@@ -92,19 +79,10 @@ impl Swarm {
     fn wait_success(&mut self, deadline: Instant) {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "{} exited with {status}; stderr:\n{}",
-                    self.name,
-                    self.log.tail(20)
-                );
+                assert!(status.success(), "{} exited with {status}; stderr:\n{}", self.name, self.log.tail(20));
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit before the deadline",
-                self.name
-            );
+            assert!(Instant::now() < deadline, "{} did not exit before the deadline", self.name);
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -120,17 +98,12 @@ impl Drop for Swarm {
 }
 
 fn summary_field(line: &str, key: &str) -> usize {
-    log_field(line, key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+    log_field(line, key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
 #[test]
 fn holds_30000_connections_from_two_processes() {
-    let total: usize = std::env::var("TETHER_SWARM_TOTAL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30_000);
+    let total: usize = std::env::var("TETHER_SWARM_TOTAL").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
     let per_swarm = total / 2;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(240);
@@ -139,20 +112,8 @@ fn holds_30000_connections_from_two_processes() {
     let url = server.ws_url("/swarm");
     // Each swarm uses its own four source addresses: ~3,750 ephemeral ports per address.
     let mut swarms = vec![
-        Swarm::start(
-            "swarm-a",
-            &url,
-            per_swarm,
-            &["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"],
-            230,
-        ),
-        Swarm::start(
-            "swarm-b",
-            &url,
-            per_swarm,
-            &["127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"],
-            230,
-        ),
+        Swarm::start("swarm-a", &url, per_swarm, &["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"], 230),
+        Swarm::start("swarm-b", &url, per_swarm, &["127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"], 230),
     ];
 
     for swarm in &mut swarms {
@@ -167,10 +128,7 @@ fn holds_30000_connections_from_two_processes() {
         2 * per_swarm,
         server.metrics()
     );
-    eprintln!(
-        "{} connections open after {opened_in:.1?}; /metrics open={open}",
-        2 * per_swarm
-    );
+    eprintln!("{} connections open after {opened_in:.1?}; /metrics open={open}", 2 * per_swarm);
 
     for swarm in &mut swarms {
         swarm.release();
@@ -178,12 +136,7 @@ fn holds_30000_connections_from_two_processes() {
     for swarm in &mut swarms {
         let line = swarm.expect_line("swarm ok", deadline);
         for key in ["opened", "echoed", "closed"] {
-            assert_eq!(
-                summary_field(&line, key),
-                per_swarm,
-                "{}: {line}",
-                swarm.name
-            );
+            assert_eq!(summary_field(&line, key), per_swarm, "{}: {line}", swarm.name);
         }
         swarm.wait_success(deadline);
     }
@@ -196,18 +149,10 @@ fn holds_30000_connections_from_two_processes() {
     let count_1000 = || {
         close_lines(&server.log)
             .iter()
-            .filter(|l| {
-                log_field(l, "code") == Some("1000") && log_field(l, "initiator") == Some("peer")
-            })
+            .filter(|l| log_field(l, "code") == Some("1000") && log_field(l, "initiator") == Some("peer"))
             .count()
     };
-    let logged = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-        count_1000() >= want
-    });
-    assert!(
-        logged,
-        "expected {want} close lines with code=1000 initiator=peer, found {}",
-        count_1000()
-    );
+    let logged = wait_until(Duration::from_secs(30), Duration::from_millis(200), || count_1000() >= want);
+    assert!(logged, "expected {want} close lines with code=1000 initiator=peer, found {}", count_1000());
     eprintln!("swarm test done in {:.1?}", start.elapsed());
 }

@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant};
 
 use super::frame::{
-    parse_header, write_close, write_frame, FrameHeader, ProtocolError, MAX_CONTROL_PAYLOAD,
-    OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+    parse_header, write_close, write_frame, FrameHeader, ProtocolError, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE,
+    OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -79,17 +79,11 @@ pub enum MessageKind {
 #[derive(Debug, PartialEq)]
 pub enum Event<'a> {
     /// One complete (reassembled, unmasked, UTF-8-checked for Text) message.
-    Message {
-        kind: MessageKind,
-        payload: &'a [u8],
-    },
+    Message { kind: MessageKind, payload: &'a [u8] },
     /// The peer pinged us; the Pong is already written to `out` (informational).
     Ping(&'a [u8]),
     /// rtt = now - time our outstanding ping was sent, when the payload matches it.
-    Pong {
-        payload: &'a [u8],
-        rtt: Option<Duration>,
-    },
+    Pong { payload: &'a [u8], rtt: Option<Duration> },
     /// Returned by handle_timeout when it wrote a keepalive ping to `out`.
     PingSent,
     /// The connection is finished: flush `out`, then close TCP. Returned exactly once.
@@ -222,11 +216,7 @@ impl Connection {
                 ping_sent_at: now,
                 pong_wait_since: None,
                 ping_counter: 0,
-                rng: if seed == 0 {
-                    0x9E37_79B9_7F4A_7C15
-                } else {
-                    seed
-                },
+                rng: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
                 utf8_valid_to: 0,
                 role,
                 fragment: None,
@@ -288,19 +278,10 @@ impl Connection {
         };
         match action {
             // Filtered out by poll_event; an empty message keeps this total.
-            Action::Nothing => Event::Message {
-                kind: MessageKind::Binary,
-                payload: &[],
-            },
-            Action::Message(kind, src) => Event::Message {
-                kind,
-                payload: bytes(src),
-            },
+            Action::Nothing => Event::Message { kind: MessageKind::Binary, payload: &[] },
+            Action::Message(kind, src) => Event::Message { kind, payload: bytes(src) },
             Action::Ping(src) => Event::Ping(bytes(src)),
-            Action::Pong(src, rtt) => Event::Pong {
-                payload: bytes(src),
-                rtt,
-            },
+            Action::Pong(src, rtt) => Event::Pong { payload: bytes(src), rtt },
             Action::Closed(info) => Event::Closed(info),
         }
     }
@@ -340,10 +321,7 @@ impl Connection {
         if let Some(m) = header.mask {
             fastwebsockets::unmask(payload, m);
         }
-        Some(
-            self.core
-                .on_frame(&header, payload, Src::Input(s, e), out, now),
-        )
+        Some(self.core.on_frame(&header, payload, Src::Input(s, e), out, now))
     }
 
     /// Continue the frame started in `partial` with bytes from input. None: still incomplete.
@@ -378,8 +356,7 @@ impl Connection {
         if missing > 0 {
             self.partial.reserve_exact(missing);
             let take = missing.min(input.remaining());
-            self.partial
-                .extend_from_slice(&input.data[input.pos..input.pos + take]);
+            self.partial.extend_from_slice(&input.data[input.pos..input.pos + take]);
             input.pos += take;
             if take < missing {
                 return None;
@@ -391,20 +368,12 @@ impl Connection {
             fastwebsockets::unmask(payload, m);
         }
         self.release_partial = true;
-        Some(
-            self.core
-                .on_frame(&header, payload, Src::Partial(s, e), out, now),
-        )
+        Some(self.core.on_frame(&header, payload, Src::Partial(s, e), out, now))
     }
 
     /// Append a data message (a single frame, masked in client role) to out.
     /// Err if the connection is closing or closed.
-    pub fn send_message(
-        &mut self,
-        out: &mut Vec<u8>,
-        kind: MessageKind,
-        payload: &[u8],
-    ) -> Result<(), SendError> {
+    pub fn send_message(&mut self, out: &mut Vec<u8>, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::Closed);
         }
@@ -428,27 +397,15 @@ impl Connection {
 
     /// Start the close handshake: write Close(code, reason) to out and wait up to close_timeout
     /// for the peer's Close. No-op unless open.
-    pub fn close(
-        &mut self,
-        out: &mut Vec<u8>,
-        code: u16,
-        reason: &str,
-        now: Instant,
-        cfg: &ProtoConfig,
-    ) {
+    pub fn close(&mut self, out: &mut Vec<u8>, code: u16, reason: &str, now: Instant, cfg: &ProtoConfig) {
         if !self.is_open() {
             return;
         }
         let mask = self.core.out_mask();
         write_close(out, mask, code, reason);
         // Far-future fallback if now + close_timeout overflows: "never" in practice.
-        let deadline =
-            after(now, cfg.close_timeout).unwrap_or(now + Duration::from_secs(86400 * 365));
-        self.core.state = State::CloseSent {
-            code,
-            reason: reason.into(),
-            deadline,
-        };
+        let deadline = after(now, cfg.close_timeout).unwrap_or(now + Duration::from_secs(86400 * 365));
+        self.core.state = State::CloseSent { code, reason: reason.into(), deadline };
         // A message in progress will never be delivered now.
         if !self.core.release_message {
             self.core.message = Vec::new();
@@ -462,13 +419,8 @@ impl Connection {
             State::Closed => None,
             State::CloseSent { deadline, .. } => Some(*deadline),
             State::Open => {
-                let ping = cfg
-                    .ping_interval
-                    .and_then(|i| after(self.core.last_ping_at, i));
-                let pong = self
-                    .core
-                    .pong_wait_since
-                    .and_then(|t| after(t, cfg.pong_timeout));
+                let ping = cfg.ping_interval.and_then(|i| after(self.core.last_ping_at, i));
+                let pong = self.core.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
                 match (ping, pong) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -479,41 +431,23 @@ impl Connection {
 
     /// Run due timers: write a keepalive ping (PingSent), or finish the connection on the pong or
     /// close deadline. None if nothing was due.
-    pub fn handle_timeout(
-        &mut self,
-        now: Instant,
-        out: &mut Vec<u8>,
-        cfg: &ProtoConfig,
-    ) -> Option<Event<'static>> {
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>, cfg: &ProtoConfig) -> Option<Event<'static>> {
         let info = match &self.core.state {
             State::Closed => return None,
             State::CloseSent { code, deadline, .. } => {
                 if now < *deadline {
                     return None;
                 }
-                CloseInfo {
-                    code: *code,
-                    reason: "close timeout".into(),
-                    initiator: Initiator::Local,
-                }
+                CloseInfo { code: *code, reason: "close timeout".into(), initiator: Initiator::Local }
             }
             State::Open => {
-                let pong_due = self
-                    .core
-                    .pong_wait_since
-                    .and_then(|t| after(t, cfg.pong_timeout));
+                let pong_due = self.core.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
                 if pong_due.is_some_and(|d| d <= now) {
                     let mask = self.core.out_mask();
                     write_close(out, mask, 1011, "pong timeout");
-                    CloseInfo {
-                        code: 1011,
-                        reason: "pong timeout".into(),
-                        initiator: Initiator::Local,
-                    }
+                    CloseInfo { code: 1011, reason: "pong timeout".into(), initiator: Initiator::Local }
                 } else {
-                    let ping_due = cfg
-                        .ping_interval
-                        .and_then(|i| after(self.core.last_ping_at, i));
+                    let ping_due = cfg.ping_interval.and_then(|i| after(self.core.last_ping_at, i));
                     if let Some(due) = ping_due.filter(|d| *d <= now) {
                         self.core.write_ping(out, now);
                         // Keep a fixed cadence: the next ping is due one interval after this one was due,
@@ -539,11 +473,7 @@ impl Connection {
             return None;
         }
         self.finish();
-        Some(CloseInfo {
-            code: 1006,
-            reason: reason.into(),
-            initiator: Initiator::Abnormal,
-        })
+        Some(CloseInfo { code: 1006, reason: reason.into(), initiator: Initiator::Abnormal })
     }
 
     /// Closed was returned.
@@ -611,11 +541,7 @@ impl Core {
         self.state = State::Closed;
         self.fragment = None;
         self.release_message = true;
-        Action::Closed(CloseInfo {
-            code: e.code,
-            reason: e.reason.into(),
-            initiator: Initiator::Local,
-        })
+        Action::Closed(CloseInfo { code: e.code, reason: e.reason.into(), initiator: Initiator::Local })
     }
 
     /// Validate a header before any of its payload is buffered; returns the frame's total length.
@@ -625,10 +551,7 @@ impl Core {
         if h.rsv != 0 {
             return Err(ProtocolError::new(1002, "reserved bits set"));
         }
-        if !matches!(
-            h.opcode,
-            OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
-        ) {
+        if !matches!(h.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
             return Err(ProtocolError::new(1002, "unknown opcode"));
         }
         match (self.role, h.mask.is_some()) {
@@ -646,12 +569,8 @@ impl Core {
             0
         } else {
             match (self.fragment.is_some(), h.opcode == OP_CONTINUATION) {
-                (false, true) => {
-                    return Err(ProtocolError::new(1002, "unexpected continuation frame"))
-                }
-                (true, false) => {
-                    return Err(ProtocolError::new(1002, "expected continuation frame"))
-                }
+                (false, true) => return Err(ProtocolError::new(1002, "unexpected continuation frame")),
+                (true, false) => return Err(ProtocolError::new(1002, "expected continuation frame")),
                 (true, true) => self.message.len(),
                 (false, false) => 0,
             }
@@ -667,31 +586,17 @@ impl Core {
     }
 
     /// A complete, unmasked frame whose header passed check_header.
-    fn on_frame(
-        &mut self,
-        h: &FrameHeader,
-        payload: &[u8],
-        src: Src,
-        out: &mut Vec<u8>,
-        now: Instant,
-    ) -> Action {
+    fn on_frame(&mut self, h: &FrameHeader, payload: &[u8], src: Src, out: &mut Vec<u8>, now: Instant) -> Action {
         let open = matches!(self.state, State::Open);
         match h.opcode {
             OP_TEXT | OP_BINARY => {
-                let kind = if h.opcode == OP_TEXT {
-                    MessageKind::Text
-                } else {
-                    MessageKind::Binary
-                };
+                let kind = if h.opcode == OP_TEXT { MessageKind::Text } else { MessageKind::Binary };
                 if h.fin {
                     if !open {
                         return Action::Nothing;
                     }
                     if kind == MessageKind::Text && simdutf8::basic::from_utf8(payload).is_err() {
-                        return self.fail(
-                            out,
-                            ProtocolError::new(1007, "invalid UTF-8 in text message"),
-                        );
+                        return self.fail(out, ProtocolError::new(1007, "invalid UTF-8 in text message"));
                     }
                     return Action::Message(kind, src);
                 }
@@ -748,12 +653,7 @@ impl Core {
                 Err(e) if e.error_len().is_none() && !fin => {
                     self.utf8_valid_to = (from + e.valid_up_to()) as u32;
                 }
-                Err(_) => {
-                    return self.fail(
-                        out,
-                        ProtocolError::new(1007, "invalid UTF-8 in text message"),
-                    )
-                }
+                Err(_) => return self.fail(out, ProtocolError::new(1007, "invalid UTF-8 in text message")),
             }
         }
         if !fin {
@@ -769,20 +669,14 @@ impl Core {
             State::CloseSent { code, reason, .. } => {
                 self.fragment = None;
                 self.release_message = true;
-                Action::Closed(CloseInfo {
-                    code,
-                    reason: reason.into(),
-                    initiator: Initiator::Local,
-                })
+                Action::Closed(CloseInfo { code, reason: reason.into(), initiator: Initiator::Local })
             }
             State::Closed => Action::Nothing,
             State::Open => {
                 self.state = State::Open; // so fail() still sends its Close
                 let (code, reason) = match payload {
                     [] => (1005, String::new()),
-                    [_] => {
-                        return self.fail(out, ProtocolError::new(1002, "invalid close payload"))
-                    }
+                    [_] => return self.fail(out, ProtocolError::new(1002, "invalid close payload")),
                     [hi, lo, rest @ ..] => {
                         let code = u16::from_be_bytes([*hi, *lo]);
                         if !valid_close_code(code) {
@@ -790,12 +684,7 @@ impl Core {
                         }
                         match std::str::from_utf8(rest) {
                             Ok(r) => (code, r.to_string()),
-                            Err(_) => {
-                                return self.fail(
-                                    out,
-                                    ProtocolError::new(1007, "invalid UTF-8 in close reason"),
-                                )
-                            }
+                            Err(_) => return self.fail(out, ProtocolError::new(1007, "invalid UTF-8 in close reason")),
                         }
                     }
                 };
@@ -805,11 +694,7 @@ impl Core {
                 self.state = State::Closed;
                 self.fragment = None;
                 self.release_message = true;
-                Action::Closed(CloseInfo {
-                    code,
-                    reason,
-                    initiator: Initiator::Peer,
-                })
+                Action::Closed(CloseInfo { code, reason, initiator: Initiator::Peer })
             }
         }
     }
@@ -849,13 +734,7 @@ mod tests {
     }
 
     /// Feed `bytes` as one input; collect events until None.
-    fn feed(
-        c: &mut Connection,
-        bytes: &[u8],
-        out: &mut Vec<u8>,
-        now: Instant,
-        cfg: &ProtoConfig,
-    ) -> Vec<Ev> {
+    fn feed(c: &mut Connection, bytes: &[u8], out: &mut Vec<u8>, now: Instant, cfg: &ProtoConfig) -> Vec<Ev> {
         let mut data = bytes.to_vec();
         let mut input = Input::new(&mut data);
         let mut evs = Vec::new();
@@ -866,13 +745,7 @@ mod tests {
         evs
     }
 
-    fn feed_chunks(
-        c: &mut Connection,
-        bytes: &[u8],
-        cuts: &[usize],
-        out: &mut Vec<u8>,
-        now: Instant,
-    ) -> Vec<Ev> {
+    fn feed_chunks(c: &mut Connection, bytes: &[u8], cuts: &[usize], out: &mut Vec<u8>, now: Instant) -> Vec<Ev> {
         let mut evs = Vec::new();
         let mut prev = 0;
         for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
@@ -925,10 +798,7 @@ mod tests {
         let mut c = server(now);
         let mut out = Vec::new();
         let evs = feed(&mut c, bytes, &mut out, now, &cfg());
-        assert!(
-            evs.last().is_some_and(closed(code, Initiator::Local)),
-            "{evs:?}"
-        );
+        assert!(evs.last().is_some_and(closed(code, Initiator::Local)), "{evs:?}");
         assert!(c.is_closed());
         let f = frames(&out);
         assert_eq!(f.last().unwrap().0, OP_CLOSE);
@@ -953,13 +823,7 @@ mod tests {
         let mut bytes = cframe(true, OP_TEXT, "héllo".as_bytes());
         bytes.extend(cframe(true, OP_BINARY, &[0, 1, 2, 255]));
         let evs = feed(&mut c, &bytes, &mut out, now, &cfg());
-        assert_eq!(
-            evs,
-            [
-                Ev::Msg(MessageKind::Text, "héllo".into()),
-                Ev::Msg(MessageKind::Binary, vec![0, 1, 2, 255])
-            ]
-        );
+        assert_eq!(evs, [Ev::Msg(MessageKind::Text, "héllo".into()), Ev::Msg(MessageKind::Binary, vec![0, 1, 2, 255])]);
         assert!(out.is_empty());
         for e in &evs {
             if let Ev::Msg(k, p) = e {
@@ -968,10 +832,7 @@ mod tests {
         }
         assert_eq!(
             frames(&out),
-            [
-                (OP_TEXT, false, "héllo".as_bytes().to_vec()),
-                (OP_BINARY, false, vec![0, 1, 2, 255])
-            ]
+            [(OP_TEXT, false, "héllo".as_bytes().to_vec()), (OP_BINARY, false, vec![0, 1, 2, 255])]
         );
         assert_eq!(c.buffered_capacity(), 0);
     }
@@ -998,15 +859,9 @@ mod tests {
             let now = Instant::now();
             let mut out = Vec::new();
             let mut c = server(now);
-            assert_eq!(
-                feed(&mut c, &bytes, &mut out, now, &cfg()),
-                [Ev::Msg(MessageKind::Binary, payload.clone())]
-            );
+            assert_eq!(feed(&mut c, &bytes, &mut out, now, &cfg()), [Ev::Msg(MessageKind::Binary, payload.clone())]);
             let mut c = server(now);
-            let cuts: Vec<usize> = (1..)
-                .map(|i| i * 4096)
-                .take_while(|&c| c < bytes.len())
-                .collect();
+            let cuts: Vec<usize> = (1..).map(|i| i * 4096).take_while(|&c| c < bytes.len()).collect();
             assert_eq!(
                 feed_chunks(&mut c, &bytes, &cuts, &mut out, now),
                 [Ev::Msg(MessageKind::Binary, payload)],
@@ -1044,10 +899,7 @@ mod tests {
         let now = Instant::now();
         let mut c = server(now);
         let mut out = Vec::new();
-        assert_eq!(
-            feed(&mut c, &fragmented_stream(), &mut out, now, &cfg()),
-            fragmented_expected()
-        );
+        assert_eq!(feed(&mut c, &fragmented_stream(), &mut out, now, &cfg()), fragmented_expected());
         assert_eq!(frames(&out), [(OP_PONG, false, b"p".to_vec())]);
         assert_eq!(c.buffered_capacity(), 0);
     }
@@ -1059,20 +911,13 @@ mod tests {
         let mut c = server(now);
         let mut out = Vec::new();
         let cuts: Vec<usize> = (1..bytes.len()).collect();
-        assert_eq!(
-            feed_chunks(&mut c, &bytes, &cuts, &mut out, now),
-            fragmented_expected()
-        );
+        assert_eq!(feed_chunks(&mut c, &bytes, &cuts, &mut out, now), fragmented_expected());
         assert_eq!(frames(&out), [(OP_PONG, false, b"p".to_vec())]);
         // and every single split point
         for cut in 1..bytes.len() {
             let mut c = server(now);
             let mut out = Vec::new();
-            assert_eq!(
-                feed_chunks(&mut c, &bytes, &[cut], &mut out, now),
-                fragmented_expected(),
-                "cut {cut}"
-            );
+            assert_eq!(feed_chunks(&mut c, &bytes, &[cut], &mut out, now), fragmented_expected(), "cut {cut}");
         }
     }
 
@@ -1098,10 +943,7 @@ mod tests {
 
     #[test]
     fn too_big_1009() {
-        let small = ProtoConfig {
-            max_message_size: 1000,
-            ..cfg()
-        };
+        let small = ProtoConfig { max_message_size: 1000, ..cfg() };
         let now = Instant::now();
         // Only the header of a huge frame: fails before buffering anything.
         let mut hdr = Vec::new();
@@ -1109,10 +951,7 @@ mod tests {
         let mut c = server(now);
         let mut out = Vec::new();
         let evs = feed(&mut c, &hdr, &mut out, now, &small);
-        assert!(
-            evs.last().is_some_and(closed(1009, Initiator::Local)),
-            "{evs:?}"
-        );
+        assert!(evs.last().is_some_and(closed(1009, Initiator::Local)), "{evs:?}");
         assert_eq!(c.buffered_capacity(), 0);
         // Fragments adding up to more than the limit.
         let mut c = server(now);
@@ -1125,13 +964,7 @@ mod tests {
         assert_eq!(frames(&out)[0].2[..2], 1009u16.to_be_bytes());
         // exactly at the limit is fine
         let mut c = server(now);
-        let evs = feed(
-            &mut c,
-            &cframe(true, OP_BINARY, &[0; 1000]),
-            &mut out,
-            now,
-            &small,
-        );
+        let evs = feed(&mut c, &cframe(true, OP_BINARY, &[0; 1000]), &mut out, now, &small);
         assert_eq!(evs, [Ev::Msg(MessageKind::Binary, vec![0; 1000])]);
     }
 
@@ -1157,18 +990,9 @@ mod tests {
         let mut b = cframe(false, OP_TEXT, &[b'x', 0xE2]);
         b.extend(cframe(false, OP_CONTINUATION, &[0x82]));
         b.extend(cframe(true, OP_CONTINUATION, &[0xAC, b'y']));
-        assert_eq!(
-            feed(&mut c, &b, &mut out, now, &cfg()),
-            [Ev::Msg(MessageKind::Text, "x€y".into())]
-        );
+        assert_eq!(feed(&mut c, &b, &mut out, now, &cfg()), [Ev::Msg(MessageKind::Text, "x€y".into())]);
         // binary is never checked
-        let evs = feed(
-            &mut c,
-            &cframe(true, OP_BINARY, &[0xFF]),
-            &mut out,
-            now,
-            &cfg(),
-        );
+        let evs = feed(&mut c, &cframe(true, OP_BINARY, &[0xFF]), &mut out, now, &cfg());
         assert_eq!(evs, [Ev::Msg(MessageKind::Binary, vec![0xFF])]);
     }
 
@@ -1177,30 +1001,11 @@ mod tests {
         let now = Instant::now();
         let mut c = server(now);
         let mut out = Vec::new();
-        let evs = feed(
-            &mut c,
-            &cframe(true, OP_CLOSE, &close_payload(1001, "bye")),
-            &mut out,
-            now,
-            &cfg(),
-        );
-        assert_eq!(
-            evs,
-            [Ev::Closed(CloseInfo {
-                code: 1001,
-                reason: "bye".into(),
-                initiator: Initiator::Peer
-            })]
-        );
-        assert_eq!(
-            frames(&out),
-            [(OP_CLOSE, false, 1001u16.to_be_bytes().to_vec())]
-        );
+        let evs = feed(&mut c, &cframe(true, OP_CLOSE, &close_payload(1001, "bye")), &mut out, now, &cfg());
+        assert_eq!(evs, [Ev::Closed(CloseInfo { code: 1001, reason: "bye".into(), initiator: Initiator::Peer })]);
+        assert_eq!(frames(&out), [(OP_CLOSE, false, 1001u16.to_be_bytes().to_vec())]);
         assert!(c.is_closed() && !c.is_open());
-        assert_eq!(
-            c.send_message(&mut out, MessageKind::Text, b"x"),
-            Err(SendError::Closed)
-        );
+        assert_eq!(c.send_message(&mut out, MessageKind::Text, b"x"), Err(SendError::Closed));
         assert_eq!(c.handle_eof("eof"), None);
         assert_eq!(c.poll_timeout(&cfg()), None);
 
@@ -1208,23 +1013,14 @@ mod tests {
         let mut c = server(now);
         let mut out = Vec::new();
         let evs = feed(&mut c, &cframe(true, OP_CLOSE, b""), &mut out, now, &cfg());
-        assert_eq!(
-            evs,
-            [Ev::Closed(CloseInfo {
-                code: 1005,
-                reason: "".into(),
-                initiator: Initiator::Peer
-            })]
-        );
+        assert_eq!(evs, [Ev::Closed(CloseInfo { code: 1005, reason: "".into(), initiator: Initiator::Peer })]);
         assert_eq!(frames(&out), [(OP_CLOSE, false, vec![])]);
     }
 
     #[test]
     fn invalid_close_payloads() {
         expect_fail(&cframe(true, OP_CLOSE, &[3]), 1002);
-        for code in [
-            0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
-        ] {
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
             expect_fail(&cframe(true, OP_CLOSE, &close_payload(code, "")), 1002);
         }
         let mut bad = close_payload(1000, "");
@@ -1233,13 +1029,7 @@ mod tests {
         for code in [1000u16, 1003, 1007, 1011, 1013, 3000, 4999] {
             let now = Instant::now();
             let mut c = server(now);
-            let evs = feed(
-                &mut c,
-                &cframe(true, OP_CLOSE, &close_payload(code, "")),
-                &mut Vec::new(),
-                now,
-                &cfg(),
-            );
+            let evs = feed(&mut c, &cframe(true, OP_CLOSE, &close_payload(code, "")), &mut Vec::new(), now, &cfg());
             assert!(closed(code, Initiator::Peer)(&evs[0]), "{code}");
         }
     }
@@ -1250,23 +1040,11 @@ mod tests {
         let mut c = server(now);
         let mut out = Vec::new();
         // a message in progress is dropped by close
-        feed(
-            &mut c,
-            &cframe(false, OP_TEXT, b"par"),
-            &mut out,
-            now,
-            &cfg(),
-        );
+        feed(&mut c, &cframe(false, OP_TEXT, b"par"), &mut out, now, &cfg());
         c.close(&mut out, 1001, "going away", now, &cfg());
         assert!(!c.is_open() && !c.is_closed());
-        assert_eq!(
-            frames(&out),
-            [(OP_CLOSE, false, close_payload(1001, "going away"))]
-        );
-        assert_eq!(
-            c.send_message(&mut out, MessageKind::Text, b"x"),
-            Err(SendError::Closed)
-        );
+        assert_eq!(frames(&out), [(OP_CLOSE, false, close_payload(1001, "going away"))]);
+        assert_eq!(c.send_message(&mut out, MessageKind::Text, b"x"), Err(SendError::Closed));
         assert_eq!(c.send_ping(&mut out, now), Err(SendError::Closed));
         assert_eq!(c.poll_timeout(&cfg()), Some(now + Duration::from_secs(5)));
         out.clear();
@@ -1278,19 +1056,12 @@ mod tests {
         let evs = feed(&mut c, &b, &mut out, now, &cfg());
         assert_eq!(
             evs,
-            [Ev::Closed(CloseInfo {
-                code: 1001,
-                reason: "going away".into(),
-                initiator: Initiator::Local
-            })]
+            [Ev::Closed(CloseInfo { code: 1001, reason: "going away".into(), initiator: Initiator::Local })]
         );
         assert!(out.is_empty(), "no second Close, no pong");
         assert!(c.is_closed());
         assert_eq!(c.buffered_capacity(), 0);
-        assert_eq!(
-            c.handle_timeout(now + Duration::from_secs(60), &mut out, &cfg()),
-            None
-        );
+        assert_eq!(c.handle_timeout(now + Duration::from_secs(60), &mut out, &cfg()), None);
     }
 
     #[test]
@@ -1299,28 +1070,17 @@ mod tests {
         let mut c = server(t0);
         let mut out = Vec::new();
         c.close(&mut out, 1000, "done", t0, &cfg());
-        assert!(c
-            .handle_timeout(t0 + Duration::from_secs(4), &mut out, &cfg())
-            .is_none());
+        assert!(c.handle_timeout(t0 + Duration::from_secs(4), &mut out, &cfg()).is_none());
         out.clear();
         match c.handle_timeout(t0 + Duration::from_secs(5), &mut out, &cfg()) {
             Some(Event::Closed(i)) => {
-                assert_eq!(
-                    i,
-                    CloseInfo {
-                        code: 1000,
-                        reason: "close timeout".into(),
-                        initiator: Initiator::Local
-                    }
-                )
+                assert_eq!(i, CloseInfo { code: 1000, reason: "close timeout".into(), initiator: Initiator::Local })
             }
             other => panic!("{other:?}"),
         }
         assert!(out.is_empty());
         assert!(c.is_closed());
-        assert!(c
-            .handle_timeout(t0 + Duration::from_secs(50), &mut out, &cfg())
-            .is_none());
+        assert!(c.handle_timeout(t0 + Duration::from_secs(50), &mut out, &cfg()).is_none());
         assert_eq!(c.handle_eof("late"), None);
     }
 
@@ -1329,21 +1089,11 @@ mod tests {
         let t0 = Instant::now();
         let mut c = server(t0);
         let mut out = Vec::new();
-        feed(
-            &mut c,
-            &cframe(true, OP_TEXT, b"abc")[..4],
-            &mut out,
-            t0,
-            &cfg(),
-        );
+        feed(&mut c, &cframe(true, OP_TEXT, b"abc")[..4], &mut out, t0, &cfg());
         assert!(c.buffered_capacity() > 0);
         assert_eq!(
             c.handle_eof("connection reset"),
-            Some(CloseInfo {
-                code: 1006,
-                reason: "connection reset".into(),
-                initiator: Initiator::Abnormal
-            })
+            Some(CloseInfo { code: 1006, reason: "connection reset".into(), initiator: Initiator::Abnormal })
         );
         assert_eq!(c.buffered_capacity(), 0);
         assert_eq!(c.handle_eof("again"), None);
@@ -1361,10 +1111,7 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(20)));
         assert!(c.handle_timeout(t0 + secs(19), &mut out, &cfg).is_none());
-        assert!(matches!(
-            c.handle_timeout(t0 + secs(20), &mut out, &cfg),
-            Some(Event::PingSent)
-        ));
+        assert!(matches!(c.handle_timeout(t0 + secs(20), &mut out, &cfg), Some(Event::PingSent)));
         let f = frames(&out);
         assert_eq!(f, [(OP_PING, false, 1u64.to_be_bytes().to_vec())]);
         assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(30)));
@@ -1372,21 +1119,11 @@ mod tests {
         assert!(c.handle_timeout(t0 + secs(29), &mut out, &cfg).is_none());
         match c.handle_timeout(t0 + secs(30), &mut out, &cfg) {
             Some(Event::Closed(i)) => {
-                assert_eq!(
-                    i,
-                    CloseInfo {
-                        code: 1011,
-                        reason: "pong timeout".into(),
-                        initiator: Initiator::Local
-                    }
-                )
+                assert_eq!(i, CloseInfo { code: 1011, reason: "pong timeout".into(), initiator: Initiator::Local })
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            frames(&out),
-            [(OP_CLOSE, false, close_payload(1011, "pong timeout"))]
-        );
+        assert_eq!(frames(&out), [(OP_CLOSE, false, close_payload(1011, "pong timeout"))]);
         assert!(c.is_closed());
         assert_eq!(c.poll_timeout(&cfg), None);
     }
@@ -1397,80 +1134,35 @@ mod tests {
         let cfg = cfg();
         let mut c = server(t0);
         let mut out = Vec::new();
-        assert!(matches!(
-            c.handle_timeout(t0 + secs(20), &mut out, &cfg),
-            Some(Event::PingSent)
-        ));
+        assert!(matches!(c.handle_timeout(t0 + secs(20), &mut out, &cfg), Some(Event::PingSent)));
         // a data frame (not a pong) at t0+25
-        let evs = feed(
-            &mut c,
-            &cframe(true, OP_TEXT, b"busy"),
-            &mut out,
-            t0 + secs(25),
-            &cfg,
-        );
+        let evs = feed(&mut c, &cframe(true, OP_TEXT, b"busy"), &mut out, t0 + secs(25), &cfg);
         assert_eq!(evs.len(), 1);
         assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(40)));
         assert!(c.handle_timeout(t0 + secs(35), &mut out, &cfg).is_none());
         // the matching pong still yields an rtt
-        let evs = feed(
-            &mut c,
-            &cframe(true, OP_PONG, &1u64.to_be_bytes()),
-            &mut out,
-            t0 + secs(26),
-            &cfg,
-        );
+        let evs = feed(&mut c, &cframe(true, OP_PONG, &1u64.to_be_bytes()), &mut out, t0 + secs(26), &cfg);
         assert_eq!(evs, [Ev::Pong(1u64.to_be_bytes().to_vec(), Some(secs(6)))]);
         // a second pong with the same payload has no rtt
-        let evs = feed(
-            &mut c,
-            &cframe(true, OP_PONG, &1u64.to_be_bytes()),
-            &mut out,
-            t0 + secs(27),
-            &cfg,
-        );
+        let evs = feed(&mut c, &cframe(true, OP_PONG, &1u64.to_be_bytes()), &mut out, t0 + secs(27), &cfg);
         assert_eq!(evs, [Ev::Pong(1u64.to_be_bytes().to_vec(), None)]);
         // next ping at last ping + interval
         out.clear();
-        assert!(matches!(
-            c.handle_timeout(t0 + secs(40), &mut out, &cfg),
-            Some(Event::PingSent)
-        ));
-        assert_eq!(
-            frames(&out),
-            [(OP_PING, false, 2u64.to_be_bytes().to_vec())]
-        );
-        let evs = feed(
-            &mut c,
-            &cframe(true, OP_PONG, &2u64.to_be_bytes()),
-            &mut out,
-            t0 + secs(41),
-            &cfg,
-        );
+        assert!(matches!(c.handle_timeout(t0 + secs(40), &mut out, &cfg), Some(Event::PingSent)));
+        assert_eq!(frames(&out), [(OP_PING, false, 2u64.to_be_bytes().to_vec())]);
+        let evs = feed(&mut c, &cframe(true, OP_PONG, &2u64.to_be_bytes()), &mut out, t0 + secs(41), &cfg);
         assert_eq!(evs, [Ev::Pong(2u64.to_be_bytes().to_vec(), Some(secs(1)))]);
         assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(60)));
         // a partial frame counts as a sign of life too
-        assert!(matches!(
-            c.handle_timeout(t0 + secs(60), &mut out, &cfg),
-            Some(Event::PingSent)
-        ));
-        feed(
-            &mut c,
-            &cframe(true, OP_BINARY, &[0; 50])[..10],
-            &mut out,
-            t0 + secs(61),
-            &cfg,
-        );
+        assert!(matches!(c.handle_timeout(t0 + secs(60), &mut out, &cfg), Some(Event::PingSent)));
+        feed(&mut c, &cframe(true, OP_BINARY, &[0; 50])[..10], &mut out, t0 + secs(61), &cfg);
         assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(80)));
     }
 
     #[test]
     fn app_ping_and_no_keepalive() {
         let t0 = Instant::now();
-        let cfg = ProtoConfig {
-            ping_interval: None,
-            ..cfg()
-        };
+        let cfg = ProtoConfig { ping_interval: None, ..cfg() };
         let mut c = Connection::new(Role::Server, t0, &cfg, 1);
         let mut out = Vec::new();
         assert_eq!(c.poll_timeout(&cfg), None);
@@ -1478,13 +1170,7 @@ mod tests {
         c.send_ping(&mut out, t0).unwrap();
         assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(10)));
         let p = frames(&out)[0].2.clone();
-        let evs = feed(
-            &mut c,
-            &cframe(true, OP_PONG, &p),
-            &mut out,
-            t0 + Duration::from_millis(3),
-            &cfg,
-        );
+        let evs = feed(&mut c, &cframe(true, OP_PONG, &p), &mut out, t0 + Duration::from_millis(3), &cfg);
         assert_eq!(evs, [Ev::Pong(p, Some(Duration::from_millis(3)))]);
         assert_eq!(c.poll_timeout(&cfg), None);
     }
@@ -1495,36 +1181,22 @@ mod tests {
         let cfg = cfg();
         let mut c = Connection::new(Role::Client, t0, &cfg, 42);
         let mut out = Vec::new();
-        c.send_message(&mut out, MessageKind::Text, b"hello")
-            .unwrap();
-        c.send_message(&mut out, MessageKind::Text, b"hello")
-            .unwrap();
+        c.send_message(&mut out, MessageKind::Text, b"hello").unwrap();
+        c.send_message(&mut out, MessageKind::Text, b"hello").unwrap();
         let masks: Vec<_> = {
             let h1 = parse_header(&out).unwrap().unwrap();
             let h2 = parse_header(&out[h1.header_len + 5..]).unwrap().unwrap();
             vec![h1.mask.unwrap(), h2.mask.unwrap()]
         };
         assert_ne!(masks[0], masks[1]);
-        assert_eq!(
-            frames(&out),
-            [
-                (OP_TEXT, true, b"hello".to_vec()),
-                (OP_TEXT, true, b"hello".to_vec())
-            ]
-        );
+        assert_eq!(frames(&out), [(OP_TEXT, true, b"hello".to_vec()), (OP_TEXT, true, b"hello".to_vec())]);
         out.clear();
         // a server frame (unmasked) is accepted; a ping is answered with a masked pong
         let mut b = Vec::new();
         write_frame(&mut b, true, OP_BINARY, None, b"srv");
         write_frame(&mut b, true, OP_PING, None, b"pp");
         let evs = feed(&mut c, &b, &mut out, t0, &cfg);
-        assert_eq!(
-            evs,
-            [
-                Ev::Msg(MessageKind::Binary, b"srv".to_vec()),
-                Ev::Ping(b"pp".to_vec())
-            ]
-        );
+        assert_eq!(evs, [Ev::Msg(MessageKind::Binary, b"srv".to_vec()), Ev::Ping(b"pp".to_vec())]);
         assert_eq!(frames(&out), [(OP_PONG, true, b"pp".to_vec())]);
         out.clear();
         c.close(&mut out, 1000, "bye", t0, &cfg);
@@ -1545,8 +1217,7 @@ mod tests {
         let cfg = cfg();
         let mut c = server(t0);
         let mut out = Vec::new();
-        c.send_message(&mut out, MessageKind::Binary, &[1; 70_000])
-            .unwrap();
+        c.send_message(&mut out, MessageKind::Binary, &[1; 70_000]).unwrap();
         c.send_ping(&mut out, t0).unwrap();
         feed(&mut c, &cframe(true, OP_PING, b"x"), &mut out, t0, &cfg);
         c.handle_timeout(t0 + secs(20), &mut out, &cfg);
@@ -1562,10 +1233,7 @@ mod tests {
         let mut c = server(t0);
         let mut out = Vec::new();
         let bytes = fragmented_stream();
-        let cuts: Vec<usize> = (1..)
-            .map(|i| i * 7)
-            .take_while(|&c| c < bytes.len())
-            .collect();
+        let cuts: Vec<usize> = (1..).map(|i| i * 7).take_while(|&c| c < bytes.len()).collect();
         let evs = feed_chunks(&mut c, &bytes, &cuts, &mut out, t0);
         assert_eq!(evs, fragmented_expected());
         assert_eq!(c.buffered_capacity(), 0);
@@ -1633,11 +1301,7 @@ mod tests {
                 OP_TEXT
             };
             write_frame(&mut bytes, true, op, mask, rest);
-            let kind = if m.binary {
-                MessageKind::Binary
-            } else {
-                MessageKind::Text
-            };
+            let kind = if m.binary { MessageKind::Binary } else { MessageKind::Text };
             expected.push(Ev::Msg(kind, m.payload.clone()));
         }
         (bytes, expected)

@@ -112,13 +112,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
     }))
 }
 
-pub fn write_header(
-    out: &mut Vec<u8>,
-    fin: bool,
-    opcode: u8,
-    mask: Option<[u8; 4]>,
-    payload_len: usize,
-) {
+pub fn write_header(out: &mut Vec<u8>, fin: bool, opcode: u8, mask: Option<[u8; 4]>, payload_len: usize) {
     let b0 = if fin { 0x80 } else { 0 } | (opcode & 0x0F);
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     if payload_len < 126 {
@@ -136,13 +130,7 @@ pub fn write_header(
 }
 
 /// A whole frame; with Some(mask) the payload is copied masked (client role), never mutating `payload`.
-pub fn write_frame(
-    out: &mut Vec<u8>,
-    fin: bool,
-    opcode: u8,
-    mask: Option<[u8; 4]>,
-    payload: &[u8],
-) {
+pub fn write_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
     out.reserve(MAX_HEADER_LEN + payload.len());
     write_header(out, fin, opcode, mask, payload.len());
     let start = out.len();
@@ -227,9 +215,7 @@ mod tests {
         assert!(parse_header(&[0x82, 126, 0, 125]).is_err());
         assert!(parse_header(&[0x82, 126, 0, 126]).unwrap().is_some());
         assert!(parse_header(&[0x82, 127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]).is_err());
-        assert!(parse_header(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0])
-            .unwrap()
-            .is_some());
+        assert!(parse_header(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap().is_some());
         assert!(parse_header(&[0x82, 127, 0x80, 0, 0, 0, 0, 1, 0, 0]).is_err());
     }
 

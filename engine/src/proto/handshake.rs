@@ -47,11 +47,7 @@ pub struct HttpError {
 
 impl HttpError {
     fn bad_request(message: &str) -> Self {
-        HttpError {
-            status: 400,
-            reason: "Bad Request",
-            message: message.to_string(),
-        }
+        HttpError { status: 400, reason: "Bad Request", message: message.to_string() }
     }
 }
 
@@ -60,15 +56,9 @@ pub enum RequestParse {
     /// Need more bytes.
     Partial,
     /// Valid upgrade; `consumed` = header bytes (bytes after it are already WebSocket frames).
-    Upgrade {
-        request: UpgradeRequest,
-        consumed: usize,
-    },
+    Upgrade { request: UpgradeRequest, consumed: usize },
     /// Plain HTTP (e.g. GET /healthz), no Upgrade header at all.
-    Http {
-        request: HttpRequest,
-        consumed: usize,
-    },
+    Http { request: HttpRequest, consumed: usize },
     /// Answer with this status and close.
     Reject(HttpError),
 }
@@ -83,26 +73,15 @@ fn too_large() -> RequestParse {
 
 /// True if the comma-separated token list in any of `values` contains `token` (ASCII case-insensitive).
 fn has_token<'h>(mut values: impl Iterator<Item = &'h [u8]>, token: &str) -> bool {
-    values.any(|v| {
-        v.split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    values.any(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
 }
 
-fn values<'h, 'b: 'h>(
-    headers: &'h [httparse::Header<'b>],
-    name: &'h str,
-) -> impl Iterator<Item = &'b [u8]> + 'h {
-    headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
+fn values<'h, 'b: 'h>(headers: &'h [httparse::Header<'b>], name: &'h str) -> impl Iterator<Item = &'b [u8]> + 'h {
+    headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
 }
 
 fn first_str<'b>(headers: &[httparse::Header<'b>], name: &str) -> Option<Result<&'b str, ()>> {
-    values(headers, name)
-        .next()
-        .map(|v| std::str::from_utf8(v).map(str::trim).map_err(|_| ()))
+    values(headers, name).next().map(|v| std::str::from_utf8(v).map(str::trim).map_err(|_| ()))
 }
 
 /// `max_size`: a request whose headers are not complete within max_size bytes -> Reject 431.
@@ -112,11 +91,7 @@ pub fn parse_request(buf: &[u8], max_size: usize) -> RequestParse {
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= max_size {
-                too_large()
-            } else {
-                RequestParse::Partial
-            };
+            return if buf.len() >= max_size { too_large() } else { RequestParse::Partial };
         }
         Ok(httparse::Status::Complete(n)) => n,
         Err(httparse::Error::TooManyHeaders) => return too_large(),
@@ -135,10 +110,7 @@ pub fn parse_request(buf: &[u8], max_size: usize) -> RequestParse {
         .iter()
         .any(|name| values(headers, name).next().is_some());
     if !upgrade_attempt {
-        let request = HttpRequest {
-            method: method.to_string(),
-            path: path.to_string(),
-        };
+        let request = HttpRequest { method: method.to_string(), path: path.to_string() };
         return RequestParse::Http { request, consumed };
     }
     match validate_upgrade(method, req.version.unwrap_or(0), path, headers) {
@@ -168,15 +140,9 @@ fn validate_upgrade(
         return Err(HttpError::bad_request("Upgrade header must be websocket"));
     }
     if !has_token(values(headers, "connection"), "upgrade") {
-        return Err(HttpError::bad_request(
-            "Connection header must contain Upgrade",
-        ));
+        return Err(HttpError::bad_request("Connection header must contain Upgrade"));
     }
-    if values(headers, "sec-websocket-version")
-        .next()
-        .map(|v| v.trim_ascii())
-        != Some(b"13")
-    {
+    if values(headers, "sec-websocket-version").next().map(|v| v.trim_ascii()) != Some(b"13") {
         return Err(HttpError {
             status: 426,
             reason: "Upgrade Required",
@@ -199,22 +165,10 @@ fn validate_upgrade(
     };
     let mut protocols = Vec::new();
     for v in values(headers, "sec-websocket-protocol") {
-        let v = std::str::from_utf8(v)
-            .map_err(|_| HttpError::bad_request("invalid Sec-WebSocket-Protocol"))?;
-        protocols.extend(
-            v.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(String::from),
-        );
+        let v = std::str::from_utf8(v).map_err(|_| HttpError::bad_request("invalid Sec-WebSocket-Protocol"))?;
+        protocols.extend(v.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from));
     }
-    Ok(UpgradeRequest {
-        path: path.to_string(),
-        host: host.to_string(),
-        origin,
-        protocols,
-        key: key.to_string(),
-    })
+    Ok(UpgradeRequest { path: path.to_string(), host: host.to_string(), origin, protocols, key: key.to_string() })
 }
 
 /// "HTTP/1.1 101 Switching Protocols" + Upgrade/Connection/Sec-WebSocket-Accept
@@ -234,13 +188,7 @@ pub fn upgrade_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
 
 /// A complete HTTP/1.1 response with Content-Length, Connection: close, the given content type
 /// and extra header lines (each "Name: value").
-pub fn http_response(
-    status: u16,
-    reason: &str,
-    content_type: &str,
-    extra_headers: &[&str],
-    body: &[u8],
-) -> Vec<u8> {
+pub fn http_response(status: u16, reason: &str, content_type: &str, extra_headers: &[&str], body: &[u8]) -> Vec<u8> {
     let mut s = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -257,19 +205,9 @@ pub fn http_response(
 
 /// text/plain body = err.message + "\n"; a 426 carries "Sec-WebSocket-Version: 13".
 pub fn reject_response(err: &HttpError) -> Vec<u8> {
-    let extra: &[&str] = if err.status == 426 {
-        &["Sec-WebSocket-Version: 13"]
-    } else {
-        &[]
-    };
+    let extra: &[&str] = if err.status == 426 { &["Sec-WebSocket-Version: 13"] } else { &[] };
     let body = format!("{}\n", err.message);
-    http_response(
-        err.status,
-        err.reason,
-        "text/plain; charset=utf-8",
-        extra,
-        body.as_bytes(),
-    )
+    http_response(err.status, err.reason, "text/plain; charset=utf-8", extra, body.as_bytes())
 }
 
 // ---- client half (used by the load generator) ----
@@ -395,11 +333,7 @@ mod tests {
         let header_len = buf.len();
         buf.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // a frame right behind the header
         for cut in [0, 1, 10, header_len - 1] {
-            assert_eq!(
-                parse_request(&buf[..cut], 8192),
-                RequestParse::Partial,
-                "cut {cut}"
-            );
+            assert_eq!(parse_request(&buf[..cut], 8192), RequestParse::Partial, "cut {cut}");
         }
         match parse_request(&buf, 8192) {
             RequestParse::Upgrade { request, consumed } => {
@@ -415,10 +349,7 @@ mod tests {
     }
 
     fn without(name: &str) -> Vec<&'static str> {
-        good_lines()
-            .into_iter()
-            .filter(|l| !l.starts_with(name))
-            .collect()
+        good_lines().into_iter().filter(|l| !l.starts_with(name)).collect()
     }
 
     fn replaced(name: &str, line: &'static str) -> Vec<&'static str> {
@@ -438,32 +369,12 @@ mod tests {
         assert_eq!(reject_status(&without("Host")).0, 400);
         assert_eq!(reject_status(&replaced("Upgrade", "Upgrade: h2c")).0, 400);
         assert_eq!(reject_status(&without("Connection")).0, 400);
-        assert_eq!(
-            reject_status(&replaced("Connection", "Connection: keep-alive")).0,
-            400
-        );
+        assert_eq!(reject_status(&replaced("Connection", "Connection: keep-alive")).0, 400);
         assert_eq!(reject_status(&without("Sec-WebSocket-Key")).0, 400);
-        assert_eq!(
-            reject_status(&replaced(
-                "Sec-WebSocket-Key",
-                "Sec-WebSocket-Key: c2hvcnQ="
-            ))
-            .0,
-            400
-        );
-        assert_eq!(
-            reject_status(&replaced("Sec-WebSocket-Key", "Sec-WebSocket-Key: !!!")).0,
-            400
-        );
+        assert_eq!(reject_status(&replaced("Sec-WebSocket-Key", "Sec-WebSocket-Key: c2hvcnQ=")).0, 400);
+        assert_eq!(reject_status(&replaced("Sec-WebSocket-Key", "Sec-WebSocket-Key: !!!")).0, 400);
         assert_eq!(reject_status(&without("Sec-WebSocket-Version")).0, 426);
-        assert_eq!(
-            reject_status(&replaced(
-                "Sec-WebSocket-Version",
-                "Sec-WebSocket-Version: 8"
-            ))
-            .0,
-            426
-        );
+        assert_eq!(reject_status(&replaced("Sec-WebSocket-Version", "Sec-WebSocket-Version: 8")).0, 426);
         assert!(matches!(
             parse_request(b"GARBAGE\0 / HTTP/1.1\r\n\r\n", 8192),
             RequestParse::Reject(HttpError { status: 400, .. })
@@ -477,10 +388,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let resp = String::from_utf8(reject_response(&err)).unwrap();
-        assert!(
-            resp.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
-            "{resp}"
-        );
+        assert!(resp.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{resp}");
         assert!(resp.contains("\r\nSec-WebSocket-Version: 13\r\n"));
         assert!(resp.contains("Connection: close\r\n"));
         assert!(resp.ends_with(&format!("\r\n\r\n{}\n", err.message)));
@@ -494,27 +402,18 @@ mod tests {
         while buf.len() < 200 {
             buf.extend_from_slice(b"X-Pad: aaaaaaaaaa\r\n");
         }
-        assert!(matches!(
-            parse_request(&buf, 200),
-            RequestParse::Reject(HttpError { status: 431, .. })
-        ));
+        assert!(matches!(parse_request(&buf, 200), RequestParse::Reject(HttpError { status: 431, .. })));
         assert_eq!(parse_request(&buf, 4096), RequestParse::Partial);
         // complete but larger than the limit
         buf.extend_from_slice(b"\r\n");
-        assert!(matches!(
-            parse_request(&buf, 200),
-            RequestParse::Reject(HttpError { status: 431, .. })
-        ));
+        assert!(matches!(parse_request(&buf, 200), RequestParse::Reject(HttpError { status: 431, .. })));
         // more than 64 headers
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..70 {
             many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert!(matches!(
-            parse_request(&many, 1 << 20),
-            RequestParse::Reject(HttpError { status: 431, .. })
-        ));
+        assert!(matches!(parse_request(&many, 1 << 20), RequestParse::Reject(HttpError { status: 431, .. })));
     }
 
     #[test]
@@ -532,18 +431,12 @@ mod tests {
         assert_eq!(
             parse_request(buf, 8192),
             RequestParse::Http {
-                request: HttpRequest {
-                    method: "GET".into(),
-                    path: "/healthz".into()
-                },
+                request: HttpRequest { method: "GET".into(), path: "/healthz".into() },
                 consumed: buf.len()
             }
         );
         let post = b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
-        assert!(matches!(
-            parse_request(post, 8192),
-            RequestParse::Http { .. }
-        ));
+        assert!(matches!(parse_request(post, 8192), RequestParse::Http { .. }));
     }
 
     #[test]
@@ -564,12 +457,7 @@ mod tests {
     fn client_round_trip() {
         let key = generate_key([7; 16]);
         assert_eq!(STANDARD.decode(&key).unwrap(), [7; 16]);
-        let req = client_request(
-            "localhost:9000",
-            "/ws",
-            &key,
-            &["Sec-WebSocket-Protocol: chat"],
-        );
+        let req = client_request("localhost:9000", "/ws", &key, &["Sec-WebSocket-Protocol: chat"]);
         let request = match parse_request(&req, 8192) {
             RequestParse::Upgrade { request, consumed } => {
                 assert_eq!(consumed, req.len());
@@ -583,46 +471,21 @@ mod tests {
         let mut resp = upgrade_response(&accept_key(request.key.as_bytes()), None);
         let n = resp.len();
         for cut in [0, 5, n - 1] {
-            assert_eq!(
-                parse_response(&resp[..cut], &key, 4096),
-                ResponseParse::Partial
-            );
+            assert_eq!(parse_response(&resp[..cut], &key, 4096), ResponseParse::Partial);
         }
         resp.extend_from_slice(&[0x81, 0]);
-        assert_eq!(
-            parse_response(&resp, &key, 4096),
-            ResponseParse::Accepted { consumed: n }
-        );
+        assert_eq!(parse_response(&resp, &key, 4096), ResponseParse::Accepted { consumed: n });
 
         let wrong = upgrade_response(&accept_key(b"other"), None);
-        assert_eq!(
-            parse_response(&wrong, &key, 4096),
-            ResponseParse::Invalid("wrong Sec-WebSocket-Accept".into())
-        );
+        assert_eq!(parse_response(&wrong, &key, 4096), ResponseParse::Invalid("wrong Sec-WebSocket-Accept".into()));
         let missing = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        assert!(matches!(
-            parse_response(missing, &key, 4096),
-            ResponseParse::Invalid(_)
-        ));
-        let forbidden = reject_response(&HttpError {
-            status: 403,
-            reason: "Forbidden",
-            message: "no".into(),
-        });
+        assert!(matches!(parse_response(missing, &key, 4096), ResponseParse::Invalid(_)));
+        let forbidden = reject_response(&HttpError { status: 403, reason: "Forbidden", message: "no".into() });
         assert_eq!(
             parse_response(&forbidden, &key, 4096),
-            ResponseParse::Rejected {
-                status: 403,
-                reason: "Forbidden".into()
-            }
+            ResponseParse::Rejected { status: 403, reason: "Forbidden".into() }
         );
-        assert!(matches!(
-            parse_response(&resp, &key, 10),
-            ResponseParse::Invalid(_)
-        ));
-        assert!(matches!(
-            parse_response(b"NOT HTTP\r\n\r\n", &key, 4096),
-            ResponseParse::Invalid(_)
-        ));
+        assert!(matches!(parse_response(&resp, &key, 10), ResponseParse::Invalid(_)));
+        assert!(matches!(parse_response(b"NOT HTTP\r\n\r\n", &key, 4096), ResponseParse::Invalid(_)));
     }
 }

@@ -6,7 +6,5 @@ pub mod conn;
 pub mod frame;
 pub mod handshake;
 
-pub use conn::{
-    CloseInfo, Connection, Event, Initiator, Input, MessageKind, ProtoConfig, Role, SendError,
-};
+pub use conn::{CloseInfo, Connection, Event, Initiator, Input, MessageKind, ProtoConfig, Role, SendError};
 pub use frame::ProtocolError;

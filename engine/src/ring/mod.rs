@@ -151,9 +151,10 @@ impl Ring {
                 Err(_) => (IoUring::builder().setup_cqsize(cq).build(cfg.entries)?, false),
             },
         };
-        uring.submitter().register_files_sparse(cfg.slots).map_err(|e| {
-            io::Error::new(e.kind(), format!("registering a file table of {} slots: {e}", cfg.slots))
-        })?;
+        uring
+            .submitter()
+            .register_files_sparse(cfg.slots)
+            .map_err(|e| io::Error::new(e.kind(), format!("registering a file table of {} slots: {e}", cfg.slots)))?;
         let bufs = BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
         // SAFETY: the ring memory lives in `bufs`, which this Ring owns and drops after `uring`.
         unsafe {
@@ -276,7 +277,8 @@ impl Ring {
             std::mem::size_of::<libc::sockaddr_in>() as u32
         };
         let optval = self.addrs[slot as usize].as_mut_ptr() as u64;
-        let e = self.sockopt_entry(slot, SOCKET_URING_OP_GETSOCKOPT, libc::SOL_SOCKET, libc::SO_PEERNAME, optval, optlen);
+        let e =
+            self.sockopt_entry(slot, SOCKET_URING_OP_GETSOCKOPT, libc::SOL_SOCKET, libc::SO_PEERNAME, optval, optlen);
         self.push(e.user_data(Token::new(Op::PeerName, slot, generation).encode()));
     }
 
@@ -289,7 +291,15 @@ impl Ring {
         sockaddr_to_std(raw, len as usize)
     }
 
-    fn sockopt_entry(&self, slot: u32, cmd_op: u32, level: i32, optname: i32, optval: u64, optlen: u32) -> squeue::Entry {
+    fn sockopt_entry(
+        &self,
+        slot: u32,
+        cmd_op: u32,
+        level: i32,
+        optname: i32,
+        optval: u64,
+        optlen: u32,
+    ) -> squeue::Entry {
         let mut cmd = [0u8; 16];
         cmd[..8].copy_from_slice(&optval.to_ne_bytes());
         let level_optname = (level as u32 as u64) | ((optname as u32 as u64) << 32);
@@ -332,7 +342,8 @@ impl Ring {
     pub fn bind(&mut self, slot: u32, generation: u32, addr: SocketAddr) {
         let len = self.store_addr(slot, addr);
         let ptr = self.addrs[slot as usize].as_ptr() as *const libc::sockaddr;
-        let e = opcode::Bind::new(Fixed(slot), ptr, len).build().user_data(Token::new(Op::Bind, slot, generation).encode());
+        let e =
+            opcode::Bind::new(Fixed(slot), ptr, len).build().user_data(Token::new(Op::Bind, slot, generation).encode());
         self.push(e);
     }
 
@@ -427,7 +438,10 @@ fn sockaddr_to_std(raw: &libc::sockaddr_in6, len: usize) -> Option<SocketAddr> {
             // SAFETY: the family says the bytes hold a sockaddr_in, which is smaller than sockaddr_in6 and has
             // no stricter alignment.
             let sin = unsafe { &*(raw as *const libc::sockaddr_in6 as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(u32::from_be(sin.sin_addr.s_addr).into(), u16::from_be(sin.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(sin.sin_addr.s_addr).into(),
+                u16::from_be(sin.sin_port),
+            )))
         }
         libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => Some(SocketAddr::V6(SocketAddrV6::new(
             raw.sin6_addr.s6_addr.into(),

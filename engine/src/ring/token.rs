@@ -54,11 +54,7 @@ impl Token {
         ((self.op as u64) << 56) | ((self.generation as u64 & 0xff_ffff) << 32) | self.slot as u64
     }
     pub fn decode(v: u64) -> Option<Token> {
-        Some(Token {
-            op: Op::from_u8((v >> 56) as u8)?,
-            generation: ((v >> 32) & 0xff_ffff) as u32,
-            slot: v as u32,
-        })
+        Some(Token { op: Op::from_u8((v >> 56) as u8)?, generation: ((v >> 32) & 0xff_ffff) as u32, slot: v as u32 })
     }
 }
 

@@ -45,12 +45,7 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    pub(super) const VACANT: Entry = Entry {
-        deadline: 0,
-        prev: NONE,
-        next: NONE,
-        location: Location::UNSCHEDULED,
-    };
+    pub(super) const VACANT: Entry = Entry { deadline: 0, prev: NONE, next: NONE, location: Location::UNSCHEDULED };
 
     pub(super) fn is_scheduled(&self) -> bool {
         self.location != Location::UNSCHEDULED
@@ -74,10 +69,7 @@ pub(super) fn push_front(entries: &mut [Entry], head: &mut u32, key: u32) {
 pub(super) fn unlink(entries: &mut [Entry], head: &mut u32, key: u32) {
     let Entry { prev, next, .. } = entries[key as usize];
     if prev == NONE {
-        debug_assert_eq!(
-            *head, key,
-            "an entry without a predecessor must be the list head"
-        );
+        debug_assert_eq!(*head, key, "an entry without a predecessor must be the list head");
         *head = next;
     } else {
         entries[prev as usize].next = next;
@@ -103,10 +95,7 @@ mod tests {
     fn location_round_trips() {
         for level in 0..LEVELS {
             for slot in 0..LEVEL_SLOTS {
-                assert_eq!(
-                    Location::slot(level, slot).level_slot(),
-                    Some((level, slot))
-                );
+                assert_eq!(Location::slot(level, slot).level_slot(), Some((level, slot)));
             }
         }
         assert_eq!(Location::PENDING.level_slot(), None);

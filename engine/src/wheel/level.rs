@@ -33,11 +33,7 @@ pub(super) struct Level {
 
 impl Level {
     pub(super) fn new(level: usize) -> Level {
-        Level {
-            shift: LEVEL_BITS * level as u32,
-            heads: [NONE; LEVEL_SLOTS],
-            occupied: 0,
-        }
+        Level { shift: LEVEL_BITS * level as u32, heads: [NONE; LEVEL_SLOTS], occupied: 0 }
     }
 
     /// The slot a tick falls into at this level.
@@ -55,29 +51,17 @@ impl Level {
     /// top level) are in the next block, hence later. `elapsed`'s own slot is never occupied (module invariant).
     pub(super) fn occupied_slots(&self, elapsed: u64) -> impl Iterator<Item = (usize, u64)> {
         let elapsed_slot = self.slot_for(elapsed);
-        debug_assert_eq!(
-            self.occupied & (1 << elapsed_slot),
-            0,
-            "elapsed's own slot is occupied"
-        );
+        debug_assert_eq!(self.occupied & (1 << elapsed_slot), 0, "elapsed's own slot is occupied");
         let shift = self.shift;
         let block_span = 1u64 << (shift + LEVEL_BITS);
         let block_start = elapsed & !(block_span - 1);
         let later_in_block = self.occupied & (u64::MAX << elapsed_slot);
         let in_next_block = self.occupied & !(u64::MAX << elapsed_slot);
-        let starts = move |block_start: u64| {
-            move |slot: usize| (slot, block_start + ((slot as u64) << shift))
-        };
+        let starts = move |block_start: u64| move |slot: usize| (slot, block_start + ((slot as u64) << shift));
         // Only computed when there are slots in the next block, which only happens when some deadline lies
         // beyond this block, so it cannot overflow.
-        let next_block_start = if in_next_block != 0 {
-            block_start + block_span
-        } else {
-            0
-        };
-        set_bits(later_in_block)
-            .map(starts(block_start))
-            .chain(set_bits(in_next_block).map(starts(next_block_start)))
+        let next_block_start = if in_next_block != 0 { block_start + block_span } else { 0 };
+        set_bits(later_in_block).map(starts(block_start)).chain(set_bits(in_next_block).map(starts(next_block_start)))
     }
 
     /// The first occupied slot `elapsed` will reach, and the tick at which it starts.

@@ -104,10 +104,7 @@ impl Wheel {
 
     /// The deadline `key` is scheduled at, if any.
     pub fn deadline(&self, key: u32) -> Option<u64> {
-        self.entries
-            .get(key as usize)
-            .filter(|entry| entry.is_scheduled())
-            .map(|entry| entry.deadline)
+        self.entries.get(key as usize).filter(|entry| entry.is_scheduled()).map(|entry| entry.deadline)
     }
 
     /// Advance time to `now` and return ONE expired key (deadline <= now), removing its entry; `None` when
@@ -128,11 +125,8 @@ impl Wheel {
                 Some((level, slot, start)) if start <= now => {
                     // Entries are re-placed relative to the slot's start (or a later tick at the top level),
                     // which is no later than any of them is due: nothing below this level is occupied.
-                    self.elapsed = if level == LEVELS - 1 {
-                        self.top_level_cascade_tick(slot, start, now)
-                    } else {
-                        start
-                    };
+                    self.elapsed =
+                        if level == LEVELS - 1 { self.top_level_cascade_tick(slot, start, now) } else { start };
                     self.cascade(level, slot);
                 }
                 _ => {
@@ -154,11 +148,7 @@ impl Wheel {
         if self.pending != NONE {
             return Some(self.pending_low);
         }
-        let (index, level) = self
-            .levels
-            .iter()
-            .enumerate()
-            .find(|(_, level)| !level.is_empty())?;
+        let (index, level) = self.levels.iter().enumerate().find(|(_, level)| !level.is_empty())?;
         let mut slots = level.occupied_slots(self.elapsed);
         if index == 0 {
             // A finest-level slot is one tick wide: its start is its entries' deadline.
@@ -202,11 +192,7 @@ impl Wheel {
             .iter()
             .enumerate()
             .find(|(_, level)| !level.is_empty())
-            .and_then(|(index, level)| {
-                level
-                    .next_occupied(self.elapsed)
-                    .map(|(slot, start)| (index, slot, start))
-            })
+            .and_then(|(index, level)| level.next_occupied(self.elapsed).map(|(slot, start)| (index, slot, start)))
     }
 
     /// Links an unlinked entry (its `deadline` already set) into the pending list or the right slot.
@@ -244,9 +230,7 @@ impl Wheel {
         let elapsed_slot_start = self.elapsed & !((1u64 << top_slot_shift) - 1);
         let turn_end = elapsed_slot_start.checked_add(1u64 << (top_slot_shift + LEVEL_BITS));
         let slot = match turn_end {
-            Some(turn_end) if deadline >= turn_end => {
-                (elapsed_slot + LEVEL_SLOTS - 1) % LEVEL_SLOTS
-            }
+            Some(turn_end) if deadline >= turn_end => (elapsed_slot + LEVEL_SLOTS - 1) % LEVEL_SLOTS,
             _ => top.slot_for(deadline),
         };
         (LEVELS - 1, slot)
@@ -260,10 +244,8 @@ impl Wheel {
     /// is due before that tick, and no other occupied slot is passed, so the level invariant still holds.
     fn top_level_cascade_tick(&self, slot: usize, start: u64, now: u64) -> u64 {
         let top = &self.levels[LEVELS - 1];
-        let before_next_slot = top
-            .occupied_slots(self.elapsed)
-            .nth(1)
-            .map_or(u64::MAX, |(_, next_start)| next_start - 1);
+        let before_next_slot =
+            top.occupied_slots(self.elapsed).nth(1).map_or(u64::MAX, |(_, next_start)| next_start - 1);
         let mut tick = now.min(before_next_slot);
         let mut key = top.head(slot);
         while key != NONE {
@@ -352,23 +334,12 @@ mod tests {
         let mut now = from;
         while now + 1 < deadline {
             now += (deadline - now) / 2;
-            assert_eq!(
-                wheel.poll(now),
-                None,
-                "fired early at {now} (deadline {deadline})"
-            );
+            assert_eq!(wheel.poll(now), None, "fired early at {now} (deadline {deadline})");
             assert_eq!(wheel.deadline(7), Some(deadline));
             let next = wheel.next_expiration().unwrap();
-            assert!(
-                next > now && next <= deadline,
-                "next_expiration {next}, now {now}"
-            );
+            assert!(next > now && next <= deadline, "next_expiration {next}, now {now}");
         }
-        assert_eq!(
-            wheel.next_expiration(),
-            Some(deadline),
-            "exact once nothing else is in the slot"
-        );
+        assert_eq!(wheel.next_expiration(), Some(deadline), "exact once nothing else is in the slot");
         assert_eq!(wheel.poll(deadline - 1), None);
         assert_eq!(wheel.poll(deadline), Some(7));
         assert_eq!(wheel.poll(deadline), None);
@@ -499,15 +470,7 @@ mod tests {
         }
         // Starting off-block exercises the top level's wrap into the next block.
         for from in [SPAN - 1, SPAN / 2 + 3, 5 * SPAN + 64u64.pow(5) * 63 + 17] {
-            for distance in [
-                1,
-                64 * 64 + 5,
-                SPAN / 2,
-                SPAN - 1,
-                SPAN,
-                SPAN + 1,
-                100 * SPAN,
-            ] {
+            for distance in [1, 64 * 64 + 5, SPAN / 2, SPAN - 1, SPAN, SPAN + 1, 100 * SPAN] {
                 assert_fires_exactly_at(from, from + distance);
             }
         }
@@ -629,12 +592,7 @@ mod tests {
         prop_assert_eq!(wheel.len(), reference.len());
         prop_assert_eq!(wheel.is_empty(), reference.is_empty());
         for key in 0..64 {
-            prop_assert_eq!(
-                wheel.deadline(key),
-                reference.get(&key).copied(),
-                "key {}",
-                key
-            );
+            prop_assert_eq!(wheel.deadline(key), reference.get(&key).copied(), "key {}", key);
         }
         let earliest = reference.values().min().copied();
         // With at most 64 keys every slot is within the exact-scan limit, so the answer must be exact.

@@ -20,8 +20,7 @@ pub struct Run {
 
 /// A scratch directory under the target dir, unique per test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("tether-load-{name}-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tether-load-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -34,22 +33,13 @@ pub fn tether_load(args: &[&str], json: Option<&Path>, limit: Duration) -> Run {
     if let Some(path) = json {
         cmd.arg("--json").arg(path);
     }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tether-load");
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tether-load");
     let (code, stdout, stderr) = wait_bounded(child, limit);
     let json = json
         .and_then(|p| std::fs::read_to_string(p).ok())
         .map(|t| serde_json::from_str(&t).expect("valid JSON report"));
-    Run {
-        code,
-        stdout,
-        stderr,
-        json,
-    }
+    Run { code, stdout, stderr, json }
 }
 
 /// Waits for `child` for at most `limit` (then kills it); returns its exit code and output.
@@ -80,10 +70,7 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> (Option<i32>, String, 
     };
     let stdout = out_reader.join().unwrap();
     let stderr = err_reader.join().unwrap();
-    assert!(
-        status.is_some(),
-        "tether-load ran past {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert!(status.is_some(), "tether-load ran past {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     (status.and_then(|s| s.code()), stdout, stderr)
 }
 
@@ -103,12 +90,8 @@ impl Drop for Server {
 /// Starts `cmd` and reads its stdout until a line contains `marker`; the port is the number after the last
 /// ':' of that line.
 pub fn start_server(mut cmd: Command, marker: &str) -> Server {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn server");
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn server");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let marker = marker.to_string();
@@ -116,11 +99,7 @@ pub fn start_server(mut cmd: Command, marker: &str) -> Server {
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref().map_while(Result::ok) {
             if line.contains(&marker) {
-                let port = line
-                    .trim()
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse::<u16>().ok());
+                let port = line.trim().rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
                 let _ = tx.send(port);
                 break;
             }
@@ -140,9 +119,7 @@ pub fn start_server(mut cmd: Command, marker: &str) -> Server {
 
 /// The Python `websockets` test server (tests/ws_server.py) in `mode`.
 pub fn python_server(args: &[&str]) -> Server {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("ws_server.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("ws_server.py");
     let mut cmd = Command::new("python3");
     cmd.arg("-u").arg(script).args(args);
     start_server(cmd, "listening on")
@@ -153,10 +130,7 @@ pub fn tetherd_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("TETHERD_BIN") {
         return Some(PathBuf::from(p));
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let mut targets = vec![workspace.join("target")];
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
         targets.insert(0, PathBuf::from(t));
@@ -177,6 +151,5 @@ pub fn u(v: &serde_json::Value, path: &str) -> u64 {
     for key in path.split('.') {
         cur = &cur[key];
     }
-    cur.as_u64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+    cur.as_u64().unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
 }

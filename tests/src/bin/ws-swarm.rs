@@ -48,33 +48,22 @@ fn parse_args() -> Result<Args> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--concurrency" => concurrency = it.next().context("--concurrency N")?.parse()?,
-            "--deadline" => {
-                deadline = Duration::from_secs(it.next().context("--deadline SECS")?.parse()?)
-            }
-            "--release-file" => {
-                release_file = Some(it.next().context("--release-file PATH")?.into())
-            }
+            "--deadline" => deadline = Duration::from_secs(it.next().context("--deadline SECS")?.parse()?),
+            "--release-file" => release_file = Some(it.next().context("--release-file PATH")?.into()),
             _ if a.starts_with("--") => bail!("unknown flag {a}"),
             _ => positional.push(a),
         }
     }
-    let [url, count, sources] = <[String; 3]>::try_from(positional)
-        .map_err(|_| anyhow!("usage: ws-swarm URL COUNT SOURCE_IPS [--concurrency N] [--deadline SECS] [--release-file PATH]"))?;
-    let hostport = url
-        .strip_prefix("ws://")
-        .context("URL must start with ws://")?
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let [url, count, sources] = <[String; 3]>::try_from(positional).map_err(|_| {
+        anyhow!("usage: ws-swarm URL COUNT SOURCE_IPS [--concurrency N] [--deadline SECS] [--release-file PATH]")
+    })?;
+    let hostport =
+        url.strip_prefix("ws://").context("URL must start with ws://")?.split('/').next().unwrap().to_string();
     let addr: SocketAddr = hostport.parse().context("URL host must be IP:PORT")?;
     let sources = sources
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<IpAddr>()
-                .with_context(|| format!("source IP {s:?}"))
-        })
+        .map(|s| s.parse::<IpAddr>().with_context(|| format!("source IP {s:?}")))
         .collect::<Result<Vec<_>>>()?;
     if sources.is_empty() {
         bail!("no source IPs");
@@ -98,17 +87,11 @@ async fn open(args: &Args, i: usize) -> Result<Ws> {
         IpAddr::V4(_) => TcpSocket::new_v4()?,
         IpAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .with_context(|| format!("bind {source}"))?;
-    let stream = socket
-        .connect(args.addr)
-        .await
-        .with_context(|| format!("connect {} from {source}", args.addr))?;
+    socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
+    let stream = socket.connect(args.addr).await.with_context(|| format!("connect {} from {source}", args.addr))?;
     stream.set_nodelay(true)?;
-    let (ws, resp) = client_async(args.url.as_str(), stream)
-        .await
-        .with_context(|| format!("handshake from {source}"))?;
+    let (ws, resp) =
+        client_async(args.url.as_str(), stream).await.with_context(|| format!("handshake from {source}"))?;
     if resp.status().as_u16() != 101 {
         bail!("handshake answered {}", resp.status());
     }
@@ -123,12 +106,7 @@ struct Counters {
 }
 
 /// Holds one connection: reads (answering pings) until released, then echo + close handshake.
-async fn run_conn(
-    mut ws: Ws,
-    i: usize,
-    mut release: watch::Receiver<bool>,
-    counters: Arc<Counters>,
-) -> Result<()> {
+async fn run_conn(mut ws: Ws, i: usize, mut release: watch::Receiver<bool>, counters: Arc<Counters>) -> Result<()> {
     // Hold: keep reading so tungstenite answers pings; the server must not send data now.
     loop {
         tokio::select! {
@@ -145,9 +123,7 @@ async fn run_conn(
         }
     }
     let text = format!("swarm message {i}");
-    ws.send(Message::text(text.clone()))
-        .await
-        .with_context(|| format!("conn {i}: send"))?;
+    ws.send(Message::text(text.clone())).await.with_context(|| format!("conn {i}: send"))?;
     loop {
         match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
             Err(_) => bail!("conn {i}: no echo within 60 s"),
@@ -157,12 +133,9 @@ async fn run_conn(
         }
     }
     counters.echoed.fetch_add(1, Ordering::Relaxed);
-    ws.close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "swarm done".into(),
-    }))
-    .await
-    .with_context(|| format!("conn {i}: sending close"))?;
+    ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "swarm done".into() }))
+        .await
+        .with_context(|| format!("conn {i}: sending close"))?;
     loop {
         match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
             Err(_) => bail!("conn {i}: no Close reply within 60 s"),
@@ -257,11 +230,7 @@ async fn swarm(args: Arc<Args>) -> Result<(usize, usize, usize)> {
         }
     }
     println!("open {}", counters.opened.load(Ordering::Relaxed));
-    eprintln!(
-        "ws-swarm: {} connections open in {:.1?}",
-        args.count,
-        started.elapsed()
-    );
+    eprintln!("ws-swarm: {} connections open in {:.1?}", args.count, started.elapsed());
 
     // Hold until released; a connection failing meanwhile (server dropped it) fails the swarm.
     tokio::select! {
@@ -309,11 +278,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let deadline = args.deadline;
     let result = rt.block_on(async {
         match tokio::time::timeout(deadline, swarm(args.clone())).await {
