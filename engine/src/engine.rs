@@ -67,6 +67,59 @@ impl Default for TcpKeepalive {
     }
 }
 
+fn is_off(s: &str) -> bool {
+    matches!(s.to_ascii_lowercase().as_str(), "off" | "none" | "false" | "disabled")
+}
+
+/// TCP_USER_TIMEOUT as people write it: a humantime duration in whole milliseconds up to u32::MAX, or
+/// `0`/`off` for the kernel default (`None`). Shared by tetherd and tether-load.
+pub fn parse_tcp_user_timeout(s: &str) -> Result<Option<Duration>, String> {
+    if is_off(s) {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 500ms, 1s or 20s, or off ({e})"))?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms (or 0/off to disable)".into());
+    }
+    if d.as_millis() > u32::MAX as u128 {
+        return Err("too long for TCP_USER_TIMEOUT (at most about 49 days)".into());
+    }
+    Ok(Some(d))
+}
+
+/// TCP keepalive as people write it: `IDLE,INTERVAL,COUNT` (e.g. `15s,5s,3`), or `off` (`None`). The kernel
+/// counts idle and interval in whole seconds (1..=32767) and allows 1..=127 probes. Shared by tetherd and
+/// tether-load.
+pub fn parse_tcp_keepalive(s: &str) -> Result<Option<TcpKeepalive>, String> {
+    if is_off(s) || s == "0" {
+        return Ok(None);
+    }
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() != 3 {
+        return Err("expected IDLE,INTERVAL,COUNT such as 15s,5s,3, or off".into());
+    }
+    let secs = |what: &str, text: &str| -> Result<Duration, String> {
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("{what} \"{text}\" is not a duration such as 15s ({e})"))?;
+        if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > 32767 {
+            return Err(format!("{what} must be a whole number of seconds from 1s to 32767s"));
+        }
+        Ok(d)
+    };
+    let idle = secs("IDLE", parts[0])?;
+    let interval = secs("INTERVAL", parts[1])?;
+    let count = parts[2]
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=127).contains(n))
+        .ok_or_else(|| format!("COUNT \"{}\" must be a whole number from 1 to 127", parts[2]))?;
+    Ok(Some(TcpKeepalive { idle, interval, count }))
+}
+
 /// What to do when a connection's send queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SendQueuePolicy {

@@ -26,7 +26,7 @@ use crate::engine::{
 use crate::metrics::{add, bump, CloseReason, ShardMetrics};
 use crate::proto::handshake::{self, RequestParse, ResponseParse};
 use crate::proto::{CloseInfo, Connection, Event, Initiator, Input, MessageKind, ProtoConfig, Role};
-use crate::ring::{self, Completion, Op, Ring, RingConfig, Token, Waker};
+use crate::ring::{self, Completion, Op, Ring, RingConfig, SockoptValue, Token, Waker};
 use crate::wheel::Wheel;
 
 /// What other threads (and handlers, for other connections) ask a shard to do.
@@ -159,6 +159,9 @@ struct Core {
     pool: Vec<Vec<u8>>,
     /// Outbound connections waiting for their socket op to complete (the socket op's tag indexes this).
     pending_connects: Vec<Option<Box<ConnectRequest>>>,
+    /// (level, option, value) set on every outbound socket: the keepalive and TCP_USER_TIMEOUT that
+    /// accepted sockets inherit from the listener.
+    client_sockopts: Vec<(i32, i32, SockoptValue)>,
     rng: u64,
 }
 
@@ -274,6 +277,23 @@ fn bind_listeners(cfg: &Config, addr: SocketAddr, shards: usize) -> io::Result<V
     Ok(out)
 }
 
+/// The options `apply_keepalive` gives the listener, as (level, option, value) for outbound sockets, which
+/// have no listener to inherit from.
+fn client_sockopts(cfg: &Config) -> Vec<(i32, i32, i32)> {
+    let secs = |d: Duration| d.as_secs().clamp(1, i32::MAX as u64) as i32;
+    let mut out = Vec::new();
+    if let Some(ka) = cfg.tcp_keepalive {
+        out.push((libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1));
+        out.push((libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(ka.idle)));
+        out.push((libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(ka.interval)));
+        out.push((libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ka.count.clamp(1, 127) as i32));
+    }
+    if let Some(t) = cfg.tcp_user_timeout {
+        out.push((libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, t.as_millis().min(i32::MAX as u128) as i32));
+    }
+    out
+}
+
 fn apply_keepalive(s: &socket2::Socket, cfg: &Config) -> io::Result<()> {
     match cfg.tcp_keepalive {
         Some(ka) => {
@@ -299,12 +319,16 @@ impl Core {
         metrics: Arc<ShardMetrics>,
         shared: Arc<Shared>,
     ) -> io::Result<Core> {
-        let ring = Ring::new(RingConfig {
+        let mut ring = Ring::new(RingConfig {
             entries: cfg.ring_entries,
             slots,
             recv_buffers: cfg.recv_buffers,
             recv_buffer_size: cfg.recv_buffer_size,
         })?;
+        let client_sockopts = client_sockopts(&cfg)
+            .into_iter()
+            .map(|(level, name, value)| (level, name, ring.sockopt_value(value)))
+            .collect();
         let proto_cfg = ProtoConfig {
             max_message_size: cfg.max_message_size,
             ping_interval: cfg.ping_interval.filter(|d| !d.is_zero()),
@@ -339,6 +363,7 @@ impl Core {
             dirty: Vec::new(),
             pool: Vec::new(),
             pending_connects: Vec::new(),
+            client_sockopts,
             rng: seed,
             cfg,
         })
@@ -1338,6 +1363,9 @@ impl Core {
         // TCP_NODELAY: pings and echoes are latency measurements. Linked, so the bind/connect after it runs
         // only once it is set.
         self.ring.enable_sockopt(slot, generation, libc::IPPROTO_TCP, libc::TCP_NODELAY, true);
+        for &(level, name, value) in &self.client_sockopts {
+            self.ring.set_sockopt(slot, generation, level, name, value, true);
+        }
         match bind {
             Some(b) => {
                 // Bind the address only and let connect pick the port: a bind to port 0 scans the whole

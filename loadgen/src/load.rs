@@ -44,8 +44,14 @@ pub struct LoadConfig {
     /// Shard threads; 0 = enough for the connections and at least one per CPU.
     pub shards: usize,
     pub handshake_timeout: Duration,
+    /// TCP keepalive and TCP_USER_TIMEOUT of every client socket (`None` = off / kernel default).
+    pub tcp_keepalive: Option<tether::TcpKeepalive>,
+    pub tcp_user_timeout: Option<Duration>,
     /// How long to wait for the close handshakes at the end.
     pub close_wait: Duration,
+    /// At the end of the hold, send one message on every open connection and wait (up to `close_wait`) for
+    /// the echoes: proof that each held connection still works end to end.
+    pub final_echo: bool,
     pub progress: ProgressMode,
 }
 
@@ -65,7 +71,10 @@ impl LoadConfig {
             reconnect: false,
             shards: 0,
             handshake_timeout: Duration::from_secs(10),
+            tcp_keepalive: Some(tether::TcpKeepalive::default()),
+            tcp_user_timeout: Some(Duration::from_secs(30)),
             close_wait: Duration::from_secs(10),
+            final_echo: false,
             progress: ProgressMode::Auto,
         }
     }
@@ -113,6 +122,8 @@ const TAG_TIME_MASK: u64 = (1 << 34) - 1;
 
 /// Marks our echo payloads: `[send time µs LE][MAGIC LE][padding]`.
 const PAYLOAD_MAGIC: u64 = 0x646c_7265_6874_6574; // "tetherld"
+/// Marks the `--final-echo` payloads, counted apart from the echo traffic.
+const FINAL_MAGIC: u64 = 0x6c6e_6966_6874_6574; // "tethfinl"
 const PAYLOAD_HEADER: usize = 16;
 
 const PHASE_RAMP: u8 = 0;
@@ -193,6 +204,8 @@ pub struct ShardStats {
     pub server_pings: u64,
     pub messages_sent: u64,
     pub messages_echoed: u64,
+    pub final_sent: u64,
+    pub final_echoed: u64,
     pub closed_clean: u64,
     pub closed_unclean: u64,
     pub handshake_us: Histogram<u64>,
@@ -218,6 +231,8 @@ impl Default for ShardStats {
             server_pings: 0,
             messages_sent: 0,
             messages_echoed: 0,
+            final_sent: 0,
+            final_echoed: 0,
             closed_clean: 0,
             closed_unclean: 0,
             handshake_us: new_histogram(),
@@ -252,6 +267,8 @@ impl ShardStats {
         self.server_pings += o.server_pings;
         self.messages_sent += o.messages_sent;
         self.messages_echoed += o.messages_echoed;
+        self.final_sent += o.final_sent;
+        self.final_echoed += o.final_echoed;
         self.closed_clean += o.closed_clean;
         self.closed_unclean += o.closed_unclean;
         // Same bounds everywhere: adding cannot fail.
@@ -268,6 +285,8 @@ enum Control {
     Snapshot(mpsc::Sender<(usize, Box<ShardStats>, Histogram<u64>)>),
     /// Close every connection with 1000 and stop reconnecting.
     CloseAll,
+    /// Send one `FINAL_MAGIC` message on every open connection.
+    FinalEcho,
 }
 
 struct Conn {
@@ -345,13 +364,12 @@ impl LoadHandler {
         }
     }
 
-    fn send_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+    fn send_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, magic: u64) {
         let size = self.shared.message_size.max(PAYLOAD_HEADER);
         let mut payload = vec![0u8; size];
         payload[..8].copy_from_slice(&self.shared.micros(Instant::now()).to_le_bytes());
-        payload[8..16].copy_from_slice(&PAYLOAD_MAGIC.to_le_bytes());
+        payload[8..16].copy_from_slice(&magic.to_le_bytes());
         ctx.send_owned(conn, MessageKind::Binary, payload);
-        self.stats.messages_sent += 1;
     }
 }
 
@@ -403,7 +421,9 @@ impl Handler for LoadHandler {
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, _conn: ConnId, message: Message<'_>) {
         let bytes = message.as_bytes();
-        if bytes.len() >= PAYLOAD_HEADER && bytes[8..16] == PAYLOAD_MAGIC.to_le_bytes() {
+        if bytes.len() >= PAYLOAD_HEADER && bytes[8..16] == FINAL_MAGIC.to_le_bytes() {
+            self.stats.final_echoed += 1;
+        } else if bytes.len() >= PAYLOAD_HEADER && bytes[8..16] == PAYLOAD_MAGIC.to_le_bytes() {
             let sent = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
             let latency = self.shared.micros(ctx.now()).saturating_sub(sent);
             self.stats.echo_us.saturating_record(latency.max(1));
@@ -480,7 +500,8 @@ impl Handler for LoadHandler {
             }
             self.messages.pop();
             if self.conns.get(&conn).is_some_and(|c| !c.closing) {
-                self.send_message(ctx, conn);
+                self.send_message(ctx, conn, PAYLOAD_MAGIC);
+                self.stats.messages_sent += 1;
                 sent += 1;
                 self.messages.push(Reverse((due + interval, conn)));
             }
@@ -497,6 +518,13 @@ impl Handler for LoadHandler {
                 std::mem::swap(&mut recent, &mut self.recent_ping_us);
                 self.recent_ping_us.reset();
                 let _ = reply.send((self.shard, Box::new(self.stats.clone()), recent));
+            }
+            Control::FinalEcho => {
+                let open: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(id, _)| *id).collect();
+                for conn in open {
+                    self.send_message(ctx, conn, FINAL_MAGIC);
+                    self.stats.final_sent += 1;
+                }
             }
             Control::CloseAll => {
                 self.closing = true;
@@ -693,6 +721,8 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         ping_interval: cfg.ping_interval.filter(|d| !d.is_zero()),
         pong_timeout: cfg.pong_timeout,
         handshake_timeout: cfg.handshake_timeout,
+        tcp_keepalive: cfg.tcp_keepalive,
+        tcp_user_timeout: cfg.tcp_user_timeout,
         handler_tick: Some(Duration::from_millis(10)),
         ..Config::default()
     };
@@ -768,6 +798,22 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let hold = hold_start.elapsed();
+
+    if cfg.final_echo && !interrupted {
+        monitor.phase = "final echo";
+        for shard in 0..shards {
+            handle.notify(shard, Box::new(Control::FinalEcho));
+        }
+        // Wait for every echo (or the deadline); the snapshot answers come after the FinalEcho notices.
+        let deadline = Instant::now() + cfg.close_wait;
+        loop {
+            let (s, _) = monitor.snapshot(Duration::from_secs(2));
+            if s.final_echoed >= s.final_sent || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 
     // Close everything with 1000 and wait (bounded) for the handshakes.
     shared.phase.store(PHASE_CLOSING, Relaxed);
@@ -872,7 +918,12 @@ fn build_report(
             late: s.pongs_late,
             server_pings: s.server_pings,
         },
-        messages: report::Messages { sent: s.messages_sent, echoed: s.messages_echoed },
+        messages: report::Messages {
+            sent: s.messages_sent,
+            echoed: s.messages_echoed,
+            final_sent: s.final_sent,
+            final_echoed: s.final_echoed,
+        },
         drops: report::Drops {
             total: drops,
             per_1k_conn_hours: if connection_seconds > 0.0 {

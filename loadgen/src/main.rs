@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tether::{parse_tcp_keepalive, parse_tcp_user_timeout, TcpKeepalive};
 use tether_load::load::{self, LoadConfig, Outcome, ProgressMode};
 use tether_load::{plot, report, url};
 
@@ -87,9 +88,19 @@ struct Common {
     shards: usize,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// TCP keepalive on every client socket: IDLE,INTERVAL,COUNT (e.g. 15s,5s,3), or off.
+    #[arg(long, default_value = "15s,5s,3", value_parser = parse_tcp_keepalive)]
+    tcp_keepalive: MaybeKeepalive,
+    /// TCP_USER_TIMEOUT on every client socket (0/off = kernel default).
+    #[arg(long, default_value = "30s", value_parser = parse_tcp_user_timeout)]
+    tcp_user_timeout: MaybeDuration,
     /// How long to wait for the close handshakes at the end.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     close_wait: Duration,
+    /// At the end of the hold, send one message on every open connection and wait (up to --close-wait) for
+    /// the echoes (report: messages.final_sent / final_echoed).
+    #[arg(long)]
+    final_echo: bool,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -106,6 +117,11 @@ struct Common {
     #[arg(long)]
     strict: bool,
 }
+
+// Aliases, so that clap's derive does not read `Option` as "the flag may be absent": here `None` is a value
+// the user gives (`off`).
+type MaybeKeepalive = Option<TcpKeepalive>;
+type MaybeDuration = Option<Duration>;
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -189,7 +205,10 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         source_ips,
         shards: c.shards,
         handshake_timeout: c.handshake_timeout,
+        tcp_keepalive: c.tcp_keepalive,
+        tcp_user_timeout: c.tcp_user_timeout,
         close_wait: c.close_wait,
+        final_echo: c.final_echo,
         progress: if c.quiet { ProgressMode::Off } else { ProgressMode::Auto },
     })
 }

@@ -74,6 +74,9 @@ pub struct Pings {
 pub struct Messages {
     pub sent: u64,
     pub echoed: u64,
+    /// `--final-echo`: one message per open connection at the end of the hold, and how many came back.
+    pub final_sent: u64,
+    pub final_echoed: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -154,6 +157,13 @@ impl Report {
             self.pings.sent, self.pings.answered, self.pings.late, self.pings.server_pings
         );
         let _ = writeln!(s, "messages          sent {}  echoed {}", self.messages.sent, self.messages.echoed);
+        if self.messages.final_sent > 0 {
+            let _ = writeln!(
+                s,
+                "final echo        sent {}  echoed {}",
+                self.messages.final_sent, self.messages.final_echoed
+            );
+        }
         let _ = writeln!(s);
         let _ = writeln!(
             s,

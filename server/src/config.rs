@@ -13,7 +13,8 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
-use tether::{Config, SendQueuePolicy, TcpKeepalive};
+use tether::{parse_tcp_keepalive as parse_keepalive, parse_tcp_user_timeout as parse_user_timeout};
+use tether::{Config, SendQueuePolicy};
 
 /// Defaults that are tetherd's own (the engine's come from `tether::Config::default()`).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -353,48 +354,6 @@ pub fn parse_optional_duration(s: &str) -> Result<Option<Duration>, String> {
     Ok(if d.is_zero() { None } else { Some(d) })
 }
 
-/// TCP_USER_TIMEOUT: optional, whole milliseconds up to u32::MAX.
-pub fn parse_user_timeout(s: &str) -> Result<Option<Duration>, String> {
-    let d = parse_optional_duration(s)?;
-    if let Some(d) = d {
-        if d < Duration::from_millis(1) {
-            return Err("must be at least 1ms (or 0/off to disable)".into());
-        }
-        if d.as_millis() > u32::MAX as u128 {
-            return Err("too long for TCP_USER_TIMEOUT (at most about 49 days)".into());
-        }
-    }
-    Ok(d)
-}
-
-/// `IDLE,INTERVAL,COUNT` (e.g. `15s,5s,3`), or `off`. The kernel counts idle and interval in whole seconds
-/// (1..=32767) and allows 1..=127 probes.
-pub fn parse_keepalive(s: &str) -> Result<Option<TcpKeepalive>, String> {
-    if is_off(s) || s == "0" {
-        return Ok(None);
-    }
-    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    if parts.len() != 3 {
-        return Err("expected IDLE,INTERVAL,COUNT such as 15s,5s,3, or off".into());
-    }
-    let secs = |what: &str, text: &str| -> Result<Duration, String> {
-        let d = humantime::parse_duration(text)
-            .map_err(|e| format!("{what} \"{text}\" is not a duration such as 15s ({e})"))?;
-        if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > 32767 {
-            return Err(format!("{what} must be a whole number of seconds from 1s to 32767s"));
-        }
-        Ok(d)
-    };
-    let idle = secs("IDLE", parts[0])?;
-    let interval = secs("INTERVAL", parts[1])?;
-    let count = parts[2]
-        .parse::<u32>()
-        .ok()
-        .filter(|n| (1..=127).contains(n))
-        .ok_or_else(|| format!("COUNT \"{}\" must be a whole number from 1 to 127", parts[2]))?;
-    Ok(Some(TcpKeepalive { idle, interval, count }))
-}
-
 /// A byte count: `4096`, `16MiB`, `64KiB`, `1MB`, `2 GiB`, `16M` (K/M/G alone are binary, KB/MB/GB decimal).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     const HINT: &str = "expected a byte count such as 4096, 64KiB, 16MiB or 1MB";
@@ -537,6 +496,7 @@ impl Settings {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use tether::TcpKeepalive;
 
     /// clap reads TETHER_* from the process environment: tests that parse take this lock so that one test's
     /// variables never leak into another's run.

@@ -83,6 +83,10 @@ impl Waker {
     }
 }
 
+/// A socket option value the ring keeps alive; see [`Ring::sockopt_value`].
+#[derive(Clone, Copy, Debug)]
+pub struct SockoptValue(usize);
+
 /// A completion, copied out of the completion queue so the shard can act on the ring while handling it.
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
@@ -125,6 +129,8 @@ pub struct Ring {
     sends: Vec<Option<InFlightSend>>,
     addrs: Vec<AddrBuf>,
     wake_buf: Box<u64>,
+    /// Option values for `set_sockopt`: boxed so that their addresses survive the Vec growing.
+    sockopt_values: Vec<Box<i32>>,
     /// Completions reaped early because the submission queue was full (see `push`).
     backlog: Vec<Completion>,
     slots: u32,
@@ -169,6 +175,7 @@ impl Ring {
             sends,
             addrs: vec![MaybeUninit::zeroed(); slots],
             wake_buf: Box::new(0),
+            sockopt_values: Vec::new(),
             backlog: Vec::new(),
             slots: cfg.slots,
             defer_taskrun,
@@ -319,7 +326,37 @@ impl Ring {
     pub fn enable_sockopt(&mut self, slot: u32, generation: u32, level: i32, optname: i32, link: bool) {
         /// The kernel reads the option value when it issues the operation; a static never moves or changes.
         static ONE: i32 = 1;
-        let ptr = &ONE as *const i32 as u64;
+        self.push_setsockopt(slot, generation, level, optname, &ONE, link);
+    }
+
+    /// Set an integer socket option on a direct descriptor to `value`, one of the values registered with
+    /// [`Ring::sockopt_value`] (they live as long as the ring). With `link`, as for `enable_sockopt`.
+    pub fn set_sockopt(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        level: i32,
+        optname: i32,
+        value: SockoptValue,
+        link: bool,
+    ) {
+        let ptr: *const i32 = &*self.sockopt_values[value.0];
+        // SAFETY: the pointee is a Box owned by this Ring, never freed or changed before the ring is dropped.
+        self.push_setsockopt(slot, generation, level, optname, unsafe { &*ptr }, link);
+    }
+
+    /// Keeps `value` at a fixed address for the life of the ring (the kernel reads a linked setsockopt's value
+    /// only when the operation before it completes) and returns a handle for [`Ring::set_sockopt`].
+    pub fn sockopt_value(&mut self, value: i32) -> SockoptValue {
+        if let Some(i) = self.sockopt_values.iter().position(|v| **v == value) {
+            return SockoptValue(i);
+        }
+        self.sockopt_values.push(Box::new(value));
+        SockoptValue(self.sockopt_values.len() - 1)
+    }
+
+    fn push_setsockopt(&mut self, slot: u32, generation: u32, level: i32, optname: i32, value: &i32, link: bool) {
+        let ptr = value as *const i32 as u64;
         let e = self.sockopt_entry(slot, SOCKET_URING_OP_SETSOCKOPT, level, optname, ptr, 4);
         let mut e = e.user_data(Token::new(Op::Ignore, slot, generation).encode());
         if link {
