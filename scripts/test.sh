@@ -5,8 +5,8 @@
 # crate in release mode, runs every Rust test in the workspace (unit tests and the end-to-end tests in
 # tests/), then the Python client tests in tests/python. Exits non-zero if anything failed.
 #
-# Environment: CARGO_TARGET_DIR is honoured; TETHERD_BIN is set to the freshly built binary unless
-# given; TETHER_SKIP_PYTHON=1 skips the Python suite; extra arguments go to `cargo test` (a test name
+# Environment: CARGO_TARGET_DIR is honoured; TETHERD_BIN and TETHER_LOAD_BIN are set to the freshly built
+# binaries unless given; TETHER_SKIP_PYTHON=1 skips the Python suite; extra arguments go to `cargo test` (a test name
 # filter, e.g. `bash scripts/test.sh echo`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,6 +27,17 @@ apt_install() {
 # --- toolchain -------------------------------------------------------------------------------------
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
 command -v python3 >/dev/null || apt_install python3
+
+# --- middleboxes and a browser for the end-to-end keepalive tests (tests/tests/{nat,nginx,browser}.rs) ---
+# Debian's packages: iproute2 + iptables (+ conntrack) build the NAT in network namespaces, nginx-light is
+# the reverse proxy, chromium the real browser.
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # --- Python test dependencies: websockets >= 13 and pytest ------------------------------------------
 PY=python3
@@ -49,10 +60,12 @@ fi
 
 # --- build -----------------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-log "cargo build --release -p tetherd --bins"
-cargo build --release -p tetherd --bins
+log "cargo build --release -p tetherd -p tether-load --bins"
+cargo build --release -p tetherd -p tether-load --bins
 export TETHERD_BIN=${TETHERD_BIN:-$TARGET_DIR/release/tetherd}
+export TETHER_LOAD_BIN=${TETHER_LOAD_BIN:-$TARGET_DIR/release/tether-load}
 [ -x "$TETHERD_BIN" ] || die "built, but $TETHERD_BIN is missing"
+[ -x "$TETHER_LOAD_BIN" ] || die "built, but $TETHER_LOAD_BIN is missing"
 
 # The 30,000-connection test splits its clients over two processes of 15,000 each (each needs an fd
 # limit above ~15,100), and tetherd sizes its registered-file tables by the limit: raise the soft limit

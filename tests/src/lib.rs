@@ -15,6 +15,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod load;
+pub mod netns;
 pub mod raw;
 
 /// Path to the workspace root (the parent of this crate's folder).
@@ -141,18 +143,31 @@ pub struct Server {
     pub addr: SocketAddr,
     pub log: LogBuffer,
     exited: Option<ExitStatus>,
+    /// The network namespace it runs in, if not this process's own.
+    netns: Option<String>,
 }
 
 impl Server {
     /// Starts `tetherd --listen 127.0.0.1:0 <args>` and waits (up to 30 s) for its
     /// `tetherd listening on 127.0.0.1:PORT` line.
     pub fn start(args: &[&str]) -> Server {
-        let bin = tetherd_bin();
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args)
-            .env("RUST_LOG", std::env::var("TETHERD_LOG").unwrap_or_else(|_| "info".into()))
+        let mut cmd = Command::new(tetherd_bin());
+        cmd.arg("--listen").arg("127.0.0.1:0").args(args);
+        Server::spawn(cmd, None)
+    }
+
+    /// Starts `tetherd --listen ADDR <args>` inside the network namespace `netns` (`ip netns exec`, which
+    /// execs tetherd in place, so the child is tetherd itself). `/metrics` is then fetched from inside it.
+    pub fn start_in_netns(netns: &str, listen: SocketAddr, args: &[&str]) -> Server {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(tetherd_bin()).arg("--listen").arg(listen.to_string()).args(args);
+        Server::spawn(cmd, Some(netns.to_string()))
+    }
+
+    /// Spawns a prepared tetherd command line and waits (up to 30 s) for `tetherd listening on ADDR`.
+    fn spawn(mut cmd: Command, netns: Option<String>) -> Server {
+        let what = format!("{cmd:?}");
+        cmd.env("RUST_LOG", std::env::var("TETHERD_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -164,7 +179,7 @@ impl Server {
             }
         }
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"));
         let log = LogBuffer::capture(child.stderr.take().unwrap());
 
         let stdout = child.stdout.take().unwrap();
@@ -182,7 +197,7 @@ impl Server {
                 let _ = child.kill();
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(200));
-                panic!("tetherd {args:?} did not print its listening line (got {other:?}); stderr:\n{}", log.tail(50));
+                panic!("{what} did not print its listening line (got {other:?}); stderr:\n{}", log.tail(50));
             }
         };
         let addr: SocketAddr =
@@ -192,7 +207,7 @@ impl Server {
                     panic!("unexpected first stdout line from tetherd: {line:?}")
                 },
             );
-        Server { child, addr, log, exited: None }
+        Server { child, addr, log, exited: None, netns }
     }
 
     pub fn port(&self) -> u16 {
@@ -235,7 +250,13 @@ impl Server {
 
     /// Fetches `/metrics`.
     pub fn metrics(&self) -> String {
-        let (status, body) = http_get(self.addr, "/metrics").unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        let addr = self.addr;
+        let get = move || http_get(addr, "/metrics");
+        let got = match &self.netns {
+            Some(ns) => netns::in_netns(ns, get),
+            None => get(),
+        };
+        let (status, body) = got.unwrap_or_else(|e| panic!("GET /metrics: {e}"));
         assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
         body
     }

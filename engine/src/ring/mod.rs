@@ -130,6 +130,7 @@ pub struct Ring {
     addrs: Vec<AddrBuf>,
     wake_buf: Box<u64>,
     /// Option values for `set_sockopt`: boxed so that their addresses survive the Vec growing.
+    #[allow(clippy::vec_box)]
     sockopt_values: Vec<Box<i32>>,
     /// Completions reaped early because the submission queue was full (see `push`).
     backlog: Vec<Completion>,
