@@ -58,6 +58,8 @@ if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
     fi
 fi
 
+export TETHER_PYTHON=$PY   # the loadgen tests start a Python `websockets` server with it
+
 # --- build -----------------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 log "cargo build --release -p tetherd -p tether-load --bins"

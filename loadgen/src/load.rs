@@ -285,7 +285,7 @@ enum Control {
     Snapshot(mpsc::Sender<(usize, Box<ShardStats>, Histogram<u64>)>),
     /// Close every connection with 1000 and stop reconnecting.
     CloseAll,
-    /// Send one `FINAL_MAGIC` message on every open connection.
+    /// Stop the echo traffic and send one `FINAL_MAGIC` message on every open connection.
     FinalEcho,
 }
 
@@ -310,6 +310,8 @@ pub struct LoadHandler {
     retries: BinaryHeap<Reverse<(Instant, u32, u64)>>,
     /// Consecutive failures per index, for the backoff; cleared when the index connects.
     attempts: HashMap<u32, u32>,
+    /// The final echo went out: no more echo traffic, also on connections that open later.
+    traffic_done: bool,
     closing: bool,
     rng: u64,
 }
@@ -330,6 +332,7 @@ impl LoadHandler {
             messages: BinaryHeap::new(),
             retries: BinaryHeap::new(),
             attempts: HashMap::new(),
+            traffic_done: false,
             closing: false,
             rng: seed | 1,
         }
@@ -396,7 +399,7 @@ impl Handler for LoadHandler {
         self.conns.insert(conn, Conn { index, last_server_ping: None, closing });
         if closing {
             ctx.close(conn, 1000, "load test done");
-        } else if let Some(interval) = self.shared.message_interval {
+        } else if let Some(interval) = self.shared.message_interval.filter(|_| !self.traffic_done) {
             // Spread the first message over one interval so connections do not send in lockstep.
             let first = now + interval.mul_f64(self.random());
             self.messages.push(Reverse((first, conn)));
@@ -520,6 +523,10 @@ impl Handler for LoadHandler {
                 let _ = reply.send((self.shard, Box::new(self.stats.clone()), recent));
             }
             Control::FinalEcho => {
+                // The echo traffic ends here, so that every message sent before the final one is echoed
+                // before it (each connection's messages stay in order) and the counts can be compared.
+                self.messages.clear();
+                self.traffic_done = true;
                 let open: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(id, _)| *id).collect();
                 for conn in open {
                     self.send_message(ctx, conn, FINAL_MAGIC);

@@ -28,24 +28,51 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// Panics with instructions when none exists: the tests never build it themselves.
 pub fn tetherd_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TETHERD_BIN") {
+    workspace_bin("tetherd", "TETHERD_BIN", "tetherd")
+}
+
+/// A binary of the workspace: `$env_var`, else `target/{release,debug}/name` (honouring CARGO_TARGET_DIR).
+pub fn workspace_bin(name: &str, env_var: &str, package: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
-        assert!(path.is_file(), "TETHERD_BIN={} is not a file", path.display());
+        assert!(path.is_file(), "{env_var}={} is not a file", path.display());
         return path;
     }
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     for profile in ["release", "debug"] {
-        let path = target.join(profile).join("tetherd");
+        let path = target.join(profile).join(name);
         if path.is_file() {
             return path;
         }
     }
     panic!(
-        "tetherd binary not found: set TETHERD_BIN or build it first with \
-         `cargo build --release -p tetherd` (looked in {}/{{release,debug}}/tetherd)",
+        "{name} binary not found: set {env_var} or build it first with `cargo build --release -p {package}` \
+         (looked in {}/{{release,debug}}/{name})",
         target.display()
     );
+}
+
+/// A scratch folder, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("tether-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A binary of this crate (e.g. `ws-swarm`), built by cargo alongside the integration tests.

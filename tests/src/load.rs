@@ -4,37 +4,20 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{die_with_parent, workspace_root};
+use crate::{die_with_parent, workspace_bin, TempDir};
 
 /// The `tether-load` binary: `$TETHER_LOAD_BIN`, else `target/{release,debug}/tether-load`.
 pub fn tether_load_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TETHER_LOAD_BIN") {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "TETHER_LOAD_BIN={} is not a file", path.display());
-        return path;
-    }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    for profile in ["release", "debug"] {
-        let path = target.join(profile).join("tether-load");
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!(
-        "tether-load binary not found: set TETHER_LOAD_BIN or build it with `cargo build --release -p tether-load` \
-         (looked in {}/{{release,debug}}/tether-load)",
-        target.display()
-    );
+    workspace_bin("tether-load", "TETHER_LOAD_BIN", "tether-load")
 }
 
 /// A tether-load run in progress; killed on drop if it was not waited for.
 pub struct Load {
     child: Option<Child>,
     json: PathBuf,
+    _dir: TempDir,
     stdout: Option<std::thread::JoinHandle<String>>,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
@@ -51,14 +34,8 @@ pub struct LoadRun {
 impl Load {
     /// Starts `tether-load <args> --quiet --json FILE`, inside the network namespace `netns` if given.
     pub fn spawn(netns: Option<&str>, args: &[&str]) -> Load {
-        static RUNS: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tether-tests-{}-{}",
-            std::process::id(),
-            RUNS.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let json = dir.join("report.json");
+        let dir = TempDir::new("load");
+        let json = dir.path().join("report.json");
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -80,7 +57,7 @@ impl Load {
         };
         let stdout = Some(read_all(Box::new(child.stdout.take().unwrap())));
         let stderr = Some(read_all(Box::new(child.stderr.take().unwrap())));
-        Load { child: Some(child), json, stdout, stderr }
+        Load { child: Some(child), json, _dir: dir, stdout, stderr }
     }
 
     /// Runs to completion (killed after `limit`).
@@ -108,9 +85,6 @@ impl Load {
         let report = std::fs::read_to_string(&self.json)
             .ok()
             .map(|t| serde_json::from_str(&t).unwrap_or_else(|e| panic!("invalid JSON report: {e}\n{t}")));
-        if let Some(dir) = self.json.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
         LoadRun { code: status.and_then(|s| s.code()), stdout, stderr, report }
     }
 }

@@ -6,7 +6,8 @@
 //! the server namespace, the real tether-load binary in the client namespace, 2,000 connections each.
 //!
 //! 1. server pings every 4 s: no drops, every connection still echoes after 60 s idle;
-//! 2. no pings, TCP keepalive (3 s idle) on the server only: the kernel's probes keep the mappings alive;
+//! 2. no pings, TCP keepalive (3 s idle) on the server only, or on the client only: the kernel's probes keep
+//!    the mappings alive;
 //! 3. no pings, no keepalive: the NAT forgets every flow; the client finds them dead when it next pings,
 //!    while the server, which learns nothing, still holds all of them (the failure the defaults prevent);
 //! 4. the client vanishes (the NAT forwards nothing): with pings every 2 s and a 2 s pong timeout the server
@@ -82,6 +83,21 @@ fn tcp_keepalive_on_the_server_keeps_idle_flows_alive() {
     assert_all_held(&run, "server TCP keepalive 3s");
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert_eq!(run.u("pings.server_pings"), 0, "pings were off, yet the client saw some");
+    assert_eq!(counter(&server, "tether_pings_sent_total"), 0);
+}
+
+/// The client role sets keepalive on its own sockets too (tether-load `--tcp-keepalive`): a client behind a
+/// NAT can keep its mapping alive towards a server that does nothing.
+#[test]
+fn tcp_keepalive_on_the_client_keeps_idle_flows_alive() {
+    let rig = NatRig::new("c", NAT_IDLE_S);
+    let server = start_server(&rig, &["--ping-interval", "0", "--tcp-keepalive", "off"]);
+    let url = url();
+    let args =
+        load_args(&url, "60s", &["--ping-interval", "0", "--tcp-keepalive", "3s,1s,3", "--final-echo", "--strict"]);
+    let run = Load::run(Some(&rig.client), &args, Duration::from_secs(150));
+    assert_all_held(&run, "client TCP keepalive 3s");
+    assert_eq!(run.code, Some(0), "{}", run.describe());
     assert_eq!(counter(&server, "tether_pings_sent_total"), 0);
 }
 

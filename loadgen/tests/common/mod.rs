@@ -120,7 +120,8 @@ pub fn start_server(mut cmd: Command, marker: &str) -> Server {
 /// The Python `websockets` test server (tests/ws_server.py) in `mode`.
 pub fn python_server(args: &[&str]) -> Server {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("ws_server.py");
-    let mut cmd = Command::new("python3");
+    // scripts/test.sh names the interpreter it installed `websockets` for (a venv on PEP 668 systems).
+    let mut cmd = Command::new(std::env::var_os("TETHER_PYTHON").unwrap_or_else(|| "python3".into()));
     cmd.arg("-u").arg(script).args(args);
     start_server(cmd, "listening on")
 }
