@@ -3,19 +3,25 @@
 #
 #   benches/scripts/compare.sh [--connections N] [--message-rate R] [--message-size B] [--duration D]
 #                              [--threads T] [--servers "tether tungstenite fastwebsockets node-ws"]
-#                              [--out DIR] [--no-build]
+#                              [--out DIR] [--no-build] [--load-args "EXTRA tether-load run ARGS"]
 #
 # Defaults: 1000 connections, 1 message/s each, 64 B, 30 s, 1 server thread, all four servers,
 # results in target/compare/<timestamp>/. Per server it writes <name>.json (tether-load's report),
-# <name>.server.log, and a line in summary.md with what the load generator saw plus the server's peak RSS
-# and CPU seconds (from /proc). Loopback only; every server is stopped before the next one starts.
+# <name>.server.log, and a line in summary.md with what the load generator saw (messages/s echoed over the
+# hold, echo latency), the server's CPU seconds over the run (utime + stime from /proc) and echoed messages
+# per server CPU-second, the server's RSS before the load, its peak RSS (VmHWM) and (peak - before) per
+# connection, and the load average at the start of the run. Node's ws is single-threaded: with --threads
+# above 1 it is skipped. Loopback only; every server is stopped before the next one starts, every process is
+# bounded in time.
+# Environment: BIN_DIR (default target/release): where tetherd, tether-load and the echo-* peers are; when it
+# is set nothing is built (as --no-build).
 #
 # The tokio and node peers use ordinary file descriptors: keep --connections under the process's open-file
 # limit (`ulimit -n`, 20,000 on the project machines); tetherd uses io_uring direct descriptors and is not
 # bound by it. The load generator spreads connections over 127.0.0.x source addresses by itself.
 set -euo pipefail
 
-connections=1000 message_rate=1 message_size=64 duration=30s threads=1 build=1
+connections=1000 message_rate=1 message_size=64 duration=30s threads=1 build=1 load_args=""
 servers="tether tungstenite fastwebsockets node-ws"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="$root/target/compare/$(date +%Y%m%d-%H%M%S)"
@@ -29,22 +35,35 @@ while [ $# -gt 0 ]; do
         --servers) servers="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --load-args) load_args="$2"; shift 2 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
 cd "$root"
+[ -n "${BIN_DIR:-}" ] && build=0
 if [ "$build" = 1 ]; then
     cargo build --release -q -p tetherd -p tether-load -p tether-benches --bins
-    case " $servers " in *" node-ws "*) [ -d benches/node/node_modules/ws ] || benches/scripts/setup-node.sh ;; esac
 fi
+case " $servers " in *" node-ws "*) [ -d benches/node/node_modules/ws ] || benches/scripts/setup-node.sh ;; esac
 mkdir -p "$out"
-bin="$root/target/release"
+bin="${BIN_DIR:-$root/target/release}"
+case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
+dur_s=$(awk -v h="$duration" 'BEGIN { n = h + 0; u = substr(h, length(h)); if (u == "m") n *= 60; print n }')
 port=19100
 server_pid=""
-cleanup() { if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi; }
+cleanup() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        # tetherd drains for up to its --drain-timeout; do not wait longer than that.
+        for _ in $(seq 150); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 wait_for_port() {
     python3 - "$1" <<'PY'
@@ -64,47 +83,64 @@ PY
 # utime + stime of a process, in seconds.
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 peak_rss_mib() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 
 {
     echo "connections=$connections message_rate=$message_rate/s message_size=$message_size B duration=$duration threads=$threads"
     echo
-    echo "| server | established | failed | messages sent | echoed | echo p50 us | echo p99 us | ping rtt p99 us | drops | server peak RSS MiB | server CPU s |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| server | established | failed | messages sent | echoed | messages/s | per server CPU s | echo p50 us | echo p99 us | ping rtt p99 us | drops | server CPU s | server RSS before MiB | server peak RSS MiB | KiB per conn | load avg |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 } > "$out/summary.md"
 
 for name in $servers; do
     port=$((port + 1))
+    if [ "$name" = node-ws ] && [ "$threads" != 1 ]; then echo "== node-ws: skipped (single-threaded, --threads $threads)"; continue; fi
     addr="127.0.0.1:$port"
     case "$name" in
-        tether) cmd=("$bin/tetherd" --listen "$addr" --shards "$threads") ;;
+        tether) cmd=("$bin/tetherd" --listen "$addr" --shards "$threads" --log warn) ;;
         tungstenite) cmd=("$bin/echo-tungstenite" --listen "$addr" --threads "$threads") ;;
         fastwebsockets) cmd=("$bin/echo-fastwebsockets" --listen "$addr" --threads "$threads") ;;
         node-ws) cmd=(node "$root/benches/node/echo-ws.js" --listen "$addr" --threads 1) ;;
         *) echo "compare.sh: unknown server $name" >&2; exit 2 ;;
     esac
     echo "== $name: ${cmd[*]}"
-    "${cmd[@]}" > "$out/$name.server.log" 2>&1 &
+    # Bounded: the server lives at most as long as the run could take (the trap stops it sooner).
+    timeout -s KILL $((dur_s + connections / 500 + 120)) "${cmd[@]}" > "$out/$name.server.log" 2>&1 &
     server_pid=$!
     wait_for_port "$addr"
-    cpu_before=$(cpu_seconds "$server_pid")
-    "$bin/tether-load" run --url "ws://$addr/" --connections "$connections" \
-        --message-rate "$message_rate" --message-size "$message_size" --duration "$duration" \
-        --json "$out/$name.json" --quiet || echo "tether-load exited with $? against $name"
-    cpu=$(awk -v a="$cpu_before" -v b="$(cpu_seconds "$server_pid")" 'BEGIN { printf "%.2f", b - a }')
-    rss=$(peak_rss_mib "$server_pid")
+    sleep 0.5
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    # `timeout` forks the server; read /proc of the server itself.
+    spid=$(pgrep -P "$server_pid" | head -1); spid=${spid:-$server_pid}
+    rss_before=$(rss_mib "$spid")
+    cpu_before=$(cpu_seconds "$spid")
+    # shellcheck disable=SC2086
+    timeout -s INT -k 10 $((dur_s + connections / 500 + 60)) "$bin/tether-load" run --url "ws://$addr/" \
+        --connections "$connections" --message-rate "$message_rate" --message-size "$message_size" \
+        --duration "$duration" --json "$out/$name.json" --quiet $load_args \
+        || echo "tether-load exited with $? against $name"
+    cpu=$(awk -v a="$cpu_before" -v b="$(cpu_seconds "$spid")" 'BEGIN { printf "%.2f", b - a }')
+    rss=$(peak_rss_mib "$spid")
     cleanup
     server_pid=""
-    python3 - "$out/$name.json" "$name" "$rss" "$cpu" >> "$out/summary.md" <<'PY'
+    python3 - "$out/$name.json" "$name" "$rss" "$cpu" "$rss_before" "$connections" "$load" >> "$out/summary.md" <<'PY'
 import json, sys
-path, name, rss, cpu = sys.argv[1:]
+path, name, rss, cpu, before, n, load = sys.argv[1:]
+try:
+    per_conn = f"{(float(rss) - float(before)) * 1024 / int(n):.1f}"
+except ValueError:
+    per_conn = "?"
 try:
     r = json.load(open(path))
 except (OSError, ValueError):
-    print(f"| {name} | (no report) | | | | | | | | {rss} | {cpu} |")
+    print(f"| {name} | (no report) | | | | | | | | | | {cpu} | {before} | {rss} | {per_conn} | {load} |")
     sys.exit()
 c, m = r["connections"], r["messages"]
-print(f"| {name} | {c['established']} | {c['failed']} | {m['sent']} | {m['echoed']} | "
-      f"{r['echo_us']['p50']} | {r['echo_us']['p99']} | {r['ping_rtt_us']['p99']} | {r['drops']['total']} | {rss} | {cpu} |")
+rate = m["echoed"] / r["duration_s"] if r["duration_s"] else 0
+per_cpu = f"{m['echoed'] / float(cpu):.0f}" if float(cpu) > 0 else "-"
+print(f"| {name} | {c['established']} | {c['failed']} | {m['sent']} | {m['echoed']} | {rate:.0f} | {per_cpu} | "
+      f"{r['echo_us']['p50']} | {r['echo_us']['p99']} | {r['ping_rtt_us']['p99']} | {r['drops']['total']} | {cpu} | "
+      f"{before} | {rss} | {per_conn} | {load} |")
 PY
 done
 echo

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Hold N WebSocket connections between tetherd and tether-load on this machine and report what it costs.
 #   bash benches/scripts/hold.sh [N] [HOLD]        (defaults: 200000 connections, 5m hold)
-# Environment: SERVER_PING (20s), CLIENT_PING (30s), RATE (20000), OUT (a temp dir).
-# Reports: connect rate during the ramp, tetherd user-space memory per idle connection (RSS growth / N),
-# kernel memory per connection (Slab + sockets from /proc/meminfo, /proc/net/sockstat), tetherd CPU seconds per
-# million keepalive pings (server pings sent + client pings answered during the hold), ping RTT percentiles,
-# drops. Everything runs on loopback; both processes are stopped at the end, also on failure.
+# Environment: SERVER_PING (20s), CLIENT_PING (30s), RATE (20000, connections/s during the ramp),
+#   OUT (a temp dir), PORT (9301), BIN_DIR (target/release; when set, the binaries there are used as they
+#   are and nothing is built), ADDRS_PER (25000: connections per source address), SRC_NET (127.0.10: source
+#   addresses are SRC_NET.1, .2, ...). tetherd closes first, so each run leaves its connections in TIME_WAIT on
+#   the server side for 60 s: back-to-back runs should use another PORT or SRC_NET (or wait a minute).
+# tetherd runs with MIMALLOC_SHOW_STATS=1: its allocator statistics (peak committed) land in OUT/tetherd.err.
+# Reports: connect rate during the ramp, tetherd and tether-load user-space memory per idle connection
+# (RSS growth / N, with the anonymous / io_uring-mapping split from smaps), kernel memory per connection
+# (Slab from /proc/meminfo, TCP pages from /proc/net/sockstat), tetherd CPU seconds per million keepalive
+# pings (server pings sent + client pings answered during the hold) and per connection-hour, ping RTT
+# percentiles, drops, and the final echo (every connection still open at the end sends one message and must
+# get it back). Everything runs on loopback; both processes are bounded in time (`timeout`) and stopped at
+# the end, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 N=${1:-200000}
@@ -13,54 +21,105 @@ HOLD=${2:-5m}
 SERVER_PING=${SERVER_PING:-20s}
 CLIENT_PING=${CLIENT_PING:-30s}
 RATE=${RATE:-20000}
+ADDRS_PER=${ADDRS_PER:-12000}
+SRC_NET=${SRC_NET:-127.0.10}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 PORT=${PORT:-9301}
 
-cargo build --release -q -p tetherd -p tether-load
-TD=target/release/tetherd
-TL=target/release/tether-load
+if [ -n "${BIN_DIR:-}" ]; then
+    BIN=$BIN_DIR
+else
+    cargo build --release -q -p tetherd -p tether-load
+    BIN=target/release
+fi
+TD=$BIN/tetherd
+TL=$BIN/tether-load
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 slab_kib() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
-metric() { curl -s "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}' | head -1; }
+tcp_pages() { awk '/^TCP:/ {print $11}' /proc/net/sockstat; }
+tcp_inuse() { awk '/^TCP:/ {print $3}' /proc/net/sockstat; }
+metric() { curl -s -m 5 "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}' | head -1; }
+# Anonymous memory vs io_uring ring/buffer mappings, in KiB (from smaps).
+smaps_split() {
+    awk '/^[0-9a-f]+-[0-9a-f]+ / { uring = ($0 ~ /io_uring|anon_inode/) } /^Rss:/ { if (uring) u += $2; else o += $2 }
+         END { printf "%d %d\n", o, u }' "/proc/$1/smaps" 2>/dev/null || echo "0 0"
+}
 hz=$(getconf CLK_TCK)
+hold_s=$(awk -v h="$HOLD" 'BEGIN { n = h + 0; u = substr(h, length(h)); if (u == "m") n *= 60; if (u == "h") n *= 3600; print n }')
 
-# Source addresses: 25,000 connections per address (28,000 ephemeral ports each towards one server port).
-addrs=$(( (N + 24999) / 25000 ))
-SRC="127.0.10.1-127.0.10.$addrs"
+# Source addresses: ADDRS_PER connections per address (28,000 ephemeral ports each towards one server port).
+addrs=$(( (N + ADDRS_PER - 1) / ADDRS_PER ))
+SRC="$SRC_NET.1-$SRC_NET.$addrs"
 
-"$TD" --listen "127.0.0.1:$PORT" --max-connections $((N + 1000)) --ping-interval "$SERVER_PING" --pong-timeout 10s \
-    --log warn >"$OUT/tetherd.out" 2>"$OUT/tetherd.err" &
-tdpid=$!
-trap 'kill $tdpid 2>/dev/null || true; wait $tdpid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q listening "$OUT/tetherd.out" 2>/dev/null && break; sleep 0.1; done
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/loadavg.txt"
+# tetherd gets the whole run plus a margin; it is stopped by the trap long before that in a normal run.
+MIMALLOC_SHOW_STATS=1 timeout -s KILL $((hold_s + N / 1000 + 300)) "$TD" --listen "127.0.0.1:$PORT" --max-connections $((N + 1000)) \
+    --ping-interval "$SERVER_PING" --pong-timeout 10s --log warn >"$OUT/tetherd.out" 2>"$OUT/tetherd.err" &
+tdwrap=$!
+tlwrap="" tlpid="" tdpid=""
+cleanup() {
+    # Signal the processes themselves: `timeout` would pass a signal on to its whole process group, and a
+    # second SIGTERM makes tetherd skip its drain.
+    [ -n "$tlwrap" ] && { kill -INT "${tlpid:-$tlwrap}" 2>/dev/null || true; }
+    kill "${tdpid:-$tdwrap}" 2>/dev/null || true
+    [ -n "$tlwrap" ] && { wait "$tlwrap" 2>/dev/null || true; }
+    wait "$tdwrap" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# `timeout` forks the real process; measure that one.
+for _ in $(seq 100); do tdpid=$(pgrep -P "$tdwrap" -x tetherd || true); [ -n "$tdpid" ] && break; sleep 0.1; done
+[ -n "$tdpid" ] || { echo "tetherd did not start" >&2; cat "$OUT/tetherd.err" >&2; exit 1; }
+for _ in $(seq 100); do metric tether_pings_sent_total | grep -q . && break; sleep 0.1; done
 sleep 1
-rss0=$(rss_kib $tdpid); slab0=$(slab_kib); sock0=$(awk '/^TCP:/ {print $3}' /proc/net/sockstat)
+rss0=$(rss_kib $tdpid); read -r anon0 uring0 < <(smaps_split $tdpid)
+cp "/proc/$tdpid/smaps" "$OUT/tetherd.smaps.idle" 2>/dev/null || true
+slab0=$(slab_kib); sock0=$(tcp_inuse); tcpmem0=$(tcp_pages)
 
-"$TL" run --url "ws://127.0.0.1:$PORT/" --connections "$N" --rate "$RATE" --duration "$HOLD" \
-    --ping-interval "$CLIENT_PING" --pong-timeout 20s --source-ips "$SRC" --json "$OUT/report.json" \
-    --hgrm "$OUT/ping.hgrm" --plot "$OUT/run.svg" --quiet >"$OUT/load.txt" 2>"$OUT/load.err" &
-tlpid=$!
+# tether-load: ramp (N / RATE s) + hold + final echo + close, bounded.
+timeout -s INT -k 30 $((hold_s + N / 1000 + 120)) "$TL" run --url "ws://127.0.0.1:$PORT/" --connections "$N" \
+    --rate "$RATE" --duration "$HOLD" --ping-interval "$CLIENT_PING" --pong-timeout 20s --source-ips "$SRC" \
+    --final-echo --close-wait 30s --json "$OUT/report.json" --hgrm "$OUT/ping.hgrm" --plot "$OUT/run.svg" \
+    --quiet >"$OUT/load.txt" 2>"$OUT/load.err" &
+tlwrap=$!
+for _ in $(seq 50); do tlpid=$(pgrep -P "$tlwrap" -x tether-load || true); [ -n "$tlpid" ] && break; sleep 0.1; done
+t_start=$(date +%s.%N)
 
-# Wait for the ramp to finish (all N open on the server), then measure the hold window.
-while kill -0 $tlpid 2>/dev/null; do
+# Wait for the ramp to finish: all N open on the server, or the count unchanged for 5 s (connections that
+# failed are not coming: tether-load has started its hold), or 120 s past the time the rate needs.
+ramp_deadline=$(( $(date +%s) + N / RATE + 120 ))
+open=0 last=-1 same=0
+while kill -0 "$tlwrap" 2>/dev/null && [ "$(date +%s)" -lt "$ramp_deadline" ]; do
     open=$(metric 'tether_websockets_open{shard="total"}'); open=${open:-0}
     [ "$open" -ge "$N" ] && break
+    if [ "$open" = "$last" ] && [ "$open" -gt 0 ]; then same=$((same + 1)); else same=0; fi
+    [ "$same" -ge 5 ] && break
+    last=$open
     sleep 1
 done
+t_full=$(date +%s.%N)
+echo "server open after ramp: $open (t+$(awk -v a="$t_start" -v b="$t_full" 'BEGIN{printf "%.1f", b-a}') s)"
 sleep 5
-rss1=$(rss_kib $tdpid); slab1=$(slab_kib); sock1=$(awk '/^TCP:/ {print $3}' /proc/net/sockstat)
-tlrss=$(rss_kib $tlpid 2>/dev/null || echo 0)
+rss1=$(rss_kib $tdpid); read -r anon1 uring1 < <(smaps_split $tdpid)
+slab1=$(slab_kib); sock1=$(tcp_inuse); tcpmem1=$(tcp_pages)
+tlrss=$(rss_kib "${tlpid:-0}"); read -r tlanon tluring < <(smaps_split "${tlpid:-0}")
+cp /proc/meminfo "$OUT/meminfo.full"; cp /proc/net/sockstat "$OUT/sockstat.full"
+cp "/proc/$tdpid/smaps" "$OUT/tetherd.smaps" 2>/dev/null || true
 cpu_a=$(cpu_ticks $tdpid); t_a=$(date +%s.%N)
 pings_a=$(metric tether_pings_sent_total); prx_a=$(metric tether_pings_received_total)
-# Measure over most of the hold (stop 15 s before tether-load starts closing).
-hold_s=$(awk -v h="$HOLD" 'BEGIN { n = h + 0; u = substr(h, length(h)); if (u == "m") n *= 60; print n }')
+# Measure over most of the hold (stop 15 s before tether-load's hold ends).
 sleep $(( hold_s > 40 ? hold_s - 25 : hold_s / 2 ))
 cpu_b=$(cpu_ticks $tdpid); t_b=$(date +%s.%N)
 pings_b=$(metric tether_pings_sent_total); prx_b=$(metric tether_pings_received_total)
-wait $tlpid || true
+open_b=$(metric 'tether_websockets_open{shard="total"}')
+rc=0; wait "$tlwrap" || rc=$?
+tlwrap=""
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/loadavg.txt"
+[ "$rc" = 0 ] || echo "tether-load exited with $rc (124 = killed by the time bound)"
+curl -s -m 5 "http://127.0.0.1:$PORT/metrics" > "$OUT/metrics.end" || true
 
 keepalives=$(( (pings_b - pings_a) + (prx_b - prx_a) ))
 python3 - "$OUT/report.json" <<PY
@@ -68,20 +127,29 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 n = $N
 c = r["connections"]
-print(f"connections        requested {c['requested']}  established {c['established']}  failed {c['failed']}  peak open {c['peak_open']}")
-print(f"ramp               {r.get('ramp_s', 0):.1f} s  ->  {r.get('connect_rate_per_s', c['established'] / max(r.get('ramp_s', 1), 1e-9)):.0f} connections/s")
-print(f"tetherd RSS        {$rss0} KiB idle -> {$rss1} KiB with {n} open: {($rss1 - $rss0) * 1024 / n:.0f} bytes per connection")
-print(f"tether-load RSS    {$tlrss} KiB: {$tlrss * 1024 / n:.0f} bytes per connection")
+print(f"connections        requested {c['requested']}  established {c['established']}  failed {c['failed']}  peak open {c['peak_open']}  server open late in hold {'$open_b'}")
+print(f"ramp               {r.get('ramp_s', 0):.1f} s  ->  {r.get('connect_rate_per_s', 0):.0f} connections/s (asked for $RATE/s)")
+print(f"tetherd RSS        {$rss0} KiB idle -> {$rss1} KiB with {n} open: {($rss1 - $rss0) * 1024 / n:.0f} bytes per connection"
+      f" (anonymous/heap {($anon1 - $anon0) * 1024 / n:.0f}, io_uring mappings {($uring1 - $uring0) * 1024 / n:.0f})")
+print(f"tether-load RSS    {$tlrss} KiB: {$tlrss * 1024 / n:.0f} bytes per connection incl. its base"
+      f" (anonymous {$tlanon} KiB, io_uring mappings {$tluring} KiB)")
 print(f"kernel slab        +{($slab1 - $slab0)} KiB: {($slab1 - $slab0) * 1024 / n:.0f} bytes per connection (both ends: {($slab1 - $slab0) * 1024 / (2 * n):.0f} per socket)")
-print(f"TCP sockets in use +{$sock1 - $sock0}")
+print(f"TCP sockets in use +{$sock1 - $sock0}; TCP buffer pages +{$tcpmem1 - $tcpmem0} ({($tcpmem1 - $tcpmem0) * 4096 / n:.0f} bytes per connection)")
 secs = ($cpu_b - $cpu_a) / $hz
 wall = $t_b - $t_a
 k = $keepalives
 print(f"tetherd CPU        {secs:.2f} s over {wall:.0f} s of hold ({100 * secs / wall:.1f}% of one core); {k} keepalive pings handled"
-      + (f": {secs / k * 1e6:.2f} CPU s per million" if k else ""))
+      + (f": {secs / k * 1e6:.2f} CPU s per million" if k else "")
+      + f"; {secs / wall / n * 3600 * 1e3:.2f} CPU ms per connection-hour")
 p = r["ping_rtt_us"]
 print(f"ping RTT           p50 {p['p50']/1000:.2f} ms  p99 {p['p99']/1000:.2f} ms  p99.9 {p['p999']/1000:.2f} ms  (count {p['count']})")
+pi = r["pings"]
+print(f"client pings       sent {pi['sent']}  answered {pi['answered']}  late {pi['late']}  server pings seen {pi['server_pings']}")
 d = r["drops"]
-print(f"drops              {d['total']}  by code {d['by_code']}  pong timeouts {d['pong_timeouts']}")
+print(f"drops              {d['total']}  by code {d['by_code']}  by phase {d['by_phase']}  pong timeouts {d['pong_timeouts']}")
+m = r["messages"]
+print(f"final echo         sent {m['final_sent']}  echoed {m['final_echoed']}")
+cl = r["closes"]
+print(f"closes             clean {cl['clean']}  unclean {cl['unclean']}  left open {cl['left_open']}; tether-load peak RSS {r['peak_rss_mib']} MiB")
 PY
 echo "files: $OUT"

@@ -190,7 +190,7 @@ impl Ring {
     fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every entry built in this module points only at memory this Ring owns (send buffers,
-            // address buffers, the wake buffer) or at nothing; that memory stays put until the completion.
+            // address buffers, the wake buffer, socket option values) or at statics or at nothing; that memory stays put until the completion.
             if unsafe { self.uring.submission().push(&entry) }.is_ok() {
                 return;
             }
@@ -327,7 +327,7 @@ impl Ring {
     pub fn enable_sockopt(&mut self, slot: u32, generation: u32, level: i32, optname: i32, link: bool) {
         /// The kernel reads the option value when it issues the operation; a static never moves or changes.
         static ONE: i32 = 1;
-        self.push_setsockopt(slot, generation, level, optname, &ONE, link);
+        self.push_setsockopt(slot, generation, level, optname, &ONE as *const i32 as u64, link);
     }
 
     /// Set an integer socket option on a direct descriptor to `value`, one of the values registered with
@@ -341,9 +341,9 @@ impl Ring {
         value: SockoptValue,
         link: bool,
     ) {
-        let ptr: *const i32 = &*self.sockopt_values[value.0];
-        // SAFETY: the pointee is a Box owned by this Ring, never freed or changed before the ring is dropped.
-        self.push_setsockopt(slot, generation, level, optname, unsafe { &*ptr }, link);
+        // The Box is owned by this Ring and never freed or changed before the ring is dropped.
+        let ptr = &*self.sockopt_values[value.0] as *const i32 as u64;
+        self.push_setsockopt(slot, generation, level, optname, ptr, link);
     }
 
     /// Keeps `value` at a fixed address for the life of the ring (the kernel reads a linked setsockopt's value
@@ -356,8 +356,9 @@ impl Ring {
         SockoptValue(self.sockopt_values.len() - 1)
     }
 
-    fn push_setsockopt(&mut self, slot: u32, generation: u32, level: i32, optname: i32, value: &i32, link: bool) {
-        let ptr = value as *const i32 as u64;
+    /// `value_ptr` points at an i32 that outlives the ring (a static, or one of `sockopt_values`).
+    fn push_setsockopt(&mut self, slot: u32, generation: u32, level: i32, optname: i32, value_ptr: u64, link: bool) {
+        let ptr = value_ptr;
         let e = self.sockopt_entry(slot, SOCKET_URING_OP_SETSOCKOPT, level, optname, ptr, 4);
         let mut e = e.user_data(Token::new(Op::Ignore, slot, generation).encode());
         if link {
