@@ -16,16 +16,33 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 type Labels = Vec<(&'static str, String)>;
 
-fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
-    let c: Counter = Counter::default();
-    c.inc_by(value);
-    registry.register(name, help, c);
+/// A counter per shard (`shard="0"`, `shard="1"` ...) plus `shard="total"`, like the gauges: sum over the
+/// numbered shards, or read the total, never both.
+fn counter(registry: &mut Registry, name: &str, help: &str, total: &Stats, shards: &[Stats], value: fn(&Stats) -> u64) {
+    let family = Family::<Labels, Counter>::default();
+    for (i, s) in shards.iter().enumerate() {
+        family.get_or_create(&vec![("shard", i.to_string())]).inc_by(value(s));
+    }
+    family.get_or_create(&vec![("shard", "total".to_string())]).inc_by(value(total));
+    registry.register(name, help, family);
 }
 
-fn counter_family(registry: &mut Registry, name: &str, help: &str, label: &'static str, values: &[(String, u64)]) {
+/// A counter family by `label` (close code, reason), per shard and `shard="total"`.
+fn counter_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    total: &Stats,
+    shards: &[Stats],
+    values: fn(&Stats) -> Vec<(String, u64)>,
+) {
     let family = Family::<Labels, Counter>::default();
-    for (value, n) in values {
-        family.get_or_create(&vec![(label, value.clone())]).inc_by(*n);
+    let named = shards.iter().enumerate().map(|(i, s)| (i.to_string(), s)).chain([("total".to_string(), total)]);
+    for (shard, stats) in named {
+        for (value, n) in values(stats) {
+            family.get_or_create(&vec![(label, value), ("shard", shard.clone())]).inc_by(n);
+        }
     }
     registry.register(name, help, family);
 }
@@ -46,7 +63,7 @@ fn per_shard_gauge(
     registry.register(name, help, family);
 }
 
-/// Renders the totals and per-shard gauges (prefix `tether_`), ending with `# EOF`.
+/// Renders every counter and gauge per shard and in total (prefix `tether_`), ending with `# EOF`.
 pub fn render(total: &Stats, shards: &[Stats]) -> String {
     let mut r = Registry::with_prefix("tether");
     let reg = &mut r;
@@ -67,45 +84,59 @@ pub fn render(total: &Stats, shards: &[Stats]) -> String {
         shards,
         |s| s.websocket_open,
     );
-    counter(reg, "accepted", "Connections accepted", total.accepted);
-    counter(reg, "closed", "Connections closed, for any reason", total.closed);
+    counter(reg, "accepted", "Connections accepted", total, shards, |s| s.accepted);
+    counter(reg, "closed", "Connections closed, for any reason", total, shards, |s| s.closed);
     counter_family(
         reg,
         "closed_by_code",
         "Connections closed, by WebSocket close code (other = untracked codes)",
         "code",
-        &total.closed_by_code,
+        total,
+        shards,
+        |s| s.closed_by_code.clone(),
     );
-    let by_reason: Vec<(String, u64)> =
-        total.closed_by_reason.iter().map(|(reason, n)| (reason.as_str().to_string(), *n)).collect();
-    counter_family(reg, "closed_by_reason", "Connections closed, by why they ended", "reason", &by_reason);
-    counter(reg, "pings_sent", "Ping frames sent by the server", total.pings_sent);
-    counter(reg, "pongs_received", "Pong frames received", total.pongs_received);
-    counter(reg, "pings_received", "Ping frames received from peers", total.pings_received);
-    counter(reg, "pong_timeouts", "Connections closed because no frame came within pong_timeout", total.pong_timeouts);
+    counter_family(reg, "closed_by_reason", "Connections closed, by why they ended", "reason", total, shards, |s| {
+        s.closed_by_reason.iter().map(|(reason, n)| (reason.as_str().to_string(), *n)).collect()
+    });
+    counter(reg, "pings_sent", "Ping frames sent by the server", total, shards, |s| s.pings_sent);
+    counter(reg, "pongs_received", "Pong frames received", total, shards, |s| s.pongs_received);
+    counter(reg, "pings_received", "Ping frames received from peers", total, shards, |s| s.pings_received);
+    counter(reg, "pong_timeouts", "Connections closed because no frame came within pong_timeout", total, shards, |s| {
+        s.pong_timeouts
+    });
     counter(
         reg,
         "handshake_timeouts",
         "Connections closed because the upgrade did not finish within handshake_timeout",
-        total.handshake_timeouts,
+        total,
+        shards,
+        |s| s.handshake_timeouts,
     );
-    counter(reg, "rejected_capacity", "Connections refused with 503 at max_connections", total.rejected_capacity);
+    counter(reg, "rejected_capacity", "Connections refused with 503 at max_connections", total, shards, |s| {
+        s.rejected_capacity
+    });
     counter(
         reg,
         "accept_table_full",
         "Accepts refused by the kernel because the registered file table was full",
-        total.accept_table_full,
+        total,
+        shards,
+        |s| s.accept_table_full,
     );
-    counter(reg, "messages_in", "Messages received", total.messages_in);
-    counter(reg, "messages_out", "Messages sent", total.messages_out);
-    counter(reg, "bytes_in", "Bytes received", total.bytes_in);
-    counter(reg, "bytes_out", "Bytes sent", total.bytes_out);
-    counter(reg, "send_dropped", "Messages dropped because a send queue was full (policy drop)", total.send_dropped);
+    counter(reg, "messages_in", "Messages received", total, shards, |s| s.messages_in);
+    counter(reg, "messages_out", "Messages sent", total, shards, |s| s.messages_out);
+    counter(reg, "bytes_in", "Bytes received", total, shards, |s| s.bytes_in);
+    counter(reg, "bytes_out", "Bytes sent", total, shards, |s| s.bytes_out);
+    counter(reg, "send_dropped", "Messages dropped because a send queue was full (policy drop)", total, shards, |s| {
+        s.send_dropped
+    });
     counter(
         reg,
         "recv_buffer_exhausted",
         "Times the provided receive buffers ran out and a receive had to be re-armed",
-        total.recv_buffer_exhausted,
+        total,
+        shards,
+        |s| s.recv_buffer_exhausted,
     );
 
     let mut out = String::with_capacity(4096);
@@ -159,18 +190,25 @@ mod tests {
             "tether_connections_open{shard=\"0\"} 3",
             "tether_connections_open{shard=\"1\"} 4",
             "tether_connections_open{shard=\"total\"} 7",
-            "tether_accepted_total 14",
-            "tether_closed_total 7",
-            "tether_closed_by_code_total{code=\"1000\"} 5",
-            "tether_closed_by_code_total{code=\"1006\"} 2",
-            "tether_closed_by_reason_total{reason=\"pong_timeout\"} 2",
-            "tether_closed_by_reason_total{reason=\"shutdown\"} 0",
-            "tether_pings_sent_total 40",
-            "tether_pongs_received_total 38",
-            "tether_pong_timeouts_total 2",
-            "tether_messages_in_total 9",
-            "tether_bytes_in_total 1234",
-            "tether_recv_buffer_exhausted_total 0",
+            "tether_accepted_total{shard=\"total\"} 14",
+            "tether_accepted_total{shard=\"0\"} 10",
+            "tether_accepted_total{shard=\"1\"} 4",
+            "tether_closed_total{shard=\"total\"} 7",
+            "tether_closed_by_code_total{code=\"1000\",shard=\"total\"} 5",
+            "tether_closed_by_code_total{code=\"1000\",shard=\"0\"} 5",
+            "tether_closed_by_code_total{code=\"1006\",shard=\"total\"} 2",
+            "tether_closed_by_reason_total{reason=\"pong_timeout\",shard=\"total\"} 2",
+            "tether_closed_by_reason_total{reason=\"pong_timeout\",shard=\"0\"} 2",
+            "tether_closed_by_reason_total{reason=\"shutdown\",shard=\"total\"} 0",
+            "tether_pings_sent_total{shard=\"total\"} 40",
+            "tether_pings_sent_total{shard=\"0\"} 40",
+            "tether_pings_sent_total{shard=\"1\"} 0",
+            "tether_pongs_received_total{shard=\"total\"} 38",
+            "tether_pong_timeouts_total{shard=\"total\"} 2",
+            "tether_messages_in_total{shard=\"total\"} 9",
+            "tether_messages_in_total{shard=\"1\"} 9",
+            "tether_bytes_in_total{shard=\"total\"} 1234",
+            "tether_recv_buffer_exhausted_total{shard=\"total\"} 0",
             "# TYPE tether_accepted counter",
             "# TYPE tether_connections_open gauge",
             "# EOF",
@@ -183,7 +221,7 @@ mod tests {
     fn renders_an_empty_engine() {
         let text = render(&Stats::default(), &[]);
         assert!(text.lines().any(|l| l == "tether_connections_open{shard=\"total\"} 0"), "{text}");
-        assert!(text.lines().any(|l| l == "tether_handshake_timeouts_total 0"), "{text}");
+        assert!(text.lines().any(|l| l == "tether_handshake_timeouts_total{shard=\"total\"} 0"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -288,6 +288,20 @@ impl Server {
         body
     }
 
+    /// A counter's total from `/metrics` (`tether_pings_sent_total`); panics if the server has no such family.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counter_with(name, &[])
+    }
+
+    /// A counter's total over the samples that carry `labels` (`[("reason", "abnormal")]`); 0 when no sample
+    /// has them (a family with no such label value yet).
+    pub fn counter_with(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let text = self.metrics();
+        let samples = parse_metrics(&text);
+        assert!(samples.iter().any(|s| s.name == name), "no {name} in /metrics:\n{text}");
+        family_total(&samples, name, labels).unwrap_or(0)
+    }
+
     /// Open connections according to `/metrics` (see [`open_connections`]). Note that the scrape's own
     /// connection may be counted.
     pub fn open_connections(&self) -> u64 {
@@ -514,17 +528,24 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
     labels
 }
 
-/// The value of a gauge family: the sample labelled `shard="total"` if there is one, else an unlabelled
-/// sample, else the sum of the per-shard samples.
+/// The value of a gauge or counter family: the sample labelled `shard="total"` if there is one, else an
+/// unlabelled sample, else the sum of the per-shard samples.
 pub fn gauge_total(samples: &[Sample], name: &str) -> Option<u64> {
-    let family: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
+    family_total(samples, name, &[])
+}
+
+/// Like [`gauge_total`], over the samples of `name` that also carry every label in `labels` (for
+/// `tether_closed_by_reason_total{reason="abnormal",shard=...}` and the like).
+pub fn family_total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    let family: Vec<&Sample> =
+        samples.iter().filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v))).collect();
     if family.is_empty() {
         return None;
     }
     if let Some(total) = family.iter().find(|s| s.label("shard") == Some("total")) {
         return Some(total.value as u64);
     }
-    if let Some(plain) = family.iter().find(|s| s.labels.is_empty()) {
+    if let Some(plain) = family.iter().find(|s| s.label("shard").is_none()) {
         return Some(plain.value as u64);
     }
     Some(family.iter().filter(|s| s.label("shard").is_some()).map(|s| s.value as u64).sum())
@@ -637,6 +658,13 @@ mod tests {
                           tether_connections_open{shard=\"total\"} 30000.0\n";
         assert_eq!(open_connections(with_total), Some(30000));
         assert_eq!(open_connections("tether_other 1\n"), None);
+        let by_reason = "tether_closed_by_reason_total{reason=\"abnormal\",shard=\"0\"} 2\n\
+                         tether_closed_by_reason_total{reason=\"abnormal\",shard=\"total\"} 5\n\
+                         tether_closed_by_reason_total{reason=\"peer_close\",shard=\"total\"} 7\n";
+        let samples = parse_metrics(by_reason);
+        assert_eq!(family_total(&samples, "tether_closed_by_reason_total", &[("reason", "abnormal")]), Some(5));
+        assert_eq!(family_total(&samples, "tether_closed_by_reason_total", &[("reason", "peer_close")]), Some(7));
+        assert_eq!(family_total(&samples, "tether_closed_by_reason_total", &[("reason", "shutdown")]), None);
     }
 
     #[test]

@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tether_tests::{
-    close_lines, die_with_parent, gauge_total, log_field, parse_metrics, wait_until, LogBuffer, Server, TempDir,
-};
+use tether_tests::{close_lines, die_with_parent, log_field, wait_until, LogBuffer, Server, TempDir};
 
 const PAGE: &str = include_str!("../web/browser.html");
 
@@ -263,12 +261,6 @@ fn pids_with_cmdline_containing(marker: &str) -> Vec<libc::pid_t> {
         .collect()
 }
 
-/// A counter from tetherd's `/metrics` (unlabelled, or the sum / total of its samples).
-fn counter(server: &Server, name: &str) -> u64 {
-    let text = server.metrics();
-    gauge_total(&parse_metrics(&text), name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 #[test]
 fn chromium_stays_connected_through_server_pings_and_echoes() {
     // Bound for the whole test: the page reports by itself well before this (about 5 s idle + start-up).
@@ -357,11 +349,11 @@ fn chromium_stays_connected_through_server_pings_and_echoes() {
         "the browser's connection lived {lived_ms} ms, less than the {idle:?} the page sat idle: {line}"
     );
 
-    let pings = counter(&server, "tether_pings_sent_total");
-    let pongs = counter(&server, "tether_pongs_received_total");
+    let pings = server.counter("tether_pings_sent_total");
+    let pongs = server.counter("tether_pongs_received_total");
     eprintln!("tetherd: {pings} pings sent, {pongs} pongs received; close line: {line}");
     assert!(pings >= 3, "tetherd sent {pings} pings (< 3) during {idle:?} idle at a {ping_interval:?} interval");
     assert!(pongs >= 3, "tetherd got {pongs} pongs (< 3) from the browser for {pings} pings");
-    assert_eq!(counter(&server, "tether_pong_timeouts_total"), 0, "pong timeouts with a browser that answers");
+    assert_eq!(server.counter("tether_pong_timeouts_total"), 0, "pong timeouts with a browser that answers");
     drop(pages);
 }

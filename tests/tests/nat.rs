@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tether_tests::load::{Load, LoadRun};
 use tether_tests::netns::NatRig;
-use tether_tests::{close_lines, log_field, parse_metrics, wait_until, Server};
+use tether_tests::{close_lines, log_field, wait_until, Server};
 
 const CONNECTIONS: u64 = 2000;
 /// How long the NAT keeps an idle established flow.
@@ -39,13 +39,6 @@ fn load_args<'a>(url: &'a str, hold: &'a str, extra: &[&'a str]) -> Vec<&'a str>
     let mut args = vec!["run", "--url", url, "--connections", "2000", "--rate", "2000/s", "--duration", hold];
     args.extend_from_slice(extra);
     args
-}
-
-fn counter(server: &Server, name: &str) -> u64 {
-    let text = server.metrics();
-    let samples = parse_metrics(&text);
-    let total = samples.iter().find(|s| s.name == name && s.label("shard").is_none_or(|l| l == "total"));
-    total.map(|s| s.value as u64).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 fn assert_all_held(run: &LoadRun, what: &str) {
@@ -70,7 +63,7 @@ fn server_pings_keep_idle_flows_alive_through_the_nat() {
     // 60 s at one ping per 4 s: about 15 per connection reached the client and were answered.
     let server_pings = run.u("pings.server_pings");
     assert!(server_pings >= CONNECTIONS * 12, "only {server_pings} server pings reached the clients");
-    assert!(counter(&server, "tether_pongs_received_total") >= CONNECTIONS * 12);
+    assert!(server.counter("tether_pongs_received_total") >= CONNECTIONS * 12);
 }
 
 #[test]
@@ -83,7 +76,7 @@ fn tcp_keepalive_on_the_server_keeps_idle_flows_alive() {
     assert_all_held(&run, "server TCP keepalive 3s");
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert_eq!(run.u("pings.server_pings"), 0, "pings were off, yet the client saw some");
-    assert_eq!(counter(&server, "tether_pings_sent_total"), 0);
+    assert_eq!(server.counter("tether_pings_sent_total"), 0);
 }
 
 /// The client role sets keepalive on its own sockets too (tether-load `--tcp-keepalive`): a client behind a
@@ -98,7 +91,7 @@ fn tcp_keepalive_on_the_client_keeps_idle_flows_alive() {
     let run = Load::run(Some(&rig.client), &args, Duration::from_secs(150));
     assert_all_held(&run, "client TCP keepalive 3s");
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert_eq!(counter(&server, "tether_pings_sent_total"), 0);
+    assert_eq!(server.counter("tether_pings_sent_total"), 0);
 }
 
 #[test]

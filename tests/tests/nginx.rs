@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tether_tests::load::Load;
-use tether_tests::{die_with_parent, gauge_total, parse_metrics, wait_until, LogBuffer, Server, TempDir};
+use tether_tests::{die_with_parent, wait_until, LogBuffer, Server, TempDir};
 
 /// nginx's idle limit on a proxied (upgraded) connection, in both config and assertions.
 const PROXY_TIMEOUT_S: u64 = 5;
@@ -174,20 +174,9 @@ impl Drop for Nginx {
     }
 }
 
-/// A counter from tetherd's `/metrics` (unlabelled, or the sum / total of its samples).
-fn counter(server: &Server, name: &str) -> u64 {
-    let text = server.metrics();
-    gauge_total(&parse_metrics(&text), name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 /// `tether_closed_by_reason_total{reason=...}`.
 fn closed_by_reason(server: &Server, reason: &str) -> u64 {
-    let text = server.metrics();
-    parse_metrics(&text)
-        .iter()
-        .filter(|s| s.name == "tether_closed_by_reason_total" && s.label("reason") == Some(reason))
-        .map(|s| s.value as u64)
-        .sum()
+    server.counter_with("tether_closed_by_reason_total", &[("reason", reason)])
 }
 
 /// Server pings every 2 s are traffic through nginx, so idle connections outlive its 5 s read timeout.
@@ -249,9 +238,9 @@ fn server_pings_keep_connections_through_nginx_alive() {
     let min_pings = CONNECTIONS * 10;
     let client_saw = run.u("pings.server_pings");
     assert!(client_saw >= min_pings, "clients saw {client_saw} server pings (< {min_pings}): {}", ctx());
-    let server_sent = counter(&server, "tether_pings_sent_total");
+    let server_sent = server.counter("tether_pings_sent_total");
     assert!(server_sent >= min_pings, "tetherd sent {server_sent} pings (< {min_pings})");
-    assert_eq!(counter(&server, "tether_pong_timeouts_total"), 0, "pong timeouts behind nginx");
+    assert_eq!(server.counter("tether_pong_timeouts_total"), 0, "pong timeouts behind nginx");
 
     let timeouts = nginx.error_log_count("timed out");
     assert_eq!(timeouts, 0, "nginx timed connections out despite server pings:\n{}", nginx.error_log_tail(20));
@@ -319,5 +308,5 @@ fn without_pings_nginx_closes_idle_connections_at_its_timeout() {
         closed_by_reason(&server, "abnormal") >= CONNECTIONS
     });
     assert!(ok, "tetherd counted {abnormal} abnormal closes, expected {CONNECTIONS}:\n{}", server.metrics());
-    assert_eq!(counter(&server, "tether_pings_sent_total"), 0, "tetherd pinged with --ping-interval 0");
+    assert_eq!(server.counter("tether_pings_sent_total"), 0, "tetherd pinged with --ping-interval 0");
 }
