@@ -158,7 +158,11 @@ pub struct Config {
     /// Bytes queued for one connection (written or waiting) before `send_queue_policy` applies.
     pub max_send_queue: usize,
     pub send_queue_policy: SendQueuePolicy,
-    /// Provided receive buffers per shard (a power of two, at most 32768) and their size.
+    /// Provided receive buffers per shard (a power of two, at most 32768) and their size. 0 = auto:
+    /// [`AUTO_RECV_BUFFERS`] per shard while there are no more shards than cores; when capacity needs more
+    /// shards than cores (20,000 connections per ring), the same total per core is shared out among them, at
+    /// least [`MIN_AUTO_RECV_BUFFERS`] each: the cores can only drain so many receives at once, and every
+    /// buffer ends up resident (4 KiB each), which would otherwise dominate the memory of idle connections.
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
     /// Submission queue entries per ring (the completion queue gets four times as many).
@@ -188,7 +192,7 @@ impl Default for Config {
             max_handshake_size: 8192,
             max_send_queue: 4 << 20,
             send_queue_policy: SendQueuePolicy::Close,
-            recv_buffers: 2048,
+            recv_buffers: 0,
             recv_buffer_size: 4096,
             ring_entries: 4096,
             slots_per_shard: 0,
@@ -486,6 +490,22 @@ pub struct Capacity {
     pub slots_per_shard: u32,
     pub max_connections: usize,
     pub rlimit_nofile: u64,
+    /// Provided receive buffers per shard (`Config::recv_buffers`, or what auto chose).
+    pub recv_buffers: u16,
+}
+
+/// Receive buffers per shard under `recv_buffers = 0` while shards <= cores.
+pub const AUTO_RECV_BUFFERS: u16 = 2048;
+/// The fewest receive buffers auto gives a shard.
+pub const MIN_AUTO_RECV_BUFFERS: u16 = 256;
+
+/// What `recv_buffers = 0` means for `shards` shards on `cores` cores: AUTO_RECV_BUFFERS per core, shared out,
+/// rounded down to a power of two, at least MIN_AUTO_RECV_BUFFERS.
+pub fn auto_recv_buffers(shards: usize, cores: usize) -> u16 {
+    let share = AUTO_RECV_BUFFERS as usize * cores.max(1) / shards.max(1);
+    let share = share.clamp(MIN_AUTO_RECV_BUFFERS as usize, AUTO_RECV_BUFFERS as usize);
+    // Largest power of two <= share.
+    (1usize << (usize::BITS - 1 - share.leading_zeros())) as u16
 }
 
 /// A running engine: shard threads plus the handle to reach them.
@@ -560,5 +580,37 @@ pub fn plan_capacity(config: &Config) -> io::Result<Capacity> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many shards"));
     }
     let max_connections = if config.max_connections == 0 { shards * usable } else { config.max_connections };
-    Ok(Capacity { shards, slots_per_shard: slots, max_connections, rlimit_nofile })
+    let recv_buffers = if config.recv_buffers == 0 { auto_recv_buffers(shards, cores) } else { config.recv_buffers };
+    Ok(Capacity { shards, slots_per_shard: slots, max_connections, rlimit_nofile, recv_buffers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_recv_buffers_share_a_per_core_budget() {
+        // No more shards than cores: the full count each.
+        assert_eq!(auto_recv_buffers(1, 2), 2048);
+        assert_eq!(auto_recv_buffers(2, 2), 2048);
+        assert_eq!(auto_recv_buffers(8, 16), 2048);
+        // More shards than cores (capacity-driven): the per-core budget shared out, as a power of two.
+        assert_eq!(auto_recv_buffers(4, 2), 1024);
+        assert_eq!(auto_recv_buffers(11, 2), 256);
+        assert_eq!(auto_recv_buffers(3, 2), 1024);
+        // Never below the floor.
+        assert_eq!(auto_recv_buffers(26, 2), 256);
+        assert_eq!(auto_recv_buffers(0, 0), 2048);
+    }
+
+    #[test]
+    fn capacity_resolves_auto_recv_buffers() {
+        let explicit = Config { recv_buffers: 512, listen: None, ..Config::default() };
+        assert_eq!(plan_capacity(&explicit).unwrap().recv_buffers, 512);
+        let auto = Config { listen: None, ..Config::default() };
+        let cap = plan_capacity(&auto).unwrap();
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        assert_eq!(cap.recv_buffers, auto_recv_buffers(cap.shards, cores));
+        assert!(cap.recv_buffers.is_power_of_two());
+    }
 }

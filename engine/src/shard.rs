@@ -70,6 +70,8 @@ mod flag {
     pub const CLIENT: u16 = 1 << 10;
     /// An op whose completion we must wait for before close (bind/connect/setsockopt chain).
     pub const ADDR_OP_PENDING: u16 = 1 << 11;
+    /// The ring's address buffer of the slot holds the peer (SO_PEERNAME came back, or connect was issued).
+    pub const PEER_KNOWN: u16 = 1 << 12;
 }
 
 /// The client half's state while connecting and handshaking.
@@ -91,7 +93,6 @@ struct Slot {
     /// Bytes of the send in flight (for the send-queue bound).
     inflight_len: u32,
     created_at: Instant,
-    peer: Option<SocketAddr>,
     /// Handshake bytes until the request (or response) is complete; empty afterwards.
     handshake: Vec<u8>,
     proto: Option<Connection>,
@@ -109,7 +110,6 @@ impl Slot {
             flags: 0,
             inflight_len: 0,
             created_at: now,
-            peer: None,
             handshake: Vec::new(),
             proto: None,
             out: Vec::new(),
@@ -171,6 +171,7 @@ where
     H: Handler,
     F: Fn(usize) -> H,
 {
+    let config = Config { recv_buffers: capacity.recv_buffers, ..config };
     let listeners = match config.listen {
         Some(addr) => bind_listeners(&config, addr, capacity.shards)?,
         None => Vec::new(),
@@ -344,8 +345,8 @@ impl Core {
             index,
             proto_cfg,
             ring,
-            wheel: Wheel::new(),
-            slots: Vec::new(),
+            wheel: Wheel::with_capacity(slots as usize),
+            slots: Vec::with_capacity(slots as usize),
             epoch: now,
             now,
             tick_nanos,
@@ -546,8 +547,7 @@ impl Core {
                         let s = &mut self.slots[slot as usize];
                         s.clear(flag::PEERNAME_PENDING);
                         if c.result > 0 {
-                            let peer = self.ring.read_peer_name(slot, c.result);
-                            self.slots[slot as usize].peer = peer;
+                            s.set(flag::PEER_KNOWN);
                         }
                         self.maybe_close(slot);
                     }
@@ -645,7 +645,6 @@ impl Core {
         s.flags = if client { flag::CLIENT } else { 0 };
         s.inflight_len = 0;
         s.created_at = self.now;
-        s.peer = None;
         s.handshake = Vec::new();
         s.proto = None;
         s.out = Vec::new();
@@ -1062,7 +1061,8 @@ impl Core {
             .unwrap_or(Ending { info: close_info(1006, "closed", Initiator::Abnormal), reason: CloseReason::Abnormal });
         let duration = self.now.saturating_duration_since(s.created_at);
         let was_open = s.has(flag::WAS_OPEN);
-        let peer = s.peer;
+        // Every operation of the slot has completed: nothing writes the address buffer any more.
+        let peer = if s.has(flag::PEER_KNOWN) { self.ring.stored_addr(slot) } else { None };
         let client = s.has(flag::CLIENT);
         s.phase = Phase::Free;
         s.flags = 0;
@@ -1355,7 +1355,6 @@ impl Core {
         };
         let key = handshake::generate_key(key_bytes);
         let s = &mut self.slots[slot as usize];
-        s.peer = Some(request.addr);
         s.set(flag::ADDR_OP_PENDING);
         let bind = request.bind;
         let addr = request.addr;
@@ -1374,7 +1373,10 @@ impl Core {
                 self.ring.enable_sockopt(slot, generation, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, true);
                 self.ring.bind(slot, generation, b)
             }
-            None => self.ring.connect(slot, generation, addr),
+            None => {
+                self.slots[slot as usize].set(flag::PEER_KNOWN);
+                self.ring.connect(slot, generation, addr)
+            }
         }
         let deadline = self.now + self.cfg.handshake_timeout;
         self.schedule(slot, deadline);
@@ -1405,6 +1407,7 @@ impl Core {
             let addr = s.client.as_ref().map(|c| c.request.addr);
             if let Some(addr) = addr {
                 self.slots[slot as usize].set(flag::ADDR_OP_PENDING);
+                self.slots[slot as usize].set(flag::PEER_KNOWN);
                 self.ring.connect(slot, generation, addr);
             }
             return;

@@ -19,7 +19,7 @@ enum Seen {
     Failed(u64, ConnectError),
     Echo(ConnId, Vec<u8>),
     Rtt(Duration),
-    Closed(u16),
+    Closed(u16, Option<std::net::SocketAddr>),
 }
 
 struct Client {
@@ -43,7 +43,7 @@ impl Handler for Client {
         }
     }
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, closed: &Closed) {
-        let _ = self.tx.send(Seen::Closed(closed.info.code));
+        let _ = self.tx.send(Seen::Closed(closed.info.code, closed.peer));
     }
 }
 
@@ -101,8 +101,9 @@ fn client_connects_echoes_pings_and_closes() {
     }
     let mut closed = 0;
     while closed < N && Instant::now() < deadline {
-        if let Ok(Seen::Closed(code)) = rx.recv_timeout(Duration::from_millis(200)) {
+        if let Ok(Seen::Closed(code, peer)) = rx.recv_timeout(Duration::from_millis(200)) {
             assert_eq!(code, 1000);
+            assert_eq!(peer, Some(addr), "the client's close reports the server it was connected to");
             closed += 1;
         }
     }

@@ -72,7 +72,7 @@ settings! {
     max_handshake_size: "TETHER_MAX_HANDSHAKE_SIZE", "BYTES", "Largest upgrade request accepted (431 beyond) [default: 8KiB]";
     max_send_queue: "TETHER_MAX_SEND_QUEUE", "BYTES", "Bytes queued per connection before the policy applies [default: 4MiB]";
     send_queue_policy: "TETHER_SEND_QUEUE_POLICY", "close|drop", "What to do when a send queue is full [default: close]";
-    recv_buffers: "TETHER_RECV_BUFFERS", "N", "Provided receive buffers per shard, a power of two <= 32768 [default: 2048]";
+    recv_buffers: "TETHER_RECV_BUFFERS", "N", "Provided receive buffers per shard, a power of two <= 32768; 0 = auto (2048, fewer each when there are more shards than cores) [default: 0]";
     recv_buffer_size: "TETHER_RECV_BUFFER_SIZE", "BYTES", "Size of each receive buffer [default: 4096]";
     ring_entries: "TETHER_RING_ENTRIES", "N", "Submission queue entries per ring [default: 4096]";
     slots_per_shard: "TETHER_SLOTS_PER_SHARD", "N", "Registered file slots per ring, 0 = RLIMIT_NOFILE [default: 0]";
@@ -416,9 +416,9 @@ pub fn parse_policy(s: &str) -> Result<SendQueuePolicy, String> {
 
 /// Provided buffers per shard: a power of two from 1 to 32768 (the kernel's buffer ring limit).
 pub fn parse_recv_buffers(s: &str) -> Result<u16, String> {
-    let n = parse_int(s, 1, 32768)?;
-    if !n.is_power_of_two() {
-        return Err("must be a power of two (1, 2, 4 ... 32768)".into());
+    let n = parse_int(s, 0, 32768)?;
+    if n != 0 && !n.is_power_of_two() {
+        return Err("must be a power of two (1, 2, 4 ... 32768), or 0 for auto".into());
     }
     Ok(n as u16)
 }
@@ -565,7 +565,7 @@ mod tests {
         assert_eq!(s.engine.ping_interval, Some(Duration::from_secs(20)));
         assert_eq!(s.engine.tcp_keepalive, Some(TcpKeepalive::default()));
         assert_eq!(s.engine.max_message_size, 16 << 20);
-        assert_eq!(s.engine.recv_buffers, 2048);
+        assert_eq!(s.engine.recv_buffers, 0);
         assert_eq!(s.drain_timeout, Duration::from_secs(10));
         assert_eq!(s.log, "info");
         assert!(!s.print_config);
@@ -730,6 +730,7 @@ mod tests {
         assert!(parse_int("-1", 0, 10).is_err());
         assert!(parse_int("11", 0, 10).is_err());
         assert_eq!(parse_recv_buffers("32768"), Ok(32768));
+        assert_eq!(parse_recv_buffers("0"), Ok(0));
         assert!(parse_recv_buffers("3000").is_err());
         assert!(parse_recv_buffers("65536").is_err());
         assert_eq!(parse_policy("Drop"), Ok(SendQueuePolicy::Drop));

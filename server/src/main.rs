@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         slots_per_shard = capacity.slots_per_shard,
         max_connections = capacity.max_connections,
         rlimit_nofile = capacity.rlimit_nofile,
+        recv_buffers_per_shard = capacity.recv_buffers,
         "listening"
     );
     {

@@ -159,7 +159,8 @@ fn clean_close_1000() {
     assert!(found, "no close line with code=1000 initiator=peer in the log:\n{}", server.log.tail(30));
     let line = close_lines(&server.log).into_iter().find(|l| log_field(l, "code") == Some("1000")).unwrap();
     assert_eq!(log_field(&line, "reason"), Some("bye"), "close line: {line}");
-    assert!(log_field(&line, "peer").is_some(), "close line lacks peer=: {line}");
+    let peer: Option<std::net::SocketAddr> = log_field(&line, "peer").and_then(|p| p.parse().ok());
+    assert!(peer.is_some_and(|p| p.ip().is_loopback()), "close line lacks the client's address as peer=: {line}");
     assert!(
         log_field(&line, "duration_ms").is_some_and(|d| d.parse::<u64>().is_ok()),
         "close line lacks a numeric duration_ms=: {line}"

@@ -290,13 +290,15 @@ impl Ring {
         self.push(e.user_data(Token::new(Op::PeerName, slot, generation).encode()));
     }
 
-    /// The peer address written by a completed [`Ring::peer_name`] (`len` = the completion's result).
-    pub fn read_peer_name(&self, slot: u32, len: i32) -> Option<SocketAddr> {
+    /// The address in the slot's buffer: the peer after a completed [`Ring::peer_name`] or an issued
+    /// [`Ring::connect`] (the shard keeps no copy: 32 bytes per connection). Call only when no operation that
+    /// writes the buffer is in flight; the family decides how much of it is read.
+    pub fn stored_addr(&self, slot: u32) -> Option<SocketAddr> {
         let buf = self.addrs.get(slot as usize)?;
-        // SAFETY: the getsockopt completed, so the kernel is done writing; the buffer was zero-initialised,
-        // so every byte is initialised whatever the kernel wrote.
+        // SAFETY: no operation writes the buffer now (the caller's contract); it was zero-initialised, so
+        // every byte is initialised whatever the kernel or `store_addr` wrote.
         let raw = unsafe { buf.assume_init_ref() };
-        sockaddr_to_std(raw, len as usize)
+        sockaddr_to_std(raw, std::mem::size_of::<libc::sockaddr_in6>())
     }
 
     fn sockopt_entry(
