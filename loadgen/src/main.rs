@@ -80,7 +80,7 @@ struct Common {
     #[arg(long)]
     reconnect: bool,
     /// Source addresses: a range (127.0.0.1-127.0.0.40) or a comma list. Default for loopback targets: enough
-    /// addresses from 127.0.0.1 up for 20,000 connections each.
+    /// addresses from 127.0.0.2 up for 12,000 connections each.
     #[arg(long)]
     source_ips: Option<String>,
     /// Shard threads (default: enough for the connections, at least one per CPU).
