@@ -7,8 +7,8 @@
 #
 # Defaults: 1000 connections, 1 message/s each, 64 B, 30 s, 1 server thread, all four servers,
 # results in target/compare/<timestamp>/. Per server it writes <name>.json (tether-load's report),
-# <name>.server.log, and a line in summary.md with what the load generator saw (messages/s echoed over the
-# hold, echo latency), the server's CPU seconds over the run (utime + stime from /proc) and echoed messages
+# <name>.server.log, and a line in summary.md with what the load generator saw (messages/s: echoed over ramp
+# + hold, echo latency), the server's CPU seconds over the run (utime + stime from /proc) and echoed messages
 # per server CPU-second, the server's RSS before the load, its peak RSS (VmHWM) and (peak - before) per
 # connection, and the load average at the start of the run. Node's ws is single-threaded: with --threads
 # above 1 it is skipped. Loopback only; every server is stopped before the next one starts, every process is
@@ -53,9 +53,12 @@ case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
 dur_s=$(awk -v h="$duration" 'BEGIN { n = h + 0; u = substr(h, length(h)); if (u == "m") n *= 60; print n }')
 port=19100
 server_pid=""
+spid=""
 cleanup() {
     if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
+        # The server itself, not its `timeout` wrapper (which would pass the signal to its whole group, and a
+        # second SIGTERM makes tetherd skip its drain); the wrapper ends with it.
+        kill "${spid:-$server_pid}" 2>/dev/null || true
         # tetherd drains for up to its --drain-timeout; do not wait longer than that.
         for _ in $(seq 150); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$server_pid" 2>/dev/null || true
@@ -122,7 +125,7 @@ for name in $servers; do
     cpu=$(awk -v a="$cpu_before" -v b="$(cpu_seconds "$spid")" 'BEGIN { printf "%.2f", b - a }')
     rss=$(peak_rss_mib "$spid")
     cleanup
-    server_pid=""
+    server_pid="" spid=""
     python3 - "$out/$name.json" "$name" "$rss" "$cpu" "$rss_before" "$connections" "$load" >> "$out/summary.md" <<'PY'
 import json, sys
 path, name, rss, cpu, before, n, load = sys.argv[1:]
@@ -136,7 +139,9 @@ except (OSError, ValueError):
     print(f"| {name} | (no report) | | | | | | | | | | {cpu} | {before} | {rss} | {per_conn} | {load} |")
     sys.exit()
 c, m = r["connections"], r["messages"]
-rate = m["echoed"] / r["duration_s"] if r["duration_s"] else 0
+# Messages flow from each connection's open to the end of the hold: average over ramp + hold.
+active = r["duration_s"] + r.get("ramp_s", 0)
+rate = m["echoed"] / active if active else 0
 per_cpu = f"{m['echoed'] / float(cpu):.0f}" if float(cpu) > 0 else "-"
 print(f"| {name} | {c['established']} | {c['failed']} | {m['sent']} | {m['echoed']} | {rate:.0f} | {per_cpu} | "
       f"{r['echo_us']['p50']} | {r['echo_us']['p99']} | {r['ping_rtt_us']['p99']} | {r['drops']['total']} | {cpu} | "
