@@ -266,7 +266,7 @@ fn bench_tokio_sleep(c: &mut Criterion, work: &Workload) {
     let reset_fired = || fired.lock().unwrap().clear();
 
     group(c, "schedule", n).bench_with_input(BenchmarkId::new(name, n), work, |b, work| {
-        b.iter_custom(|iters| timed(iters, || tokio::time::Instant::now(), |base| create_sleeps(work, &wakers, *base)))
+        b.iter_custom(|iters| timed(iters, tokio::time::Instant::now, |base| create_sleeps(work, &wakers, *base)))
     });
     group(c, "rearm", n).bench_with_input(BenchmarkId::new(name, n), work, |b, work| {
         b.iter_custom(|iters| {
