@@ -71,17 +71,22 @@ fn is_off(s: &str) -> bool {
     matches!(s.to_ascii_lowercase().as_str(), "off" | "none" | "false" | "disabled")
 }
 
-/// TCP_USER_TIMEOUT as people write it: a humantime duration in whole milliseconds up to u32::MAX, or
-/// `0`/`off` for the kernel default (`None`). Shared by tetherd and tether-load.
-pub fn parse_tcp_user_timeout(s: &str) -> Result<Option<Duration>, String> {
+/// A humantime duration where `0`, `0s` or `off` means disabled (`None`). Shared by tetherd and tether-load.
+pub fn parse_optional_duration(s: &str) -> Result<Option<Duration>, String> {
     if is_off(s) {
         return Ok(None);
     }
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("expected a duration such as 500ms, 1s or 20s, or off ({e})"))?;
-    if d.is_zero() {
+    Ok(if d.is_zero() { None } else { Some(d) })
+}
+
+/// TCP_USER_TIMEOUT as people write it: a humantime duration in whole milliseconds up to u32::MAX, or
+/// `0`/`off` for the kernel default (`None`). Shared by tetherd and tether-load.
+pub fn parse_tcp_user_timeout(s: &str) -> Result<Option<Duration>, String> {
+    let Some(d) = parse_optional_duration(s)? else {
         return Ok(None);
-    }
+    };
     if d < Duration::from_millis(1) {
         return Err("must be at least 1ms (or 0/off to disable)".into());
     }

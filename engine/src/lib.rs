@@ -12,8 +12,9 @@ mod shard;
 pub mod wheel;
 
 pub use engine::{
-    parse_tcp_keepalive, parse_tcp_user_timeout, plan_capacity, Capacity, Closed, Config, ConnId, ConnectError,
-    ConnectRequest, Ctx, Engine, EngineHandle, Handler, HttpResponse, Message, SendQueuePolicy, TcpKeepalive, Upgrade,
+    parse_optional_duration, parse_tcp_keepalive, parse_tcp_user_timeout, plan_capacity, Capacity, Closed, Config,
+    ConnId, ConnectError, ConnectRequest, Ctx, Engine, EngineHandle, Handler, HttpResponse, Message, SendQueuePolicy,
+    TcpKeepalive, Upgrade,
 };
 pub use metrics::{CloseReason, ShardMetrics, Stats};
 pub use proto::{CloseInfo, Initiator, MessageKind};

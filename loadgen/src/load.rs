@@ -424,9 +424,13 @@ impl Handler for LoadHandler {
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, _conn: ConnId, message: Message<'_>) {
         let bytes = message.as_bytes();
-        if bytes.len() >= PAYLOAD_HEADER && bytes[8..16] == FINAL_MAGIC.to_le_bytes() {
+        if bytes.len() < PAYLOAD_HEADER {
+            return;
+        }
+        let magic = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        if magic == FINAL_MAGIC {
             self.stats.final_echoed += 1;
-        } else if bytes.len() >= PAYLOAD_HEADER && bytes[8..16] == PAYLOAD_MAGIC.to_le_bytes() {
+        } else if magic == PAYLOAD_MAGIC {
             let sent = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
             let latency = self.shared.micros(ctx.now()).saturating_sub(sent);
             self.stats.echo_us.saturating_record(latency.max(1));

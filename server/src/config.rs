@@ -13,7 +13,9 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
-use tether::{parse_tcp_keepalive as parse_keepalive, parse_tcp_user_timeout as parse_user_timeout};
+use tether::{
+    parse_optional_duration, parse_tcp_keepalive as parse_keepalive, parse_tcp_user_timeout as parse_user_timeout,
+};
 use tether::{Config, SendQueuePolicy};
 
 /// Defaults that are tetherd's own (the engine's come from `tether::Config::default()`).
@@ -338,20 +340,6 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
-}
-
-fn is_off(s: &str) -> bool {
-    matches!(s.to_ascii_lowercase().as_str(), "off" | "none" | "false" | "disabled")
-}
-
-/// A duration where `0`, `0s` or `off` means disabled (`None`).
-pub fn parse_optional_duration(s: &str) -> Result<Option<Duration>, String> {
-    if is_off(s) {
-        return Ok(None);
-    }
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("expected a duration such as 500ms, 1s or 20s, or off ({e})"))?;
-    Ok(if d.is_zero() { None } else { Some(d) })
 }
 
 /// A byte count: `4096`, `16MiB`, `64KiB`, `1MB`, `2 GiB`, `16M` (K/M/G alone are binary, KB/MB/GB decimal).
