@@ -5,8 +5,11 @@ use tether::{Config, ConnId, Ctx, Engine, Handler, Message};
 struct Echo;
 
 impl Handler for Echo {
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, message: Message<'_>) {
-        ctx.send(conn, message);
+    type Conn = ();
+    type Notice = ();
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+        let _ = ctx.send(conn, message);
     }
 }
 

@@ -8,8 +8,11 @@ use tether::{Closed, Config, ConnId, ConnectError, ConnectRequest, Ctx, Engine, 
 
 struct Echo;
 impl Handler for Echo {
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, message: Message<'_>) {
-        ctx.send(conn, message);
+    type Conn = ();
+    type Notice = ();
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+        let _ = ctx.send(conn, message);
     }
 }
 
@@ -26,33 +29,36 @@ struct Client {
     tx: mpsc::Sender<Seen>,
 }
 impl Handler for Client {
-    fn on_connected(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, tag: u64) {
+    type Conn = ();
+    type Notice = ();
+
+    fn on_connected(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, tag: u64) {
         let _ = self.tx.send(Seen::Connected(tag));
-        ctx.send(conn, Message::Text(&format!("hello {tag}")));
-        ctx.ping(conn);
+        ctx.send(conn, Message::Text(&format!("hello {tag}"))).unwrap();
+        ctx.ping(conn).unwrap();
     }
-    fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_>, tag: u64, error: &ConnectError) {
+    fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_, Self>, tag: u64, error: &ConnectError) {
         let _ = self.tx.send(Seen::Failed(tag, error.clone()));
     }
-    fn on_message(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, message: Message<'_>) {
+    fn on_message(&mut self, _ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
         let _ = self.tx.send(Seen::Echo(conn, message.as_bytes().to_vec()));
     }
-    fn on_pong(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, rtt: Option<Duration>) {
+    fn on_pong(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, rtt: Option<Duration>) {
         if let Some(rtt) = rtt {
             let _ = self.tx.send(Seen::Rtt(rtt));
         }
     }
-    fn on_close(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, closed: &Closed) {
+    fn on_close(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, closed: &Closed) {
         let _ = self.tx.send(Seen::Closed(closed.info.code, closed.peer));
     }
 }
 
-fn server() -> Engine {
+fn server() -> Engine<Echo> {
     let config = Config { listen: Some("127.0.0.1:0".parse().unwrap()), shards: 2, ..Config::default() };
     Engine::start(config, |_| Echo).expect("server starts")
 }
 
-fn client(tx: mpsc::Sender<Seen>) -> Engine {
+fn client(tx: mpsc::Sender<Seen>) -> Engine<Client> {
     let config = Config { listen: None, shards: 2, ..Config::default() };
     Engine::start(config, move |_| Client { tx: tx.clone() }).expect("client starts")
 }
@@ -67,10 +73,12 @@ fn client_connects_echoes_pings_and_closes() {
     const N: u64 = 200;
     for tag in 0..N {
         let bind = Some(format!("127.0.0.{}:0", 2 + tag % 3).parse().unwrap());
-        handle.connect(
-            (tag % 2) as usize,
-            ConnectRequest { addr, bind, host: addr.to_string(), path: "/echo".into(), tag },
-        );
+        handle
+            .connect(
+                (tag % 2) as usize,
+                ConnectRequest { addr, bind, host: addr.to_string(), path: "/echo".into(), tag, not_before: None },
+            )
+            .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut connected, mut echoes, mut rtts) = (0, 0, 0);
@@ -97,7 +105,7 @@ fn client_connects_echoes_pings_and_closes() {
     assert_eq!((connected, echoes, rtts), (N, N, N));
     assert_eq!(server.handle().stats().websocket_open, N);
     for conn in &conns {
-        handle.close(*conn, 1000, "done");
+        handle.close(*conn, 1000, "done").unwrap();
     }
     let mut closed = 0;
     while closed < N && Instant::now() < deadline {
@@ -133,7 +141,18 @@ fn client_reports_refused_and_rejected_connections() {
     };
     client
         .handle()
-        .connect(0, ConnectRequest { addr: closed_port, bind: None, host: "x".into(), path: "/".into(), tag: 7 });
+        .connect(
+            0,
+            ConnectRequest {
+                addr: closed_port,
+                bind: None,
+                host: "x".into(),
+                path: "/".into(),
+                tag: 7,
+                not_before: None,
+            },
+        )
+        .unwrap();
     // A plain HTTP server that answers 403.
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let http_addr = http.local_addr().unwrap();
@@ -148,7 +167,18 @@ fn client_reports_refused_and_rejected_connections() {
     });
     client
         .handle()
-        .connect(1, ConnectRequest { addr: http_addr, bind: None, host: "x".into(), path: "/".into(), tag: 8 });
+        .connect(
+            1,
+            ConnectRequest {
+                addr: http_addr,
+                bind: None,
+                host: "x".into(),
+                path: "/".into(),
+                tag: 8,
+                not_before: None,
+            },
+        )
+        .unwrap();
     let mut failures = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while failures.len() < 2 && Instant::now() < deadline {

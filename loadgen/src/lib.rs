@@ -18,14 +18,20 @@ use tether::{Config, ConnId, Ctx, Engine, Handler, Message};
 pub struct EchoHandler;
 
 impl Handler for EchoHandler {
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, message: Message<'_>) {
-        ctx.send(conn, message);
+    type Conn = ();
+    type Notice = ();
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+        let _ = ctx.send(conn, message);
     }
 }
 
 /// Starts an in-process Tether echo server on 127.0.0.1 (port 0) sized for `connections`, pinging every
 /// `ping_interval`. Returns the engine and its address.
-pub fn start_echo_server(connections: usize, ping_interval: Option<Duration>) -> anyhow::Result<(Engine, SocketAddr)> {
+pub fn start_echo_server(
+    connections: usize,
+    ping_interval: Option<Duration>,
+) -> anyhow::Result<(Engine<EchoHandler>, SocketAddr)> {
     let config = Config {
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         max_connections: connections + connections / 8 + 256,

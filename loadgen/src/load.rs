@@ -1,23 +1,23 @@
 //! The load itself: a [`Handler`] per shard that owns its connections' state and measurements, and the driver
 //! that paces connects from the main thread, holds, closes, and gathers the shards' numbers.
 //!
-//! Hot path: every callback touches only shard-local state (a hash map entry and a histogram). The main thread
-//! reads the shards at most once a second by asking each one through [`EngineHandle::notify`]; the shard
-//! answers with a copy of its counters and histograms.
+//! Hot path: every callback touches only shard-local state (the connection's own state, kept by the engine in
+//! its slot, and a histogram). Message pacing uses the engine's per-connection timers and reconnect backoff
+//! its delayed connects, so the handler keeps no map of connections and no timer heap. The main thread reads
+//! the shards at most once a second by sending each one a [`Control::Snapshot`] notice; the shard answers
+//! with a copy of its counters and histograms.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
 use hdrhistogram::Histogram;
 use tether::{
-    Closed, Config, ConnId, ConnectError, ConnectRequest, Ctx, Engine, EngineHandle, Handler, Initiator, Message,
-    MessageKind,
+    CloseCause, Closed, Config, ConnId, ConnectError, ConnectRequest, Ctx, Engine, EngineHandle, Handler, Initiator,
+    Message, Notifier,
 };
 
 use crate::report::{self, new_histogram, Report, Summary};
@@ -111,14 +111,18 @@ pub struct Outcome {
 // ----- connect tags -----
 
 // A connect tag carries everything on_connected / on_connect_failed need: the logical connection's index, two
-// flags, and when the request was issued (µs since the run's epoch, wrapping), for the handshake latency.
+// flags, how many attempts in a row failed (the backoff), and when the request was issued (µs since the run's
+// epoch, wrapping), for the handshake latency.
 const TAG_INDEX_MASK: u64 = (1 << 28) - 1;
 /// Not the first attempt for this index.
 const TAG_RETRY: u64 = 1 << 28;
 /// This index has been open before: a success is a reconnect.
 const TAG_WAS_OPEN: u64 = 1 << 29;
-const TAG_TIME_SHIFT: u32 = 30;
-const TAG_TIME_MASK: u64 = (1 << 34) - 1;
+const TAG_ATTEMPT_SHIFT: u32 = 30;
+const TAG_ATTEMPT_MASK: u64 = 0xf;
+const TAG_TIME_SHIFT: u32 = 34;
+/// 30 bits of µs: wraps every ~18 minutes, far longer than any handshake.
+const TAG_TIME_MASK: u64 = (1 << 30) - 1;
 
 /// Marks our echo payloads: `[send time µs LE][MAGIC LE][padding]`.
 const PAYLOAD_MAGIC: u64 = 0x646c_7265_6874_6574; // "tetherld"
@@ -152,6 +156,7 @@ impl Shared {
         at.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
+    /// `flags` carries TAG_RETRY / TAG_WAS_OPEN and the attempt count.
     fn request(&self, index: u64, flags: u64, now: Instant) -> ConnectRequest {
         let bind = if self.source_ips.is_empty() {
             None
@@ -165,6 +170,7 @@ impl Shared {
             host: self.target.host.clone(),
             path: self.target.path.clone(),
             tag,
+            not_before: None,
         }
     }
 }
@@ -279,8 +285,8 @@ impl ShardStats {
     }
 }
 
-/// Messages from the driver to a shard's handler (through [`EngineHandle::notify`]).
-enum Control {
+/// Messages from the driver to a shard's handler (its typed notices).
+pub enum Control {
     /// Answer with a copy of the stats and the ping RTTs since the last snapshot.
     Snapshot(mpsc::Sender<(usize, Box<ShardStats>, Histogram<u64>)>),
     /// Close every connection with 1000 and stop reconnecting.
@@ -289,27 +295,30 @@ enum Control {
     FinalEcho,
 }
 
-struct Conn {
+/// A connection's own state, kept by the engine in its slot.
+#[derive(Default)]
+pub struct Conn {
+    /// The logical connection (stable across reconnects).
     index: u32,
+    /// Where this connection sits in the handler's `open` list.
+    pos: u32,
     last_server_ping: Option<Instant>,
     /// We started its close: its end is not a drop.
     closing: bool,
+    /// When its current echo message was due (the cadence is kept from due times, not firing times).
+    message_due: Option<Instant>,
 }
 
 /// The load generator's handler: one per shard.
 pub struct LoadHandler {
     shard: usize,
     shared: Arc<Shared>,
-    conns: HashMap<ConnId, Conn>,
+    /// This shard's open connections, for the driver's final echo and close-all. Each connection's state
+    /// (including its position here) lives in its slot, so removal is O(1) and there is no map.
+    open: Vec<ConnId>,
     stats: ShardStats,
     /// Ping RTTs since the last snapshot (the progress line's p99 and the plot).
     recent_ping_us: Histogram<u64>,
-    /// Next message due per connection (stale entries of closed connections are skipped).
-    messages: BinaryHeap<Reverse<(Instant, ConnId)>>,
-    /// Reconnects due: (when, index, tag flags).
-    retries: BinaryHeap<Reverse<(Instant, u32, u64)>>,
-    /// Consecutive failures per index, for the backoff; cleared when the index connects.
-    attempts: HashMap<u32, u32>,
     /// The final echo went out: no more echo traffic, also on connections that open later.
     traffic_done: bool,
     closing: bool,
@@ -317,8 +326,6 @@ pub struct LoadHandler {
 }
 
 const MAX_ERROR_KINDS: usize = 32;
-/// Messages sent per tick at most, so a late shard catches up without stalling its loop.
-const MAX_MESSAGES_PER_TICK: usize = 50_000;
 
 impl LoadHandler {
     fn new(shard: usize, shared: Arc<Shared>) -> LoadHandler {
@@ -326,12 +333,9 @@ impl LoadHandler {
         LoadHandler {
             shard,
             shared,
-            conns: HashMap::new(),
+            open: Vec::new(),
             stats: ShardStats::default(),
             recent_ping_us: new_histogram(),
-            messages: BinaryHeap::new(),
-            retries: BinaryHeap::new(),
-            attempts: HashMap::new(),
             traffic_done: false,
             closing: false,
             rng: seed | 1,
@@ -348,16 +352,40 @@ impl LoadHandler {
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Reconnect `index` after an exponential backoff (1 s, 2 s, 4s ... 30 s, ±20 % jitter).
-    fn schedule_retry(&mut self, index: u32, flags: u64, now: Instant) {
+    /// Reconnect `index` after an exponential backoff (1 s, 2 s, 4s ... 30 s, ±20 % jitter): a connect the
+    /// engine holds in its wheel until then. `attempt` counts the failures in a row before this one.
+    fn schedule_retry(&mut self, ctx: &mut Ctx<'_, Self>, index: u32, was_open: u64, attempt: u64) {
         if !self.shared.reconnect || self.closing {
             return;
         }
-        let attempt = self.attempts.entry(index).or_insert(0);
-        let base = Duration::from_secs(1u64 << (*attempt).min(5)).min(Duration::from_secs(30));
-        *attempt += 1;
+        let base = Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30));
         let delay = base.mul_f64(0.8 + 0.4 * self.random()).min(Duration::from_secs(30));
-        self.retries.push(Reverse((now + delay, index, flags | TAG_RETRY)));
+        let at = ctx.now() + delay;
+        let next = (attempt + 1).min(TAG_ATTEMPT_MASK) << TAG_ATTEMPT_SHIFT;
+        let mut request = self.shared.request(index as u64, was_open | TAG_RETRY | next, at);
+        request.not_before = Some(at);
+        ctx.connect(request);
+    }
+
+    fn forget_open(&mut self, ctx: &mut Ctx<'_, Self>, pos: u32) {
+        let pos = pos as usize;
+        if pos >= self.open.len() {
+            return;
+        }
+        self.open.swap_remove(pos);
+        if let Some(&moved) = self.open.get(pos) {
+            if let Some(c) = ctx.state(moved) {
+                c.pos = pos as u32;
+            }
+        }
+    }
+
+    /// The next echo message on `conn` is due at `at`: the engine's timer for the connection fires then.
+    fn arm_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, at: Instant) {
+        if let Some(c) = ctx.state(conn) {
+            c.message_due = Some(at);
+        }
+        ctx.set_timer(conn, at);
     }
 
     fn phase_drop(&mut self) {
@@ -367,17 +395,20 @@ impl LoadHandler {
         }
     }
 
-    fn send_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, magic: u64) {
+    fn send_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, magic: u64) -> bool {
         let size = self.shared.message_size.max(PAYLOAD_HEADER);
         let mut payload = vec![0u8; size];
         payload[..8].copy_from_slice(&self.shared.micros(Instant::now()).to_le_bytes());
         payload[8..16].copy_from_slice(&magic.to_le_bytes());
-        ctx.send_owned(conn, MessageKind::Binary, payload);
+        ctx.send(conn, Message::Binary(&payload)).is_ok()
     }
 }
 
 impl Handler for LoadHandler {
-    fn on_connected(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, tag: u64) {
+    type Conn = Conn;
+    type Notice = Control;
+
+    fn on_connected(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, tag: u64) {
         let now = ctx.now();
         let issued = (tag >> TAG_TIME_SHIFT) & TAG_TIME_MASK;
         let latency = self.shared.micros(now).wrapping_sub(issued) & TAG_TIME_MASK;
@@ -392,21 +423,22 @@ impl Handler for LoadHandler {
         if tag & TAG_RETRY == 0 {
             self.shared.first_resolved.fetch_add(1, Relaxed);
         }
-        if self.shared.reconnect {
-            self.attempts.remove(&index);
-        }
         let closing = self.closing;
-        self.conns.insert(conn, Conn { index, last_server_ping: None, closing });
+        let pos = self.open.len() as u32;
+        if let Some(c) = ctx.state(conn) {
+            *c = Conn { index, pos, last_server_ping: None, closing, message_due: None };
+        }
+        self.open.push(conn);
         if closing {
             ctx.close(conn, 1000, "load test done");
         } else if let Some(interval) = self.shared.message_interval.filter(|_| !self.traffic_done) {
             // Spread the first message over one interval so connections do not send in lockstep.
             let first = now + interval.mul_f64(self.random());
-            self.messages.push(Reverse((first, conn)));
+            self.arm_message(ctx, conn, first);
         }
     }
 
-    fn on_connect_failed(&mut self, ctx: &mut Ctx<'_>, tag: u64, error: &ConnectError) {
+    fn on_connect_failed(&mut self, ctx: &mut Ctx<'_, Self>, tag: u64, error: &ConnectError) {
         let _ = self.shared.first_error.set(describe_connect_error(&self.shared.target.url, error));
         if tag & TAG_RETRY == 0 {
             self.stats.failed += 1;
@@ -419,10 +451,11 @@ impl Handler for LoadHandler {
             *self.stats.errors.entry(text).or_default() += 1;
         }
         let index = (tag & TAG_INDEX_MASK) as u32;
-        self.schedule_retry(index, tag & TAG_WAS_OPEN, ctx.now());
+        let attempt = (tag >> TAG_ATTEMPT_SHIFT) & TAG_ATTEMPT_MASK;
+        self.schedule_retry(ctx, index, tag & TAG_WAS_OPEN, attempt);
     }
 
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, _conn: ConnId, message: Message<'_>) {
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, _conn: ConnId, message: Message<'_>) {
         let bytes = message.as_bytes();
         if bytes.len() < PAYLOAD_HEADER {
             return;
@@ -438,10 +471,26 @@ impl Handler for LoadHandler {
         }
     }
 
-    fn on_ping(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, _payload: &[u8]) {
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+        let Some(interval) = self.shared.message_interval else { return };
+        if self.traffic_done || ctx.state(conn).is_none_or(|c| c.closing) {
+            return;
+        }
+        if self.send_message(ctx, conn, PAYLOAD_MAGIC) {
+            self.stats.messages_sent += 1;
+        }
+        // A fixed cadence from the due times (the wheel fires up to one tick late), unless a whole interval
+        // behind: then start afresh rather than send a burst.
+        let now = ctx.now();
+        let due = ctx.state(conn).and_then(|c| c.message_due).unwrap_or(now);
+        let next = if now.saturating_duration_since(due) < interval { due + interval } else { now + interval };
+        self.arm_message(ctx, conn, next);
+    }
+
+    fn on_ping(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, _payload: &[u8]) {
         self.stats.server_pings += 1;
         let now = ctx.now();
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = ctx.state(conn) {
             if let Some(prev) = c.last_server_ping.replace(now) {
                 let ms = now.saturating_duration_since(prev).as_millis() as u64;
                 self.stats.server_ping_interval_ms.saturating_record(ms.max(1));
@@ -449,7 +498,7 @@ impl Handler for LoadHandler {
         }
     }
 
-    fn on_pong(&mut self, _ctx: &mut Ctx<'_>, _conn: ConnId, rtt: Option<Duration>) {
+    fn on_pong(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, rtt: Option<Duration>) {
         match rtt {
             Some(rtt) => {
                 let us = (rtt.as_micros() as u64).max(1);
@@ -461,12 +510,12 @@ impl Handler for LoadHandler {
         }
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, closed: &Closed) {
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, closed: &Closed) {
+        let Some(c) = ctx.state(conn) else { return };
+        let (index, pos, closing) = (c.index, c.pos, c.closing);
+        self.forget_open(ctx, pos);
         let info = &closed.info;
-        if c.closing {
+        if closing {
             if info.code == 1000 && info.initiator != Initiator::Abnormal {
                 self.stats.closed_clean += 1;
             } else {
@@ -481,45 +530,15 @@ impl Handler for LoadHandler {
             (_, code) => code,
         };
         *self.stats.drops_by_code.entry(code).or_default() += 1;
-        if info.initiator == Initiator::Local && info.reason == "pong timeout" {
+        if info.cause == CloseCause::PongTimeout {
             self.stats.pong_timeouts += 1;
         }
         self.phase_drop();
-        self.schedule_retry(c.index, TAG_WAS_OPEN, ctx.now());
+        self.schedule_retry(ctx, index, TAG_WAS_OPEN, 0);
     }
 
-    fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
-        let now = ctx.now();
-        while let Some(Reverse((due, index, flags))) = self.retries.peek().copied() {
-            if due > now {
-                break;
-            }
-            self.retries.pop();
-            ctx.connect(self.shared.request(index as u64, flags, Instant::now()));
-        }
-        let Some(interval) = self.shared.message_interval else {
-            return;
-        };
-        let mut sent = 0;
-        while let Some(Reverse((due, conn))) = self.messages.peek().copied() {
-            if due > now || sent >= MAX_MESSAGES_PER_TICK {
-                break;
-            }
-            self.messages.pop();
-            if self.conns.get(&conn).is_some_and(|c| !c.closing) {
-                self.send_message(ctx, conn, PAYLOAD_MAGIC);
-                self.stats.messages_sent += 1;
-                sent += 1;
-                self.messages.push(Reverse((due + interval, conn)));
-            }
-        }
-    }
-
-    fn on_notify(&mut self, ctx: &mut Ctx<'_>, message: Box<dyn std::any::Any + Send>) {
-        let Ok(control) = message.downcast::<Control>() else {
-            return;
-        };
-        match *control {
+    fn on_notice(&mut self, ctx: &mut Ctx<'_, Self>, control: Control) {
+        match control {
             Control::Snapshot(reply) => {
                 let mut recent = self.recent_ping_us.clone();
                 std::mem::swap(&mut recent, &mut self.recent_ping_us);
@@ -529,21 +548,24 @@ impl Handler for LoadHandler {
             Control::FinalEcho => {
                 // The echo traffic ends here, so that every message sent before the final one is echoed
                 // before it (each connection's messages stay in order) and the counts can be compared.
-                self.messages.clear();
                 self.traffic_done = true;
-                let open: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(id, _)| *id).collect();
-                for conn in open {
-                    self.send_message(ctx, conn, FINAL_MAGIC);
-                    self.stats.final_sent += 1;
+                for i in 0..self.open.len() {
+                    let conn = self.open[i];
+                    ctx.cancel_timer(conn);
+                    if ctx.state(conn).is_some_and(|c| !c.closing) && self.send_message(ctx, conn, FINAL_MAGIC) {
+                        self.stats.final_sent += 1;
+                    }
                 }
             }
             Control::CloseAll => {
                 self.closing = true;
-                self.retries.clear();
-                self.messages.clear();
-                for (id, c) in self.conns.iter_mut() {
-                    c.closing = true;
-                    ctx.close(*id, 1000, "load test done");
+                for i in 0..self.open.len() {
+                    let conn = self.open[i];
+                    if let Some(c) = ctx.state(conn) {
+                        c.closing = true;
+                    }
+                    ctx.cancel_timer(conn);
+                    ctx.close(conn, 1000, "load test done");
                 }
             }
         }
@@ -556,6 +578,7 @@ impl Handler for LoadHandler {
 /// records the per-second samples.
 struct Monitor {
     handle: EngineHandle,
+    notifier: Notifier<Control>,
     epoch: Instant,
     target_connections: u64,
     last_poll: Instant,
@@ -580,7 +603,13 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const SECOND: Duration = Duration::from_secs(1);
 
 impl Monitor {
-    fn new(handle: EngineHandle, epoch: Instant, target: u64, mode: ProgressMode) -> Monitor {
+    fn new(
+        handle: EngineHandle,
+        notifier: Notifier<Control>,
+        epoch: Instant,
+        target: u64,
+        mode: ProgressMode,
+    ) -> Monitor {
         use std::io::IsTerminal;
         let progress = match mode {
             ProgressMode::Off => Progress::Off,
@@ -601,6 +630,7 @@ impl Monitor {
         let shards = handle.shards();
         Monitor {
             handle,
+            notifier,
             epoch,
             target_connections: target,
             last_poll: epoch,
@@ -643,7 +673,7 @@ impl Monitor {
         let (tx, rx) = mpsc::channel();
         let shards = self.handle.shards();
         for shard in 0..shards {
-            self.handle.notify(shard, Box::new(Control::Snapshot(tx.clone())));
+            notify(&self.notifier, shard, Control::Snapshot(tx.clone()));
         }
         drop(tx);
         let deadline = Instant::now() + wait;
@@ -734,7 +764,8 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         handshake_timeout: cfg.handshake_timeout,
         tcp_keepalive: cfg.tcp_keepalive,
         tcp_user_timeout: cfg.tcp_user_timeout,
-        handler_tick: Some(Duration::from_millis(10)),
+        // Echo messages are paced by the wheel: a fine tick keeps their cadence.
+        tick: Duration::from_millis(10),
         ..Config::default()
     };
     let engine = {
@@ -743,12 +774,16 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?
     };
     let handle = engine.handle();
+    let notifier = engine.notifier();
     let shards = handle.shards();
     let mut issued = 0usize;
+    // A full inbox refuses the connect: the rest of this round waits for the next one.
     let issue = |count: usize, issued: &mut usize| {
         for _ in 0..count {
             let index = *issued;
-            handle.connect(index % shards, shared.request(index as u64, 0, Instant::now()));
+            if handle.connect(index % shards, shared.request(index as u64, 0, Instant::now())).is_err() {
+                break;
+            }
             *issued += 1;
         }
     };
@@ -771,7 +806,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         anyhow::bail!(why);
     }
 
-    let mut monitor = Monitor::new(handle.clone(), epoch, n as u64, cfg.progress);
+    let mut monitor = Monitor::new(handle.clone(), notifier.clone(), epoch, n as u64, cfg.progress);
     // Ramp: pace the rest; the clock started with the probe.
     let mut interrupted = false;
     while issued < n {
@@ -813,7 +848,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     if cfg.final_echo && !interrupted {
         monitor.phase = "final echo";
         for shard in 0..shards {
-            handle.notify(shard, Box::new(Control::FinalEcho));
+            notify(&notifier, shard, Control::FinalEcho);
         }
         // Wait for every echo (or the deadline); the snapshot answers come after the FinalEcho notices.
         let deadline = Instant::now() + cfg.close_wait;
@@ -832,7 +867,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     monitor.poll();
     let connection_seconds = monitor.connection_seconds;
     for shard in 0..shards {
-        handle.notify(shard, Box::new(Control::CloseAll));
+        notify(&notifier, shard, Control::CloseAll);
     }
     let close_deadline = Instant::now() + cfg.close_wait;
     let mut left_open = handle.stats().open;
@@ -867,9 +902,25 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     Ok(Outcome { report, samples: std::mem::take(&mut monitor.samples), ping_rtt: total.ping_rtt_us })
 }
 
+/// Sends a control notice, retrying for up to a second while the shard's queue is full.
+fn notify(notifier: &Notifier<Control>, shard: usize, control: Control) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut control = Some(control);
+    while let Some(c) = control.take() {
+        match notifier.notify_or_return(shard, c) {
+            Ok(()) => return,
+            Err(back) if Instant::now() < deadline => {
+                control = Some(back);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => tracing::warn!(shard, "control notice dropped: the shard's queue stayed full"),
+        }
+    }
+}
+
 /// Waits for the engine's threads, at most `limit`: a wedged shard must not hang the report (its threads end
 /// with the process).
-pub fn wait_bounded(engine: Engine, limit: Duration) {
+pub fn wait_bounded<H: Handler>(engine: Engine<H>, limit: Duration) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         engine.wait();

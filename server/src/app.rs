@@ -1,35 +1,26 @@
 //! The default application: echo every message back, answer `GET /healthz` and `GET /metrics`.
 
-use std::sync::{Arc, OnceLock};
-
-use tether::proto::handshake::HttpRequest;
-use tether::{ConnId, Ctx, EngineHandle, Handler, HttpResponse, Message};
+use tether::{ConnId, Ctx, Handler, HttpRequest, HttpResponse, Message};
 
 use crate::metrics;
 
-/// One per shard. The engine handle only exists once `Engine::start` has returned, after the handlers were
-/// made, so it reaches them through a cell that `main` fills right after the start.
-pub struct App {
-    shard: usize,
-    handle: Arc<OnceLock<EngineHandle>>,
-}
-
-impl App {
-    pub fn new(shard: usize, handle: Arc<OnceLock<EngineHandle>>) -> App {
-        App { shard, handle }
-    }
-}
+/// One per shard; the engine reaches it through the `Ctx` of each callback (the handle for `/metrics`).
+pub struct App;
 
 impl Handler for App {
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, message: Message<'_>) {
-        ctx.send(conn, message);
+    type Conn = ();
+    type Notice = ();
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+        // A refusal (the send-queue policy) is counted and acted on by the engine.
+        let _ = ctx.send(conn, message);
     }
 
-    fn on_http(&mut self, request: &HttpRequest) -> HttpResponse {
-        let handle = self.handle.get();
+    fn on_http(&mut self, ctx: &mut Ctx<'_, Self>, request: &HttpRequest) -> HttpResponse {
+        let handle = ctx.handle();
         let response =
-            route(&request.method, &request.path, || handle.map(|h| metrics::render(&h.stats(), &h.shard_stats())));
-        tracing::debug!(shard = self.shard, method = %request.method, path = %request.path, status = response.status, "http");
+            route(&request.method, &request.path, || Some(metrics::render(&handle.stats(), &handle.shard_stats())));
+        tracing::debug!(shard = ctx.shard(), method = %request.method, path = %request.path, status = response.status, "http");
         response
     }
 }

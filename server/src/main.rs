@@ -7,7 +7,6 @@ mod metrics;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -54,8 +53,7 @@ fn main() -> ExitCode {
         }
     };
 
-    let handle_cell = Arc::new(OnceLock::new());
-    let engine = match Engine::start(settings.engine.clone(), |shard| App::new(shard, handle_cell.clone())) {
+    let engine = match Engine::start(settings.engine.clone(), |_shard| App) {
         Ok(engine) => engine,
         Err(e) => {
             let listen = settings.engine.listen.map_or_else(String::new, |a| a.to_string());
@@ -65,7 +63,6 @@ fn main() -> ExitCode {
         }
     };
     let handle = engine.handle();
-    let _ = handle_cell.set(handle.clone());
 
     let addr = engine.local_addr().or(settings.engine.listen);
     let addr_text = addr.map_or_else(|| "-".to_string(), |a| a.to_string());

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tether::metrics::Stats;
+use tether::metrics::{Kind, Stats, COUNTERS};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -63,29 +63,18 @@ fn per_shard_gauge(
     registry.register(name, help, family);
 }
 
-/// Renders every counter and gauge per shard and in total (prefix `tether_`), ending with `# EOF`.
+/// Renders every counter and gauge per shard and in total (prefix `tether_`), ending with `# EOF`. The list
+/// comes from the engine (`tether::metrics::COUNTERS`): a counter added there shows up here.
 pub fn render(total: &Stats, shards: &[Stats]) -> String {
     let mut r = Registry::with_prefix("tether");
     let reg = &mut r;
-
-    per_shard_gauge(
-        reg,
-        "connections_open",
-        "Connections holding a slot (handshaking, open or closing), per shard and shard=\"total\"",
-        total,
-        shards,
-        |s| s.open,
-    );
-    per_shard_gauge(
-        reg,
-        "websockets_open",
-        "Connections past the WebSocket upgrade and not yet closed, per shard and shard=\"total\"",
-        total,
-        shards,
-        |s| s.websocket_open,
-    );
-    counter(reg, "accepted", "Connections accepted", total, shards, |s| s.accepted);
-    counter(reg, "closed", "Connections closed, for any reason", total, shards, |s| s.closed);
+    for info in COUNTERS {
+        let help = format!("{}, per shard and shard=\"total\"", info.help);
+        match info.kind {
+            Kind::Gauge => per_shard_gauge(reg, info.name, &help, total, shards, info.get),
+            Kind::Counter => counter(reg, info.name, &help, total, shards, info.get),
+        }
+    }
     counter_family(
         reg,
         "closed_by_code",
@@ -98,47 +87,6 @@ pub fn render(total: &Stats, shards: &[Stats]) -> String {
     counter_family(reg, "closed_by_reason", "Connections closed, by why they ended", "reason", total, shards, |s| {
         s.closed_by_reason.iter().map(|(reason, n)| (reason.as_str().to_string(), *n)).collect()
     });
-    counter(reg, "pings_sent", "Ping frames sent by the server", total, shards, |s| s.pings_sent);
-    counter(reg, "pongs_received", "Pong frames received", total, shards, |s| s.pongs_received);
-    counter(reg, "pings_received", "Ping frames received from peers", total, shards, |s| s.pings_received);
-    counter(reg, "pong_timeouts", "Connections closed because no frame came within pong_timeout", total, shards, |s| {
-        s.pong_timeouts
-    });
-    counter(
-        reg,
-        "handshake_timeouts",
-        "Connections closed because the upgrade did not finish within handshake_timeout",
-        total,
-        shards,
-        |s| s.handshake_timeouts,
-    );
-    counter(reg, "rejected_capacity", "Connections refused with 503 at max_connections", total, shards, |s| {
-        s.rejected_capacity
-    });
-    counter(
-        reg,
-        "accept_table_full",
-        "Accepts refused by the kernel because the registered file table was full",
-        total,
-        shards,
-        |s| s.accept_table_full,
-    );
-    counter(reg, "messages_in", "Messages received", total, shards, |s| s.messages_in);
-    counter(reg, "messages_out", "Messages sent", total, shards, |s| s.messages_out);
-    counter(reg, "bytes_in", "Bytes received", total, shards, |s| s.bytes_in);
-    counter(reg, "bytes_out", "Bytes sent", total, shards, |s| s.bytes_out);
-    counter(reg, "send_dropped", "Messages dropped because a send queue was full (policy drop)", total, shards, |s| {
-        s.send_dropped
-    });
-    counter(
-        reg,
-        "recv_buffer_exhausted",
-        "Times the provided receive buffers ran out and a receive had to be re-armed",
-        total,
-        shards,
-        |s| s.recv_buffer_exhausted,
-    );
-
     let mut out = String::with_capacity(4096);
     encode(&mut out, &r).expect("writing to a String cannot fail");
     out
@@ -147,7 +95,7 @@ pub fn render(total: &Stats, shards: &[Stats]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tether::metrics::CloseReason;
+    use tether::metrics::CloseCause as CloseReason;
 
     fn sample() -> (Stats, Vec<Stats>) {
         let a = Stats {

@@ -4,6 +4,13 @@
 //! module appends to `out` to the socket. Modelled on quinn-proto: `poll_event` drains input into
 //! events, `poll_timeout` / `handle_timeout` drive keepalive and the close deadline.
 //!
+//! A connection is two halves. The [`Reader`] holds what receiving needs (a frame split across
+//! inputs, a fragmented message being reassembled); the [`Writer`] holds the connection's state
+//! (open, closing, closed), keepalive bookkeeping and the client-role mask generator. An event
+//! borrows only the reader (and the input), so while the application handles a message the
+//! writer is free: a reply goes through [`Writer::send_message`] on the one write path, checked
+//! against the state (nothing is written after our Close).
+//!
 //! Memory: an idle connection owns no heap memory. The `partial` buffer holds only the tail of
 //! a frame split across inputs and the `message` buffer only a fragmented message being
 //! reassembled; both are replaced by `Vec::new()` as soon as their content has been consumed
@@ -11,6 +18,7 @@
 
 use std::time::{Duration, Instant};
 
+pub use super::close::{CloseCause, CloseInfo, Initiator};
 use super::frame::{
     parse_header, write_close, write_frame, FrameHeader, ProtocolError, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE,
     OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
@@ -22,7 +30,7 @@ pub enum Role {
     Client,
 }
 
-/// Shared by every connection of a shard; passed by reference, never copied into a connection.
+/// Shared by every connection of a profile; passed by reference, never copied into a connection.
 #[derive(Clone, Debug)]
 pub struct ProtoConfig {
     /// A frame or reassembled message larger than this -> close 1009.
@@ -47,33 +55,19 @@ impl Default for ProtoConfig {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Initiator {
-    Local,
-    Peer,
-    Abnormal,
-}
-
-impl Initiator {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Initiator::Local => "local",
-            Initiator::Peer => "peer",
-            Initiator::Abnormal => "abnormal",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct CloseInfo {
-    pub code: u16,
-    pub reason: String,
-    pub initiator: Initiator,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MessageKind {
     Text,
     Binary,
+}
+
+impl MessageKind {
+    /// The data frame opcode.
+    pub fn opcode(self) -> u8 {
+        match self {
+            MessageKind::Text => OP_TEXT,
+            MessageKind::Binary => OP_BINARY,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -133,6 +127,7 @@ enum State {
     /// We sent Close(code, reason); waiting for the peer's Close until `deadline`.
     CloseSent {
         code: u16,
+        cause: CloseCause,
         reason: Box<str>,
         deadline: Instant,
     },
@@ -156,20 +151,40 @@ enum Action {
     Closed(CloseInfo),
 }
 
+/// Both halves together, for callers that need no split (tests, simple drivers).
 pub struct Connection {
+    pub reader: Reader,
+    pub writer: Writer,
+}
+
+/// The receiving half: what a frame or message in progress needs. `Default` is the empty reader of a
+/// new connection (the shard moves it out of the slot while an event borrows it).
+#[derive(Default)]
+pub struct Reader {
     /// The start of a frame that did not fit the previous input (at most one frame, bounded by
     /// max_message_size + 14). Empty whenever frames end on input boundaries.
     partial: Vec<u8>,
     /// The last event borrowed `partial`; free it on the next call.
     release_partial: bool,
-    core: Core,
+    rx: Rx,
 }
 
-/// Everything but `partial`, so a frame payload borrowed from `partial` can be handed to the
-/// state machine.
-struct Core {
+/// The reader's state apart from `partial`, so a frame payload borrowed from `partial` can be handed to
+/// the state machine.
+#[derive(Default)]
+struct Rx {
     /// A fragmented message being reassembled; empty otherwise.
     message: Vec<u8>,
+    /// Prefix of `message` known to be valid UTF-8 (a Text message in progress).
+    utf8_valid_to: u32,
+    /// Kind of the fragmented message in progress.
+    fragment: Option<MessageKind>,
+    /// The last event borrowed `message`; free it on the next call.
+    release_message: bool,
+}
+
+/// The sending half and the connection's state: every byte written to the peer goes through it.
+pub struct Writer {
     state: State,
     /// When the last ping was sent (the connection's start before the first one): the next
     /// keepalive ping is due at `last_ping_at + ping_interval`.
@@ -183,15 +198,9 @@ struct Core {
     ping_counter: u64,
     /// xorshift64 state for client-role mask keys.
     rng: u64,
-    /// Prefix of `message` known to be valid UTF-8 (a Text message in progress).
-    utf8_valid_to: u32,
     role: Role,
-    /// Kind of the fragmented message in progress.
-    fragment: Option<MessageKind>,
     /// The outstanding ping (`ping_counter`) has not been answered yet: its pong yields an rtt.
     rtt_pending: bool,
-    /// The last event borrowed `message`; free it on the next call.
-    release_message: bool,
 }
 
 fn valid_close_code(code: u16) -> bool {
@@ -204,36 +213,77 @@ fn after(t: Instant, d: Duration) -> Option<Instant> {
 
 impl Connection {
     /// Open state; `seed` feeds the xorshift used for client-role mask keys; the first ping is
-    /// due at now + ping_interval.
+    /// due at `first_ping` after `now` (ping_interval when `None`).
     pub fn new(role: Role, now: Instant, _cfg: &ProtoConfig, seed: u64) -> Self {
-        Connection {
-            partial: Vec::new(),
-            release_partial: false,
-            core: Core {
-                message: Vec::new(),
-                state: State::Open,
-                last_ping_at: now,
-                ping_sent_at: now,
-                pong_wait_since: None,
-                ping_counter: 0,
-                rng: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
-                utf8_valid_to: 0,
-                role,
-                fragment: None,
-                rtt_pending: false,
-                release_message: false,
-            },
-        }
+        Connection { reader: Reader::default(), writer: Writer::new(role, now, seed) }
     }
 
     pub fn role(&self) -> Role {
-        self.core.role
+        self.writer.role
     }
 
-    /// Consume bytes from `input` and return the next event, or None when input is exhausted.
-    /// Call in a loop until None. Control replies are appended to `out`.
+    /// See [`Reader::poll_event`].
     pub fn poll_event<'a>(
         &'a mut self,
+        input: &'a mut Input<'_>,
+        out: &mut Vec<u8>,
+        now: Instant,
+        cfg: &ProtoConfig,
+    ) -> Option<Event<'a>> {
+        self.reader.poll_event(&mut self.writer, input, out, now, cfg)
+    }
+
+    pub fn send_message(&mut self, out: &mut Vec<u8>, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
+        self.writer.send_message(out, kind, payload)
+    }
+
+    pub fn send_ping(&mut self, out: &mut Vec<u8>, now: Instant) -> Result<(), SendError> {
+        self.writer.send_ping(out, now)
+    }
+
+    pub fn close(&mut self, out: &mut Vec<u8>, code: u16, reason: &str, now: Instant, cfg: &ProtoConfig) {
+        self.writer.close(out, code, reason, CloseCause::LocalClose, now, cfg);
+        self.reader.on_local_close();
+    }
+
+    pub fn poll_timeout(&self, cfg: &ProtoConfig) -> Option<Instant> {
+        self.writer.poll_timeout(cfg)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>, cfg: &ProtoConfig) -> Option<Event<'static>> {
+        let event = self.writer.handle_timeout(now, out, cfg);
+        if matches!(event, Some(Event::Closed(_))) {
+            self.reader.clear();
+        }
+        event
+    }
+
+    pub fn handle_eof(&mut self, reason: &str) -> Option<CloseInfo> {
+        let info = self.writer.handle_eof(reason);
+        self.reader.clear();
+        info
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.writer.is_closed()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.writer.is_open()
+    }
+
+    /// Heap bytes held by this connection's buffers (0 when idle).
+    pub fn buffered_capacity(&self) -> usize {
+        self.reader.buffered_capacity()
+    }
+}
+
+impl Reader {
+    /// Consume bytes from `input` and return the next event, or None when input is exhausted.
+    /// Call in a loop until None. Control replies are appended to `out` through `writer`.
+    pub fn poll_event<'a>(
+        &'a mut self,
+        writer: &mut Writer,
         input: &'a mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -244,18 +294,18 @@ impl Connection {
                 self.partial = Vec::new();
                 self.release_partial = false;
             }
-            if self.core.release_message {
-                self.core.message = Vec::new();
-                self.core.release_message = false;
+            if self.rx.release_message {
+                self.rx.message = Vec::new();
+                self.rx.release_message = false;
             }
-            if matches!(self.core.state, State::Closed) {
+            if matches!(writer.state, State::Closed) {
                 input.pos = input.data.len();
                 return None;
             }
             let action = if self.partial.is_empty() {
-                self.step_input(input, out, now, cfg)?
+                self.step_input(writer, input, out, now, cfg)?
             } else {
-                self.step_partial(input, out, now, cfg)?
+                self.step_partial(writer, input, out, now, cfg)?
             };
             if matches!(action, Action::Closed(_)) {
                 self.release_partial = true;
@@ -273,7 +323,7 @@ impl Connection {
             match src {
                 Src::Input(s, e) => &input.data[s..e],
                 Src::Partial(s, e) => &self.partial[s..e],
-                Src::Message => &self.core.message,
+                Src::Message => &self.rx.message,
             }
         };
         match action {
@@ -289,6 +339,7 @@ impl Connection {
     /// Next frame from the input itself (no partial frame pending). None: input exhausted.
     fn step_input(
         &mut self,
+        w: &mut Writer,
         input: &mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -296,8 +347,9 @@ impl Connection {
     ) -> Option<Action> {
         let start = input.pos;
         let buf = input.data.get_mut(start..).filter(|b| !b.is_empty())?;
+        let mut sm = Machine { rx: &mut self.rx, w };
         let header = match parse_header(buf) {
-            Err(e) => return Some(self.core.fail(out, e)),
+            Err(e) => return Some(sm.fail(out, e)),
             Ok(None) => {
                 self.partial.extend_from_slice(buf);
                 input.pos = input.data.len();
@@ -305,9 +357,9 @@ impl Connection {
             }
             Ok(Some(h)) => h,
         };
-        let total = match self.core.check_header(&header, cfg) {
+        let total = match sm.check_header(&header, cfg) {
             Ok(t) => t,
-            Err(e) => return Some(self.core.fail(out, e)),
+            Err(e) => return Some(sm.fail(out, e)),
         };
         if buf.len() < total {
             self.partial.reserve_exact(total);
@@ -321,12 +373,13 @@ impl Connection {
         if let Some(m) = header.mask {
             fastwebsockets::unmask(payload, m);
         }
-        Some(self.core.on_frame(&header, payload, Src::Input(s, e), out, now))
+        Some(sm.on_frame(&header, payload, Src::Input(s, e), out, now))
     }
 
     /// Continue the frame started in `partial` with bytes from input. None: still incomplete.
     fn step_partial(
         &mut self,
+        w: &mut Writer,
         input: &mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -335,9 +388,10 @@ impl Connection {
         if input.is_empty() {
             return None;
         }
+        let mut sm = Machine { rx: &mut self.rx, w };
         let header = loop {
             match parse_header(&self.partial) {
-                Err(e) => return Some(self.core.fail(out, e)),
+                Err(e) => return Some(sm.fail(out, e)),
                 Ok(Some(h)) => break h,
                 Ok(None) => {
                     // At most 13 single-byte steps: headers are short, this path is rare.
@@ -347,9 +401,9 @@ impl Connection {
                 }
             }
         };
-        let total = match self.core.check_header(&header, cfg) {
+        let total = match sm.check_header(&header, cfg) {
             Ok(t) => t,
-            Err(e) => return Some(self.core.fail(out, e)),
+            Err(e) => return Some(sm.fail(out, e)),
         };
         // Invariant: partial never holds more than one frame, so partial.len() <= total.
         let missing = total.saturating_sub(self.partial.len());
@@ -368,22 +422,68 @@ impl Connection {
             fastwebsockets::unmask(payload, m);
         }
         self.release_partial = true;
-        Some(self.core.on_frame(&header, payload, Src::Partial(s, e), out, now))
+        Some(sm.on_frame(&header, payload, Src::Partial(s, e), out, now))
+    }
+
+    /// We sent Close: a message in progress will never be delivered now.
+    pub fn on_local_close(&mut self) {
+        if !self.rx.release_message {
+            self.rx.message = Vec::new();
+        }
+    }
+
+    /// The connection finished outside poll_event (no event borrows the buffers): free everything.
+    pub fn clear(&mut self) {
+        *self = Reader::default();
+    }
+
+    /// Heap bytes held by the receive buffers (0 when idle).
+    pub fn buffered_capacity(&self) -> usize {
+        self.partial.capacity() + self.rx.message.capacity()
+    }
+}
+
+impl Writer {
+    pub fn new(role: Role, now: Instant, seed: u64) -> Writer {
+        Writer {
+            state: State::Open,
+            last_ping_at: now,
+            ping_sent_at: now,
+            pong_wait_since: None,
+            ping_counter: 0,
+            rng: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
+            role,
+            rtt_pending: false,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Move the next keepalive ping to `at` (it is due at `at`, then every ping_interval): spreads the pings
+    /// of connections that opened together over the interval.
+    pub fn schedule_first_ping(&mut self, at: Instant, cfg: &ProtoConfig) {
+        if let Some(interval) = cfg.ping_interval {
+            self.last_ping_at = at.checked_sub(interval).unwrap_or(self.last_ping_at);
+        }
     }
 
     /// Append a data message (a single frame, masked in client role) to out.
-    /// Err if the connection is closing or closed.
+    /// Err if the connection is closing or closed: nothing is written after our Close.
     pub fn send_message(&mut self, out: &mut Vec<u8>, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::Closed);
         }
-        let opcode = match kind {
-            MessageKind::Text => OP_TEXT,
-            MessageKind::Binary => OP_BINARY,
-        };
-        let mask = self.core.out_mask();
-        write_frame(out, true, opcode, mask, payload);
+        let mask = self.out_mask();
+        write_frame(out, true, kind.opcode(), mask, payload);
         Ok(())
+    }
+
+    /// Frames written by this side are masked (client role): a frame encoded once for many connections can
+    /// only be shared by server-role connections.
+    pub fn masks(&self) -> bool {
+        self.role == Role::Client
     }
 
     /// An app-initiated ping, tracked for rtt (and the pong deadline) like keepalive pings.
@@ -391,36 +491,41 @@ impl Connection {
         if !self.is_open() {
             return Err(SendError::Closed);
         }
-        self.core.write_ping(out, now);
+        self.write_ping(out, now);
         Ok(())
     }
 
     /// Start the close handshake: write Close(code, reason) to out and wait up to close_timeout
-    /// for the peer's Close. No-op unless open.
-    pub fn close(&mut self, out: &mut Vec<u8>, code: u16, reason: &str, now: Instant, cfg: &ProtoConfig) {
+    /// for the peer's Close. No-op unless open. The reader should drop a message in progress
+    /// ([`Reader::on_local_close`]).
+    pub fn close(
+        &mut self,
+        out: &mut Vec<u8>,
+        code: u16,
+        reason: &str,
+        cause: CloseCause,
+        now: Instant,
+        cfg: &ProtoConfig,
+    ) {
         if !self.is_open() {
             return;
         }
-        let mask = self.core.out_mask();
+        let mask = self.out_mask();
         write_close(out, mask, code, reason);
         // Far-future fallback if now + close_timeout overflows: "never" in practice.
         let deadline = after(now, cfg.close_timeout).unwrap_or(now + Duration::from_secs(86400 * 365));
-        self.core.state = State::CloseSent { code, reason: reason.into(), deadline };
-        // A message in progress will never be delivered now.
-        if !self.core.release_message {
-            self.core.message = Vec::new();
-        }
-        self.core.pong_wait_since = None;
+        self.state = State::CloseSent { code, cause, reason: reason.into(), deadline };
+        self.pong_wait_since = None;
     }
 
     /// The next instant handle_timeout must run; None if nothing is pending.
     pub fn poll_timeout(&self, cfg: &ProtoConfig) -> Option<Instant> {
-        match &self.core.state {
+        match &self.state {
             State::Closed => None,
             State::CloseSent { deadline, .. } => Some(*deadline),
             State::Open => {
-                let ping = cfg.ping_interval.and_then(|i| after(self.core.last_ping_at, i));
-                let pong = self.core.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
+                let ping = cfg.ping_interval.and_then(|i| after(self.last_ping_at, i));
+                let pong = self.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
                 match (ping, pong) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -432,30 +537,30 @@ impl Connection {
     /// Run due timers: write a keepalive ping (PingSent), or finish the connection on the pong or
     /// close deadline. None if nothing was due.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>, cfg: &ProtoConfig) -> Option<Event<'static>> {
-        let info = match &self.core.state {
+        let info = match &self.state {
             State::Closed => return None,
             State::CloseSent { code, deadline, .. } => {
                 if now < *deadline {
                     return None;
                 }
-                CloseInfo { code: *code, reason: "close timeout".into(), initiator: Initiator::Local }
+                CloseInfo::new(*code, "close timeout", Initiator::Local, CloseCause::CloseTimeout)
             }
             State::Open => {
-                let pong_due = self.core.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
+                let pong_due = self.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
                 if pong_due.is_some_and(|d| d <= now) {
-                    let mask = self.core.out_mask();
+                    let mask = self.out_mask();
                     write_close(out, mask, 1011, "pong timeout");
-                    CloseInfo { code: 1011, reason: "pong timeout".into(), initiator: Initiator::Local }
+                    CloseInfo::new(1011, "pong timeout", Initiator::Local, CloseCause::PongTimeout)
                 } else {
-                    let ping_due = cfg.ping_interval.and_then(|i| after(self.core.last_ping_at, i));
+                    let ping_due = cfg.ping_interval.and_then(|i| after(self.last_ping_at, i));
                     if let Some(due) = ping_due.filter(|d| *d <= now) {
-                        self.core.write_ping(out, now);
+                        self.write_ping(out, now);
                         // Keep a fixed cadence: the next ping is due one interval after this one was due,
                         // not after the (tick-rounded, later) moment it went out, unless we fell a whole
                         // interval behind (then start afresh rather than send a burst).
                         let interval = cfg.ping_interval.unwrap_or_default();
                         if now.saturating_duration_since(due) < interval {
-                            self.core.last_ping_at = due;
+                            self.last_ping_at = due;
                         }
                         return Some(Event::PingSent);
                     }
@@ -463,7 +568,7 @@ impl Connection {
                 }
             }
         };
-        self.finish();
+        self.state = State::Closed;
         Some(Event::Closed(info))
     }
 
@@ -472,37 +577,20 @@ impl Connection {
         if self.is_closed() {
             return None;
         }
-        self.finish();
-        Some(CloseInfo { code: 1006, reason: reason.into(), initiator: Initiator::Abnormal })
+        self.state = State::Closed;
+        Some(CloseInfo::new(1006, reason, Initiator::Abnormal, CloseCause::Abnormal))
     }
 
     /// Closed was returned.
     pub fn is_closed(&self) -> bool {
-        matches!(self.core.state, State::Closed)
+        matches!(self.state, State::Closed)
     }
 
     /// Data may still be sent.
     pub fn is_open(&self) -> bool {
-        matches!(self.core.state, State::Open)
+        matches!(self.state, State::Open)
     }
 
-    /// Enter Closed outside poll_event (no event borrows the buffers): free everything.
-    fn finish(&mut self) {
-        self.core.state = State::Closed;
-        self.partial = Vec::new();
-        self.release_partial = false;
-        self.core.message = Vec::new();
-        self.core.release_message = false;
-        self.core.fragment = None;
-    }
-
-    /// Heap bytes held by this connection's buffers (0 when idle).
-    pub fn buffered_capacity(&self) -> usize {
-        self.partial.capacity() + self.core.message.capacity()
-    }
-}
-
-impl Core {
     fn out_mask(&mut self) -> Option<[u8; 4]> {
         match self.role {
             Role::Server => None,
@@ -531,30 +619,38 @@ impl Core {
             self.pong_wait_since = Some(now);
         }
     }
+}
 
+/// The receive-side state machine over both halves for the frame being handled.
+struct Machine<'s> {
+    rx: &'s mut Rx,
+    w: &'s mut Writer,
+}
+
+impl Machine<'_> {
     /// Fail the connection: send Close(code, reason) (unless we already sent one) and finish.
     fn fail(&mut self, out: &mut Vec<u8>, e: ProtocolError) -> Action {
-        if matches!(self.state, State::Open) {
-            let mask = self.out_mask();
+        if matches!(self.w.state, State::Open) {
+            let mask = self.w.out_mask();
             write_close(out, mask, e.code, e.reason);
         }
-        self.state = State::Closed;
-        self.fragment = None;
-        self.release_message = true;
-        Action::Closed(CloseInfo { code: e.code, reason: e.reason.into(), initiator: Initiator::Local })
+        self.w.state = State::Closed;
+        self.rx.fragment = None;
+        self.rx.release_message = true;
+        Action::Closed(CloseInfo::new(e.code, e.reason, Initiator::Local, CloseCause::ProtocolError))
     }
 
     /// Validate a header before any of its payload is buffered; returns the frame's total length.
     fn check_header(&mut self, h: &FrameHeader, cfg: &ProtoConfig) -> Result<usize, ProtocolError> {
         // Any inbound frame (even one still arriving) is a sign of life.
-        self.pong_wait_since = None;
+        self.w.pong_wait_since = None;
         if h.rsv != 0 {
             return Err(ProtocolError::new(1002, "reserved bits set"));
         }
         if !matches!(h.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
             return Err(ProtocolError::new(1002, "unknown opcode"));
         }
-        match (self.role, h.mask.is_some()) {
+        match (self.w.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtocolError::new(1002, "unmasked client frame")),
             (Role::Client, true) => return Err(ProtocolError::new(1002, "masked server frame")),
             _ => {}
@@ -568,10 +664,10 @@ impl Core {
             }
             0
         } else {
-            match (self.fragment.is_some(), h.opcode == OP_CONTINUATION) {
+            match (self.rx.fragment.is_some(), h.opcode == OP_CONTINUATION) {
                 (false, true) => return Err(ProtocolError::new(1002, "unexpected continuation frame")),
                 (true, false) => return Err(ProtocolError::new(1002, "expected continuation frame")),
-                (true, true) => self.message.len(),
+                (true, true) => self.rx.message.len(),
                 (false, false) => 0,
             }
         };
@@ -587,7 +683,7 @@ impl Core {
 
     /// A complete, unmasked frame whose header passed check_header.
     fn on_frame(&mut self, h: &FrameHeader, payload: &[u8], src: Src, out: &mut Vec<u8>, now: Instant) -> Action {
-        let open = matches!(self.state, State::Open);
+        let open = matches!(self.w.state, State::Open);
         match h.opcode {
             OP_TEXT | OP_BINARY => {
                 let kind = if h.opcode == OP_TEXT { MessageKind::Text } else { MessageKind::Binary };
@@ -600,39 +696,39 @@ impl Core {
                     }
                     return Action::Message(kind, src);
                 }
-                self.fragment = Some(kind);
+                self.rx.fragment = Some(kind);
                 if !open {
                     return Action::Nothing;
                 }
-                self.message.extend_from_slice(payload);
-                self.utf8_valid_to = 0;
+                self.rx.message.extend_from_slice(payload);
+                self.rx.utf8_valid_to = 0;
                 self.continue_message(kind, false, out)
             }
             OP_CONTINUATION => {
-                let Some(kind) = self.fragment else {
+                let Some(kind) = self.rx.fragment else {
                     return Action::Nothing; // excluded by check_header
                 };
                 if h.fin {
-                    self.fragment = None;
+                    self.rx.fragment = None;
                 }
                 if !open {
                     return Action::Nothing;
                 }
-                self.message.extend_from_slice(payload);
+                self.rx.message.extend_from_slice(payload);
                 self.continue_message(kind, h.fin, out)
             }
             OP_PING => {
                 if !open {
                     return Action::Nothing;
                 }
-                let mask = self.out_mask();
+                let mask = self.w.out_mask();
                 write_frame(out, true, OP_PONG, mask, payload);
                 Action::Ping(src)
             }
             OP_PONG => {
-                let rtt = if self.rtt_pending && payload == self.ping_counter.to_be_bytes() {
-                    self.rtt_pending = false;
-                    Some(now.saturating_duration_since(self.ping_sent_at))
+                let rtt = if self.w.rtt_pending && payload == self.w.ping_counter.to_be_bytes() {
+                    self.w.rtt_pending = false;
+                    Some(now.saturating_duration_since(self.w.ping_sent_at))
                 } else {
                     None
                 };
@@ -646,12 +742,12 @@ impl Core {
     /// After appending a fragment to `message`: check UTF-8 so far, deliver on the final one.
     fn continue_message(&mut self, kind: MessageKind, fin: bool, out: &mut Vec<u8>) -> Action {
         if kind == MessageKind::Text {
-            let from = (self.utf8_valid_to as usize).min(self.message.len());
-            match simdutf8::compat::from_utf8(&self.message[from..]) {
-                Ok(_) => self.utf8_valid_to = self.message.len() as u32,
+            let from = (self.rx.utf8_valid_to as usize).min(self.rx.message.len());
+            match simdutf8::compat::from_utf8(&self.rx.message[from..]) {
+                Ok(_) => self.rx.utf8_valid_to = self.rx.message.len() as u32,
                 // An incomplete sequence at the end may be completed by the next fragment.
                 Err(e) if e.error_len().is_none() && !fin => {
-                    self.utf8_valid_to = (from + e.valid_up_to()) as u32;
+                    self.rx.utf8_valid_to = (from + e.valid_up_to()) as u32;
                 }
                 Err(_) => return self.fail(out, ProtocolError::new(1007, "invalid UTF-8 in text message")),
             }
@@ -659,21 +755,21 @@ impl Core {
         if !fin {
             return Action::Nothing;
         }
-        self.utf8_valid_to = 0;
-        self.release_message = true;
+        self.rx.utf8_valid_to = 0;
+        self.rx.release_message = true;
         Action::Message(kind, Src::Message)
     }
 
     fn on_close(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Action {
-        match std::mem::replace(&mut self.state, State::Closed) {
-            State::CloseSent { code, reason, .. } => {
-                self.fragment = None;
-                self.release_message = true;
-                Action::Closed(CloseInfo { code, reason: reason.into(), initiator: Initiator::Local })
+        match std::mem::replace(&mut self.w.state, State::Closed) {
+            State::CloseSent { code, cause, reason, .. } => {
+                self.rx.fragment = None;
+                self.rx.release_message = true;
+                Action::Closed(CloseInfo::new(code, reason, Initiator::Local, cause))
             }
             State::Closed => Action::Nothing,
             State::Open => {
-                self.state = State::Open; // so fail() still sends its Close
+                self.w.state = State::Open; // so fail() still sends its Close
                 let (code, reason) = match payload {
                     [] => (1005, String::new()),
                     [_] => return self.fail(out, ProtocolError::new(1002, "invalid close payload")),
@@ -688,13 +784,13 @@ impl Core {
                         }
                     }
                 };
-                let mask = self.out_mask();
+                let mask = self.w.out_mask();
                 // write_close sends an empty payload for 1005: echo "no code" as no code.
                 write_close(out, mask, code, "");
-                self.state = State::Closed;
-                self.fragment = None;
-                self.release_message = true;
-                Action::Closed(CloseInfo { code, reason, initiator: Initiator::Peer })
+                self.w.state = State::Closed;
+                self.rx.fragment = None;
+                self.rx.release_message = true;
+                Action::Closed(CloseInfo::new(code, reason, Initiator::Peer, CloseCause::PeerClose))
             }
         }
     }
@@ -1002,7 +1098,15 @@ mod tests {
         let mut c = server(now);
         let mut out = Vec::new();
         let evs = feed(&mut c, &cframe(true, OP_CLOSE, &close_payload(1001, "bye")), &mut out, now, &cfg());
-        assert_eq!(evs, [Ev::Closed(CloseInfo { code: 1001, reason: "bye".into(), initiator: Initiator::Peer })]);
+        assert_eq!(
+            evs,
+            [Ev::Closed(CloseInfo {
+                code: 1001,
+                reason: "bye".into(),
+                initiator: Initiator::Peer,
+                cause: CloseCause::PeerClose
+            })]
+        );
         assert_eq!(frames(&out), [(OP_CLOSE, false, 1001u16.to_be_bytes().to_vec())]);
         assert!(c.is_closed() && !c.is_open());
         assert_eq!(c.send_message(&mut out, MessageKind::Text, b"x"), Err(SendError::Closed));
@@ -1013,7 +1117,15 @@ mod tests {
         let mut c = server(now);
         let mut out = Vec::new();
         let evs = feed(&mut c, &cframe(true, OP_CLOSE, b""), &mut out, now, &cfg());
-        assert_eq!(evs, [Ev::Closed(CloseInfo { code: 1005, reason: "".into(), initiator: Initiator::Peer })]);
+        assert_eq!(
+            evs,
+            [Ev::Closed(CloseInfo {
+                code: 1005,
+                reason: "".into(),
+                initiator: Initiator::Peer,
+                cause: CloseCause::PeerClose
+            })]
+        );
         assert_eq!(frames(&out), [(OP_CLOSE, false, vec![])]);
     }
 
@@ -1056,7 +1168,12 @@ mod tests {
         let evs = feed(&mut c, &b, &mut out, now, &cfg());
         assert_eq!(
             evs,
-            [Ev::Closed(CloseInfo { code: 1001, reason: "going away".into(), initiator: Initiator::Local })]
+            [Ev::Closed(CloseInfo {
+                code: 1001,
+                reason: "going away".into(),
+                initiator: Initiator::Local,
+                cause: CloseCause::LocalClose
+            })]
         );
         assert!(out.is_empty(), "no second Close, no pong");
         assert!(c.is_closed());
@@ -1074,7 +1191,15 @@ mod tests {
         out.clear();
         match c.handle_timeout(t0 + Duration::from_secs(5), &mut out, &cfg()) {
             Some(Event::Closed(i)) => {
-                assert_eq!(i, CloseInfo { code: 1000, reason: "close timeout".into(), initiator: Initiator::Local })
+                assert_eq!(
+                    i,
+                    CloseInfo {
+                        code: 1000,
+                        reason: "close timeout".into(),
+                        initiator: Initiator::Local,
+                        cause: CloseCause::CloseTimeout
+                    }
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -1093,7 +1218,12 @@ mod tests {
         assert!(c.buffered_capacity() > 0);
         assert_eq!(
             c.handle_eof("connection reset"),
-            Some(CloseInfo { code: 1006, reason: "connection reset".into(), initiator: Initiator::Abnormal })
+            Some(CloseInfo {
+                code: 1006,
+                reason: "connection reset".into(),
+                initiator: Initiator::Abnormal,
+                cause: CloseCause::Abnormal
+            })
         );
         assert_eq!(c.buffered_capacity(), 0);
         assert_eq!(c.handle_eof("again"), None);
@@ -1119,7 +1249,15 @@ mod tests {
         assert!(c.handle_timeout(t0 + secs(29), &mut out, &cfg).is_none());
         match c.handle_timeout(t0 + secs(30), &mut out, &cfg) {
             Some(Event::Closed(i)) => {
-                assert_eq!(i, CloseInfo { code: 1011, reason: "pong timeout".into(), initiator: Initiator::Local })
+                assert_eq!(
+                    i,
+                    CloseInfo {
+                        code: 1011,
+                        reason: "pong timeout".into(),
+                        initiator: Initiator::Local,
+                        cause: CloseCause::PongTimeout
+                    }
+                )
             }
             other => panic!("{other:?}"),
         }

@@ -7,6 +7,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
+use std::net::SocketAddr;
 
 pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Headers accepted in one request or response.
@@ -20,21 +21,71 @@ pub fn accept_key(client_key: &[u8]) -> String {
     STANDARD.encode(h.finalize())
 }
 
+/// A valid WebSocket upgrade request, as the application sees it in `Handler::on_upgrade`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpgradeRequest {
+    /// The request target's path, without the query.
     pub path: String,
+    /// The query string after `?`, if any (not decoded).
+    pub query: Option<String>,
     pub host: String,
     pub origin: Option<String>,
+    /// Offered subprotocols (Sec-WebSocket-Protocol), in the client's order of preference.
     pub protocols: Vec<String>,
+    /// Offered extensions (Sec-WebSocket-Extensions), one entry per offer with its parameters as written,
+    /// e.g. `permessage-deflate; client_max_window_bits`.
+    pub extensions: Vec<String>,
     /// Sec-WebSocket-Key as sent.
     pub key: String,
+    /// Every header line in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The peer's address (filled in by the engine; `None` where the kernel could not tell).
+    pub peer: Option<SocketAddr>,
 }
 
-/// A complete plain HTTP request with no Upgrade header.
+impl UpgradeRequest {
+    /// The first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.headers, name)
+    }
+}
+
+/// A complete plain HTTP request (no Upgrade header), with its body when it had a Content-Length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRequest {
     pub method: String,
+    /// The request target's path, without the query.
     pub path: String,
+    /// The query string after `?`, if any (not decoded).
+    pub query: Option<String>,
+    /// Every header line in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The peer's address (filled in by the engine).
+    pub peer: Option<SocketAddr>,
+}
+
+impl HttpRequest {
+    /// The first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.headers, name)
+    }
+}
+
+fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+fn split_target(target: &str) -> (String, Option<String>) {
+    let target = target.split('#').next().unwrap_or(target);
+    match target.split_once('?') {
+        Some((path, query)) => (path.to_string(), Some(query.to_string())),
+        None => (target.to_string(), None),
+    }
+}
+
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string())).collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,8 +136,9 @@ fn first_str<'b>(headers: &[httparse::Header<'b>], name: &str) -> Option<Result<
 }
 
 /// `max_size`: a request whose headers are not complete within max_size bytes -> Reject 431.
-/// Allow up to 64 headers.
-pub fn parse_request(buf: &[u8], max_size: usize) -> RequestParse {
+/// `max_body`: a plain request whose Content-Length exceeds it -> Reject 413 (bodies are read whole,
+/// Content-Length only; chunked requests get 411). Allows up to 64 headers.
+pub fn parse_request(buf: &[u8], max_size: usize, max_body: usize) -> RequestParse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -110,8 +162,41 @@ pub fn parse_request(buf: &[u8], max_size: usize) -> RequestParse {
         .iter()
         .any(|name| values(headers, name).next().is_some());
     if !upgrade_attempt {
-        let request = HttpRequest { method: method.to_string(), path: path.to_string() };
-        return RequestParse::Http { request, consumed };
+        if values(headers, "transfer-encoding").next().is_some() {
+            return RequestParse::Reject(HttpError {
+                status: 411,
+                reason: "Length Required",
+                message: "send the body with a Content-Length".to_string(),
+            });
+        }
+        let length = match first_str(headers, "content-length") {
+            None => 0,
+            Some(Ok(n)) => match n.parse::<usize>() {
+                Ok(n) => n,
+                Err(_) => return RequestParse::Reject(HttpError::bad_request("invalid Content-Length")),
+            },
+            Some(Err(())) => return RequestParse::Reject(HttpError::bad_request("invalid Content-Length")),
+        };
+        if length > max_body {
+            return RequestParse::Reject(HttpError {
+                status: 413,
+                reason: "Content Too Large",
+                message: format!("request body larger than {max_body} bytes"),
+            });
+        }
+        if buf.len() < consumed + length {
+            return RequestParse::Partial;
+        }
+        let (path, query) = split_target(path);
+        let request = HttpRequest {
+            method: method.to_string(),
+            path,
+            query,
+            headers: owned_headers(headers),
+            body: buf[consumed..consumed + length].to_vec(),
+            peer: None,
+        };
+        return RequestParse::Http { request, consumed: consumed + length };
     }
     match validate_upgrade(method, req.version.unwrap_or(0), path, headers) {
         Ok(request) => RequestParse::Upgrade { request, consumed },
@@ -168,12 +253,28 @@ fn validate_upgrade(
         let v = std::str::from_utf8(v).map_err(|_| HttpError::bad_request("invalid Sec-WebSocket-Protocol"))?;
         protocols.extend(v.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from));
     }
-    Ok(UpgradeRequest { path: path.to_string(), host: host.to_string(), origin, protocols, key: key.to_string() })
+    let mut extensions = Vec::new();
+    for v in values(headers, "sec-websocket-extensions") {
+        let v = std::str::from_utf8(v).map_err(|_| HttpError::bad_request("invalid Sec-WebSocket-Extensions"))?;
+        extensions.extend(v.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from));
+    }
+    let (path, query) = split_target(path);
+    Ok(UpgradeRequest {
+        path,
+        query,
+        host: host.to_string(),
+        origin,
+        protocols,
+        extensions,
+        key: key.to_string(),
+        headers: owned_headers(headers),
+        peer: None,
+    })
 }
 
 /// "HTTP/1.1 101 Switching Protocols" + Upgrade/Connection/Sec-WebSocket-Accept
-/// (+ Sec-WebSocket-Protocol when one was chosen).
-pub fn upgrade_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+/// (+ Sec-WebSocket-Protocol when one was chosen, + extra header lines, each "Name: value").
+pub fn upgrade_response(accept: &str, protocol: Option<&str>, extra_headers: &[String]) -> Vec<u8> {
     let mut s = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
     );
@@ -182,8 +283,21 @@ pub fn upgrade_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
         s.push_str(p);
         s.push_str("\r\n");
     }
+    for h in extra_headers {
+        s.push_str(h);
+        s.push_str("\r\n");
+    }
     s.push_str("\r\n");
     s.into_bytes()
+}
+
+/// A header line "Name: value" if the name is a token and the value has no control characters (so an
+/// application cannot split the response); None otherwise.
+pub fn header_line(name: &str, value: &str) -> Option<String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let name_ok = !name.is_empty() && name.chars().all(token);
+    let value_ok = value.chars().all(|c| c == '\t' || !c.is_control());
+    (name_ok && value_ok).then(|| format!("{name}: {}", value.trim()))
 }
 
 /// A complete HTTP/1.1 response with Content-Length, Connection: close, the given content type
@@ -315,7 +429,7 @@ mod tests {
     }
 
     fn reject_status(lines: &[&str]) -> (u16, String) {
-        match parse_request(&request(lines), 8192) {
+        match parse_request(&request(lines), 8192, 1 << 20) {
             RequestParse::Reject(e) => (e.status, e.message),
             other => panic!("expected reject, got {other:?}"),
         }
@@ -333,12 +447,15 @@ mod tests {
         let header_len = buf.len();
         buf.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // a frame right behind the header
         for cut in [0, 1, 10, header_len - 1] {
-            assert_eq!(parse_request(&buf[..cut], 8192), RequestParse::Partial, "cut {cut}");
+            assert_eq!(parse_request(&buf[..cut], 8192, 1 << 20), RequestParse::Partial, "cut {cut}");
         }
-        match parse_request(&buf, 8192) {
+        match parse_request(&buf, 8192, 1 << 20) {
             RequestParse::Upgrade { request, consumed } => {
                 assert_eq!(consumed, header_len);
-                assert_eq!(request.path, "/chat?x=1");
+                assert_eq!(request.path, "/chat");
+                assert_eq!(request.query.as_deref(), Some("x=1"));
+                assert_eq!(request.header("HOST"), Some("server.example.com"));
+                assert_eq!(request.headers.len(), good_lines().len() - 1);
                 assert_eq!(request.host, "server.example.com");
                 assert_eq!(request.origin.as_deref(), Some("http://example.com"));
                 assert_eq!(request.protocols, ["chat", "superchat", "v2"]);
@@ -376,14 +493,14 @@ mod tests {
         assert_eq!(reject_status(&without("Sec-WebSocket-Version")).0, 426);
         assert_eq!(reject_status(&replaced("Sec-WebSocket-Version", "Sec-WebSocket-Version: 8")).0, 426);
         assert!(matches!(
-            parse_request(b"GARBAGE\0 / HTTP/1.1\r\n\r\n", 8192),
+            parse_request(b"GARBAGE\0 / HTTP/1.1\r\n\r\n", 8192, 1 << 20),
             RequestParse::Reject(HttpError { status: 400, .. })
         ));
     }
 
     #[test]
     fn reject_426_carries_version_header() {
-        let err = match parse_request(&request(&without("Sec-WebSocket-Version")), 8192) {
+        let err = match parse_request(&request(&without("Sec-WebSocket-Version")), 8192, 1 << 20) {
             RequestParse::Reject(e) => e,
             other => panic!("{other:?}"),
         };
@@ -402,24 +519,24 @@ mod tests {
         while buf.len() < 200 {
             buf.extend_from_slice(b"X-Pad: aaaaaaaaaa\r\n");
         }
-        assert!(matches!(parse_request(&buf, 200), RequestParse::Reject(HttpError { status: 431, .. })));
-        assert_eq!(parse_request(&buf, 4096), RequestParse::Partial);
+        assert!(matches!(parse_request(&buf, 200, 1 << 20), RequestParse::Reject(HttpError { status: 431, .. })));
+        assert_eq!(parse_request(&buf, 4096, 1 << 20), RequestParse::Partial);
         // complete but larger than the limit
         buf.extend_from_slice(b"\r\n");
-        assert!(matches!(parse_request(&buf, 200), RequestParse::Reject(HttpError { status: 431, .. })));
+        assert!(matches!(parse_request(&buf, 200, 1 << 20), RequestParse::Reject(HttpError { status: 431, .. })));
         // more than 64 headers
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..70 {
             many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert!(matches!(parse_request(&many, 1 << 20), RequestParse::Reject(HttpError { status: 431, .. })));
+        assert!(matches!(parse_request(&many, 1 << 20, 1 << 20), RequestParse::Reject(HttpError { status: 431, .. })));
     }
 
     #[test]
     fn websocket_headers_without_upgrade_are_a_bad_upgrade_not_plain_http() {
         let buf = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        match parse_request(buf, 8192) {
+        match parse_request(buf, 8192, 1 << 20) {
             RequestParse::Reject(e) => assert_eq!(e.status, 400),
             _ => panic!("expected a 400"),
         }
@@ -429,22 +546,74 @@ mod tests {
     fn plain_http() {
         let buf = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(
-            parse_request(buf, 8192),
+            parse_request(buf, 8192, 1 << 20),
             RequestParse::Http {
-                request: HttpRequest { method: "GET".into(), path: "/healthz".into() },
+                request: HttpRequest {
+                    method: "GET".into(),
+                    path: "/healthz".into(),
+                    query: None,
+                    headers: vec![("Host".into(), "x".into())],
+                    body: Vec::new(),
+                    peer: None
+                },
                 consumed: buf.len()
             }
         );
         let post = b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
-        assert!(matches!(parse_request(post, 8192), RequestParse::Http { .. }));
+        assert!(matches!(parse_request(post, 8192, 1 << 20), RequestParse::Http { .. }));
+    }
+
+    #[test]
+    fn plain_http_bodies() {
+        let post = b"POST /api/publish?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n{\"a\": true}";
+        for cut in [post.len() - 11, post.len() - 1] {
+            assert_eq!(parse_request(&post[..cut], 8192, 1024), RequestParse::Partial, "cut {cut}");
+        }
+        match parse_request(post, 8192, 1024) {
+            RequestParse::Http { request, consumed } => {
+                assert_eq!(consumed, post.len());
+                assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/api/publish"));
+                assert_eq!(request.query.as_deref(), Some("x=1"));
+                assert_eq!(request.body, b"{\"a\": true}");
+                assert_eq!(request.header("content-length"), Some("11"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let reject = |buf: &[u8], max_body| match parse_request(buf, 8192, max_body) {
+            RequestParse::Reject(e) => e.status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reject(post, 10), 413);
+        assert_eq!(reject(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 10), 400);
+        assert_eq!(reject(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 10), 411);
+    }
+
+    #[test]
+    fn offered_extensions_are_listed() {
+        let mut lines = good_lines();
+        lines.push("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits, x-webkit-deflate-frame");
+        match parse_request(&request(&lines), 8192, 0) {
+            RequestParse::Upgrade { request, .. } => {
+                assert_eq!(request.extensions, ["permessage-deflate; client_max_window_bits", "x-webkit-deflate-frame"])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn header_lines_cannot_split_a_response() {
+        assert_eq!(header_line("X-A", "1"), Some("X-A: 1".into()));
+        assert_eq!(header_line("X-A", "1\r\nSet-Cookie: evil"), None);
+        assert_eq!(header_line("X A", "1"), None);
+        assert_eq!(header_line("", "1"), None);
     }
 
     #[test]
     fn responses() {
-        let r = String::from_utf8(upgrade_response("abc=", Some("chat"))).unwrap();
+        let r = String::from_utf8(upgrade_response("abc=", Some("chat"), &["X-Served-By: t1".into()])).unwrap();
         assert_eq!(
             r,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: chat\r\nX-Served-By: t1\r\n\r\n"
         );
         let h = http_response(200, "OK", "text/plain", &["X-A: 1"], b"ok\n");
         assert_eq!(
@@ -458,7 +627,7 @@ mod tests {
         let key = generate_key([7; 16]);
         assert_eq!(STANDARD.decode(&key).unwrap(), [7; 16]);
         let req = client_request("localhost:9000", "/ws", &key, &["Sec-WebSocket-Protocol: chat"]);
-        let request = match parse_request(&req, 8192) {
+        let request = match parse_request(&req, 8192, 1 << 20) {
             RequestParse::Upgrade { request, consumed } => {
                 assert_eq!(consumed, req.len());
                 request
@@ -468,7 +637,7 @@ mod tests {
         assert_eq!(request.path, "/ws");
         assert_eq!(request.host, "localhost:9000");
         assert_eq!(request.protocols, ["chat"]);
-        let mut resp = upgrade_response(&accept_key(request.key.as_bytes()), None);
+        let mut resp = upgrade_response(&accept_key(request.key.as_bytes()), None, &[]);
         let n = resp.len();
         for cut in [0, 5, n - 1] {
             assert_eq!(parse_response(&resp[..cut], &key, 4096), ResponseParse::Partial);
@@ -476,7 +645,7 @@ mod tests {
         resp.extend_from_slice(&[0x81, 0]);
         assert_eq!(parse_response(&resp, &key, 4096), ResponseParse::Accepted { consumed: n });
 
-        let wrong = upgrade_response(&accept_key(b"other"), None);
+        let wrong = upgrade_response(&accept_key(b"other"), None, &[]);
         assert_eq!(parse_response(&wrong, &key, 4096), ResponseParse::Invalid("wrong Sec-WebSocket-Accept".into()));
         let missing = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         assert!(matches!(parse_response(missing, &key, 4096), ResponseParse::Invalid(_)));

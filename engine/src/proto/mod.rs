@@ -2,9 +2,11 @@
 //!
 //! No syscalls and no clock reads: bytes and `now` in, events and bytes out.
 
+pub mod close;
 pub mod conn;
 pub mod frame;
 pub mod handshake;
 
-pub use conn::{CloseInfo, Connection, Event, Initiator, Input, MessageKind, ProtoConfig, Role, SendError};
+pub use close::{CloseCause, CloseInfo, Initiator};
+pub use conn::{Connection, Event, Input, MessageKind, ProtoConfig, Reader, Role, SendError, Writer};
 pub use frame::ProtocolError;

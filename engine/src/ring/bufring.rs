@@ -2,6 +2,7 @@
 //! idle connection holds no user-space read buffer at all.
 
 use std::io;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
@@ -39,9 +40,15 @@ impl Drop for Mapping {
     }
 }
 
+/// Holds the mappings alive for as long as the ring that uses them.
+pub struct KeepAlive {
+    _ring: Rc<Mapping>,
+    _bufs: Rc<Mapping>,
+}
+
 pub struct BufRing {
-    ring: Mapping,
-    bufs: Mapping,
+    ring: Rc<Mapping>,
+    bufs: Rc<Mapping>,
     entries: u16,
     buf_size: u32,
     /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
@@ -60,14 +67,19 @@ impl BufRing {
         if buf_size < 256 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "recv_buffer_size must be at least 256"));
         }
-        let ring = Mapping::new(entries as usize * std::mem::size_of::<BufRingEntry>())?;
-        let bufs = Mapping::new(entries as usize * buf_size as usize)?;
+        let ring = Rc::new(Mapping::new(entries as usize * std::mem::size_of::<BufRingEntry>())?);
+        let bufs = Rc::new(Mapping::new(entries as usize * buf_size as usize)?);
         let mut br = BufRing { ring, bufs, entries, buf_size, tail: 0, published: 0 };
         for bid in 0..entries {
             br.recycle(bid);
         }
         br.publish();
         Ok(br)
+    }
+
+    /// A reference that keeps the memory mapped (for the ring the buffers are registered with).
+    pub fn keep_alive(&self) -> KeepAlive {
+        KeepAlive { _ring: self.ring.clone(), _bufs: self.bufs.clone() }
     }
 
     pub fn ring_addr(&self) -> u64 {

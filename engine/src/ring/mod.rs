@@ -6,6 +6,7 @@
 //! `unsafe` and can never free memory the kernel still uses.
 
 mod bufring;
+mod sendbuf;
 pub mod token;
 
 use std::io;
@@ -20,6 +21,7 @@ use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring};
 
 pub use bufring::BufRing;
+pub use sendbuf::SendBuf;
 pub use token::{Op, Token};
 
 /// The provided-buffer group id used by every shard (each ring has its own group table).
@@ -116,16 +118,28 @@ pub struct RingConfig {
 /// Socket-address storage for one slot: big enough for sockaddr_in6; read only after its completion.
 type AddrBuf = MaybeUninit<libc::sockaddr_in6>;
 
-/// A send in flight: the whole buffer and where the kernel was asked to start.
+/// A send in flight: the whole buffer, where the kernel was asked to start, and for a `sendmsg` the header
+/// and iovecs the kernel reads (boxed so their addresses do not move with the table).
 struct InFlightSend {
-    buf: Vec<u8>,
+    buf: SendBuf,
     offset: usize,
+    /// Read by the kernel, never by us: kept alive until the completion.
+    _msg: Option<Box<MsgParts>>,
 }
+
+struct MsgParts {
+    hdr: libc::msghdr,
+    iov: Vec<libc::iovec>,
+}
+
+/// Pieces per sendmsg (the kernel's UIO_MAXIOV is 1024); a longer queue goes out in several sends.
+const MAX_IOV: usize = 1024;
 
 pub struct Ring {
     // Field order matters: the ring is dropped (and its operations torn down) before the memory they use.
     uring: IoUring,
-    bufs: BufRing,
+    /// The provided buffers' memory, kept mapped until the ring (dropped first) can no longer write to it.
+    _buffers: bufring::KeepAlive,
     sends: Vec<Option<InFlightSend>>,
     addrs: Vec<AddrBuf>,
     wake_buf: Box<u64>,
@@ -134,14 +148,18 @@ pub struct Ring {
     sockopt_values: Vec<Box<i32>>,
     /// Completions reaped early because the submission queue was full (see `push`).
     backlog: Vec<Completion>,
-    slots: u32,
     /// Whether DEFER_TASKRUN was accepted (otherwise COOP_TASKRUN or nothing).
     pub defer_taskrun: bool,
+    /// Scratch for building iovecs.
+    pieces: Vec<(*const u8, usize)>,
 }
 
 impl Ring {
-    /// Must be called on the thread that will use the ring (SINGLE_ISSUER).
-    pub fn new(cfg: RingConfig) -> io::Result<Ring> {
+    /// Must be called on the thread that will use the ring (SINGLE_ISSUER). Returns the ring and its provided
+    /// receive buffers, kept apart so that a received buffer can be read while the ring takes new work; the
+    /// owner must drop the `Ring` before the `BufRing` (the kernel writes into the buffers until the ring is
+    /// gone).
+    pub fn new(cfg: RingConfig) -> io::Result<(Ring, BufRing)> {
         // Room for a completion from every connection at once (a keepalive round, a broadcast) plus the
         // operations in flight, so bursts rarely spill into the kernel's overflow list. 16 bytes each.
         let cq = cfg.entries.saturating_mul(4).max(cfg.slots.saturating_mul(2)).clamp(1024, 65536);
@@ -163,28 +181,27 @@ impl Ring {
             .register_files_sparse(cfg.slots)
             .map_err(|e| io::Error::new(e.kind(), format!("registering a file table of {} slots: {e}", cfg.slots)))?;
         let bufs = BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
-        // SAFETY: the ring memory lives in `bufs`, which this Ring owns and drops after `uring`.
+        // SAFETY: the ring memory lives in `bufs`' mappings; the Ring keeps a reference to them (`_buffers`,
+        // dropped after `uring`), so they outlive every operation whoever drops the BufRing first.
         unsafe {
             uring.submitter().register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP, 0)?;
         }
         let slots = cfg.slots as usize;
         let mut sends = Vec::with_capacity(slots);
         sends.resize_with(slots, || None);
-        Ok(Ring {
+        let _buffers = bufs.keep_alive();
+        let ring = Ring {
             uring,
-            bufs,
+            _buffers,
             sends,
             addrs: vec![MaybeUninit::zeroed(); slots],
             wake_buf: Box::new(0),
             sockopt_values: Vec::new(),
             backlog: Vec::new(),
-            slots: cfg.slots,
             defer_taskrun,
-        })
-    }
-
-    pub fn slots(&self) -> u32 {
-        self.slots
+            pieces: Vec::new(),
+        };
+        Ok((ring, bufs))
     }
 
     fn push(&mut self, entry: squeue::Entry) {
@@ -235,23 +252,42 @@ impl Ring {
         self.push(e);
     }
 
-    /// Send `buf[offset..]` on a direct descriptor. The ring keeps `buf` until [`Ring::take_send`].
-    pub fn send(&mut self, slot: u32, generation: u32, buf: Vec<u8>, offset: usize) {
+    /// Send `buf` from byte `offset` on a direct descriptor: one `send` when it holds only the connection's
+    /// own bytes, one `sendmsg` over its pieces when shared frames are spliced in. The ring keeps `buf` until
+    /// [`Ring::take_send`].
+    pub fn send(&mut self, slot: u32, generation: u32, buf: SendBuf, offset: usize) {
         let idx = slot as usize;
         debug_assert!(self.sends[idx].is_none(), "one send in flight per slot");
-        let len = buf.len().saturating_sub(offset).min(u32::MAX as usize) as u32;
-        // The Vec's heap block does not move when the Vec (its pointer/len/cap) is moved into `sends`.
-        let ptr = buf[offset.min(buf.len())..].as_ptr();
-        self.sends[idx] = Some(InFlightSend { buf, offset });
-        let e = opcode::Send::new(Fixed(slot), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(Token::new(Op::Send, slot, generation).encode());
+        let token = Token::new(Op::Send, slot, generation).encode();
+        if !buf.has_shared() {
+            let bytes = buf.own_bytes();
+            let len = bytes.len().saturating_sub(offset).min(u32::MAX as usize) as u32;
+            // The Vec's heap block does not move when the SendBuf is moved into `sends`.
+            let ptr = bytes[offset.min(bytes.len())..].as_ptr();
+            self.sends[idx] = Some(InFlightSend { buf, offset, _msg: None });
+            let e = opcode::Send::new(Fixed(slot), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(token);
+            self.push(e);
+            return;
+        }
+        let mut pieces = std::mem::take(&mut self.pieces);
+        buf.pieces(offset, MAX_IOV, &mut pieces);
+        let iov: Vec<libc::iovec> =
+            pieces.iter().map(|&(p, n)| libc::iovec { iov_base: p as *mut libc::c_void, iov_len: n }).collect();
+        self.pieces = pieces;
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header (no name, no control data).
+        let mut parts = Box::new(MsgParts { hdr: unsafe { std::mem::zeroed() }, iov });
+        parts.hdr.msg_iov = parts.iov.as_mut_ptr();
+        parts.hdr.msg_iovlen = parts.iov.len();
+        let hdr = &parts.hdr as *const libc::msghdr;
+        // The iovecs point into `buf`'s heap blocks (its Vec and the shared Arcs), which stay put while `buf`
+        // sits in `sends`; the header and iovec array are boxed, so they do not move either.
+        self.sends[idx] = Some(InFlightSend { buf, offset, _msg: Some(parts) });
+        let e = opcode::SendMsg::new(Fixed(slot), hdr).flags(libc::MSG_NOSIGNAL as u32).build().user_data(token);
         self.push(e);
     }
 
     /// The buffer of the send that just completed on `slot`, and the offset it was sent from.
-    pub fn take_send(&mut self, slot: u32) -> Option<(Vec<u8>, usize)> {
+    pub fn take_send(&mut self, slot: u32) -> Option<(SendBuf, usize)> {
         self.sends.get_mut(slot as usize)?.take().map(|s| (s.buf, s.offset))
     }
 
@@ -431,19 +467,8 @@ impl Ring {
         self.push(e);
     }
 
-    /// The bytes a receive completion delivered in provided buffer `bid`.
-    pub fn recv_buffer(&mut self, bid: u16, len: usize) -> &mut [u8] {
-        self.bufs.buffer_mut(bid, len)
-    }
-
-    /// Give a provided buffer back to the kernel.
-    pub fn recycle(&mut self, bid: u16) {
-        self.bufs.recycle(bid);
-    }
-
     /// Submit everything queued and wait for at least one completion or `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
-        self.bufs.publish();
         let ts = Timespec::from(timeout);
         let args = SubmitArgs::new().timespec(&ts);
         match self.uring.submitter().submit_with_args(1, &args) {
@@ -455,7 +480,6 @@ impl Ring {
 
     /// Submit without waiting.
     pub fn submit(&mut self) -> io::Result<()> {
-        self.bufs.publish();
         match self.uring.submit() {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),

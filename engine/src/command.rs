@@ -1,0 +1,20 @@
+//! [`Command`]: the typed work other threads (and other shards) queue in a shard's bounded inbox.
+
+use std::sync::Arc;
+
+use crate::handler::ConnectRequest;
+use crate::ids::ConnId;
+use crate::prepared::Prepared;
+use crate::proto::MessageKind;
+
+pub(crate) enum Command {
+    Send { conn: ConnId, kind: MessageKind, data: Vec<u8> },
+    SendPrepared { conn: ConnId, prepared: Prepared },
+    Publish { topic: Arc<str>, prepared: Prepared },
+    Broadcast { prepared: Prepared },
+    Subscribe { conn: ConnId, topic: Arc<str> },
+    Unsubscribe { conn: ConnId, topic: Arc<str> },
+    Close { conn: ConnId, code: u16, reason: Box<str> },
+    Ping { conn: ConnId },
+    Connect(Box<ConnectRequest>),
+}

@@ -1,0 +1,229 @@
+//! [`Config`]: everything the engine can be told, with its defaults written once (`Config::default`), the
+//! per-connection [`Profile`]s, and the parsers tetherd and tether-load share for the socket options.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// TCP keepalive probes set on every socket: first probe after `idle`, then every `interval`, `count` probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive { idle: Duration::from_secs(15), interval: Duration::from_secs(5), count: 3 }
+    }
+}
+
+fn is_off(s: &str) -> bool {
+    matches!(s.to_ascii_lowercase().as_str(), "off" | "none" | "false" | "disabled")
+}
+
+/// A humantime duration where `0`, `0s` or `off` means disabled (`None`). Shared by tetherd and tether-load.
+pub fn parse_optional_duration(s: &str) -> Result<Option<Duration>, String> {
+    if is_off(s) {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 500ms, 1s or 20s, or off ({e})"))?;
+    Ok(if d.is_zero() { None } else { Some(d) })
+}
+
+/// TCP_USER_TIMEOUT as people write it: a humantime duration in whole milliseconds up to u32::MAX, or
+/// `0`/`off` for the kernel default (`None`). Shared by tetherd and tether-load.
+pub fn parse_tcp_user_timeout(s: &str) -> Result<Option<Duration>, String> {
+    let Some(d) = parse_optional_duration(s)? else {
+        return Ok(None);
+    };
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms (or 0/off to disable)".into());
+    }
+    if d.as_millis() > u32::MAX as u128 {
+        return Err("too long for TCP_USER_TIMEOUT (at most about 49 days)".into());
+    }
+    Ok(Some(d))
+}
+
+/// TCP keepalive as people write it: `IDLE,INTERVAL,COUNT` (e.g. `15s,5s,3`), or `off` (`None`). The kernel
+/// counts idle and interval in whole seconds (1..=32767) and allows 1..=127 probes. Shared by tetherd and
+/// tether-load.
+pub fn parse_tcp_keepalive(s: &str) -> Result<Option<TcpKeepalive>, String> {
+    if is_off(s) || s == "0" {
+        return Ok(None);
+    }
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() != 3 {
+        return Err("expected IDLE,INTERVAL,COUNT such as 15s,5s,3, or off".into());
+    }
+    let secs = |what: &str, text: &str| -> Result<Duration, String> {
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("{what} \"{text}\" is not a duration such as 15s ({e})"))?;
+        if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > 32767 {
+            return Err(format!("{what} must be a whole number of seconds from 1s to 32767s"));
+        }
+        Ok(d)
+    };
+    let idle = secs("IDLE", parts[0])?;
+    let interval = secs("INTERVAL", parts[1])?;
+    let count = parts[2]
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=127).contains(n))
+        .ok_or_else(|| format!("COUNT \"{}\" must be a whole number from 1 to 127", parts[2]))?;
+    Ok(Some(TcpKeepalive { idle, interval, count }))
+}
+
+/// What to do when a connection's send queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SendQueuePolicy {
+    /// Close the connection with 1008 "send queue full": a consumer that cannot keep up is cut loose.
+    #[default]
+    Close,
+    /// Drop the message and count it in `send_dropped`; the connection stays.
+    Drop,
+}
+
+/// Everything the engine can be told. `Config::default()` is a sane server on 127.0.0.1:9001.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on; `None` for a client-only engine (the load generator).
+    pub listen: Option<SocketAddr>,
+    /// Shard threads; 0 = one per CPU. More are started if `max_connections` needs them.
+    pub shards: usize,
+    /// Upper bound on concurrent connections over all shards; 0 = whatever the limits allow.
+    pub max_connections: usize,
+    /// listen(2) backlog of each shard's SO_REUSEPORT socket.
+    pub backlog: i32,
+    /// Timing wheel resolution.
+    pub tick: Duration,
+    /// Server ping cadence; `None` disables pings.
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    /// `None` disables TCP keepalive.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `None` leaves the kernel default.
+    pub tcp_user_timeout: Option<Duration>,
+    pub max_message_size: usize,
+    /// Largest HTTP upgrade request accepted (431 beyond).
+    pub max_handshake_size: usize,
+    /// Bytes queued for one connection (written or waiting) before `send_queue_policy` applies.
+    pub max_send_queue: usize,
+    pub send_queue_policy: SendQueuePolicy,
+    /// Provided receive buffers per shard (a power of two, at most 32768) and their size. 0 = auto:
+    /// [`AUTO_RECV_BUFFERS`](crate::capacity::AUTO_RECV_BUFFERS) per shard while there are no more shards than cores; when capacity needs more
+    /// shards than cores (20,000 connections per ring), the same total per core is shared out among them, at
+    /// least [`MIN_AUTO_RECV_BUFFERS`](crate::capacity::MIN_AUTO_RECV_BUFFERS) each: the cores can only drain so many receives at once, and every
+    /// buffer ends up resident (4 KiB each), which would otherwise dominate the memory of idle connections.
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+    /// Submission queue entries per ring (the completion queue gets four times as many).
+    pub ring_entries: u32,
+    /// Registered file table slots per ring; 0 = RLIMIT_NOFILE (the kernel caps it there).
+    pub slots_per_shard: u32,
+    /// Largest body of a plain HTTP request (Content-Length; 413 beyond). Upgrade requests have none.
+    pub max_http_body: usize,
+    /// Commands (sends, closes, publications, connects) other threads may have waiting for one shard; past
+    /// it their calls return [`SendError::InboxFull`](crate::SendError::InboxFull) and the shard counts the
+    /// refusal (`inbox_full`). The same bound applies to each shard's notice queue.
+    pub inbox_capacity: usize,
+    /// Per-connection profiles an application can pick at upgrade ([`Accept::profile`](crate::Accept::profile));
+    /// add them with [`Config::add_profile`]. The settings above are the default profile.
+    pub profiles: Vec<Profile>,
+    /// Wake each shard at least this often to call [`Handler::on_tick`](crate::Handler::on_tick) (for applications with their own
+    /// timers, such as the load generator's message rate); `None` = only when the loop wakes anyway.
+    pub handler_tick: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9001))),
+            shards: 0,
+            max_connections: 0,
+            backlog: 4096,
+            tick: Duration::from_millis(100),
+            ping_interval: Some(Duration::from_secs(20)),
+            pong_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            tcp_keepalive: Some(TcpKeepalive::default()),
+            tcp_user_timeout: Some(Duration::from_secs(30)),
+            max_message_size: 16 << 20,
+            max_handshake_size: 8192,
+            max_send_queue: 4 << 20,
+            send_queue_policy: SendQueuePolicy::Close,
+            recv_buffers: 0,
+            recv_buffer_size: 4096,
+            ring_entries: 4096,
+            slots_per_shard: 0,
+            max_http_body: 1 << 20,
+            inbox_capacity: 65536,
+            profiles: Vec::new(),
+            handler_tick: None,
+        }
+    }
+}
+
+impl Config {
+    /// Register a per-connection profile; returns its id for [`Accept::profile`](crate::Accept::profile).
+    /// At most 255 profiles besides the default.
+    pub fn add_profile(&mut self, profile: Profile) -> ProfileId {
+        assert!(self.profiles.len() < u8::MAX as usize, "at most 255 profiles");
+        self.profiles.push(profile);
+        ProfileId(self.profiles.len() as u8)
+    }
+
+    /// The settings of profile `id` (the default profile is this config's own settings).
+    pub fn profile(&self, id: ProfileId) -> Profile {
+        match id.0 {
+            0 => Profile::of(self),
+            n => self.profiles.get(n as usize - 1).cloned().unwrap_or_else(|| Profile::of(self)),
+        }
+    }
+}
+
+/// The settings that can differ per connection: keepalive, the close deadline and size limits. A connection
+/// gets the default profile (the [`Config`]'s own settings) unless the application picks another at upgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// Ping cadence; `None` disables pings.
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub close_timeout: Duration,
+    pub max_message_size: usize,
+    /// Bytes queued beyond the message being sent before `send_queue_policy` applies (one message of any
+    /// size is always accepted into an empty queue).
+    pub max_send_queue: usize,
+    pub send_queue_policy: SendQueuePolicy,
+}
+
+impl Profile {
+    /// The default profile of `config`: start from it and change what differs.
+    pub fn of(config: &Config) -> Profile {
+        Profile {
+            ping_interval: config.ping_interval.filter(|d| !d.is_zero()),
+            pong_timeout: config.pong_timeout,
+            close_timeout: config.close_timeout,
+            max_message_size: config.max_message_size,
+            max_send_queue: config.max_send_queue,
+            send_queue_policy: config.send_queue_policy,
+        }
+    }
+}
+
+/// Names a [`Profile`]: `ProfileId::DEFAULT` or what [`Config::add_profile`] returned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProfileId(pub(crate) u8);
+
+impl ProfileId {
+    pub const DEFAULT: ProfileId = ProfileId(0);
+
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}

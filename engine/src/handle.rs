@@ -1,0 +1,298 @@
+//! Reaching the shards from any thread: [`EngineHandle`] (send, close, publish, connect, stats, shutdown),
+//! [`Notifier`] (typed notices to the handlers) and [`Engine`] (the running threads).
+//!
+//! Each shard has one bounded inbox of [`Command`]s and one bounded queue of notices, both woken through
+//! the shard's eventfd. A full inbox is never waited on: the call returns [`SendError::InboxFull`] and the
+//! shard counts it (`inbox_full`); shutdown does not go through the inbox, so it is never refused.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::capacity::Capacity;
+use crate::command::Command;
+use crate::handler::{ConnectRequest, Handler};
+use crate::ids::ConnId;
+use crate::metrics::{bump, ShardMetrics, Stats};
+use crate::prepared::Prepared;
+use crate::proto::MessageKind;
+use crate::ring::Waker;
+
+/// Why a message (or command) was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection is not open (closing, closed, never existed on this shard).
+    NotOpen,
+    /// Send-queue policy `drop`: the queue was full and the message was dropped (counted in `send_dropped`).
+    Dropped,
+    /// Send-queue policy `close`: the queue was full and the connection is being closed with 1008.
+    SlowConsumer,
+    /// The owning shard's inbox is full; nothing was queued (counted in `inbox_full`).
+    InboxFull,
+    /// No such shard.
+    NoShard,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SendError::NotOpen => "connection not open",
+            SendError::Dropped => "send queue full: message dropped",
+            SendError::SlowConsumer => "send queue full: connection closed",
+            SendError::InboxFull => "shard inbox full",
+            SendError::NoShard => "no such shard",
+        })
+    }
+}
+
+impl std::error::Error for SendError {}
+
+pub(crate) struct ShardLink {
+    pub tx: Sender<Command>,
+    pub waker: Waker,
+    pub metrics: Arc<ShardMetrics>,
+}
+
+pub(crate) struct Shared {
+    pub links: Vec<ShardLink>,
+    /// Connections holding a slot, over all shards: compared with max_connections at accept.
+    pub open_total: AtomicUsize,
+    pub max_connections: usize,
+    /// Set by [`EngineHandle::shutdown`]; each shard checks it every loop iteration.
+    pub shutting_down: AtomicBool,
+    pub drain_nanos: AtomicU64,
+}
+
+/// Send, close, publish, connect and read stats from any thread. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    pub(crate) fn deliver(&self, shard: usize, cmd: Command) -> Result<(), SendError> {
+        let link = self.shared.links.get(shard).ok_or(SendError::NoShard)?;
+        match link.tx.try_send(cmd) {
+            Ok(()) => {
+                link.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                bump(&link.metrics.inbox_full);
+                Err(SendError::InboxFull)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(SendError::NotOpen),
+        }
+    }
+
+    /// Queue a message for `conn` (its shard encodes it through the connection's write path).
+    pub fn send(&self, conn: ConnId, kind: MessageKind, data: Vec<u8>) -> Result<(), SendError> {
+        self.deliver(conn.shard(), Command::Send { conn, kind, data })
+    }
+
+    /// Queue a message encoded once; the same bytes go to every connection it is sent to.
+    pub fn send_prepared(&self, conn: ConnId, prepared: &Prepared) -> Result<(), SendError> {
+        self.deliver(conn.shard(), Command::SendPrepared { conn, prepared: prepared.clone() })
+    }
+
+    pub fn close(&self, conn: ConnId, code: u16, reason: &str) -> Result<(), SendError> {
+        self.deliver(conn.shard(), Command::Close { conn, code, reason: reason.into() })
+    }
+
+    /// Send a ping now; its RTT reaches `on_pong`.
+    pub fn ping(&self, conn: ConnId) -> Result<(), SendError> {
+        self.deliver(conn.shard(), Command::Ping { conn })
+    }
+
+    /// Subscribe `conn` to `topic` (on the connection's shard).
+    pub fn subscribe(&self, conn: ConnId, topic: &str) -> Result<(), SendError> {
+        self.deliver(conn.shard(), Command::Subscribe { conn, topic: topic.into() })
+    }
+
+    pub fn unsubscribe(&self, conn: ConnId, topic: &str) -> Result<(), SendError> {
+        self.deliver(conn.shard(), Command::Unsubscribe { conn, topic: topic.into() })
+    }
+
+    /// Publish to every subscriber of `topic` on every shard: encoded once, the same bytes queued to each.
+    /// `Err` if some shard's inbox was full (its subscribers miss this publication).
+    pub fn publish(&self, topic: &str, kind: MessageKind, data: &[u8]) -> Result<(), SendError> {
+        let prepared = Prepared::new(kind, data);
+        self.publish_prepared(topic, &prepared)
+    }
+
+    pub fn publish_prepared(&self, topic: &str, prepared: &Prepared) -> Result<(), SendError> {
+        self.publish_to_others(usize::MAX, &topic.into(), prepared)
+    }
+
+    /// Publish to every shard but `except` (the caller's own, which delivered already).
+    pub(crate) fn publish_to_others(
+        &self,
+        except: usize,
+        topic: &Arc<str>,
+        prepared: &Prepared,
+    ) -> Result<(), SendError> {
+        let mut result = Ok(());
+        for shard in (0..self.shared.links.len()).filter(|s| *s != except) {
+            let cmd = Command::Publish { topic: topic.clone(), prepared: prepared.clone() };
+            if let Err(e) = self.deliver(shard, cmd) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Send one message to every open connection of every shard, encoded once.
+    pub fn broadcast(&self, kind: MessageKind, data: &[u8]) -> Result<(), SendError> {
+        let prepared = Prepared::new(kind, data);
+        let mut result = Ok(());
+        for shard in 0..self.shared.links.len() {
+            if let Err(e) = self.deliver(shard, Command::Broadcast { prepared: prepared.clone() }) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Open an outbound connection on `shard` (client role).
+    pub fn connect(&self, shard: usize, request: ConnectRequest) -> Result<(), SendError> {
+        self.deliver(shard, Command::Connect(Box::new(request)))
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shared.links.len()
+    }
+
+    /// The sum of every shard's counters.
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for s in self.shard_stats() {
+            total.merge(&s);
+        }
+        total
+    }
+
+    /// Each shard's counters (with its inbox depth now).
+    pub fn shard_stats(&self) -> Vec<Stats> {
+        self.shared
+            .links
+            .iter()
+            .map(|l| {
+                let mut s = l.metrics.snapshot();
+                s.inbox_depth = l.tx.len() as u64;
+                s
+            })
+            .collect()
+    }
+
+    /// Stop accepting, send Close 1001 to every connection, and let each shard exit once its connections are
+    /// closed or `drain` has passed. Returns immediately; [`Engine::wait`] waits for the exit. Never refused,
+    /// whatever the inboxes hold.
+    pub fn shutdown(&self, drain: Duration) {
+        self.shared.drain_nanos.store(drain.as_nanos().min(u64::MAX as u128) as u64, Ordering::SeqCst);
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        for link in &self.shared.links {
+            link.waker.wake();
+        }
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.shared.max_connections
+    }
+}
+
+pub(crate) struct NoticeLink<N> {
+    pub tx: Sender<N>,
+    pub waker: Waker,
+    pub metrics: Arc<ShardMetrics>,
+}
+
+/// Sends typed notices ([`Handler::Notice`]) to the shards' handlers from any thread. Cheap to clone.
+pub struct Notifier<N> {
+    pub(crate) links: Arc<[NoticeLink<N>]>,
+}
+
+impl<N> Clone for Notifier<N> {
+    fn clone(&self) -> Self {
+        Notifier { links: self.links.clone() }
+    }
+}
+
+impl<N: Send + 'static> Notifier<N> {
+    /// Hand `notice` to `shard`'s handler ([`Handler::on_notice`]) on its thread.
+    pub fn notify(&self, shard: usize, notice: N) -> Result<(), SendError> {
+        if shard >= self.links.len() {
+            return Err(SendError::NoShard);
+        }
+        self.notify_or_return(shard, notice).map_err(|_| SendError::InboxFull)
+    }
+
+    /// Like [`Notifier::notify`], but a notice that could not be queued comes back (to retry later).
+    pub fn notify_or_return(&self, shard: usize, notice: N) -> Result<(), N> {
+        let Some(link) = self.links.get(shard) else { return Err(notice) };
+        match link.tx.try_send(notice) {
+            Ok(()) => {
+                link.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(n)) => {
+                bump(&link.metrics.inbox_full);
+                Err(n)
+            }
+            Err(TrySendError::Disconnected(n)) => Err(n),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.links.len()
+    }
+}
+
+/// A running engine: shard threads plus the handles to reach them.
+pub struct Engine<H: Handler> {
+    pub(crate) handle: EngineHandle,
+    pub(crate) notifier: Notifier<H::Notice>,
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    pub(crate) local_addr: Option<SocketAddr>,
+    pub(crate) capacity: Capacity,
+}
+
+impl<H: Handler> Engine<H> {
+    /// Bind the listeners, start the shard threads and return once every ring is up. `make_handler(i)` makes
+    /// shard `i`'s handler.
+    pub fn start<F>(config: crate::Config, make_handler: F) -> std::io::Result<Engine<H>>
+    where
+        F: Fn(usize) -> H,
+    {
+        let capacity = crate::capacity::plan_capacity(&config)?;
+        crate::shard::start(config, capacity, make_handler)
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    pub fn notifier(&self) -> Notifier<H::Notice> {
+        self.notifier.clone()
+    }
+
+    /// The listening address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// Wait for every shard thread to exit (after [`EngineHandle::shutdown`]).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

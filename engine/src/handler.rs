@@ -1,0 +1,226 @@
+//! The [`Handler`] trait (the application, called on the shard threads) and the values it sees and returns.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::ProfileId;
+use crate::context::Ctx;
+use crate::ids::ConnId;
+use crate::proto::handshake::{HttpError, HttpRequest, UpgradeRequest};
+use crate::proto::{CloseInfo, MessageKind};
+
+/// The application. One instance per shard, called on that shard's thread; it must never block.
+///
+/// `Conn` is per-connection state the engine keeps in the connection's slot (reach it with
+/// [`Ctx::state`]): created with `Default` when a connection takes the slot, dropped after `on_close`, so
+/// the application needs no map of connections. `Notice` is the typed message other threads send to a
+/// shard with [`Notifier::notify`](crate::Notifier::notify), handled in `on_notice`.
+///
+/// ```no_run
+/// use tether::{Config, ConnId, Ctx, Engine, Handler, Message};
+///
+/// #[derive(Default)]
+/// struct Seen { messages: u64 }
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     type Conn = Seen;
+///     type Notice = ();
+///     fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+///         if let Some(seen) = ctx.state(conn) {
+///             seen.messages += 1;
+///         }
+///         let _ = ctx.send(conn, message);
+///     }
+/// }
+///
+/// let engine = Engine::start(Config::default(), |_shard| Echo).unwrap();
+/// engine.wait();
+/// ```
+pub trait Handler: Send + Sized + 'static {
+    /// Per-connection application state, kept in the connection's slot.
+    type Conn: Default + Send + 'static;
+    /// What other threads send this handler through a [`Notifier`](crate::Notifier).
+    type Notice: Send + 'static;
+
+    /// An upgrade request arrived; accept it (optionally choosing a subprotocol, response headers and a
+    /// profile) or refuse it with an HTTP error. `ctx.state(conn)` is already there to fill.
+    fn on_upgrade(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _request: &UpgradeRequest) -> Upgrade {
+        Upgrade::Accept(Accept::default())
+    }
+    /// A plain HTTP request (no `Upgrade: websocket`) arrived, with its body; its answer is sent and the
+    /// connection closed.
+    fn on_http(&mut self, _ctx: &mut Ctx<'_, Self>, _request: &HttpRequest) -> HttpResponse {
+        HttpResponse::not_found()
+    }
+    /// The WebSocket is open (server: 101 sent; client: 101 received and checked).
+    fn on_open(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId) {}
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>);
+    /// The peer pinged (the pong is already on its way).
+    fn on_ping(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _payload: &[u8]) {}
+    /// A pong arrived; `rtt` is set when it answered our latest ping.
+    fn on_pong(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _rtt: Option<Duration>) {}
+    /// The deadline set with [`Ctx::set_timer`] for this connection has come.
+    fn on_timer(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId) {}
+    /// The connection is gone and its slot about to be freed; `ctx.state(conn)` still holds its state, and
+    /// `conn` will never be seen again.
+    fn on_close(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _closed: &Closed) {}
+    /// An outbound connection (client role) failed before it opened. `tag` is the one given to `connect`.
+    fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_, Self>, _tag: u64, _error: &ConnectError) {}
+    /// An outbound connection reached the open state. Called before `on_open`.
+    fn on_connected(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _tag: u64) {}
+    /// Called once per loop iteration with the shard's clock, after completions and timers ran
+    /// (at least every `Config::handler_tick` when that is set).
+    fn on_tick(&mut self, _ctx: &mut Ctx<'_, Self>) {}
+    /// A notice sent with [`Notifier::notify`](crate::Notifier::notify) arrived on this shard.
+    fn on_notice(&mut self, _ctx: &mut Ctx<'_, Self>, _notice: Self::Notice) {}
+}
+
+/// A complete message as the handler sees it; borrowed from the receive buffer, valid during the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::Text(_) => MessageKind::Text,
+            Message::Binary(_) => MessageKind::Binary,
+        }
+    }
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Message::Text(s) => s.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+}
+
+/// A plain HTTP answer (for requests without an upgrade, or a refused upgrade).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub reason: &'static str,
+    pub content_type: &'static str,
+    /// Extra header lines (name, value); lines that could split the response are left out.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn new(status: u16, reason: &'static str, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        HttpResponse { status, reason, content_type, headers: Vec::new(), body: body.into() }
+    }
+    pub fn not_found() -> Self {
+        HttpResponse::new(404, "Not Found", "text/plain", "not found: this is a WebSocket endpoint\n")
+    }
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What the handler says about an upgrade request.
+pub enum Upgrade {
+    Accept(Accept),
+    Reject(HttpError),
+}
+
+impl From<Accept> for Upgrade {
+    fn from(a: Accept) -> Upgrade {
+        Upgrade::Accept(a)
+    }
+}
+
+/// How to accept an upgrade: the subprotocol (one the client offered), extra response headers, and the
+/// connection's [`Profile`](crate::Profile).
+///
+/// ```
+/// use tether::{Accept, ProfileId};
+/// let accept = Accept::new().subprotocol("v2.json").header("X-Node", "a").profile(ProfileId::DEFAULT);
+/// assert_eq!(accept.subprotocol.as_deref(), Some("v2.json"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accept {
+    pub subprotocol: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub profile: ProfileId,
+}
+
+impl Accept {
+    pub fn new() -> Accept {
+        Accept::default()
+    }
+    pub fn subprotocol(mut self, protocol: impl Into<String>) -> Accept {
+        self.subprotocol = Some(protocol.into());
+        self
+    }
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Accept {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    pub fn profile(mut self, profile: ProfileId) -> Accept {
+        self.profile = profile;
+        self
+    }
+}
+
+/// Details of a finished connection, for `on_close` and the close log line.
+#[derive(Clone, Debug)]
+pub struct Closed {
+    pub info: CloseInfo,
+    pub peer: Option<SocketAddr>,
+    pub duration: Duration,
+    /// Whether the WebSocket upgrade had completed (false for refused or timed-out handshakes).
+    pub was_open: bool,
+}
+
+/// Why an outbound connection failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// socket/bind/connect failed (errno text).
+    Io(String),
+    /// The server answered the upgrade with another status.
+    Rejected { status: u16, reason: String },
+    /// The server's answer broke the handshake rules (e.g. wrong Sec-WebSocket-Accept).
+    Invalid(String),
+    /// No answer within handshake_timeout.
+    Timeout,
+    /// The shard had no free slot.
+    NoCapacity,
+    /// The connection closed before the handshake finished.
+    Closed,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::Rejected { status, reason } => {
+                write!(f, "server answered HTTP {status} {reason} instead of 101")
+            }
+            ConnectError::Invalid(e) => write!(f, "invalid handshake response: {e}"),
+            ConnectError::Timeout => write!(f, "handshake timed out"),
+            ConnectError::NoCapacity => write!(f, "no free connection slot"),
+            ConnectError::Closed => write!(f, "connection closed during the handshake"),
+        }
+    }
+}
+
+/// An outbound WebSocket connection to open (client role).
+#[derive(Clone, Debug)]
+pub struct ConnectRequest {
+    pub addr: SocketAddr,
+    /// Local address to bind first (port 0 picks one), to spread over source addresses.
+    pub bind: Option<SocketAddr>,
+    /// Host header value.
+    pub host: String,
+    pub path: String,
+    /// Returned in `on_connected` / `on_connect_failed`.
+    pub tag: u64,
+    /// Start no sooner than this (a reconnect's backoff); the shard's wheel holds it until then.
+    pub not_before: Option<Instant>,
+}

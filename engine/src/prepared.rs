@@ -1,0 +1,58 @@
+//! [`Prepared`]: a message encoded once as a server frame, shared by every connection it is sent to.
+
+use std::sync::Arc;
+
+use crate::proto::frame::write_frame;
+use crate::proto::MessageKind;
+
+/// A message encoded once into an unmasked frame. Sending it to many connections (a topic publication,
+/// [`Ctx::send_prepared`](crate::Ctx::send_prepared), [`EngineHandle::broadcast`](crate::EngineHandle::broadcast))
+/// queues the same bytes to each of them, shared, not copied. Client-role connections mask every frame, so
+/// they get their own copy of the payload instead. Cheap to clone.
+///
+/// ```
+/// use tether::{MessageKind, Prepared};
+/// let p = Prepared::new(MessageKind::Text, b"hello");
+/// assert_eq!(p.payload(), b"hello");
+/// assert_eq!(p.frame_len(), 7); // 2-byte header + payload
+/// ```
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    frame: Arc<[u8]>,
+    header_len: u8,
+    kind: MessageKind,
+}
+
+impl Prepared {
+    pub fn new(kind: MessageKind, payload: &[u8]) -> Prepared {
+        let mut frame = Vec::with_capacity(payload.len() + 10);
+        write_frame(&mut frame, true, kind.opcode(), None, payload);
+        let header_len = (frame.len() - payload.len()) as u8;
+        Prepared { frame: frame.into(), header_len, kind }
+    }
+
+    pub fn text(text: &str) -> Prepared {
+        Prepared::new(MessageKind::Text, text.as_bytes())
+    }
+
+    pub fn binary(data: &[u8]) -> Prepared {
+        Prepared::new(MessageKind::Binary, data)
+    }
+
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.header_len as usize..]
+    }
+
+    /// Bytes on the wire.
+    pub fn frame_len(&self) -> usize {
+        self.frame.len()
+    }
+
+    pub(crate) fn frame(&self) -> &Arc<[u8]> {
+        &self.frame
+    }
+}

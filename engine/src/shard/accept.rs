@@ -1,0 +1,276 @@
+//! The server side: one SO_REUSEPORT listener per shard, multishot accept into direct descriptors, the
+//! upgrade request (with the application's say in `on_upgrade`) and plain HTTP answers (`on_http`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::{debug, error, warn};
+
+use super::slot::{flag, Phase, Slot};
+use super::{with_ctx, Core, Shard};
+use crate::config::Config;
+use crate::handler::{Handler, Upgrade};
+use crate::metrics::bump;
+use crate::proto::handshake::{self, HttpError, RequestParse};
+use crate::proto::{CloseCause, CloseInfo, Initiator, Role, Writer};
+use crate::ring::Completion;
+
+/// One SO_REUSEPORT listener per shard; the kernel spreads new connections over them. Options set here are
+/// inherited by every accepted socket (TCP_NODELAY, keepalive, TCP_USER_TIMEOUT), which saves a setsockopt
+/// per connection.
+pub(super) fn bind_listeners(cfg: &Config, addr: SocketAddr, shards: usize) -> io::Result<Vec<socket2::Socket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(shards);
+    let mut addr = addr;
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let this process silently share the port with another server already
+        // listening there (same user). A plain bind first turns that into a clear "address in use".
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+        drop(probe);
+    }
+    for _ in 0..shards {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nodelay(true)?;
+        apply_keepalive(&s, cfg)?;
+        s.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+        s.listen(cfg.backlog)?;
+        if addr.port() == 0 {
+            // Every shard must listen on the same port the first one got.
+            addr = s.local_addr()?.as_socket().unwrap_or(addr);
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn apply_keepalive(s: &socket2::Socket, cfg: &Config) -> io::Result<()> {
+    match cfg.tcp_keepalive {
+        Some(ka) => {
+            s.set_keepalive(true)?;
+            let params =
+                socket2::TcpKeepalive::new().with_time(ka.idle).with_interval(ka.interval).with_retries(ka.count);
+            s.set_tcp_keepalive(&params)?;
+        }
+        None => s.set_keepalive(false)?,
+    }
+    if let Some(t) = cfg.tcp_user_timeout {
+        s.set_tcp_user_timeout(Some(t))?;
+    }
+    Ok(())
+}
+
+fn unavailable(message: String) -> HttpError {
+    HttpError { status: 503, reason: "Service Unavailable", message }
+}
+
+impl Core {
+    pub(super) fn arm_accept(&mut self) {
+        if let Some(l) = &self.listener {
+            let fd = l.as_raw_fd();
+            self.ring.accept_multi(fd);
+            self.accept_armed = true;
+        }
+    }
+
+    pub(super) fn retry_accept(&mut self) {
+        if self.accept_retry_at.is_some_and(|t| self.now >= t) && !self.accept_armed && !self.shutting_down {
+            self.arm_accept();
+        }
+    }
+
+    pub(super) fn on_accept(&mut self, c: Completion) {
+        if !c.more() {
+            self.accept_armed = false;
+        }
+        if c.result < 0 {
+            match -c.result {
+                libc::ENFILE | libc::EMFILE => {
+                    bump(&self.metrics.accept_table_full);
+                    if !self.accept_paused {
+                        warn!(shard = self.index, "file table full: accepting paused until a slot frees");
+                    }
+                    self.accept_paused = true;
+                }
+                libc::ECANCELED => {}
+                e => {
+                    if self.accept_retry_at.is_none() {
+                        warn!(shard = self.index, error = %io::Error::from_raw_os_error(e), "accept failed; retrying in 100ms");
+                    }
+                    if !self.accept_armed {
+                        self.accept_retry_at = Some(self.now + Duration::from_millis(100));
+                    }
+                    return;
+                }
+            }
+            if !self.accept_armed && !self.accept_paused && !self.shutting_down {
+                self.arm_accept();
+            }
+            return;
+        }
+        self.accept_retry_at = None;
+        let slot = c.result as u32;
+        self.take_slot(slot, false);
+        if self.shutting_down {
+            let info = CloseInfo::new(1001, "server shutting down", Initiator::Local, CloseCause::Shutdown);
+            self.teardown(slot, info, false);
+        } else {
+            bump(&self.metrics.accepted);
+            let open_total = self.shared.open_total.load(Ordering::Relaxed);
+            if open_total > self.shared.max_connections {
+                self.slots[slot as usize].set(flag::OVER_CAPACITY);
+            }
+            self.ring.peer_name(slot, self.slots[slot as usize].generation, self.listener_ipv6);
+            self.slots[slot as usize].set(flag::PEERNAME_PENDING);
+            self.arm_recv(slot);
+            let deadline = self.now + self.cfg.handshake_timeout;
+            self.schedule(slot, deadline);
+        }
+        if !self.accept_armed && !self.accept_paused && !self.shutting_down {
+            self.arm_accept();
+        }
+    }
+
+    /// Take a freshly allocated descriptor slot into use.
+    pub(super) fn take_slot(&mut self, slot: u32, client: bool) {
+        let idx = slot as usize;
+        if idx >= self.slots.len() {
+            self.slots.resize_with(idx + 1, || Slot::free(0));
+        }
+        let s = &mut self.slots[idx];
+        if s.phase != Phase::Free {
+            // The kernel only reuses an index after our close completed, which frees the slot first.
+            error!(shard = self.index, slot, phase = ?s.phase, "descriptor slot handed out while still in use");
+        }
+        let generation = s.generation.wrapping_add(1) & 0xff_ffff;
+        *s = Slot::free(self.now.saturating_duration_since(self.epoch).as_nanos() as u64);
+        s.generation = generation;
+        s.phase = if client { Phase::Connecting } else { Phase::Handshake };
+        s.flags = if client { flag::CLIENT } else { 0 };
+        bump(&self.metrics.open);
+        self.shared.open_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answer a plain HTTP request or a refused upgrade, then close once it is sent.
+    pub(super) fn http_answer(&mut self, slot: u32, response: Vec<u8>, status: u16) {
+        self.lend_out(slot);
+        let s = &mut self.slots[slot as usize];
+        s.handshake = Vec::new();
+        s.out.bytes_mut().extend_from_slice(&response);
+        let info = CloseInfo::new(0, format!("http {status}"), Initiator::Local, CloseCause::HttpRejected);
+        self.teardown(slot, info, true);
+    }
+
+    fn reject(&mut self, slot: u32, err: &HttpError) {
+        let resp = handshake::reject_response(err);
+        self.http_answer(slot, resp, err.status);
+    }
+}
+
+impl<H: Handler> Shard<H> {
+    /// SO_PEERNAME came back; a request that arrived before it is handled now.
+    pub(super) fn on_peer_name(&mut self, slot: u32, c: Completion) {
+        let s = &mut self.core.slots[slot as usize];
+        s.clear(flag::PEERNAME_PENDING);
+        if c.result > 0 {
+            s.set(flag::PEER_KNOWN);
+        }
+        if s.has(flag::REQUEST_WAITING) && s.phase == Phase::Handshake {
+            s.clear(flag::REQUEST_WAITING);
+            self.server_handshake(slot);
+        }
+        self.core.advance_teardown(slot);
+    }
+
+    pub(super) fn server_handshake(&mut self, slot: u32) {
+        let core = &mut self.core;
+        let parsed = handshake::parse_request(
+            &core.slots[slot as usize].handshake,
+            core.cfg.max_handshake_size,
+            core.cfg.max_http_body,
+        );
+        if !matches!(parsed, RequestParse::Partial) && core.slots[slot as usize].has(flag::PEERNAME_PENDING) {
+            // The application is promised the peer address: wait for SO_PEERNAME (it completes right after
+            // the accept in practice).
+            core.slots[slot as usize].set(flag::REQUEST_WAITING);
+            return;
+        }
+        let id = core.id(slot);
+        let peer = core.peer_addr(slot);
+        match parsed {
+            RequestParse::Partial => {}
+            RequestParse::Reject(err) => {
+                debug!(conn = %id, status = err.status, message = %err.message, "upgrade refused");
+                core.reject(slot, &err);
+            }
+            RequestParse::Http { mut request, .. } => {
+                request.peer = peer;
+                let resp = with_ctx!(self, |h, ctx| h.on_http(&mut ctx, &request));
+                let headers: Vec<String> =
+                    resp.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
+                let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+                let bytes = handshake::http_response(resp.status, resp.reason, resp.content_type, &headers, &resp.body);
+                self.core.http_answer(slot, bytes, resp.status);
+            }
+            RequestParse::Upgrade { mut request, consumed } => {
+                if core.slots[slot as usize].has(flag::OVER_CAPACITY) {
+                    bump(&core.metrics.rejected_capacity);
+                    let max = core.shared.max_connections;
+                    core.reject(slot, &unavailable(format!("server at capacity ({max} connections)")));
+                    return;
+                }
+                if core.shutting_down {
+                    core.reject(slot, &unavailable("server shutting down".into()));
+                    return;
+                }
+                request.peer = peer;
+                let verdict = with_ctx!(self, |h, ctx| h.on_upgrade(&mut ctx, id, &request));
+                let accept = match verdict {
+                    Upgrade::Reject(err) => {
+                        self.core.reject(slot, &err);
+                        return;
+                    }
+                    Upgrade::Accept(accept) => accept,
+                };
+                let core = &mut self.core;
+                if core.slots[slot as usize].phase != Phase::Handshake {
+                    return; // the handler closed it
+                }
+                if let Some(p) = &accept.subprotocol {
+                    if !request.protocols.iter().any(|o| o == p) {
+                        error!(conn = %id, protocol = %p, "on_upgrade chose a subprotocol the client did not offer");
+                        let err = HttpError {
+                            status: 500,
+                            reason: "Internal Server Error",
+                            message: "server chose an unoffered subprotocol".into(),
+                        };
+                        core.reject(slot, &err);
+                        return;
+                    }
+                }
+                let profile = accept.profile.index().min(core.profiles.len() - 1);
+                let headers: Vec<String> =
+                    accept.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
+                let key = handshake::accept_key(request.key.as_bytes());
+                let resp = handshake::upgrade_response(&key, accept.subprotocol.as_deref(), &headers);
+                let seed = core.next_random();
+                core.lend_out(slot);
+                let now = core.now;
+                let s = &mut core.slots[slot as usize];
+                s.out.bytes_mut().extend_from_slice(&resp);
+                s.profile = profile as u8;
+                s.writer = Some(Writer::new(Role::Server, now, seed));
+                s.phase = Phase::Open;
+                s.set(flag::WAS_OPEN);
+                bump(&core.metrics.websocket_open);
+                self.opened(slot, consumed);
+            }
+        }
+    }
+}

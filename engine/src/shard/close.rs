@@ -1,0 +1,195 @@
+//! Ending connections: the decision (`teardown`, the first decision wins), the steps (`lifecycle.rs` decides,
+//! this file acts on the ring), and the close completion that logs, counts, tells the handler and frees the
+//! slot. The kernel cannot hand a descriptor index out again before that close completes, so a completion can
+//! never reach a newer occupant; the generation in each token checks it anyway. Every step is bounded by
+//! close_timeout through the wheel (then the slot's operations are cancelled).
+
+use std::sync::atomic::Ordering;
+
+use tracing::{debug, info};
+
+use super::lifecycle::{next_step, Step};
+use super::slot::{flag, Phase};
+use super::{with_ctx, Core, Shard};
+use crate::handler::{Closed, Handler};
+use crate::metrics::drop_one;
+use crate::proto::{CloseCause, CloseInfo, Initiator};
+
+impl Core {
+    /// Start the close handshake (Open), or end a connection that never opened.
+    pub(super) fn close_conn(&mut self, slot: u32, code: u16, reason: &str, cause: CloseCause) {
+        let now = self.now;
+        let s = &mut self.slots[slot as usize];
+        match s.phase {
+            Phase::Open => {
+                if !s.writer.as_ref().is_some_and(|w| w.is_open()) {
+                    return;
+                }
+                self.lend_out(slot);
+                let s = &mut self.slots[slot as usize];
+                let cfg = &self.profiles[s.profile as usize].proto;
+                let Some(w) = s.writer.as_mut() else { return };
+                w.close(s.out.bytes_mut(), code, reason, cause, now, cfg);
+                s.reader.on_local_close();
+                if s.ending.is_none() {
+                    s.ending = Some(Box::new(CloseInfo::new(code, reason, Initiator::Local, cause)));
+                }
+                self.mark_dirty(slot);
+                self.rearm(slot);
+            }
+            Phase::Handshake | Phase::Connecting => {
+                self.teardown(slot, CloseInfo::new(code, reason, Initiator::Local, cause), false);
+            }
+            Phase::Closing | Phase::Free => {}
+        }
+    }
+
+    /// Decide to end a connection. With `flush`, queued bytes (a Close frame, an HTTP answer) go out first.
+    /// The first decision wins: later calls only move the teardown along.
+    pub(super) fn teardown(&mut self, slot: u32, info: CloseInfo, flush: bool) {
+        let s = &mut self.slots[slot as usize];
+        if s.ending.is_none() {
+            s.ending = Some(Box::new(info));
+        }
+        if s.phase == Phase::Closing {
+            self.advance_teardown(slot);
+            return;
+        }
+        if s.phase == Phase::Open {
+            drop_one(&self.metrics.websocket_open);
+        }
+        s.phase = Phase::Closing;
+        if flush && (!s.out.is_empty() || s.has(flag::SEND_INFLIGHT)) {
+            s.set(flag::FLUSH_FIRST);
+            // A peer that never reads must not hold the slot: bound the flush.
+            let deadline = self.now + self.cfg.close_timeout;
+            self.schedule(slot, deadline);
+        }
+        self.advance_teardown(slot);
+    }
+
+    /// Take every teardown step that can be taken now (see `lifecycle.rs`).
+    pub(super) fn advance_teardown(&mut self, slot: u32) {
+        loop {
+            let s = &mut self.slots[slot as usize];
+            if s.phase != Phase::Closing {
+                return;
+            }
+            match next_step(s.flags, !s.out.is_empty()) {
+                Step::Wait => return,
+                Step::Send => self.start_send(slot),
+                Step::Shutdown => {
+                    s.clear(flag::FLUSH_FIRST);
+                    s.set(flag::SHUTDOWN_SUBMITTED);
+                    let generation = s.generation;
+                    if s.has(flag::ADDR_OP_PENDING) || (s.has(flag::CLIENT) && s.phase == Phase::Connecting) {
+                        // No connected socket yet: nothing to shut down, but a connect may be waiting on an
+                        // unresponsive peer; cancel it rather than wait for the teardown deadline.
+                        s.set(flag::SHUTDOWN_DONE);
+                        if s.has(flag::ADDR_OP_PENDING) {
+                            self.ring.cancel_slot(slot);
+                        }
+                    } else {
+                        self.ring.shutdown(slot, generation);
+                    }
+                    let deadline = self.now + self.cfg.close_timeout;
+                    self.schedule(slot, deadline);
+                }
+                Step::Close => {
+                    s.set(flag::CLOSE_SUBMITTED);
+                    let generation = s.generation;
+                    self.wheel.cancel(slot);
+                    self.ring.close(slot, generation);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A flush or teardown step did not finish within close_timeout.
+    pub(super) fn teardown_overdue(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if s.has(flag::FLUSH_FIRST) {
+            // Give up on the output: shut down now.
+            s.clear(flag::FLUSH_FIRST);
+            s.out.clear();
+            self.advance_teardown(slot);
+        } else {
+            self.ring.cancel_slot(slot);
+            let deadline = self.now + self.cfg.close_timeout;
+            self.schedule(slot, deadline);
+        }
+    }
+}
+
+impl<H: Handler> Shard<H> {
+    /// The descriptor is closed: log, count, tell the handler, free the slot.
+    pub(super) fn finalize(&mut self, slot: u32) {
+        let core = &mut self.core;
+        let id = core.id(slot);
+        let s = &mut core.slots[slot as usize];
+        let info = s
+            .ending
+            .take()
+            .map(|b| *b)
+            .unwrap_or_else(|| CloseInfo::new(1006, "closed", Initiator::Abnormal, CloseCause::Abnormal));
+        let created = core.epoch + std::time::Duration::from_nanos(s.created_at);
+        let duration = core.now.saturating_duration_since(created);
+        let was_open = s.has(flag::WAS_OPEN);
+        let client = s.has(flag::CLIENT);
+        // Every operation of the slot has completed: nothing writes the address buffer any more.
+        let peer = core.peer_addr(slot);
+        let code = info.code;
+        core.metrics.record_close(code, info.cause);
+        let peer_text = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        if was_open || code != 0 {
+            info!(
+                conn = %id,
+                peer = %peer_text,
+                code,
+                reason = ?info.reason,
+                cause = info.cause.as_str(),
+                initiator = %info.initiator.as_str(),
+                duration_ms = duration.as_millis() as u64,
+                role = %if client { "client" } else { "server" },
+                "close"
+            );
+        } else {
+            debug!(conn = %id, peer = %peer_text, reason = ?info.reason, duration_ms = duration.as_millis() as u64, "http connection done");
+        }
+        if was_open {
+            let closed = Closed { info, peer, duration, was_open };
+            with_ctx!(self, |h, ctx| h.on_close(&mut ctx, id, &closed));
+        }
+        if let Some(state) = self.states.get_mut(slot as usize) {
+            *state = Default::default();
+        }
+        self.core.free_slot(slot);
+    }
+}
+
+impl Core {
+    fn free_slot(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        s.phase = Phase::Free;
+        s.flags = 0;
+        s.writer = None;
+        s.reader.clear();
+        s.handshake = Vec::new();
+        s.client = None;
+        s.app_tick = 0;
+        let out = s.out.take_bytes();
+        self.give_back(out);
+        self.wheel.cancel(slot);
+        self.topics.remove_slot(slot);
+        self.sync_topic_gauges();
+        drop_one(&self.metrics.open);
+        self.shared.open_total.fetch_sub(1, Ordering::Relaxed);
+        if self.accept_paused && !self.shutting_down {
+            self.accept_paused = false;
+            if !self.accept_armed {
+                self.arm_accept();
+            }
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! One shard: one thread, its ring, one timing wheel, one slab of connections, and the loop that joins them.
+//!
+//! [`Core`] is the mechanics (slots, ring, wheel, write path, teardown) and never calls the application;
+//! [`Shard`] owns the core, the receive buffers and the handler, and is the only place that calls the
+//! handler, through a [`Ctx`] over the core. One concern per file:
+//!
+//! | file | concern |
+//! | --- | --- |
+//! | `slot.rs` | a connection's slot, phases and flags |
+//! | `lifecycle.rs` | the teardown order, as a pure function of the flags |
+//! | `accept.rs` | listeners, accept, the server side of the upgrade, plain HTTP answers |
+//! | `recv.rs` | receive completions and dispatch of protocol events to the handler |
+//! | `send.rs` | the one write path, the send-queue bound, flushing and send completions |
+//! | `close.rs` | teardown, close completions, the close log line |
+//! | `timers.rs` | the wheel: protocol, application and handshake deadlines, delayed connects |
+//! | `client.rs` | the client role: socket, connect, the client side of the upgrade |
+//! | `inbox.rs` | commands from other threads |
+//! | `ops.rs` | what a handler's `Ctx` can do (`ShardOps` for the core) |
+//! | `topics.rs` | topic subscriptions |
+//!
+//! Each slot has at most one entry in the wheel: its next deadline (handshake, ping, pong, close, teardown or
+//! the application's), re-armed in O(1) whenever it changes.
+
+mod accept;
+mod client;
+mod close;
+mod inbox;
+mod lifecycle;
+mod ops;
+mod recv;
+mod send;
+mod slot;
+mod timers;
+mod topics;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use tracing::{debug, error, info, warn};
+
+use crate::capacity::Capacity;
+use crate::command::Command;
+use crate::config::{Config, Profile, SendQueuePolicy};
+use crate::handle::{Engine, EngineHandle, NoticeLink, Notifier, ShardLink, Shared};
+use crate::handler::{ConnectError, ConnectRequest, Handler};
+use crate::ids::ConnId;
+use crate::metrics::ShardMetrics;
+use crate::proto::ProtoConfig;
+use crate::ring::{self, BufRing, Completion, Op, Ring, RingConfig, SockoptValue, Token, Waker};
+use crate::wheel::Wheel;
+
+use slot::{Phase, Slot};
+use topics::Topics;
+
+/// A profile as the shard uses it.
+pub(crate) struct ProfileRt {
+    pub proto: ProtoConfig,
+    pub max_send_queue: usize,
+    pub policy: SendQueuePolicy,
+}
+
+impl ProfileRt {
+    fn new(p: &Profile) -> ProfileRt {
+        ProfileRt {
+            proto: ProtoConfig {
+                max_message_size: p.max_message_size,
+                ping_interval: p.ping_interval.filter(|d| !d.is_zero()),
+                pong_timeout: p.pong_timeout,
+                close_timeout: p.close_timeout,
+            },
+            max_send_queue: p.max_send_queue,
+            policy: p.send_queue_policy,
+        }
+    }
+}
+
+/// Reusable send buffers, so a busy connection does not allocate per send and an idle one holds none.
+const POOL_MAX: usize = 1024;
+const POOL_BUF_MAX: usize = 64 << 10;
+
+pub(crate) struct Core {
+    index: u16,
+    cfg: Config,
+    profiles: Vec<ProfileRt>,
+    ring: Ring,
+    wheel: Wheel,
+    slots: Vec<Slot>,
+    topics: Topics,
+    epoch: Instant,
+    now: Instant,
+    tick_nanos: u128,
+    metrics: Arc<ShardMetrics>,
+    shared: Arc<Shared>,
+    handle: EngineHandle,
+    listener: Option<OwnedFd>,
+    listener_ipv6: bool,
+    accept_armed: bool,
+    /// The table was full; accept is re-armed when a slot frees.
+    accept_paused: bool,
+    /// After an unexpected accept error, accept is re-armed no sooner than this (no hot error loop).
+    accept_retry_at: Option<Instant>,
+    shutting_down: bool,
+    drain_deadline: Option<Instant>,
+    drain_requested: Duration,
+    dirty: Vec<u32>,
+    pool: Vec<Vec<u8>>,
+    /// Outbound connections waiting for their socket op (or their start time): the socket op's tag and the
+    /// wheel key (`connect_key_base + index`) name an entry here.
+    pending_connects: Vec<Option<Box<ConnectRequest>>>,
+    connect_key_base: u32,
+    /// (level, option, value) set on every outbound socket: the keepalive and TCP_USER_TIMEOUT that
+    /// accepted sockets inherit from the listener.
+    client_sockopts: Vec<(i32, i32, SockoptValue)>,
+    /// Connects that failed inside a core operation (the shard reports them to the handler).
+    failed_connects: Vec<(u64, ConnectError)>,
+    rng: u64,
+}
+
+/// The shard thread's state. Field order matters: `core` (which holds the ring) drops before `bufs`.
+pub(crate) struct Shard<H: Handler> {
+    core: Core,
+    bufs: BufRing,
+    handler: H,
+    /// Per-slot application state, grown on demand.
+    states: Vec<H::Conn>,
+    notifier: Notifier<H::Notice>,
+    notices: Receiver<H::Notice>,
+    inbox: Receiver<Command>,
+    waker: Waker,
+}
+
+/// Runs a handler callback with a `Ctx` over the shard's core.
+macro_rules! with_ctx {
+    ($shard:expr, |$h:ident, $ctx:ident| $body:expr) => {{
+        let shard = &mut *$shard;
+        let mut $ctx =
+            $crate::context::Ctx { ops: &mut shard.core, states: &mut shard.states, notifier: &shard.notifier };
+        let $h = &mut shard.handler;
+        $body
+    }};
+}
+pub(crate) use with_ctx;
+
+/// Spawns the shard threads and waits until each ring is up.
+pub(crate) fn start<H, F>(config: Config, capacity: Capacity, make_handler: F) -> io::Result<Engine<H>>
+where
+    H: Handler,
+    F: Fn(usize) -> H,
+{
+    let config = Config { recv_buffers: capacity.recv_buffers, ..config };
+    let listeners = match config.listen {
+        Some(addr) => accept::bind_listeners(&config, addr, capacity.shards)?,
+        None => Vec::new(),
+    };
+    let local_addr = listeners.first().and_then(|l| l.local_addr().ok()).and_then(|a| a.as_socket());
+
+    let bound = config.inbox_capacity.max(1);
+    let mut links = Vec::with_capacity(capacity.shards);
+    let mut notice_links = Vec::with_capacity(capacity.shards);
+    let mut inboxes = Vec::with_capacity(capacity.shards);
+    for _ in 0..capacity.shards {
+        let (tx, rx) = crossbeam_channel::bounded(bound);
+        let (ntx, nrx) = crossbeam_channel::bounded(bound);
+        let waker = Waker::new()?;
+        let metrics = Arc::new(ShardMetrics::default());
+        links.push(ShardLink { tx, waker: waker.clone(), metrics: metrics.clone() });
+        notice_links.push(NoticeLink { tx: ntx, waker: waker.clone(), metrics: metrics.clone() });
+        inboxes.push((rx, nrx, waker, metrics));
+    }
+    let shared = Arc::new(Shared {
+        links,
+        open_total: Default::default(),
+        max_connections: capacity.max_connections,
+        shutting_down: AtomicBool::new(false),
+        drain_nanos: AtomicU64::new(0),
+    });
+    let handle = EngineHandle { shared: shared.clone() };
+    let notifier = Notifier { links: notice_links.into() };
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, io::Result<()>)>();
+    let mut threads = Vec::with_capacity(capacity.shards);
+    let mut listeners = listeners.into_iter();
+    for (index, (inbox, notices, waker, metrics)) in inboxes.into_iter().enumerate() {
+        let handler = make_handler(index);
+        let listener: Option<OwnedFd> = listeners.next().map(|s| s.into());
+        let cfg = config.clone();
+        let handle = handle.clone();
+        let notifier = notifier.clone();
+        let ready = ready_tx.clone();
+        let slots = capacity.slots_per_shard;
+        let t = std::thread::Builder::new().name(format!("tether-shard-{index}")).spawn(move || {
+            let built = Core::new(index as u16, cfg, slots, listener, metrics, handle);
+            let (core, bufs) = match built {
+                Ok(parts) => {
+                    let _ = ready.send((index, Ok(())));
+                    parts
+                }
+                Err(e) => {
+                    let _ = ready.send((index, Err(e)));
+                    return;
+                }
+            };
+            let mut shard = Shard { core, bufs, handler, states: Vec::new(), notifier, notices, inbox, waker };
+            if let Err(e) = shard.run() {
+                error!(shard = index, error = %e, "shard stopped on a ring error");
+            }
+        })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    let mut first_error = None;
+    for _ in 0..capacity.shards {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((index, Err(e))) => {
+                first_error.get_or_insert(io::Error::new(e.kind(), format!("shard {index}: {e}")));
+            }
+            Err(_) => {
+                first_error.get_or_insert(io::Error::other("a shard thread died during start-up"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        handle.shutdown(Duration::ZERO);
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(e);
+    }
+    Ok(Engine { handle, notifier, threads, local_addr, capacity })
+}
+
+impl Core {
+    fn new(
+        index: u16,
+        cfg: Config,
+        slots: u32,
+        listener: Option<OwnedFd>,
+        metrics: Arc<ShardMetrics>,
+        handle: EngineHandle,
+    ) -> io::Result<(Core, BufRing)> {
+        let (mut ring, bufs) = Ring::new(RingConfig {
+            entries: cfg.ring_entries,
+            slots,
+            recv_buffers: cfg.recv_buffers,
+            recv_buffer_size: cfg.recv_buffer_size,
+        })?;
+        let client_sockopts = client::client_sockopts(&cfg)
+            .into_iter()
+            .map(|(level, name, value)| (level, name, ring.sockopt_value(value)))
+            .collect();
+        let mut profiles = vec![ProfileRt::new(&Profile::of(&cfg))];
+        profiles.extend(cfg.profiles.iter().map(ProfileRt::new));
+        let listener_ipv6 = matches!(cfg.listen, Some(SocketAddr::V6(_)));
+        let now = Instant::now();
+        let tick_nanos = cfg.tick.as_nanos().max(1_000_000);
+        let seed = (ring::random_u64() ^ ((index as u64) << 32)) | 1;
+        debug!(shard = index, defer_taskrun = ring.defer_taskrun, slots, "shard ring ready");
+        let shared = handle.shared.clone();
+        let core = Core {
+            index,
+            profiles,
+            ring,
+            wheel: Wheel::with_capacity(slots as usize),
+            slots: Vec::with_capacity(slots as usize),
+            topics: Topics::default(),
+            epoch: now,
+            now,
+            tick_nanos,
+            metrics,
+            shared,
+            handle,
+            listener,
+            listener_ipv6,
+            accept_armed: false,
+            accept_paused: false,
+            accept_retry_at: None,
+            shutting_down: false,
+            drain_deadline: None,
+            drain_requested: Duration::ZERO,
+            dirty: Vec::new(),
+            pool: Vec::new(),
+            pending_connects: Vec::new(),
+            connect_key_base: slots,
+            client_sockopts,
+            failed_connects: Vec::new(),
+            rng: seed,
+            cfg,
+        };
+        Ok((core, bufs))
+    }
+
+    fn id(&self, slot: u32) -> ConnId {
+        ConnId::new(self.index, slot, self.slots[slot as usize].generation)
+    }
+
+    /// The slot `conn` names, if that connection is still the slot's occupant (in any phase but Free).
+    fn resolve(&self, conn: ConnId) -> Option<u32> {
+        let slot = conn.slot();
+        let s = self.slots.get(slot as usize)?;
+        (conn.shard() == self.index as usize && s.generation & 0xff_ffff == conn.generation() && s.phase != Phase::Free)
+            .then_some(slot)
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: masking keys and handshake nonces for the load generator, not cryptography.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn begin_shutdown(&mut self, drain: Duration) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.drain_deadline = Some(self.now + drain);
+        self.drain_requested = drain;
+        if self.accept_armed {
+            self.ring.cancel_accept();
+        }
+        // Closing the listener makes the kernel stop queueing connections for this shard.
+        drop(self.listener.take());
+        let open = self.metrics.open.load(Ordering::Relaxed);
+        info!(shard = self.index, open, drain_ms = drain.as_millis() as u64, "draining");
+        for slot in 0..self.slots.len() as u32 {
+            if self.slots[slot as usize].phase != Phase::Free {
+                self.close_conn(slot, 1001, "server shutting down", crate::proto::CloseCause::Shutdown);
+            }
+        }
+        // Delayed connects will never start now.
+        for i in 0..self.pending_connects.len() {
+            if let Some(request) = self.pending_connects[i].take() {
+                self.wheel.cancel(self.connect_key_base + i as u32);
+                self.failed_connects.push((request.tag, ConnectError::Closed));
+            }
+        }
+    }
+
+    /// Whether the shard may stop: drained, or past the drain deadline.
+    fn drained(&self) -> bool {
+        if !self.shutting_down {
+            return false;
+        }
+        let open = self.metrics.open.load(Ordering::Relaxed);
+        let deadline_passed = self.drain_deadline.is_some_and(|d| self.now >= d);
+        if open > 0 && deadline_passed {
+            if self.drain_requested.is_zero() {
+                debug!(shard = self.index, open, "stopping without a drain; dropping the remaining connections");
+            } else {
+                warn!(shard = self.index, open, "drain deadline passed; dropping the remaining connections");
+            }
+        }
+        open == 0 || deadline_passed
+    }
+}
+
+impl<H: Handler> Shard<H> {
+    fn run(&mut self) -> io::Result<()> {
+        self.core.ring.arm_wake(&self.waker);
+        self.core.arm_accept();
+        let mut completions = Vec::with_capacity(1024);
+        loop {
+            self.core.now = Instant::now();
+            if self.core.shared.shutting_down.load(Ordering::Acquire) && !self.core.shutting_down {
+                let drain = Duration::from_nanos(self.core.shared.drain_nanos.load(Ordering::Acquire));
+                self.core.begin_shutdown(drain);
+            }
+            // Inbox first: commands may open, close or write to connections.
+            self.drain_inbox();
+            self.core.retry_accept();
+            self.expire_timers();
+            with_ctx!(self, |h, ctx| h.on_tick(&mut ctx));
+            self.report_failed_connects();
+            self.core.flush_dirty();
+
+            if self.core.drained() {
+                // Let queued closes reach the kernel before the ring goes away.
+                let _ = self.core.ring.submit();
+                return Ok(());
+            }
+
+            let timeout = self.core.sleep_budget();
+            self.bufs.publish();
+            self.core.ring.submit_and_wait(timeout)?;
+            completions.clear();
+            self.core.ring.completions(&mut completions);
+            self.core.now = Instant::now();
+            for c in completions.iter().copied() {
+                if Token::decode(c.user_data).is_some_and(|t| t.op == Op::Wake) {
+                    self.waker.reset();
+                    self.core.ring.arm_wake(&self.waker);
+                    continue;
+                }
+                self.complete(c);
+            }
+            self.report_failed_connects();
+        }
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let Some(token) = Token::decode(c.user_data) else { return };
+        tracing::trace!(?token, result = c.result, flags = c.flags, "completion");
+        match token.op {
+            Op::Accept => self.core.on_accept(c),
+            Op::Socket => self.on_socket(token, c),
+            Op::Ignore | Op::Wake => {}
+            _ => {
+                let slot = token.slot;
+                let live = self
+                    .core
+                    .slots
+                    .get(slot as usize)
+                    .is_some_and(|s| s.phase != Phase::Free && s.generation & 0xff_ffff == token.generation);
+                if !live {
+                    // A completion for an earlier occupant: only the buffer matters.
+                    if let Some(bid) = c.buffer_id() {
+                        self.bufs.recycle(bid);
+                    }
+                    if token.op == Op::Send {
+                        let _ = self.core.ring.take_send(slot);
+                    }
+                    return;
+                }
+                match token.op {
+                    Op::Recv => self.on_recv(slot, c),
+                    Op::Send => self.core.on_send(slot, c),
+                    Op::PeerName => self.on_peer_name(slot, c),
+                    Op::Shutdown => {
+                        self.core.slots[slot as usize].set(slot::flag::SHUTDOWN_DONE);
+                        self.core.advance_teardown(slot);
+                    }
+                    Op::Close => self.finalize(slot),
+                    Op::Bind | Op::Connect => self.on_connect_step(slot, token.op, c),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn report_failed_connects(&mut self) {
+        while !self.core.failed_connects.is_empty() {
+            let failed = std::mem::take(&mut self.core.failed_connects);
+            for (tag, error) in failed {
+                with_ctx!(self, |h, ctx| h.on_connect_failed(&mut ctx, tag, &error));
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Receiving: multishot receive completions, the handshake bytes, and the dispatch of protocol events to the
+//! handler. An event borrows the receive buffer (single-frame messages reach `on_message` with no copy) and
+//! the connection's reader, which is moved out of the slot meanwhile, so the handler's `Ctx` can write to
+//! any connection, this one included, through the one write path.
+
+use super::slot::{flag, Phase};
+use super::{with_ctx, Shard};
+use crate::handler::{ConnectError, Handler, Message};
+use crate::metrics::{add, bump};
+use crate::proto::{CloseCause, CloseInfo, Event, Initiator, Input, MessageKind};
+use crate::ring::{self, Completion};
+
+impl<H: Handler> Shard<H> {
+    pub(super) fn on_recv(&mut self, slot: u32, c: Completion) {
+        let more = c.more();
+        if !more {
+            self.core.slots[slot as usize].clear(flag::RECV_ARMED);
+        }
+        if c.result > 0 {
+            let Some(bid) = c.buffer_id() else { return };
+            add(&self.core.metrics.bytes_in, c.result as u64);
+            if self.core.slots[slot as usize].phase != Phase::Closing {
+                self.on_bytes(slot, bid, c.result as usize);
+            }
+            self.bufs.recycle(bid);
+            let phase = self.core.slots[slot as usize].phase;
+            if !more && phase != Phase::Closing && phase != Phase::Free {
+                self.core.arm_recv(slot);
+            }
+            if phase == Phase::Closing {
+                self.core.advance_teardown(slot);
+            }
+            return;
+        }
+        if let Some(bid) = c.buffer_id() {
+            self.bufs.recycle(bid);
+        }
+        let phase = self.core.slots[slot as usize].phase;
+        if c.result == -libc::ENOBUFS && phase != Phase::Closing {
+            // Every provided buffer is in use: the multishot receive ended; arm it again now that this
+            // iteration is recycling buffers.
+            bump(&self.core.metrics.recv_buffer_exhausted);
+            if !more {
+                self.core.arm_recv(slot);
+            }
+            return;
+        }
+        if phase == Phase::Closing {
+            self.core.advance_teardown(slot);
+            return;
+        }
+        // EOF or a socket error: the peer is gone.
+        let why = if c.result == 0 { "connection closed by peer".to_string() } else { ring::errno_str(c.result) };
+        self.peer_gone(slot, &why);
+    }
+
+    /// TCP ended under an open or handshaking connection.
+    fn peer_gone(&mut self, slot: u32, why: &str) {
+        let s = &mut self.core.slots[slot as usize];
+        if s.phase == Phase::Connecting || (s.phase == Phase::Handshake && s.has(flag::CLIENT)) {
+            self.fail_connect(slot, ConnectError::Closed);
+            return;
+        }
+        let info = match s.writer.as_mut().and_then(|w| w.handle_eof(why)) {
+            Some(info) => info,
+            None => CloseInfo::new(1006, why, Initiator::Abnormal, CloseCause::Abnormal),
+        };
+        s.out.clear();
+        self.core.teardown(slot, info, false);
+    }
+
+    fn on_bytes(&mut self, slot: u32, bid: u16, len: usize) {
+        match self.core.slots[slot as usize].phase {
+            Phase::Handshake => {
+                let data = self.bufs.buffer_mut(bid, len);
+                let s = &mut self.core.slots[slot as usize];
+                s.handshake.extend_from_slice(data);
+                if s.has(flag::CLIENT) {
+                    self.client_handshake(slot);
+                } else if !s.has(flag::REQUEST_WAITING) {
+                    self.server_handshake(slot);
+                }
+            }
+            Phase::Open => {
+                let data = self.bufs.buffer_mut(bid, len);
+                let mut input = Input::new(data);
+                let ended =
+                    dispatch(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, &mut input);
+                self.core.after_events(slot, ended);
+            }
+            _ => {}
+        }
+    }
+
+    /// The connection just reached Open: tell the handler, then handle bytes that came after the handshake.
+    pub(super) fn opened(&mut self, slot: u32, consumed: usize) {
+        let id = self.core.id(slot);
+        with_ctx!(self, |h, ctx| h.on_open(&mut ctx, id));
+        let mut rest = std::mem::take(&mut self.core.slots[slot as usize].handshake);
+        let mut ended = None;
+        if rest.len() > consumed && self.core.slots[slot as usize].phase == Phase::Open {
+            let mut input = Input::new(&mut rest[consumed..]);
+            ended = dispatch(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, &mut input);
+        }
+        self.core.after_events(slot, ended);
+    }
+}
+
+/// Feed one input buffer through the connection's protocol state and the handler. Returns how the connection
+/// ends if the protocol finished it. Stops early if the handler closed the connection.
+fn dispatch<H: Handler>(
+    core: &mut super::Core,
+    states: &mut Vec<H::Conn>,
+    notifier: &crate::handle::Notifier<H::Notice>,
+    handler: &mut H,
+    slot: u32,
+    input: &mut Input<'_>,
+) -> Option<CloseInfo> {
+    let idx = slot as usize;
+    let id = core.id(slot);
+    let mut reader = std::mem::take(&mut core.slots[idx].reader);
+    let now = core.now;
+    let metrics = core.metrics.clone();
+    let ended = loop {
+        core.lend_out(slot);
+        let s = &mut core.slots[idx];
+        if s.phase != Phase::Open {
+            break None;
+        }
+        let Some(writer) = s.writer.as_mut() else { break None };
+        let cfg = &core.profiles[s.profile as usize].proto;
+        let Some(event) = reader.poll_event(writer, input, s.out.bytes_mut(), now, cfg) else { break None };
+        let mut ctx = crate::context::Ctx::<H> { ops: &mut *core, states: &mut *states, notifier };
+        match event {
+            Event::Message { kind, payload } => {
+                bump(&metrics.messages_in);
+                let message = match kind {
+                    MessageKind::Text => match simdutf8::basic::from_utf8(payload) {
+                        Ok(text) => Message::Text(text),
+                        Err(_) => continue,
+                    },
+                    MessageKind::Binary => Message::Binary(payload),
+                };
+                handler.on_message(&mut ctx, id, message);
+            }
+            Event::Ping(payload) => {
+                bump(&metrics.pings_received);
+                handler.on_ping(&mut ctx, id, payload);
+            }
+            Event::Pong { rtt, .. } => {
+                bump(&metrics.pongs_received);
+                handler.on_pong(&mut ctx, id, rtt);
+            }
+            Event::PingSent => bump(&metrics.pings_sent),
+            // A close we started keeps the cause it was started for (shutdown ...): teardown keeps the first
+            // ending it is given.
+            Event::Closed(info) => break Some(info),
+        }
+    };
+    let s = &mut core.slots[idx];
+    if s.phase == Phase::Open && ended.is_none() {
+        s.reader = reader;
+    }
+    ended
+}
+
+impl super::Core {
+    pub(super) fn arm_recv(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        s.set(flag::RECV_ARMED);
+        let generation = s.generation;
+        self.ring.recv_multi(slot, generation);
+    }
+}

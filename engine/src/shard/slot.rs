@@ -1,0 +1,123 @@
+//! One connection's slot: its phase, flags, protocol halves, queued output and how it is ending.
+//!
+//! A connection's slot index is its direct-descriptor index in the ring's file table: the kernel allocates it at
+//! accept (or socket creation), so the slab needs no allocator of its own. A slot moves through
+//! `Free -> (Connecting ->) Handshake -> Open -> Closing -> Free`; it returns to `Free` only once every
+//! operation the kernel had in flight for it has completed (see `lifecycle.rs`).
+
+use crate::handler::ConnectRequest;
+use crate::proto::{CloseInfo, Reader, Writer};
+use crate::ring::SendBuf;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Phase {
+    Free,
+    /// Client role: socket created, bind/connect in flight.
+    Connecting,
+    /// Waiting for (server) the upgrade request or (client) the 101 response.
+    Handshake,
+    Open,
+    /// Final bytes flushing, then shutdown, then close.
+    Closing,
+}
+
+/// Per-slot flags, packed to keep the slot small.
+pub(crate) mod flag {
+    pub const RECV_ARMED: u16 = 1 << 0;
+    pub const SEND_INFLIGHT: u16 = 1 << 1;
+    pub const PEERNAME_PENDING: u16 = 1 << 2;
+    pub const SHUTDOWN_SUBMITTED: u16 = 1 << 3;
+    pub const SHUTDOWN_DONE: u16 = 1 << 4;
+    pub const CLOSE_SUBMITTED: u16 = 1 << 5;
+    /// Past max_connections: answer the upgrade with 503.
+    pub const OVER_CAPACITY: u16 = 1 << 6;
+    /// Closing: flush `out` before shutting down.
+    pub const FLUSH_FIRST: u16 = 1 << 7;
+    pub const WAS_OPEN: u16 = 1 << 8;
+    pub const DIRTY: u16 = 1 << 9;
+    pub const CLIENT: u16 = 1 << 10;
+    /// An op whose completion we must wait for before close (bind/connect/setsockopt chain).
+    pub const ADDR_OP_PENDING: u16 = 1 << 11;
+    /// The ring's address buffer of the slot holds the peer (SO_PEERNAME came back, or connect was issued).
+    pub const PEER_KNOWN: u16 = 1 << 12;
+    /// A complete request arrived before the peer address: handled when SO_PEERNAME completes.
+    pub const REQUEST_WAITING: u16 = 1 << 13;
+    /// Operations whose completions must all arrive before the descriptor is closed.
+    pub const BUSY: u16 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
+}
+
+/// The client half's state while connecting and handshaking.
+pub(crate) struct ClientState {
+    pub request: Box<ConnectRequest>,
+    pub key: String,
+}
+
+pub(crate) struct Slot {
+    pub generation: u32,
+    pub phase: Phase,
+    pub flags: u16,
+    /// Index into the shard's profiles.
+    pub profile: u8,
+    /// Bytes of the send in flight (for the send-queue bound).
+    pub inflight_len: u32,
+    /// When the slot was taken, in nanoseconds since the shard's epoch (8 bytes instead of an Instant's 16).
+    pub created_at: u64,
+    /// The application's deadline (a wheel tick), 0 = none.
+    pub app_tick: u64,
+    /// Handshake bytes until the request (or response) is complete; empty afterwards.
+    pub handshake: Vec<u8>,
+    /// Receiving half of the protocol (moved out while an event borrows it).
+    pub reader: Reader,
+    /// Sending half and state; `Some` from Open on.
+    pub writer: Option<Writer>,
+    /// Bytes waiting for the next send.
+    pub out: SendBuf,
+    /// How the connection ends: fixed by the first decision to close it.
+    pub ending: Option<Box<CloseInfo>>,
+    pub client: Option<Box<ClientState>>,
+}
+
+impl Slot {
+    pub fn free(created_at: u64) -> Slot {
+        Slot {
+            generation: 0,
+            phase: Phase::Free,
+            flags: 0,
+            profile: 0,
+            inflight_len: 0,
+            created_at,
+            app_tick: 0,
+            handshake: Vec::new(),
+            reader: Reader::default(),
+            writer: None,
+            out: SendBuf::default(),
+            ending: None,
+            client: None,
+        }
+    }
+    pub fn has(&self, f: u16) -> bool {
+        self.flags & f != 0
+    }
+    pub fn set(&mut self, f: u16) {
+        self.flags |= f;
+    }
+    pub fn clear(&mut self, f: u16) {
+        self.flags &= !f;
+    }
+    /// Bytes queued for the peer: waiting and in flight.
+    pub fn queued(&self) -> usize {
+        self.out.len() + self.inflight_len as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_stays_small() {
+        let size = std::mem::size_of::<Slot>();
+        println!("size_of::<Slot>() = {size}");
+        assert!(size <= 280, "{size}");
+    }
+}
