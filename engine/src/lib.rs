@@ -1,9 +1,119 @@
 //! Tether: a sharded io_uring WebSocket connection engine.
 //!
-//! One shard = one thread, its io_uring ring(s), one timing wheel, one slab of connections. The application
+//! One shard = one thread, its io_uring ring, one timing wheel, one slab of connections. The application
 //! plugs in a [`Handler`] (one per shard, called on that shard's thread, never blocking) and talks to
 //! connections from anywhere through an [`EngineHandle`]. ARCHITECTURE.md at the repository root describes
 //! the shape of the crate.
+//!
+//! # The seams
+//!
+//! **One write path.** Everything written to a connection goes through its protocol writer and its
+//! send-queue bound, whoever writes it: [`Ctx::send`] in a callback (at once, for any connection of the
+//! shard, in order), [`EngineHandle::send`] from another thread (through the shard's inbox), a topic
+//! publication. Nothing is ever written after our Close; `Err(`[`SendError`]`)` says why a message was not
+//! queued.
+//!
+//! **Upgrade.** [`Handler::on_upgrade`] sees the whole request ([`UpgradeRequest`]: path, query, headers,
+//! peer, offered subprotocols and extensions) and answers with an [`Accept`] (subprotocol, response headers,
+//! a per-connection [`Profile`]) or an HTTP error. [`Handler::on_http`] answers plain requests (with their
+//! body) and gets a [`Ctx`] too, so an API endpoint reaches the engine without globals.
+//!
+//! ```no_run
+//! use tether::{Accept, Config, ConnId, Ctx, Engine, Handler, HttpError, Message, Profile, ProfileId, Upgrade, UpgradeRequest};
+//!
+//! struct Chat { relaxed: ProfileId }
+//!
+//! impl Handler for Chat {
+//!     type Conn = Option<String>; // the user, kept in the connection's slot
+//!     type Notice = ();
+//!     fn on_upgrade(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, req: &UpgradeRequest) -> Upgrade {
+//!         let Some(user) = req.header("x-user") else {
+//!             return Upgrade::Reject(HttpError { status: 401, reason: "Unauthorized", message: "who?".into() });
+//!         };
+//!         *ctx.state(conn).unwrap() = Some(user.to_string());
+//!         ctx.subscribe(conn, "lobby");
+//!         let mut accept = Accept::new().header("X-Served-By", "tether").profile(self.relaxed);
+//!         if req.protocols.iter().any(|p| p == "chat.v1") {
+//!             accept = accept.subprotocol("chat.v1");
+//!         }
+//!         accept.into()
+//!     }
+//!     fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+//!         let user = ctx.state(conn).and_then(|u| u.clone()).unwrap_or_default();
+//!         let line = format!("{user}: {}", String::from_utf8_lossy(message.as_bytes()));
+//!         // Encoded once; the same bytes reach every subscriber on every shard.
+//!         let _ = ctx.publish("lobby", Message::Text(&line));
+//!     }
+//! }
+//!
+//! let mut config = Config::default();
+//! let relaxed = config.add_profile(Profile { ping_interval: Some(std::time::Duration::from_secs(50)), ..Profile::of(&config) });
+//! let engine = Engine::start(config, move |_| Chat { relaxed }).unwrap();
+//! engine.wait();
+//! ```
+//!
+//! **Per-connection state and timers.** [`Handler::Conn`] is kept in the connection's slot ([`Ctx::state`]),
+//! and [`Ctx::set_timer`] sets a deadline the shard's one wheel drives ([`Handler::on_timer`]): no map of
+//! connections and no timer heap on the application's side.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tether::{ConnId, Ctx, Handler, Message};
+//!
+//! /// Closes a connection that sends nothing for 30 s (besides the engine's own keepalive).
+//! #[derive(Default)]
+//! struct Idle { messages: u64 }
+//! struct App;
+//! impl Handler for App {
+//!     type Conn = Idle;
+//!     type Notice = ();
+//!     fn on_open(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+//!         let at = ctx.now() + Duration::from_secs(30);
+//!         ctx.set_timer(conn, at);
+//!     }
+//!     fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, _m: Message<'_>) {
+//!         ctx.state(conn).unwrap().messages += 1;
+//!         let at = ctx.now() + Duration::from_secs(30);
+//!         ctx.set_timer(conn, at); // re-armed in O(1)
+//!     }
+//!     fn on_timer(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+//!         ctx.close(conn, 1000, "idle");
+//!     }
+//! }
+//! ```
+//!
+//! **Topics and prepared frames.** [`Ctx::subscribe`], [`Ctx::publish`], [`EngineHandle::publish`],
+//! [`Ctx::send_many`], [`EngineHandle::broadcast`]: a [`Prepared`] frame is encoded once and shared by
+//! reference in every subscriber's send queue (sent with `sendmsg`), on every shard.
+//!
+//! **Typed inbox and notices.** Other threads reach a shard through a bounded inbox of typed commands
+//! ([`EngineHandle`]) and a bounded queue of the handler's own [`Handler::Notice`] type ([`Notifier`]); a
+//! full queue returns [`SendError::InboxFull`] (counted in `inbox_full`, depth in `inbox_depth`), never blocks.
+//!
+//! ```no_run
+//! use tether::{Config, ConnId, Ctx, Engine, Handler, Message};
+//!
+//! enum Control { Report(std::sync::mpsc::Sender<u64>) }
+//! struct Counter { seen: u64 }
+//! impl Handler for Counter {
+//!     type Conn = ();
+//!     type Notice = Control;
+//!     fn on_message(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _m: Message<'_>) { self.seen += 1; }
+//!     fn on_notice(&mut self, _ctx: &mut Ctx<'_, Self>, notice: Control) {
+//!         match notice { Control::Report(tx) => { let _ = tx.send(self.seen); } }
+//!     }
+//! }
+//! let engine = Engine::start(Config::default(), |_| Counter { seen: 0 }).unwrap();
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! for shard in 0..engine.handle().shards() {
+//!     engine.notifier().notify(shard, Control::Report(tx.clone())).unwrap();
+//! }
+//! let total: u64 = rx.iter().take(engine.handle().shards()).sum();
+//! # let _ = total;
+//! ```
+//!
+//! **Typed close causes.** [`Closed::info`]`.cause` is a [`CloseCause`] (pong timeout, close timeout,
+//! protocol error, peer, shutdown, slow consumer...), the same enum the metrics count by.
 #![deny(unsafe_code)]
 
 pub mod capacity;
