@@ -58,27 +58,29 @@ macro_rules! settings {
 }
 
 settings! {
-    listen: "TETHER_LISTEN", "ADDR", "Address to listen on [default: 127.0.0.1:9001]";
-    shards: "TETHER_SHARDS", "N", "Shard threads, 0 = one per CPU [default: 0]";
-    max_connections: "TETHER_MAX_CONNECTIONS", "N", "Connection limit over all shards, 0 = what the limits allow [default: 0]";
-    backlog: "TETHER_BACKLOG", "N", "listen(2) backlog per shard [default: 4096]";
-    tick: "TETHER_TICK", "DURATION", "Timing wheel resolution [default: 100ms]";
-    ping_interval: "TETHER_PING_INTERVAL", "DURATION", "Server ping cadence, 0 or off disables [default: 20s]";
-    pong_timeout: "TETHER_PONG_TIMEOUT", "DURATION", "Close a peer silent this long after a ping [default: 10s]";
-    handshake_timeout: "TETHER_HANDSHAKE_TIMEOUT", "DURATION", "Deadline for the HTTP upgrade [default: 10s]";
-    close_timeout: "TETHER_CLOSE_TIMEOUT", "DURATION", "Deadline for the peer's Close answer [default: 5s]";
-    drain_timeout: "TETHER_DRAIN_TIMEOUT", "DURATION", "On SIGINT/SIGTERM, wait this long for connections to close [default: 10s]";
-    tcp_keepalive: "TETHER_TCP_KEEPALIVE", "IDLE,INTERVAL,COUNT", "TCP keepalive probes, off disables [default: 15s,5s,3]";
-    tcp_user_timeout: "TETHER_TCP_USER_TIMEOUT", "DURATION", "TCP_USER_TIMEOUT, 0 or off leaves the kernel default [default: 30s]";
-    max_message_size: "TETHER_MAX_MESSAGE_SIZE", "BYTES", "Largest message accepted (1009 beyond) [default: 16MiB]";
-    max_handshake_size: "TETHER_MAX_HANDSHAKE_SIZE", "BYTES", "Largest upgrade request accepted (431 beyond) [default: 8KiB]";
-    max_send_queue: "TETHER_MAX_SEND_QUEUE", "BYTES", "Bytes queued per connection before the policy applies [default: 4MiB]";
-    send_queue_policy: "TETHER_SEND_QUEUE_POLICY", "close|drop", "What to do when a send queue is full [default: close]";
-    recv_buffers: "TETHER_RECV_BUFFERS", "N", "Provided receive buffers per shard, a power of two <= 32768; 0 = auto (2048, fewer each when there are more shards than cores) [default: 0]";
-    recv_buffer_size: "TETHER_RECV_BUFFER_SIZE", "BYTES", "Size of each receive buffer [default: 4096]";
-    ring_entries: "TETHER_RING_ENTRIES", "N", "Submission queue entries per ring [default: 4096]";
-    slots_per_shard: "TETHER_SLOTS_PER_SHARD", "N", "Registered file slots per ring, 0 = RLIMIT_NOFILE [default: 0]";
-    log: "TETHER_LOG", "LEVEL-OR-FILTER", "Log level or tracing filter (also RUST_LOG) [default: info]";
+    listen: "TETHER_LISTEN", "ADDR", "Address to listen on";
+    shards: "TETHER_SHARDS", "N", "Shard threads, 0 = one per CPU";
+    max_connections: "TETHER_MAX_CONNECTIONS", "N", "Connection limit over all shards, 0 = what the limits allow";
+    backlog: "TETHER_BACKLOG", "N", "listen(2) backlog per shard";
+    tick: "TETHER_TICK", "DURATION", "Timing wheel resolution";
+    ping_interval: "TETHER_PING_INTERVAL", "DURATION", "Server ping cadence, 0 or off disables";
+    pong_timeout: "TETHER_PONG_TIMEOUT", "DURATION", "Close a peer silent this long after a ping";
+    handshake_timeout: "TETHER_HANDSHAKE_TIMEOUT", "DURATION", "Deadline for the HTTP upgrade";
+    close_timeout: "TETHER_CLOSE_TIMEOUT", "DURATION", "Deadline for the peer's Close answer";
+    drain_timeout: "TETHER_DRAIN_TIMEOUT", "DURATION", "On SIGINT/SIGTERM, wait this long for connections to close";
+    tcp_keepalive: "TETHER_TCP_KEEPALIVE", "IDLE,INTERVAL,COUNT", "TCP keepalive probes, off disables";
+    tcp_user_timeout: "TETHER_TCP_USER_TIMEOUT", "DURATION", "TCP_USER_TIMEOUT, 0 or off leaves the kernel default";
+    max_message_size: "TETHER_MAX_MESSAGE_SIZE", "BYTES", "Largest message accepted (1009 beyond)";
+    max_handshake_size: "TETHER_MAX_HANDSHAKE_SIZE", "BYTES", "Largest upgrade request accepted (431 beyond)";
+    max_send_queue: "TETHER_MAX_SEND_QUEUE", "BYTES", "Bytes queued per connection before the policy applies";
+    send_queue_policy: "TETHER_SEND_QUEUE_POLICY", "close|drop", "What to do when a send queue is full";
+    recv_buffers: "TETHER_RECV_BUFFERS", "N", "Provided receive buffers per shard, a power of two <= 32768; 0 = auto (2048, fewer each when there are more shards than cores)";
+    recv_buffer_size: "TETHER_RECV_BUFFER_SIZE", "BYTES", "Size of each receive buffer";
+    ring_entries: "TETHER_RING_ENTRIES", "N", "Submission queue entries per ring";
+    slots_per_shard: "TETHER_SLOTS_PER_SHARD", "N", "Registered file slots per ring, 0 = RLIMIT_NOFILE";
+    max_http_body: "TETHER_MAX_HTTP_BODY", "BYTES", "Largest body of a plain HTTP request (413 beyond)";
+    inbox_capacity: "TETHER_INBOX_CAPACITY", "N", "Commands other threads may queue for one shard (refused beyond, counted in inbox_full)";
+    log: "TETHER_LOG", "LEVEL-OR-FILTER", "Log level or tracing filter (also RUST_LOG)";
 }
 
 /// A value as written in the TOML file: a string, an integer or a boolean, turned into the same text a flag
@@ -159,8 +161,27 @@ enum Origin<'a> {
 /// Parses the process's arguments and environment (and the file they name). clap's own errors (unknown flag,
 /// `--help`, `--version`) exit through clap: code 2 for errors, 0 for help.
 pub fn load() -> Result<Settings, ConfigError> {
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     from_matches(&matches)
+}
+
+/// The clap command with every flag's default appended to its help, taken from the effective defaults
+/// (`Settings::defaults`, i.e. `tether::Config::default()` and tetherd's own): defaults are written once.
+pub fn command() -> clap::Command {
+    let defaults = Settings::defaults().to_toml();
+    let mut cmd = Cli::command();
+    for line in defaults.lines() {
+        let Some((key, value)) = line.split_once(" = ") else { continue };
+        let value = value.trim_matches('"').to_string();
+        if !cmd.get_arguments().any(|a| a.get_id() == key) {
+            continue;
+        }
+        cmd = cmd.mut_arg(key, |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{help} [default: {value}]"))
+        });
+    }
+    cmd
 }
 
 #[cfg(test)]
@@ -170,7 +191,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = Cli::command()
+    let matches = command()
         .try_get_matches_from(args)
         .map_err(|e| ConfigError(e.to_string().lines().next().unwrap_or("").to_string()))?;
     from_matches(&matches)
@@ -278,6 +299,9 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
             .map_or(d.recv_buffer_size, |n| n as u32),
         ring_entries: pick!(r, cli, ring_entries, int_in(8, 32768)).map_or(d.ring_entries, |n| n as u32),
         slots_per_shard: pick!(r, cli, slots_per_shard, int_in(0, 1 << 24)).map_or(d.slots_per_shard, |n| n as u32),
+        max_http_body: pick!(r, cli, max_http_body, size_in(0, u32::MAX.into()))
+            .map_or(d.max_http_body, |n| n as usize),
+        inbox_capacity: pick!(r, cli, inbox_capacity, int_in(1, 1 << 24)).map_or(d.inbox_capacity, |n| n as usize),
         // Settings the binary does not expose (the handler tick) keep the engine default.
         ..Config::default()
     };
@@ -436,6 +460,16 @@ fn quoted(s: &str) -> String {
 
 impl Settings {
     /// The effective configuration as a TOML file that `--config` reads back unchanged.
+    /// Every setting at its default.
+    pub fn defaults() -> Settings {
+        Settings {
+            engine: Config::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            log: DEFAULT_LOG.to_string(),
+            print_config: false,
+        }
+    }
+
     pub fn to_toml(&self) -> String {
         let c = &self.engine;
         let opt = |d: Option<Duration>| d.map_or_else(|| "off".to_string(), fmt_duration);
@@ -475,6 +509,8 @@ impl Settings {
         line("recv_buffer_size", quoted(&format_size(c.recv_buffer_size as u64)));
         line("ring_entries", c.ring_entries.to_string());
         line("slots_per_shard", c.slots_per_shard.to_string());
+        line("max_http_body", quoted(&format_size(c.max_http_body as u64)));
+        line("inbox_capacity", c.inbox_capacity.to_string());
         line("log", quoted(&self.log));
         out
     }
@@ -542,6 +578,27 @@ mod tests {
 
     fn load_args(args: &[&str]) -> Result<Settings, ConfigError> {
         load_from(std::iter::once("tetherd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn help_shows_each_default_from_the_defaults() {
+        let mut cmd = command();
+        let help = cmd.render_long_help().to_string();
+        for want in [
+            "[default: 20s]",
+            "[default: 127.0.0.1:9001]",
+            "[default: 16MiB]",
+            "[default: 4MiB]",
+            "[default: 15s,5s,3]",
+            "[default: info]",
+            "[default: 10s]",
+            "[default: 1MiB]",
+            "[default: 65536]",
+        ] {
+            assert!(help.contains(want), "missing {want} in:\n{help}");
+        }
+        // Each flag's default appears once, whatever its help says.
+        assert_eq!(help.matches("[default: ").count(), Settings::defaults().to_toml().lines().count());
     }
 
     #[test]

@@ -14,14 +14,16 @@ struct Topic {
     members: Vec<u32>,
 }
 
+/// A slot's subscriptions: (topic index, position in its members); boxed so a slot without any costs 8 bytes.
+type SlotSubs = Option<Box<Vec<(u32, u32)>>>;
+
 #[derive(Default)]
 pub(crate) struct Topics {
     by_name: HashMap<Arc<str>, u32>,
     topics: Vec<Topic>,
     free: Vec<u32>,
     /// Per slot: (topic index, position in its members); `None` for a slot with no subscription.
-    #[allow(clippy::vec_box)]
-    by_slot: Vec<Option<Box<Vec<(u32, u32)>>>>,
+    by_slot: Vec<SlotSubs>,
     subscriptions: usize,
 }
 
