@@ -12,16 +12,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
-
 use crate::capacity::Capacity;
 use crate::command::Command;
 use crate::handler::{ConnectRequest, Handler};
 use crate::ids::ConnId;
-use crate::metrics::{bump, ShardMetrics, Stats};
+use crate::mailbox::MailboxTx;
+use crate::metrics::Stats;
 use crate::prepared::Prepared;
 use crate::proto::MessageKind;
-use crate::ring::Waker;
 
 /// Why a message (or command) was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,9 +51,9 @@ impl fmt::Display for SendError {
 impl std::error::Error for SendError {}
 
 pub(crate) struct ShardLink {
-    pub tx: Sender<Command>,
-    pub waker: Waker,
-    pub metrics: Arc<ShardMetrics>,
+    pub inbox: MailboxTx<Command>,
+    /// Rouses the shard for a shutdown (which does not go through the inbox).
+    pub waker: crate::ring::Waker,
 }
 
 pub(crate) struct Shared {
@@ -77,17 +75,7 @@ pub struct EngineHandle {
 impl EngineHandle {
     pub(crate) fn deliver(&self, shard: usize, cmd: Command) -> Result<(), SendError> {
         let link = self.shared.links.get(shard).ok_or(SendError::NoShard)?;
-        match link.tx.try_send(cmd) {
-            Ok(()) => {
-                link.waker.wake();
-                Ok(())
-            }
-            Err(TrySendError::Full(_)) => {
-                bump(&link.metrics.inbox_full);
-                Err(SendError::InboxFull)
-            }
-            Err(TrySendError::Disconnected(_)) => Err(SendError::NotOpen),
-        }
+        link.inbox.try_send(cmd).map_err(|_| SendError::InboxFull)
     }
 
     /// Queue a message for `conn` (its shard encodes it through the connection's write path).
@@ -182,8 +170,8 @@ impl EngineHandle {
             .links
             .iter()
             .map(|l| {
-                let mut s = l.metrics.snapshot();
-                s.inbox_depth = l.tx.len() as u64;
+                let mut s = l.inbox.metrics().snapshot();
+                s.inbox_depth = l.inbox.len() as u64;
                 s
             })
             .collect()
@@ -205,15 +193,9 @@ impl EngineHandle {
     }
 }
 
-pub(crate) struct NoticeLink<N> {
-    pub tx: Sender<N>,
-    pub waker: Waker,
-    pub metrics: Arc<ShardMetrics>,
-}
-
 /// Sends typed notices ([`Handler::Notice`]) to the shards' handlers from any thread. Cheap to clone.
 pub struct Notifier<N> {
-    pub(crate) links: Arc<[NoticeLink<N>]>,
+    pub(crate) links: Arc<[MailboxTx<N>]>,
 }
 
 impl<N> Clone for Notifier<N> {
@@ -233,17 +215,9 @@ impl<N: Send + 'static> Notifier<N> {
 
     /// Like [`Notifier::notify`], but a notice that could not be queued comes back (to retry later).
     pub fn notify_or_return(&self, shard: usize, notice: N) -> Result<(), N> {
-        let Some(link) = self.links.get(shard) else { return Err(notice) };
-        match link.tx.try_send(notice) {
-            Ok(()) => {
-                link.waker.wake();
-                Ok(())
-            }
-            Err(TrySendError::Full(n)) => {
-                bump(&link.metrics.inbox_full);
-                Err(n)
-            }
-            Err(TrySendError::Disconnected(n)) => Err(n),
+        match self.links.get(shard) {
+            Some(link) => link.try_send(notice),
+            None => Err(notice),
         }
     }
 

@@ -123,6 +123,7 @@ mod context;
 mod handle;
 mod handler;
 mod ids;
+mod mailbox;
 pub mod metrics;
 mod prepared;
 pub mod proto;

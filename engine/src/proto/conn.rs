@@ -124,14 +124,17 @@ impl<'b> Input<'b> {
 
 enum State {
     Open,
-    /// We sent Close(code, reason); waiting for the peer's Close until `deadline`.
-    CloseSent {
-        code: u16,
-        cause: CloseCause,
-        reason: Box<str>,
-        deadline: Instant,
-    },
+    /// We sent Close(code, reason); waiting for the peer's Close until `deadline`. Boxed: a connection spends
+    /// little time here, and the boxed form keeps every idle connection 24 bytes smaller.
+    CloseSent(Box<CloseSent>),
     Closed,
+}
+
+struct CloseSent {
+    code: u16,
+    cause: CloseCause,
+    reason: Box<str>,
+    deadline: Instant,
 }
 
 /// Where an event's payload lives; resolved to a slice only when the event is returned, so the
@@ -425,6 +428,18 @@ impl Reader {
         Some(sm.on_frame(&header, payload, Src::Partial(s, e), out, now))
     }
 
+    /// Before the connection opens the reader has nothing to do, so its partial-frame buffer holds the
+    /// handshake bytes (one buffer per connection instead of two). Take them out (`std::mem::take`) when the
+    /// connection opens.
+    pub fn handshake_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.partial
+    }
+
+    /// The handshake bytes received so far (see [`Reader::handshake_buf`]).
+    pub fn handshake_bytes(&self) -> &[u8] {
+        &self.partial
+    }
+
     /// We sent Close: a message in progress will never be delivered now.
     pub fn on_local_close(&mut self) {
         if !self.rx.release_message {
@@ -514,7 +529,7 @@ impl Writer {
         write_close(out, mask, code, reason);
         // Far-future fallback if now + close_timeout overflows: "never" in practice.
         let deadline = after(now, cfg.close_timeout).unwrap_or(now + Duration::from_secs(86400 * 365));
-        self.state = State::CloseSent { code, cause, reason: reason.into(), deadline };
+        self.state = State::CloseSent(Box::new(CloseSent { code, cause, reason: reason.into(), deadline }));
         self.pong_wait_since = None;
     }
 
@@ -522,7 +537,7 @@ impl Writer {
     pub fn poll_timeout(&self, cfg: &ProtoConfig) -> Option<Instant> {
         match &self.state {
             State::Closed => None,
-            State::CloseSent { deadline, .. } => Some(*deadline),
+            State::CloseSent(c) => Some(c.deadline),
             State::Open => {
                 let ping = cfg.ping_interval.and_then(|i| after(self.last_ping_at, i));
                 let pong = self.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
@@ -539,11 +554,11 @@ impl Writer {
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>, cfg: &ProtoConfig) -> Option<Event<'static>> {
         let info = match &self.state {
             State::Closed => return None,
-            State::CloseSent { code, deadline, .. } => {
-                if now < *deadline {
+            State::CloseSent(c) => {
+                if now < c.deadline {
                     return None;
                 }
-                CloseInfo::new(*code, "close timeout", Initiator::Local, CloseCause::CloseTimeout)
+                CloseInfo::new(c.code, "close timeout", Initiator::Local, CloseCause::CloseTimeout)
             }
             State::Open => {
                 let pong_due = self.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
@@ -762,10 +777,10 @@ impl Machine<'_> {
 
     fn on_close(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Action {
         match std::mem::replace(&mut self.w.state, State::Closed) {
-            State::CloseSent { code, cause, reason, .. } => {
+            State::CloseSent(c) => {
                 self.rx.fragment = None;
                 self.rx.release_message = true;
-                Action::Closed(CloseInfo::new(code, reason, Initiator::Local, cause))
+                Action::Closed(CloseInfo::new(c.code, c.reason, Initiator::Local, c.cause))
             }
             State::Closed => Action::Nothing,
             State::Open => {

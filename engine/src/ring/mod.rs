@@ -106,13 +106,21 @@ impl Completion {
     }
 }
 
-/// Ring sizing.
+/// Ring sizing, and its place among the rings of one thread.
 #[derive(Clone, Copy, Debug)]
 pub struct RingConfig {
     pub entries: u32,
+    /// Registered file table size.
     pub slots: u32,
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
+    /// The thread's slot number of this ring's descriptor 0: every method takes the thread's slot numbers
+    /// and every token carries them; the ring subtracts `base` for its own table.
+    pub base: u32,
+    /// A second ring of the thread: it signals `notify` (an eventfd the thread's first ring reads) whenever
+    /// it posts completions, so the thread can sleep on its first ring alone. It runs its task work the
+    /// default way (a signal wakes the sleeping thread), not deferred: nobody waits on it directly.
+    pub child: bool,
 }
 
 /// Socket-address storage for one slot: big enough for sockaddr_in6; read only after its completion.
@@ -150,6 +158,10 @@ pub struct Ring {
     backlog: Vec<Completion>,
     /// Whether DEFER_TASKRUN was accepted (otherwise COOP_TASKRUN or nothing).
     pub defer_taskrun: bool,
+    /// This ring's first slot in the thread's numbering.
+    base: u32,
+    /// Read buffer for the children's eventfd (first ring only).
+    child_wake_buf: Box<u64>,
     /// Scratch for building iovecs.
     pieces: Vec<(*const u8, usize)>,
 }
@@ -163,18 +175,25 @@ impl Ring {
         // Room for a completion from every connection at once (a keepalive round, a broadcast) plus the
         // operations in flight, so bursts rarely spill into the kernel's overflow list. 16 bytes each.
         let cq = cfg.entries.saturating_mul(4).max(cfg.slots.saturating_mul(2)).clamp(1024, 65536);
-        let (uring, defer_taskrun) = match IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(cq)
-            .setup_submit_all()
-            .build(cfg.entries)
-        {
-            Ok(r) => (r, true),
-            Err(_) => match IoUring::builder().setup_coop_taskrun().setup_cqsize(cq).build(cfg.entries) {
+        let (uring, defer_taskrun) = if cfg.child {
+            match IoUring::builder().setup_single_issuer().setup_cqsize(cq).setup_submit_all().build(cfg.entries) {
                 Ok(r) => (r, false),
                 Err(_) => (IoUring::builder().setup_cqsize(cq).build(cfg.entries)?, false),
-            },
+            }
+        } else {
+            match IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_cqsize(cq)
+                .setup_submit_all()
+                .build(cfg.entries)
+            {
+                Ok(r) => (r, true),
+                Err(_) => match IoUring::builder().setup_coop_taskrun().setup_cqsize(cq).build(cfg.entries) {
+                    Ok(r) => (r, false),
+                    Err(_) => (IoUring::builder().setup_cqsize(cq).build(cfg.entries)?, false),
+                },
+            }
         };
         uring
             .submitter()
@@ -199,9 +218,42 @@ impl Ring {
             sockopt_values: Vec::new(),
             backlog: Vec::new(),
             defer_taskrun,
+            base: cfg.base,
+            child_wake_buf: Box::new(0),
             pieces: Vec::new(),
         };
         Ok((ring, bufs))
+    }
+
+    /// The ring's own descriptor index for the thread's `slot`.
+    fn fx(&self, slot: u32) -> Fixed {
+        Fixed(slot.wrapping_sub(self.base))
+    }
+
+    fn index(&self, slot: u32) -> usize {
+        slot.wrapping_sub(self.base) as usize
+    }
+
+    /// The thread's slot number for this ring's descriptor `index` (an accept's or socket's result).
+    pub fn slot_of(&self, index: u32) -> u32 {
+        self.base + index
+    }
+
+    /// Submissions queued and not yet handed to the kernel.
+    pub fn has_pending(&mut self) -> bool {
+        !self.uring.submission().is_empty()
+    }
+
+    /// Have the kernel signal `eventfd` whenever this ring posts completions (a child ring).
+    pub fn register_eventfd(&mut self, eventfd: &Waker) -> io::Result<()> {
+        self.uring.submitter().register_eventfd(eventfd.raw_fd())
+    }
+
+    /// Arm a read on the children's eventfd (token `Wake` with slot 1).
+    pub fn arm_child_wake(&mut self, eventfd: &Waker) {
+        let ptr = (&mut *self.child_wake_buf) as *mut u64 as *mut u8;
+        let e = opcode::Read::new(Fd(eventfd.raw_fd()), ptr, 8).build().user_data(Token::new(Op::Wake, 1, 0).encode());
+        self.push(e);
     }
 
     fn push(&mut self, entry: squeue::Entry) {
@@ -246,7 +298,7 @@ impl Ring {
 
     /// Multishot receive on a direct descriptor into the shared provided buffers.
     pub fn recv_multi(&mut self, slot: u32, generation: u32) {
-        let e = opcode::RecvMulti::new(Fixed(slot), BUF_GROUP)
+        let e = opcode::RecvMulti::new(self.fx(slot), BUF_GROUP)
             .build()
             .user_data(Token::new(Op::Recv, slot, generation).encode());
         self.push(e);
@@ -256,7 +308,7 @@ impl Ring {
     /// own bytes, one `sendmsg` over its pieces when shared frames are spliced in. The ring keeps `buf` until
     /// [`Ring::take_send`].
     pub fn send(&mut self, slot: u32, generation: u32, buf: SendBuf, offset: usize) {
-        let idx = slot as usize;
+        let idx = self.index(slot);
         debug_assert!(self.sends[idx].is_none(), "one send in flight per slot");
         let token = Token::new(Op::Send, slot, generation).encode();
         if !buf.has_shared() {
@@ -265,7 +317,7 @@ impl Ring {
             // The Vec's heap block does not move when the SendBuf is moved into `sends`.
             let ptr = bytes[offset.min(bytes.len())..].as_ptr();
             self.sends[idx] = Some(InFlightSend { buf, offset, _msg: None });
-            let e = opcode::Send::new(Fixed(slot), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(token);
+            let e = opcode::Send::new(self.fx(slot), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(token);
             self.push(e);
             return;
         }
@@ -282,25 +334,26 @@ impl Ring {
         // The iovecs point into `buf`'s heap blocks (its Vec and the shared Arcs), which stay put while `buf`
         // sits in `sends`; the header and iovec array are boxed, so they do not move either.
         self.sends[idx] = Some(InFlightSend { buf, offset, _msg: Some(parts) });
-        let e = opcode::SendMsg::new(Fixed(slot), hdr).flags(libc::MSG_NOSIGNAL as u32).build().user_data(token);
+        let e = opcode::SendMsg::new(self.fx(slot), hdr).flags(libc::MSG_NOSIGNAL as u32).build().user_data(token);
         self.push(e);
     }
 
     /// The buffer of the send that just completed on `slot`, and the offset it was sent from.
     pub fn take_send(&mut self, slot: u32) -> Option<(SendBuf, usize)> {
-        self.sends.get_mut(slot as usize)?.take().map(|s| (s.buf, s.offset))
+        let idx = self.index(slot);
+        self.sends.get_mut(idx)?.take().map(|s| (s.buf, s.offset))
     }
 
     /// Cancel every operation on `slot`'s descriptor (a teardown that did not finish in time).
     pub fn cancel_slot(&mut self, slot: u32) {
-        let e = opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::fd(Fixed(slot)).all())
+        let e = opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::fd(self.fx(slot)).all())
             .build()
             .user_data(Token::new(Op::Ignore, slot, 0).encode());
         self.push(e);
     }
 
     pub fn shutdown(&mut self, slot: u32, generation: u32) {
-        let e = opcode::Shutdown::new(Fixed(slot), libc::SHUT_RDWR)
+        let e = opcode::Shutdown::new(self.fx(slot), libc::SHUT_RDWR)
             .build()
             .user_data(Token::new(Op::Shutdown, slot, generation).encode());
         self.push(e);
@@ -308,7 +361,7 @@ impl Ring {
 
     /// Close a direct descriptor; its table slot is free for the kernel to hand out again afterwards.
     pub fn close(&mut self, slot: u32, generation: u32) {
-        let e = opcode::Close::new(Fixed(slot)).build().user_data(Token::new(Op::Close, slot, generation).encode());
+        let e = opcode::Close::new(self.fx(slot)).build().user_data(Token::new(Op::Close, slot, generation).encode());
         self.push(e);
     }
 
@@ -320,7 +373,8 @@ impl Ring {
         } else {
             std::mem::size_of::<libc::sockaddr_in>() as u32
         };
-        let optval = self.addrs[slot as usize].as_mut_ptr() as u64;
+        let idx = self.index(slot);
+        let optval = self.addrs[idx].as_mut_ptr() as u64;
         let e =
             self.sockopt_entry(slot, SOCKET_URING_OP_GETSOCKOPT, libc::SOL_SOCKET, libc::SO_PEERNAME, optval, optlen);
         self.push(e.user_data(Token::new(Op::PeerName, slot, generation).encode()));
@@ -330,7 +384,7 @@ impl Ring {
     /// [`Ring::connect`] (the shard keeps no copy: 32 bytes per connection). Call only when no operation that
     /// writes the buffer is in flight; the family decides how much of it is read.
     pub fn stored_addr(&self, slot: u32) -> Option<SocketAddr> {
-        let buf = self.addrs.get(slot as usize)?;
+        let buf = self.addrs.get(self.index(slot))?;
         // SAFETY: no operation writes the buffer now (the caller's contract); it was zero-initialised, so
         // every byte is initialised whatever the kernel or `store_addr` wrote.
         let raw = unsafe { buf.assume_init_ref() };
@@ -349,7 +403,7 @@ impl Ring {
         let mut cmd = [0u8; 16];
         cmd[..8].copy_from_slice(&optval.to_ne_bytes());
         let level_optname = (level as u32 as u64) | ((optname as u32 as u64) << 32);
-        let entry = opcode::UringCmd16::new(Fixed(slot), cmd_op).cmd(cmd).addr(Some(level_optname)).build();
+        let entry = opcode::UringCmd16::new(self.fx(slot), cmd_op).cmd(cmd).addr(Some(level_optname)).build();
         // The builder has no setter for `optlen`, which shares bytes 44..48 of the SQE with `file_index`.
         // SAFETY: squeue::Entry is a #[repr(C)] wrapper around the 64-byte, plain-data io_uring_sqe, so it can be
         // viewed as bytes and back; only the optlen field is changed.
@@ -418,24 +472,26 @@ impl Ring {
     /// bind(2) a direct descriptor; the address is kept in the slot's buffer until the completion.
     pub fn bind(&mut self, slot: u32, generation: u32, addr: SocketAddr) {
         let len = self.store_addr(slot, addr);
-        let ptr = self.addrs[slot as usize].as_ptr() as *const libc::sockaddr;
-        let e =
-            opcode::Bind::new(Fixed(slot), ptr, len).build().user_data(Token::new(Op::Bind, slot, generation).encode());
+        let ptr = self.addrs[self.index(slot)].as_ptr() as *const libc::sockaddr;
+        let e = opcode::Bind::new(self.fx(slot), ptr, len)
+            .build()
+            .user_data(Token::new(Op::Bind, slot, generation).encode());
         self.push(e);
     }
 
     /// connect(2) a direct descriptor; the address is kept in the slot's buffer until the completion.
     pub fn connect(&mut self, slot: u32, generation: u32, addr: SocketAddr) {
         let len = self.store_addr(slot, addr);
-        let ptr = self.addrs[slot as usize].as_ptr() as *const libc::sockaddr;
-        let e = opcode::Connect::new(Fixed(slot), ptr, len)
+        let ptr = self.addrs[self.index(slot)].as_ptr() as *const libc::sockaddr;
+        let e = opcode::Connect::new(self.fx(slot), ptr, len)
             .build()
             .user_data(Token::new(Op::Connect, slot, generation).encode());
         self.push(e);
     }
 
     fn store_addr(&mut self, slot: u32, addr: SocketAddr) -> libc::socklen_t {
-        let buf = self.addrs[slot as usize].as_mut_ptr();
+        let idx = self.index(slot);
+        let buf = self.addrs[idx].as_mut_ptr();
         // SAFETY: the buffer is ours and not in use by an in-flight operation (one address op per slot at a
         // time); sockaddr_in fits in sockaddr_in6 and both are plain data.
         unsafe {

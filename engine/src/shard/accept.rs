@@ -161,7 +161,7 @@ impl Core {
     pub(super) fn http_answer(&mut self, slot: u32, response: Vec<u8>, status: u16) {
         self.lend_out(slot);
         let s = &mut self.slots[slot as usize];
-        s.handshake = Vec::new();
+        *s.reader.handshake_buf() = Vec::new();
         s.out.bytes_mut().extend_from_slice(&response);
         let info = CloseInfo::new(0, format!("http {status}"), Initiator::Local, CloseCause::HttpRejected);
         self.teardown(slot, info, true);
@@ -191,7 +191,7 @@ impl<H: Handler> Shard<H> {
     pub(super) fn server_handshake(&mut self, slot: u32) {
         let core = &mut self.core;
         let parsed = handshake::parse_request(
-            &core.slots[slot as usize].handshake,
+            core.slots[slot as usize].reader.handshake_bytes(),
             core.cfg.max_handshake_size,
             core.cfg.max_http_body,
         );

@@ -167,7 +167,7 @@ impl<H: Handler> Shard<H> {
         let core = &mut self.core;
         let s = &core.slots[slot as usize];
         let Some(client) = s.client.as_ref() else { return };
-        match handshake::parse_response(&s.handshake, &client.key, core.cfg.max_handshake_size) {
+        match handshake::parse_response(s.reader.handshake_bytes(), &client.key, core.cfg.max_handshake_size) {
             ResponseParse::Partial => {}
             ResponseParse::Rejected { status, reason } => {
                 self.fail_connect(slot, ConnectError::Rejected { status, reason })

@@ -175,7 +175,7 @@ impl Core {
         s.flags = 0;
         s.writer = None;
         s.reader.clear();
-        s.handshake = Vec::new();
+        *s.reader.handshake_buf() = Vec::new();
         s.client = None;
         s.app_tick = 0;
         let out = s.out.take_bytes();

@@ -12,11 +12,11 @@ use crate::proto::CloseCause;
 impl<H: Handler> Shard<H> {
     pub(super) fn drain_inbox(&mut self) {
         for _ in 0..self.inbox.len() {
-            let Ok(cmd) = self.inbox.try_recv() else { break };
+            let Some(cmd) = self.inbox.try_recv() else { break };
             self.core.command(cmd);
         }
         for _ in 0..self.notices.len() {
-            let Ok(notice) = self.notices.try_recv() else { break };
+            let Some(notice) = self.notices.try_recv() else { break };
             with_ctx!(self, |h, ctx| h.on_notice(&mut ctx, notice));
         }
     }

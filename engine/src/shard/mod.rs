@@ -40,15 +40,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use tracing::{debug, error, info, warn};
 
 use crate::capacity::Capacity;
 use crate::command::Command;
 use crate::config::{Config, Profile, SendQueuePolicy};
-use crate::handle::{Engine, EngineHandle, NoticeLink, Notifier, ShardLink, Shared};
+use crate::handle::{Engine, EngineHandle, Notifier, ShardLink, Shared};
 use crate::handler::{ConnectError, ConnectRequest, Handler};
 use crate::ids::ConnId;
+use crate::mailbox::{mailbox, MailboxRx};
 use crate::metrics::ShardMetrics;
 use crate::proto::ProtoConfig;
 use crate::ring::{self, BufRing, Completion, Op, Ring, RingConfig, SockoptValue, Token, Waker};
@@ -129,8 +129,8 @@ pub(crate) struct Shard<H: Handler> {
     /// Per-slot application state, grown on demand.
     states: Vec<H::Conn>,
     notifier: Notifier<H::Notice>,
-    notices: Receiver<H::Notice>,
-    inbox: Receiver<Command>,
+    notices: MailboxRx<H::Notice>,
+    inbox: MailboxRx<Command>,
     waker: Waker,
 }
 
@@ -164,12 +164,12 @@ where
     let mut notice_links = Vec::with_capacity(capacity.shards);
     let mut inboxes = Vec::with_capacity(capacity.shards);
     for _ in 0..capacity.shards {
-        let (tx, rx) = crossbeam_channel::bounded(bound);
-        let (ntx, nrx) = crossbeam_channel::bounded(bound);
         let waker = Waker::new()?;
         let metrics = Arc::new(ShardMetrics::default());
-        links.push(ShardLink { tx, waker: waker.clone(), metrics: metrics.clone() });
-        notice_links.push(NoticeLink { tx: ntx, waker: waker.clone(), metrics: metrics.clone() });
+        let (tx, rx) = mailbox(bound, waker.clone(), metrics.clone());
+        let (ntx, nrx) = mailbox(bound, waker.clone(), metrics.clone());
+        links.push(ShardLink { inbox: tx, waker: waker.clone() });
+        notice_links.push(ntx);
         inboxes.push((rx, nrx, waker, metrics));
     }
     let shared = Arc::new(Shared {
@@ -249,6 +249,8 @@ impl Core {
             slots,
             recv_buffers: cfg.recv_buffers,
             recv_buffer_size: cfg.recv_buffer_size,
+            base: 0,
+            child: false,
         })?;
         let client_sockopts = client::client_sockopts(&cfg)
             .into_iter()

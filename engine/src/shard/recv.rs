@@ -74,7 +74,7 @@ impl<H: Handler> Shard<H> {
             Phase::Handshake => {
                 let data = self.bufs.buffer_mut(bid, len);
                 let s = &mut self.core.slots[slot as usize];
-                s.handshake.extend_from_slice(data);
+                s.reader.handshake_buf().extend_from_slice(data);
                 if s.has(flag::CLIENT) {
                     self.client_handshake(slot);
                 } else if !s.has(flag::REQUEST_WAITING) {
@@ -96,7 +96,7 @@ impl<H: Handler> Shard<H> {
     pub(super) fn opened(&mut self, slot: u32, consumed: usize) {
         let id = self.core.id(slot);
         with_ctx!(self, |h, ctx| h.on_open(&mut ctx, id));
-        let mut rest = std::mem::take(&mut self.core.slots[slot as usize].handshake);
+        let mut rest = std::mem::take(self.core.slots[slot as usize].reader.handshake_buf());
         let mut ended = None;
         if rest.len() > consumed && self.core.slots[slot as usize].phase == Phase::Open {
             let mut input = Input::new(&mut rest[consumed..]);

@@ -64,9 +64,8 @@ pub(crate) struct Slot {
     pub created_at: u64,
     /// The application's deadline (a wheel tick), 0 = none.
     pub app_tick: u64,
-    /// Handshake bytes until the request (or response) is complete; empty afterwards.
-    pub handshake: Vec<u8>,
-    /// Receiving half of the protocol (moved out while an event borrows it).
+    /// Receiving half of the protocol (moved out while an event borrows it). Until the connection opens, its
+    /// buffer holds the handshake bytes (`Reader::handshake_buf`).
     pub reader: Reader,
     /// Sending half and state; `Some` from Open on.
     pub writer: Option<Writer>,
@@ -87,7 +86,6 @@ impl Slot {
             inflight_len: 0,
             created_at,
             app_tick: 0,
-            handshake: Vec::new(),
             reader: Reader::default(),
             writer: None,
             out: SendBuf::default(),
@@ -118,6 +116,6 @@ mod tests {
     fn slot_stays_small() {
         let size = std::mem::size_of::<Slot>();
         println!("size_of::<Slot>() = {size}");
-        assert!(size <= 280, "{size}");
+        assert!(size <= 232, "{size}");
     }
 }

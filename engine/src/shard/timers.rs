@@ -85,7 +85,7 @@ impl Core {
         let resp = handshake::reject_response(&err);
         self.lend_out(slot);
         let s = &mut self.slots[slot as usize];
-        s.handshake = Vec::new();
+        *s.reader.handshake_buf() = Vec::new();
         s.out.bytes_mut().extend_from_slice(&resp);
         let info = CloseInfo::new(0, "handshake timeout", Initiator::Local, CloseCause::HandshakeTimeout);
         self.teardown(slot, info, true);
