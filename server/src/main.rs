@@ -70,10 +70,11 @@ fn main() -> ExitCode {
     info!(
         addr = %addr_text,
         shards = capacity.shards,
-        slots_per_shard = capacity.slots_per_shard,
+        rings_per_shard = capacity.rings_per_shard,
+        slots_per_ring = capacity.slots_per_ring,
         max_connections = capacity.max_connections,
         rlimit_nofile = capacity.rlimit_nofile,
-        recv_buffers_per_shard = capacity.recv_buffers,
+        recv_buffers_per_ring = capacity.recv_buffers,
         "listening"
     );
     {

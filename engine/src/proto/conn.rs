@@ -920,6 +920,22 @@ mod tests {
     }
 
     #[test]
+    fn first_ping_can_be_moved_into_the_first_interval() {
+        let now = Instant::now();
+        let cfg = ProtoConfig { ping_interval: Some(Duration::from_secs(10)), ..cfg() };
+        let mut w = Writer::new(Role::Server, now, 1);
+        assert_eq!(w.poll_timeout(&cfg), Some(now + Duration::from_secs(10)));
+        w.schedule_first_ping(now + Duration::from_secs(3), &cfg);
+        assert_eq!(w.poll_timeout(&cfg), Some(now + Duration::from_secs(3)));
+        let mut out = Vec::new();
+        assert_eq!(w.handle_timeout(now + Duration::from_secs(2), &mut out, &cfg), None);
+        assert_eq!(w.handle_timeout(now + Duration::from_secs(3), &mut out, &cfg), Some(Event::PingSent));
+        // Then the fixed cadence: one interval after the first ping.
+        let next = w.poll_timeout(&cfg).unwrap();
+        assert_eq!(next.min(now + Duration::from_secs(13)), now + Duration::from_secs(13));
+    }
+
+    #[test]
     fn connection_is_small() {
         let size = std::mem::size_of::<Connection>();
         println!("size_of::<Connection>() = {size}");

@@ -71,51 +71,78 @@ fn unavailable(message: String) -> HttpError {
 }
 
 impl Core {
+    /// Slots of a ring that new connections may take; the rest is the reserve that answers 503.
+    fn usable(&self) -> u32 {
+        self.table.saturating_sub(crate::capacity::RESERVED_SLOTS).max(1)
+    }
+
+    /// Arm the multishot accept on the ring with the most room (staying on the current one while it has
+    /// room under its reserve); pause when every table is full.
     pub(super) fn arm_accept(&mut self) {
-        if let Some(l) = &self.listener {
-            let fd = l.as_raw_fd();
-            self.ring.accept_multi(fd);
-            self.accept_armed = true;
+        if self.acceptor.listener.is_none() || self.shutting_down {
+            return;
+        }
+        let usable = self.usable();
+        let current = self.acceptor.current;
+        let r = if self.ring_open[current] < usable {
+            current
+        } else {
+            (0..self.rings.len()).min_by_key(|r| self.ring_open[*r]).unwrap_or(0)
+        };
+        if self.ring_open[r] >= self.table {
+            self.acceptor.paused = true;
+            return;
+        }
+        self.acceptor.paused = false;
+        self.acceptor.current = r;
+        if !self.acceptor.armed[r] {
+            if let Some(l) = &self.acceptor.listener {
+                let fd = l.as_raw_fd();
+                self.rings[r].accept_multi(fd);
+                self.acceptor.armed[r] = true;
+            }
         }
     }
 
     pub(super) fn retry_accept(&mut self) {
-        if self.accept_retry_at.is_some_and(|t| self.now >= t) && !self.accept_armed && !self.shutting_down {
+        if self.acceptor.retry_at.is_some_and(|t| self.now >= t) {
+            self.acceptor.retry_at = None;
             self.arm_accept();
         }
     }
 
-    pub(super) fn on_accept(&mut self, c: Completion) {
+    /// When the accept wants re-arming after an error (for the loop's sleep).
+    pub(super) fn next_accept_retry(&self) -> Option<std::time::Instant> {
+        self.acceptor.retry_at
+    }
+
+    pub(super) fn on_accept(&mut self, r: usize, c: Completion) {
         if !c.more() {
-            self.accept_armed = false;
+            self.acceptor.armed[r] = false;
         }
         if c.result < 0 {
             match -c.result {
                 libc::ENFILE | libc::EMFILE => {
                     bump(&self.metrics.accept_table_full);
-                    if !self.accept_paused {
-                        warn!(shard = self.index, "file table full: accepting paused until a slot frees");
-                    }
-                    self.accept_paused = true;
+                    // The table is full (every slot taken: `ring_open` says so too), so the accept moves to
+                    // another ring, or pauses until a slot frees.
+                    warn!(shard = self.index, ring = r, "file table full: the accept moves to another ring or pauses");
+                    self.arm_accept();
                 }
                 libc::ECANCELED => {}
                 e => {
-                    if self.accept_retry_at.is_none() {
-                        warn!(shard = self.index, error = %io::Error::from_raw_os_error(e), "accept failed; retrying in 100ms");
+                    if self.acceptor.retry_at.is_none() {
+                        warn!(shard = self.index, ring = r, error = %io::Error::from_raw_os_error(e), "accept failed; retrying in 100ms");
                     }
-                    if !self.accept_armed {
-                        self.accept_retry_at = Some(self.now + Duration::from_millis(100));
+                    if !self.acceptor.armed[r] {
+                        self.acceptor.retry_at = Some(self.now + Duration::from_millis(100));
                     }
-                    return;
                 }
-            }
-            if !self.accept_armed && !self.accept_paused && !self.shutting_down {
-                self.arm_accept();
             }
             return;
         }
-        self.accept_retry_at = None;
-        let slot = c.result as u32;
+        self.acceptor.retry_at = None;
+        let slot = self.rings[r].slot_of(c.result as u32);
         self.take_slot(slot, false);
         if self.shutting_down {
             let info = CloseInfo::new(1001, "server shutting down", Initiator::Local, CloseCause::Shutdown);
@@ -126,13 +153,23 @@ impl Core {
             if open_total > self.shared.max_connections {
                 self.slots[slot as usize].set(flag::OVER_CAPACITY);
             }
-            self.ring.peer_name(slot, self.slots[slot as usize].generation, self.listener_ipv6);
+            let (generation, ipv6) = (self.slots[slot as usize].generation, self.listener_ipv6);
+            self.ring(slot).peer_name(slot, generation, ipv6);
             self.slots[slot as usize].set(flag::PEERNAME_PENDING);
             self.arm_recv(slot);
             let deadline = self.now + self.cfg.handshake_timeout;
             self.schedule(slot, deadline);
         }
-        if !self.accept_armed && !self.accept_paused && !self.shutting_down {
+        // This ring is up to its reserve and another has room: move the accept there.
+        let usable = self.usable();
+        if self.ring_open[r] >= usable && self.acceptor.armed[r] && self.rings.len() > 1 {
+            let other = (0..self.rings.len()).filter(|o| *o != r).min_by_key(|o| self.ring_open[*o]);
+            if let Some(o) = other.filter(|o| self.ring_open[*o] < usable) {
+                self.rings[r].cancel_accept();
+                self.acceptor.current = o;
+            }
+        }
+        if !self.acceptor.armed[self.acceptor.current] {
             self.arm_accept();
         }
     }
@@ -154,6 +191,8 @@ impl Core {
         s.phase = if client { Phase::Connecting } else { Phase::Handshake };
         s.flags = if client { flag::CLIENT } else { 0 };
         bump(&self.metrics.open);
+        let r = self.ring_index(slot);
+        self.ring_open[r] += 1;
         self.shared.open_total.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -265,7 +304,15 @@ impl<H: Handler> Shard<H> {
                 let s = &mut core.slots[slot as usize];
                 s.out.bytes_mut().extend_from_slice(&resp);
                 s.profile = profile as u8;
-                s.writer = Some(Writer::new(Role::Server, now, seed));
+                let mut writer = Writer::new(Role::Server, now, seed);
+                // The first ping at a random point of the first interval: connections that open together
+                // (a ramp, a mass reconnect) do not ping together for the rest of their lives.
+                let cfg = &core.profiles[s.profile as usize].proto;
+                if let Some(interval) = cfg.ping_interval {
+                    let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
+                    writer.schedule_first_ping(now + interval.mul_f64(fraction), cfg);
+                }
+                s.writer = Some(writer);
                 s.phase = Phase::Open;
                 s.set(flag::WAS_OPEN);
                 bump(&core.metrics.websocket_open);

@@ -66,16 +66,21 @@ impl Core {
         }
     }
 
+    /// Open the socket on the ring with the most free slots (its table may be full: the socket op then
+    /// fails with ENFILE and the connect reports NoCapacity).
     fn issue_socket(&mut self, index: u32) {
         let Some(Some(request)) = self.pending_connects.get(index as usize) else { return };
         let ipv6 = request.addr.is_ipv6();
-        self.ring.socket(ipv6, index);
+        let r = (0..self.rings.len()).min_by_key(|r| self.ring_open[*r] + self.ring_sockets[*r]).unwrap_or(0);
+        self.ring_sockets[r] += 1;
+        self.rings[r].socket(ipv6, index);
     }
 }
 
 impl<H: Handler> Shard<H> {
-    pub(super) fn on_socket(&mut self, token: Token, c: Completion) {
+    pub(super) fn on_socket(&mut self, r: usize, token: Token, c: Completion) {
         let core = &mut self.core;
+        core.ring_sockets[r] = core.ring_sockets[r].saturating_sub(1);
         let Some(request) = core.pending_connects.get_mut(token.slot as usize).and_then(Option::take) else {
             return;
         };
@@ -89,7 +94,7 @@ impl<H: Handler> Shard<H> {
             core.failed_connects.push((request.tag, err));
             return;
         }
-        let slot = c.result as u32;
+        let slot = core.rings[r].slot_of(c.result as u32);
         core.take_slot(slot, true);
         let generation = core.slots[slot as usize].generation;
         let key_bytes = {
@@ -108,21 +113,22 @@ impl<H: Handler> Shard<H> {
         s.client = Some(Box::new(ClientState { request, key }));
         // TCP_NODELAY: pings and echoes are latency measurements. Linked, so the bind/connect after it runs
         // only once it is set.
-        core.ring.enable_sockopt(slot, generation, libc::IPPROTO_TCP, libc::TCP_NODELAY, true);
+        let ring = &mut core.rings[r];
+        ring.enable_sockopt(slot, generation, libc::IPPROTO_TCP, libc::TCP_NODELAY, true);
         for &(level, name, value) in &core.client_sockopts {
-            core.ring.set_sockopt(slot, generation, level, name, value, true);
+            ring.set_sockopt(slot, generation, level, name, value, true);
         }
         match bind {
             Some(b) => {
                 // Bind the address only and let connect pick the port: a bind to port 0 scans the whole
                 // ephemeral range per call (quadratic at tens of thousands of sockets on one address), and
                 // connect's choice also lets one port serve several destinations.
-                core.ring.enable_sockopt(slot, generation, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, true);
-                core.ring.bind(slot, generation, b)
+                ring.enable_sockopt(slot, generation, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, true);
+                ring.bind(slot, generation, b)
             }
             None => {
+                ring.connect(slot, generation, addr);
                 core.slots[slot as usize].set(flag::PEER_KNOWN);
-                core.ring.connect(slot, generation, addr)
             }
         }
         let deadline = core.now + core.cfg.handshake_timeout;
@@ -149,7 +155,7 @@ impl<H: Handler> Shard<H> {
             if let Some(addr) = addr {
                 s.set(flag::ADDR_OP_PENDING);
                 s.set(flag::PEER_KNOWN);
-                core.ring.connect(slot, generation, addr);
+                core.ring(slot).connect(slot, generation, addr);
             }
             return;
         }
@@ -177,7 +183,15 @@ impl<H: Handler> Shard<H> {
                 let seed = core.next_random();
                 let now = core.now;
                 let s = &mut core.slots[slot as usize];
-                s.writer = Some(Writer::new(Role::Client, now, seed));
+                let mut writer = Writer::new(Role::Client, now, seed);
+                // The first ping at a random point of the first interval: connections that open together
+                // (a ramp, a mass reconnect) do not ping together for the rest of their lives.
+                let cfg = &core.profiles[s.profile as usize].proto;
+                if let Some(interval) = cfg.ping_interval {
+                    let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
+                    writer.schedule_first_ping(now + interval.mul_f64(fraction), cfg);
+                }
+                s.writer = Some(writer);
                 s.phase = Phase::Open;
                 s.set(flag::WAS_OPEN);
                 let tag = s.client.take().map_or(0, |c| c.request.tag);

@@ -87,10 +87,10 @@ impl Core {
                         // unresponsive peer; cancel it rather than wait for the teardown deadline.
                         s.set(flag::SHUTDOWN_DONE);
                         if s.has(flag::ADDR_OP_PENDING) {
-                            self.ring.cancel_slot(slot);
+                            self.ring(slot).cancel_slot(slot);
                         }
                     } else {
-                        self.ring.shutdown(slot, generation);
+                        self.ring(slot).shutdown(slot, generation);
                     }
                     let deadline = self.now + self.cfg.close_timeout;
                     self.schedule(slot, deadline);
@@ -99,7 +99,7 @@ impl Core {
                     s.set(flag::CLOSE_SUBMITTED);
                     let generation = s.generation;
                     self.wheel.cancel(slot);
-                    self.ring.close(slot, generation);
+                    self.ring(slot).close(slot, generation);
                     return;
                 }
             }
@@ -115,7 +115,7 @@ impl Core {
             s.out.clear();
             self.advance_teardown(slot);
         } else {
-            self.ring.cancel_slot(slot);
+            self.ring(slot).cancel_slot(slot);
             let deadline = self.now + self.cfg.close_timeout;
             self.schedule(slot, deadline);
         }
@@ -184,12 +184,11 @@ impl Core {
         self.topics.remove_slot(slot);
         self.sync_topic_gauges();
         drop_one(&self.metrics.open);
+        let r = self.ring_index(slot);
+        self.ring_open[r] -= 1;
         self.shared.open_total.fetch_sub(1, Ordering::Relaxed);
-        if self.accept_paused && !self.shutting_down {
-            self.accept_paused = false;
-            if !self.accept_armed {
-                self.arm_accept();
-            }
+        if self.acceptor.paused && !self.shutting_down {
+            self.arm_accept();
         }
     }
 }

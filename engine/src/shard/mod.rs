@@ -79,15 +79,43 @@ impl ProfileRt {
     }
 }
 
+/// Completions handled between two submissions at most: a burst's first replies leave while the rest of it is
+/// still being handled.
+const SUBMIT_EVERY: usize = 512;
+
 /// Reusable send buffers, so a busy connection does not allocate per send and an idle one holds none.
 const POOL_MAX: usize = 1024;
 const POOL_BUF_MAX: usize = 64 << 10;
+
+/// The thread's accept state: one SO_REUSEPORT listener, its multishot accept armed on one ring at a time
+/// (the one with room: when it fills up to its reserve, the accept moves to another ring).
+struct Acceptor {
+    listener: Option<OwnedFd>,
+    /// Per ring: a multishot accept is armed there (until its final completion).
+    armed: Vec<bool>,
+    /// The ring new connections should go to.
+    current: usize,
+    /// Every table is full; accept is re-armed when a slot frees.
+    paused: bool,
+    /// After an unexpected accept error, accept is re-armed no sooner than this (no hot error loop).
+    retry_at: Option<Instant>,
+}
 
 pub(crate) struct Core {
     index: u16,
     cfg: Config,
     profiles: Vec<ProfileRt>,
-    ring: Ring,
+    /// The thread's rings; ring `r` holds slots `r * table .. (r + 1) * table`. Ring 0 is the one the thread
+    /// sleeps on; the others signal it through `child_wake`.
+    rings: Vec<Ring>,
+    /// Registered file table size of each ring.
+    table: u32,
+    /// Slots in use per ring, and socket ops in flight per ring (the client role opens sockets on the
+    /// emptiest, counting those still on their way).
+    ring_open: Vec<u32>,
+    ring_sockets: Vec<u32>,
+    /// The eventfd every other ring signals when it posts completions (None with one ring).
+    child_wake: Option<Waker>,
     wheel: Wheel,
     slots: Vec<Slot>,
     topics: Topics,
@@ -97,13 +125,8 @@ pub(crate) struct Core {
     metrics: Arc<ShardMetrics>,
     shared: Arc<Shared>,
     handle: EngineHandle,
-    listener: Option<OwnedFd>,
+    acceptor: Acceptor,
     listener_ipv6: bool,
-    accept_armed: bool,
-    /// The table was full; accept is re-armed when a slot frees.
-    accept_paused: bool,
-    /// After an unexpected accept error, accept is re-armed no sooner than this (no hot error loop).
-    accept_retry_at: Option<Instant>,
     shutting_down: bool,
     drain_deadline: Option<Instant>,
     drain_requested: Duration,
@@ -121,10 +144,11 @@ pub(crate) struct Core {
     rng: u64,
 }
 
-/// The shard thread's state. Field order matters: `core` (which holds the ring) drops before `bufs`.
+/// The shard thread's state. `core` holds the rings, `bufs` each ring's provided receive buffers (index for
+/// index); the rings keep the buffers' memory mapped until they are gone, whatever the drop order.
 pub(crate) struct Shard<H: Handler> {
     core: Core,
-    bufs: BufRing,
+    bufs: Vec<BufRing>,
     handler: H,
     /// Per-slot application state, grown on demand.
     states: Vec<H::Conn>,
@@ -153,6 +177,7 @@ where
     F: Fn(usize) -> H,
 {
     let config = Config { recv_buffers: capacity.recv_buffers, ..config };
+    let rings = capacity.rings_per_shard;
     let listeners = match config.listen {
         Some(addr) => accept::bind_listeners(&config, addr, capacity.shards)?,
         None => Vec::new(),
@@ -187,14 +212,14 @@ where
     let mut listeners = listeners.into_iter();
     for (index, (inbox, notices, waker, metrics)) in inboxes.into_iter().enumerate() {
         let handler = make_handler(index);
-        let listener: Option<OwnedFd> = listeners.next().map(|s| s.into());
+        let listener: Option<OwnedFd> = listeners.next().map(OwnedFd::from);
         let cfg = config.clone();
         let handle = handle.clone();
         let notifier = notifier.clone();
         let ready = ready_tx.clone();
-        let slots = capacity.slots_per_shard;
+        let table = capacity.slots_per_ring;
         let t = std::thread::Builder::new().name(format!("tether-shard-{index}")).spawn(move || {
-            let built = Core::new(index as u16, cfg, slots, listener, metrics, handle);
+            let built = Core::new(index as u16, cfg, table, rings, listener, metrics, handle);
             let (core, bufs) = match built {
                 Ok(parts) => {
                     let _ = ready.send((index, Ok(())));
@@ -239,37 +264,58 @@ impl Core {
     fn new(
         index: u16,
         cfg: Config,
-        slots: u32,
+        table: u32,
+        count: usize,
         listener: Option<OwnedFd>,
         metrics: Arc<ShardMetrics>,
         handle: EngineHandle,
-    ) -> io::Result<(Core, BufRing)> {
-        let (mut ring, bufs) = Ring::new(RingConfig {
-            entries: cfg.ring_entries,
-            slots,
-            recv_buffers: cfg.recv_buffers,
-            recv_buffer_size: cfg.recv_buffer_size,
-            base: 0,
-            child: false,
-        })?;
-        let client_sockopts = client::client_sockopts(&cfg)
-            .into_iter()
-            .map(|(level, name, value)| (level, name, ring.sockopt_value(value)))
-            .collect();
+    ) -> io::Result<(Core, Vec<BufRing>)> {
+        let count = count.max(1);
+        let child_wake = if count > 1 { Some(Waker::new()?) } else { None };
+        let mut rings = Vec::with_capacity(count);
+        let mut bufs = Vec::with_capacity(count);
+        for r in 0..count {
+            let (mut ring, buf) = Ring::new(RingConfig {
+                entries: cfg.ring_entries,
+                slots: table,
+                recv_buffers: cfg.recv_buffers,
+                recv_buffer_size: cfg.recv_buffer_size,
+                base: r as u32 * table,
+                child: r > 0,
+            })?;
+            if let (true, Some(wake)) = (r > 0, &child_wake) {
+                ring.register_eventfd(wake)?;
+            }
+            rings.push(ring);
+            bufs.push(buf);
+        }
+        // Every ring keeps the option values at fixed addresses; registered in the same order, their handles
+        // are the same on each.
+        let mut client_sockopts = Vec::new();
+        for (level, name, value) in client::client_sockopts(&cfg) {
+            let handles: Vec<SockoptValue> = rings.iter_mut().map(|r| r.sockopt_value(value)).collect();
+            client_sockopts.push((level, name, handles[0]));
+        }
         let mut profiles = vec![ProfileRt::new(&Profile::of(&cfg))];
         profiles.extend(cfg.profiles.iter().map(ProfileRt::new));
         let listener_ipv6 = matches!(cfg.listen, Some(SocketAddr::V6(_)));
         let now = Instant::now();
         let tick_nanos = cfg.tick.as_nanos().max(1_000_000);
         let seed = (ring::random_u64() ^ ((index as u64) << 32)) | 1;
-        debug!(shard = index, defer_taskrun = ring.defer_taskrun, slots, "shard ring ready");
+        debug!(shard = index, defer_taskrun = rings[0].defer_taskrun, rings = count, table, "shard rings ready");
         let shared = handle.shared.clone();
+        let slots = count * table as usize;
+        let acceptor = Acceptor { listener, armed: vec![false; count], current: 0, paused: false, retry_at: None };
         let core = Core {
             index,
             profiles,
-            ring,
-            wheel: Wheel::with_capacity(slots as usize),
-            slots: Vec::with_capacity(slots as usize),
+            rings,
+            table,
+            ring_open: vec![0; count],
+            ring_sockets: vec![0; count],
+            child_wake,
+            wheel: Wheel::with_capacity(slots),
+            slots: Vec::with_capacity(slots),
             topics: Topics::default(),
             epoch: now,
             now,
@@ -277,24 +323,41 @@ impl Core {
             metrics,
             shared,
             handle,
-            listener,
+            acceptor,
             listener_ipv6,
-            accept_armed: false,
-            accept_paused: false,
-            accept_retry_at: None,
             shutting_down: false,
             drain_deadline: None,
             drain_requested: Duration::ZERO,
             dirty: Vec::new(),
             pool: Vec::new(),
             pending_connects: Vec::new(),
-            connect_key_base: slots,
+            connect_key_base: slots as u32,
             client_sockopts,
             failed_connects: Vec::new(),
             rng: seed,
             cfg,
         };
         Ok((core, bufs))
+    }
+
+    /// The ring that holds `slot`.
+    fn ring(&mut self, slot: u32) -> &mut Ring {
+        let r = (slot / self.table) as usize;
+        &mut self.rings[r]
+    }
+
+    fn ring_index(&self, slot: u32) -> usize {
+        (slot / self.table) as usize
+    }
+
+    /// Hand every ring's queued submissions to the kernel without waiting.
+    fn submit_all(&mut self) -> io::Result<()> {
+        for ring in &mut self.rings {
+            if ring.has_pending() {
+                ring.submit()?;
+            }
+        }
+        Ok(())
     }
 
     fn id(&self, slot: u32) -> ConnId {
@@ -326,11 +389,13 @@ impl Core {
         self.shutting_down = true;
         self.drain_deadline = Some(self.now + drain);
         self.drain_requested = drain;
-        if self.accept_armed {
-            self.ring.cancel_accept();
+        for (r, armed) in self.acceptor.armed.iter().enumerate() {
+            if *armed {
+                self.rings[r].cancel_accept();
+            }
         }
         // Closing the listener makes the kernel stop queueing connections for this shard.
-        drop(self.listener.take());
+        drop(self.acceptor.listener.take());
         let open = self.metrics.open.load(Ordering::Relaxed);
         info!(shard = self.index, open, drain_ms = drain.as_millis() as u64, "draining");
         for slot in 0..self.slots.len() as u32 {
@@ -367,7 +432,10 @@ impl Core {
 
 impl<H: Handler> Shard<H> {
     fn run(&mut self) -> io::Result<()> {
-        self.core.ring.arm_wake(&self.waker);
+        self.core.rings[0].arm_wake(&self.waker);
+        if let Some(wake) = &self.core.child_wake {
+            self.core.rings[0].arm_child_wake(wake);
+        }
         self.core.arm_accept();
         let mut completions = Vec::with_capacity(1024);
         loop {
@@ -385,35 +453,56 @@ impl<H: Handler> Shard<H> {
             self.core.flush_dirty();
 
             if self.core.drained() {
-                // Let queued closes reach the kernel before the ring goes away.
-                let _ = self.core.ring.submit();
+                // Let queued closes reach the kernel before the rings go away.
+                let _ = self.core.submit_all();
                 return Ok(());
             }
 
             let timeout = self.core.sleep_budget();
-            self.bufs.publish();
-            self.core.ring.submit_and_wait(timeout)?;
-            completions.clear();
-            self.core.ring.completions(&mut completions);
-            self.core.now = Instant::now();
-            for c in completions.iter().copied() {
-                if Token::decode(c.user_data).is_some_and(|t| t.op == Op::Wake) {
-                    self.waker.reset();
-                    self.core.ring.arm_wake(&self.waker);
-                    continue;
+            for b in &mut self.bufs {
+                b.publish();
+            }
+            for ring in &mut self.core.rings[1..] {
+                if ring.has_pending() {
+                    ring.submit()?;
                 }
-                self.complete(c);
+            }
+            self.core.rings[0].submit_and_wait(timeout)?;
+            self.core.now = Instant::now();
+            let mut handled = 0usize;
+            for r in 0..self.core.rings.len() {
+                completions.clear();
+                self.core.rings[r].completions(&mut completions);
+                for c in completions.iter().copied() {
+                    if let Some(t) = Token::decode(c.user_data).filter(|t| t.op == Op::Wake) {
+                        if t.slot == 0 {
+                            self.waker.reset();
+                            self.core.rings[0].arm_wake(&self.waker);
+                        } else if let Some(wake) = &self.core.child_wake {
+                            self.core.rings[0].arm_child_wake(wake);
+                        }
+                        continue;
+                    }
+                    self.complete(r, c);
+                    handled += 1;
+                    if handled % SUBMIT_EVERY == 0 {
+                        // A big batch must not hold back the first replies: send what it produced so far.
+                        self.core.flush_dirty();
+                        self.core.submit_all()?;
+                    }
+                }
             }
             self.report_failed_connects();
         }
     }
 
-    fn complete(&mut self, c: Completion) {
+    /// One completion from ring `r`.
+    fn complete(&mut self, r: usize, c: Completion) {
         let Some(token) = Token::decode(c.user_data) else { return };
-        tracing::trace!(?token, result = c.result, flags = c.flags, "completion");
+        tracing::trace!(ring = r, ?token, result = c.result, flags = c.flags, "completion");
         match token.op {
-            Op::Accept => self.core.on_accept(c),
-            Op::Socket => self.on_socket(token, c),
+            Op::Accept => self.core.on_accept(r, c),
+            Op::Socket => self.on_socket(r, token, c),
             Op::Ignore | Op::Wake => {}
             _ => {
                 let slot = token.slot;
@@ -425,10 +514,10 @@ impl<H: Handler> Shard<H> {
                 if !live {
                     // A completion for an earlier occupant: only the buffer matters.
                     if let Some(bid) = c.buffer_id() {
-                        self.bufs.recycle(bid);
+                        self.bufs[r].recycle(bid);
                     }
                     if token.op == Op::Send {
-                        let _ = self.core.ring.take_send(slot);
+                        let _ = self.core.ring(slot).take_send(slot);
                     }
                     return;
                 }

@@ -18,7 +18,7 @@ impl Core {
     /// The peer address kept in the ring's per-slot buffer, once known.
     pub(super) fn peer_addr(&self, slot: u32) -> Option<SocketAddr> {
         if self.slots[slot as usize].has(flag::PEER_KNOWN) {
-            self.ring.stored_addr(slot)
+            self.rings[self.ring_index(slot)].stored_addr(slot)
         } else {
             None
         }

@@ -12,6 +12,7 @@ use crate::ring::{self, Completion};
 
 impl<H: Handler> Shard<H> {
     pub(super) fn on_recv(&mut self, slot: u32, c: Completion) {
+        let r = self.core.ring_index(slot);
         let more = c.more();
         if !more {
             self.core.slots[slot as usize].clear(flag::RECV_ARMED);
@@ -22,7 +23,7 @@ impl<H: Handler> Shard<H> {
             if self.core.slots[slot as usize].phase != Phase::Closing {
                 self.on_bytes(slot, bid, c.result as usize);
             }
-            self.bufs.recycle(bid);
+            self.bufs[r].recycle(bid);
             let phase = self.core.slots[slot as usize].phase;
             if !more && phase != Phase::Closing && phase != Phase::Free {
                 self.core.arm_recv(slot);
@@ -33,7 +34,7 @@ impl<H: Handler> Shard<H> {
             return;
         }
         if let Some(bid) = c.buffer_id() {
-            self.bufs.recycle(bid);
+            self.bufs[r].recycle(bid);
         }
         let phase = self.core.slots[slot as usize].phase;
         if c.result == -libc::ENOBUFS && phase != Phase::Closing {
@@ -70,9 +71,10 @@ impl<H: Handler> Shard<H> {
     }
 
     fn on_bytes(&mut self, slot: u32, bid: u16, len: usize) {
+        let r = self.core.ring_index(slot);
         match self.core.slots[slot as usize].phase {
             Phase::Handshake => {
-                let data = self.bufs.buffer_mut(bid, len);
+                let data = self.bufs[r].buffer_mut(bid, len);
                 let s = &mut self.core.slots[slot as usize];
                 s.reader.handshake_buf().extend_from_slice(data);
                 if s.has(flag::CLIENT) {
@@ -82,7 +84,7 @@ impl<H: Handler> Shard<H> {
                 }
             }
             Phase::Open => {
-                let data = self.bufs.buffer_mut(bid, len);
+                let data = self.bufs[r].buffer_mut(bid, len);
                 let mut input = Input::new(data);
                 let ended =
                     dispatch(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, &mut input);
@@ -169,6 +171,6 @@ impl super::Core {
         let s = &mut self.slots[slot as usize];
         s.set(flag::RECV_ARMED);
         let generation = s.generation;
-        self.ring.recv_multi(slot, generation);
+        self.ring(slot).recv_multi(slot, generation);
     }
 }

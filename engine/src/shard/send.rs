@@ -153,11 +153,11 @@ impl Core {
         s.inflight_len = buf.len().min(u32::MAX as usize) as u32;
         s.set(flag::SEND_INFLIGHT);
         let generation = s.generation;
-        self.ring.send(slot, generation, buf, 0);
+        self.ring(slot).send(slot, generation, buf, 0);
     }
 
     pub(super) fn on_send(&mut self, slot: u32, c: Completion) {
-        let Some((mut buf, offset)) = self.ring.take_send(slot) else { return };
+        let Some((mut buf, offset)) = self.ring(slot).take_send(slot) else { return };
         let s = &mut self.slots[slot as usize];
         if c.result < 0 {
             s.clear(flag::SEND_INFLIGHT);
@@ -184,7 +184,7 @@ impl Core {
         if sent < buf.len() && c.result > 0 {
             // Partial send: the rest goes out before anything queued after it.
             let generation = s.generation;
-            self.ring.send(slot, generation, buf, sent);
+            self.ring(slot).send(slot, generation, buf, sent);
             return;
         }
         s.clear(flag::SEND_INFLIGHT);

@@ -24,7 +24,7 @@ impl Core {
             let at = self.epoch + Duration::from_nanos((tick as u128 * self.tick_nanos).min(u64::MAX as u128) as u64);
             budget = budget.min(at.saturating_duration_since(self.now));
         }
-        for d in [self.drain_deadline, self.accept_retry_at].into_iter().flatten() {
+        for d in [self.drain_deadline, self.next_accept_retry()].into_iter().flatten() {
             budget = budget.min(d.saturating_duration_since(self.now));
         }
         if !self.dirty.is_empty() {
