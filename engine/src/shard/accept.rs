@@ -71,77 +71,62 @@ fn unavailable(message: String) -> HttpError {
 }
 
 impl Core {
-    /// Slots of a ring that new connections may take; the rest is the reserve that answers 503.
-    fn usable(&self) -> u32 {
-        self.table.saturating_sub(crate::capacity::RESERVED_SLOTS).max(1)
-    }
-
-    /// Arm the multishot accept on the ring with the most room (staying on the current one while it has
-    /// room under its reserve); pause when every table is full.
-    pub(super) fn arm_accept(&mut self) {
-        if self.acceptor.listener.is_none() || self.shutting_down {
-            return;
-        }
-        let usable = self.usable();
-        let current = self.acceptor.current;
-        let r = if self.ring_open[current] < usable {
-            current
-        } else {
-            (0..self.rings.len()).min_by_key(|r| self.ring_open[*r]).unwrap_or(0)
-        };
-        if self.ring_open[r] >= self.table {
-            self.acceptor.paused = true;
-            return;
-        }
-        self.acceptor.paused = false;
-        self.acceptor.current = r;
-        if !self.acceptor.armed[r] {
-            if let Some(l) = &self.acceptor.listener {
-                let fd = l.as_raw_fd();
-                self.rings[r].accept_multi(fd);
-                self.acceptor.armed[r] = true;
-            }
+    /// Arm ring `r`'s multishot accept on its listener.
+    pub(super) fn arm_accept(&mut self, r: usize) {
+        let a = &mut self.acceptors[r];
+        if let Some(l) = &a.listener {
+            let fd = l.as_raw_fd();
+            self.rings[r].accept_multi(fd);
+            a.armed = true;
         }
     }
 
     pub(super) fn retry_accept(&mut self) {
-        if self.acceptor.retry_at.is_some_and(|t| self.now >= t) {
-            self.acceptor.retry_at = None;
-            self.arm_accept();
+        for r in 0..self.acceptors.len() {
+            let a = &self.acceptors[r];
+            if a.retry_at.is_some_and(|t| self.now >= t) && !a.armed && !self.shutting_down {
+                self.arm_accept(r);
+            }
         }
     }
 
-    /// When the accept wants re-arming after an error (for the loop's sleep).
+    /// The earliest accept retry of any ring (for the loop's sleep).
     pub(super) fn next_accept_retry(&self) -> Option<std::time::Instant> {
-        self.acceptor.retry_at
+        self.acceptors.iter().filter_map(|a| a.retry_at).min()
     }
 
     pub(super) fn on_accept(&mut self, r: usize, c: Completion) {
         if !c.more() {
-            self.acceptor.armed[r] = false;
+            self.acceptors[r].armed = false;
         }
         if c.result < 0 {
+            let a = &mut self.acceptors[r];
             match -c.result {
                 libc::ENFILE | libc::EMFILE => {
                     bump(&self.metrics.accept_table_full);
-                    // The table is full (every slot taken: `ring_open` says so too), so the accept moves to
-                    // another ring, or pauses until a slot frees.
-                    warn!(shard = self.index, ring = r, "file table full: the accept moves to another ring or pauses");
-                    self.arm_accept();
+                    if !a.paused {
+                        warn!(shard = self.index, ring = r, "file table full: accepting paused until a slot frees");
+                    }
+                    a.paused = true;
                 }
                 libc::ECANCELED => {}
                 e => {
-                    if self.acceptor.retry_at.is_none() {
+                    if a.retry_at.is_none() {
                         warn!(shard = self.index, ring = r, error = %io::Error::from_raw_os_error(e), "accept failed; retrying in 100ms");
                     }
-                    if !self.acceptor.armed[r] {
-                        self.acceptor.retry_at = Some(self.now + Duration::from_millis(100));
+                    if !a.armed {
+                        a.retry_at = Some(self.now + Duration::from_millis(100));
                     }
+                    return;
                 }
+            }
+            let a = &self.acceptors[r];
+            if !a.armed && !a.paused && !self.shutting_down {
+                self.arm_accept(r);
             }
             return;
         }
-        self.acceptor.retry_at = None;
+        self.acceptors[r].retry_at = None;
         let slot = self.rings[r].slot_of(c.result as u32);
         self.take_slot(slot, false);
         if self.shutting_down {
@@ -160,17 +145,9 @@ impl Core {
             let deadline = self.now + self.cfg.handshake_timeout;
             self.schedule(slot, deadline);
         }
-        // This ring is up to its reserve and another has room: move the accept there.
-        let usable = self.usable();
-        if self.ring_open[r] >= usable && self.acceptor.armed[r] && self.rings.len() > 1 {
-            let other = (0..self.rings.len()).filter(|o| *o != r).min_by_key(|o| self.ring_open[*o]);
-            if let Some(o) = other.filter(|o| self.ring_open[*o] < usable) {
-                self.rings[r].cancel_accept();
-                self.acceptor.current = o;
-            }
-        }
-        if !self.acceptor.armed[self.acceptor.current] {
-            self.arm_accept();
+        let a = &self.acceptors[r];
+        if !a.armed && !a.paused && !self.shutting_down {
+            self.arm_accept(r);
         }
     }
 

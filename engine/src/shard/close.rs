@@ -187,8 +187,12 @@ impl Core {
         let r = self.ring_index(slot);
         self.ring_open[r] -= 1;
         self.shared.open_total.fetch_sub(1, Ordering::Relaxed);
-        if self.acceptor.paused && !self.shutting_down {
-            self.arm_accept();
+        let a = &mut self.acceptors[r];
+        if a.paused && !self.shutting_down {
+            a.paused = false;
+            if !a.armed {
+                self.arm_accept(r);
+            }
         }
     }
 }

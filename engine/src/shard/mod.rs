@@ -87,15 +87,13 @@ const SUBMIT_EVERY: usize = 512;
 const POOL_MAX: usize = 1024;
 const POOL_BUF_MAX: usize = 64 << 10;
 
-/// The thread's accept state: one SO_REUSEPORT listener, its multishot accept armed on one ring at a time
-/// (the one with room: when it fills up to its reserve, the accept moves to another ring).
+/// One ring's accept state: its own SO_REUSEPORT listener (the kernel spreads new connections evenly over all
+/// of them, so the rings of a thread fill evenly and a burst has every listener's backlog to wait in) and its
+/// multishot accept into that ring's table.
 struct Acceptor {
     listener: Option<OwnedFd>,
-    /// Per ring: a multishot accept is armed there (until its final completion).
-    armed: Vec<bool>,
-    /// The ring new connections should go to.
-    current: usize,
-    /// Every table is full; accept is re-armed when a slot frees.
+    armed: bool,
+    /// The ring's table was full; accept is re-armed when one of its slots frees.
     paused: bool,
     /// After an unexpected accept error, accept is re-armed no sooner than this (no hot error loop).
     retry_at: Option<Instant>,
@@ -125,7 +123,7 @@ pub(crate) struct Core {
     metrics: Arc<ShardMetrics>,
     shared: Arc<Shared>,
     handle: EngineHandle,
-    acceptor: Acceptor,
+    acceptors: Vec<Acceptor>,
     listener_ipv6: bool,
     shutting_down: bool,
     drain_deadline: Option<Instant>,
@@ -179,7 +177,7 @@ where
     let config = Config { recv_buffers: capacity.recv_buffers, ..config };
     let rings = capacity.rings_per_shard;
     let listeners = match config.listen {
-        Some(addr) => accept::bind_listeners(&config, addr, capacity.shards)?,
+        Some(addr) => accept::bind_listeners(&config, addr, capacity.shards * rings)?,
         None => Vec::new(),
     };
     let local_addr = listeners.first().and_then(|l| l.local_addr().ok()).and_then(|a| a.as_socket());
@@ -212,14 +210,14 @@ where
     let mut listeners = listeners.into_iter();
     for (index, (inbox, notices, waker, metrics)) in inboxes.into_iter().enumerate() {
         let handler = make_handler(index);
-        let listener: Option<OwnedFd> = listeners.next().map(OwnedFd::from);
+        let own: Vec<Option<OwnedFd>> = (0..rings).map(|_| listeners.next().map(OwnedFd::from)).collect();
         let cfg = config.clone();
         let handle = handle.clone();
         let notifier = notifier.clone();
         let ready = ready_tx.clone();
         let table = capacity.slots_per_ring;
         let t = std::thread::Builder::new().name(format!("tether-shard-{index}")).spawn(move || {
-            let built = Core::new(index as u16, cfg, table, rings, listener, metrics, handle);
+            let built = Core::new(index as u16, cfg, table, own, metrics, handle);
             let (core, bufs) = match built {
                 Ok(parts) => {
                     let _ = ready.send((index, Ok(())));
@@ -265,12 +263,11 @@ impl Core {
         index: u16,
         cfg: Config,
         table: u32,
-        count: usize,
-        listener: Option<OwnedFd>,
+        listeners: Vec<Option<OwnedFd>>,
         metrics: Arc<ShardMetrics>,
         handle: EngineHandle,
     ) -> io::Result<(Core, Vec<BufRing>)> {
-        let count = count.max(1);
+        let count = listeners.len().max(1);
         let child_wake = if count > 1 { Some(Waker::new()?) } else { None };
         let mut rings = Vec::with_capacity(count);
         let mut bufs = Vec::with_capacity(count);
@@ -305,7 +302,10 @@ impl Core {
         debug!(shard = index, defer_taskrun = rings[0].defer_taskrun, rings = count, table, "shard rings ready");
         let shared = handle.shared.clone();
         let slots = count * table as usize;
-        let acceptor = Acceptor { listener, armed: vec![false; count], current: 0, paused: false, retry_at: None };
+        let acceptors = listeners
+            .into_iter()
+            .map(|listener| Acceptor { listener, armed: false, paused: false, retry_at: None })
+            .collect();
         let core = Core {
             index,
             profiles,
@@ -323,7 +323,7 @@ impl Core {
             metrics,
             shared,
             handle,
-            acceptor,
+            acceptors,
             listener_ipv6,
             shutting_down: false,
             drain_deadline: None,
@@ -389,13 +389,13 @@ impl Core {
         self.shutting_down = true;
         self.drain_deadline = Some(self.now + drain);
         self.drain_requested = drain;
-        for (r, armed) in self.acceptor.armed.iter().enumerate() {
-            if *armed {
+        for (r, a) in self.acceptors.iter_mut().enumerate() {
+            if a.armed {
                 self.rings[r].cancel_accept();
             }
+            // Closing the listener makes the kernel stop queueing connections for this ring.
+            drop(a.listener.take());
         }
-        // Closing the listener makes the kernel stop queueing connections for this shard.
-        drop(self.acceptor.listener.take());
         let open = self.metrics.open.load(Ordering::Relaxed);
         info!(shard = self.index, open, drain_ms = drain.as_millis() as u64, "draining");
         for slot in 0..self.slots.len() as u32 {
@@ -436,7 +436,9 @@ impl<H: Handler> Shard<H> {
         if let Some(wake) = &self.core.child_wake {
             self.core.rings[0].arm_child_wake(wake);
         }
-        self.core.arm_accept();
+        for r in 0..self.core.rings.len() {
+            self.core.arm_accept(r);
+        }
         let mut completions = Vec::with_capacity(1024);
         loop {
             self.core.now = Instant::now();
