@@ -54,6 +54,9 @@ pub struct BufRing {
     /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
     tail: u16,
     published: u16,
+    /// Per buffer: how far completions have consumed it. With incremental consumption (IOU_PBUF_RING_INC) the
+    /// kernel fills one buffer from several receives, each after the last; a completion's bytes start here.
+    offsets: Vec<u32>,
 }
 
 impl BufRing {
@@ -69,9 +72,10 @@ impl BufRing {
         }
         let ring = Rc::new(Mapping::new(entries as usize * std::mem::size_of::<BufRingEntry>())?);
         let bufs = Rc::new(Mapping::new(entries as usize * buf_size as usize)?);
-        let mut br = BufRing { ring, bufs, entries, buf_size, tail: 0, published: 0 };
+        let mut br =
+            BufRing { ring, bufs, entries, buf_size, tail: 0, published: 0, offsets: vec![0; entries as usize] };
         for bid in 0..entries {
-            br.recycle(bid);
+            br.put(bid);
         }
         br.publish();
         Ok(br)
@@ -90,8 +94,15 @@ impl BufRing {
         self.entries
     }
 
-    /// Put buffer `bid` back at the tail (visible to the kernel after the next publish).
+    /// Put buffer `bid` back and make it visible to the kernel at once (a release store: cheap, and a ring
+    /// that is handling a burst gets its buffers back while the burst lasts).
     pub fn recycle(&mut self, bid: u16) {
+        self.put(bid);
+        self.publish();
+    }
+
+    /// Put buffer `bid` back at the tail (visible to the kernel after the next publish).
+    fn put(&mut self, bid: u16) {
         let idx = (self.tail & (self.entries - 1)) as usize;
         // SAFETY: idx < entries, so the entry lies inside the ring mapping; the kernel only reads entries
         // between its head and the published tail, and this one is past the published tail.
@@ -118,12 +129,29 @@ impl BufRing {
         self.published = self.tail;
     }
 
-    /// The first `len` bytes of buffer `bid`, which the kernel handed us in a completion.
-    pub fn buffer_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+    /// The `len` bytes a completion delivered in buffer `bid` (after what earlier completions of the same buffer
+    /// delivered). Call once per completion that carries the buffer, then [`BufRing::release`].
+    pub fn take(&mut self, bid: u16, len: usize) -> &mut [u8] {
         assert!(bid < self.entries, "buffer id out of range");
-        let len = len.min(self.buf_size as usize);
-        // SAFETY: bid < entries, so the range lies inside the buffer mapping; the kernel gave this buffer to
-        // us with the completion and will not touch it until we recycle it; &mut self makes the slice unique.
-        unsafe { std::slice::from_raw_parts_mut(self.bufs.ptr.add(bid as usize * self.buf_size as usize), len) }
+        let start = (self.offsets[bid as usize] as usize).min(self.buf_size as usize);
+        let len = len.min(self.buf_size as usize - start);
+        self.offsets[bid as usize] = (start + len) as u32;
+        // SAFETY: bid < entries and start + len <= buf_size, so the range lies inside the buffer mapping; the
+        // kernel delivered these bytes with the completion and writes only past them (or nothing) until the
+        // buffer is recycled; &mut self makes the slice unique.
+        unsafe {
+            let base = self.bufs.ptr.add(bid as usize * self.buf_size as usize + start);
+            std::slice::from_raw_parts_mut(base, len)
+        }
+    }
+
+    /// A completion that carried buffer `bid` is handled: unless the kernel keeps filling it (`more`, the CQE's
+    /// BUF_MORE flag), it goes back to the ring.
+    pub fn release(&mut self, bid: u16, more: bool) {
+        if more || bid >= self.entries {
+            return;
+        }
+        self.offsets[bid as usize] = 0;
+        self.recycle(bid);
     }
 }

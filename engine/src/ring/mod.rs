@@ -101,6 +101,10 @@ impl Completion {
     pub fn more(&self) -> bool {
         io_uring::cqueue::more(self.flags)
     }
+    /// The kernel keeps filling this completion's buffer (incremental consumption): do not recycle it yet.
+    pub fn buffer_more(&self) -> bool {
+        io_uring::cqueue::buffer_more(self.flags)
+    }
     pub fn buffer_id(&self) -> Option<u16> {
         io_uring::cqueue::buffer_select(self.flags)
     }
@@ -202,8 +206,15 @@ impl Ring {
         let bufs = BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
         // SAFETY: the ring memory lives in `bufs`' mappings; the Ring keeps a reference to them (`_buffers`,
         // dropped after `uring`), so they outlive every operation whoever drops the BufRing first.
+        // Incremental consumption where the kernel has it (6.12+): small receives (pongs, upgrade requests)
+        // share a buffer instead of taking one each, so a burst does not run the ring dry.
+        let incremental = io_uring::types::IOU_PBUF_RING_INC as u16;
         unsafe {
-            uring.submitter().register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP, 0)?;
+            let submitter = uring.submitter();
+            if submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP, incremental).is_err()
+            {
+                submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP, 0)?;
+            }
         }
         let slots = cfg.slots as usize;
         let mut sends = Vec::with_capacity(slots);

@@ -129,6 +129,8 @@ pub(crate) struct Core {
     drain_deadline: Option<Instant>,
     drain_requested: Duration,
     dirty: Vec<u32>,
+    /// Slots whose receive ended for want of a provided buffer, re-armed after the batch.
+    starved: Vec<u32>,
     pool: Vec<Vec<u8>>,
     /// Outbound connections waiting for their socket op (or their start time): the socket op's tag and the
     /// wheel key (`connect_key_base + index`) name an entry here.
@@ -329,6 +331,7 @@ impl Core {
             drain_deadline: None,
             drain_requested: Duration::ZERO,
             dirty: Vec::new(),
+            starved: Vec::new(),
             pool: Vec::new(),
             pending_connects: Vec::new(),
             connect_key_base: slots as u32,
@@ -494,6 +497,7 @@ impl<H: Handler> Shard<H> {
                     }
                 }
             }
+            self.core.rearm_starved();
             self.report_failed_connects();
         }
     }
@@ -516,7 +520,10 @@ impl<H: Handler> Shard<H> {
                 if !live {
                     // A completion for an earlier occupant: only the buffer matters.
                     if let Some(bid) = c.buffer_id() {
-                        self.bufs[r].recycle(bid);
+                        if c.result > 0 {
+                            self.bufs[r].take(bid, c.result as usize);
+                        }
+                        self.bufs[r].release(bid, c.buffer_more());
                     }
                     if token.op == Op::Send {
                         let _ = self.core.ring(slot).take_send(slot);

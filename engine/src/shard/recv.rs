@@ -20,10 +20,8 @@ impl<H: Handler> Shard<H> {
         if c.result > 0 {
             let Some(bid) = c.buffer_id() else { return };
             add(&self.core.metrics.bytes_in, c.result as u64);
-            if self.core.slots[slot as usize].phase != Phase::Closing {
-                self.on_bytes(slot, bid, c.result as usize);
-            }
-            self.bufs[r].recycle(bid);
+            self.on_bytes(slot, bid, c.result as usize);
+            self.bufs[r].release(bid, c.buffer_more());
             let phase = self.core.slots[slot as usize].phase;
             if !more && phase != Phase::Closing && phase != Phase::Free {
                 self.core.arm_recv(slot);
@@ -34,15 +32,16 @@ impl<H: Handler> Shard<H> {
             return;
         }
         if let Some(bid) = c.buffer_id() {
-            self.bufs[r].recycle(bid);
+            self.bufs[r].release(bid, c.buffer_more());
         }
         let phase = self.core.slots[slot as usize].phase;
         if c.result == -libc::ENOBUFS && phase != Phase::Closing {
-            // Every provided buffer is in use: the multishot receive ended; arm it again now that this
-            // iteration is recycling buffers.
+            // Every provided buffer was in use: the multishot receive ended. Arm it again once this batch of
+            // completions has recycled its buffers; re-armed at once, it would find the ring still empty and
+            // fail again (thousands of times a second at 200,000 connections).
             bump(&self.core.metrics.recv_buffer_exhausted);
             if !more {
-                self.core.arm_recv(slot);
+                self.core.starved.push(slot);
             }
             return;
         }
@@ -70,11 +69,13 @@ impl<H: Handler> Shard<H> {
         self.core.teardown(slot, info, false);
     }
 
+    /// Bytes arrived in buffer `bid`: taken out of it whatever the phase (so the buffer's consumption stays in
+    /// step with the kernel's), handled unless the connection is closing.
     fn on_bytes(&mut self, slot: u32, bid: u16, len: usize) {
         let r = self.core.ring_index(slot);
+        let data = self.bufs[r].take(bid, len);
         match self.core.slots[slot as usize].phase {
             Phase::Handshake => {
-                let data = self.bufs[r].buffer_mut(bid, len);
                 let s = &mut self.core.slots[slot as usize];
                 s.reader.handshake_buf().extend_from_slice(data);
                 if s.has(flag::CLIENT) {
@@ -84,7 +85,6 @@ impl<H: Handler> Shard<H> {
                 }
             }
             Phase::Open => {
-                let data = self.bufs[r].buffer_mut(bid, len);
                 let mut input = Input::new(data);
                 let ended =
                     dispatch(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, &mut input);
@@ -167,6 +167,16 @@ fn dispatch<H: Handler>(
 }
 
 impl super::Core {
+    /// Re-arm the receives that ended for want of a buffer (see `on_recv`).
+    pub(super) fn rearm_starved(&mut self) {
+        for slot in std::mem::take(&mut self.starved) {
+            let s = &self.slots[slot as usize];
+            if matches!(s.phase, Phase::Handshake | Phase::Open) && !s.has(flag::RECV_ARMED) {
+                self.arm_recv(slot);
+            }
+        }
+    }
+
     pub(super) fn arm_recv(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         s.set(flag::RECV_ARMED);
