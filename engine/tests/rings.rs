@@ -50,6 +50,16 @@ impl Handler for Client {
     }
 }
 
+impl Seen {
+    /// Why a connect failed, for the assertion message.
+    fn failure(&self) -> Option<&str> {
+        match self {
+            Seen::Failed(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
 #[test]
 fn one_thread_holds_several_rings_worth_of_connections() {
     const N: usize = 1500;
@@ -82,7 +92,7 @@ fn one_thread_holds_several_rings_worth_of_connections() {
             Ok(Seen::Open(c)) => opens.push(c),
             Ok(Seen::Echo) => echoes += 1,
             Ok(Seen::Rtt) => rtts += 1,
-            Ok(other) => panic!("{other:?}"),
+            Ok(other) => panic!("unexpected: {other:?} ({:?})", other.failure()),
             Err(_) => {}
         }
     }

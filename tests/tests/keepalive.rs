@@ -67,18 +67,16 @@ fn silent_peer_is_closed_after_pong_timeout() {
     let mut stream = raw::handshake(server.addr);
     let connected = Instant::now();
 
-    // Deadline: ping at ~1 s, pong due ~1 s later, plus ticks. Assert only that it happens, generously.
+    // Deadline: the first ping at a random point of the first interval (0-1 s: pings of connections that
+    // open together are spread), the pong due 1 s later, plus ticks. Assert only that it happens, generously.
     let found = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
         !server.log.matching(&["pong timeout"]).is_empty()
     });
     let waited = connected.elapsed();
     assert!(found, "no \"pong timeout\" in the log {waited:?} after a peer went silent:\n{}", server.log.tail(30));
-    // Not before a ping could have been sent and the pong deadline missed (interval + timeout = 2 s;
-    // allow a tick of slack on each).
-    assert!(
-        waited >= Duration::from_millis(1500),
-        "silent peer closed after only {waited:?} (ping-interval 1s + pong-timeout 1s)"
-    );
+    // Not before a ping could have been sent and its pong deadline missed: at least pong-timeout (1 s) after
+    // the open, less a tick of slack (the server's open precedes the client's timestamp).
+    assert!(waited >= Duration::from_millis(900), "silent peer closed after only {waited:?} (pong-timeout 1s)");
     let line = close_lines(&server.log)
         .into_iter()
         .find(|l| log_field(l, "reason") == Some("pong timeout"))

@@ -490,7 +490,7 @@ impl<H: Handler> Shard<H> {
                     }
                     self.complete(r, c);
                     handled += 1;
-                    if handled % SUBMIT_EVERY == 0 {
+                    if handled.is_multiple_of(SUBMIT_EVERY) {
                         // A big batch must not hold back the first replies: send what it produced so far.
                         self.core.flush_dirty();
                         self.core.submit_all()?;
