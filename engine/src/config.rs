@@ -101,6 +101,10 @@ pub struct Config {
     pub tick: Duration,
     /// Server ping cadence; `None` disables pings.
     pub ping_interval: Option<Duration>,
+    /// The first ping of a connection at a random point of its first interval (default), so that connections
+    /// that open together (a ramp, a mass reconnect) do not ping together for the rest of their lives; `false`:
+    /// one whole interval after the open.
+    pub ping_jitter: bool,
     pub pong_timeout: Duration,
     pub handshake_timeout: Duration,
     pub close_timeout: Duration,
@@ -148,6 +152,7 @@ impl Default for Config {
             backlog: 4096,
             tick: Duration::from_millis(100),
             ping_interval: Some(Duration::from_secs(20)),
+            ping_jitter: true,
             pong_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),

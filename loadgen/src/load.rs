@@ -34,6 +34,8 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// Client pings (the engine's keepalive pings); `None` = no pings.
     pub ping_interval: Option<Duration>,
+    /// The first ping at a random point of the first interval (the engine's `ping_jitter`).
+    pub ping_jitter: bool,
     pub pong_timeout: Duration,
     /// Messages per second per connection (echo traffic); 0 = idle.
     pub message_rate: f64,
@@ -65,6 +67,7 @@ impl LoadConfig {
             rate: 10_000.0,
             duration: Duration::from_secs(60),
             ping_interval: Some(Duration::from_secs(5)),
+            ping_jitter: true,
             pong_timeout: Duration::from_secs(10),
             message_rate: 0.0,
             message_size: 64,
@@ -760,6 +763,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         shards: cfg.shards,
         max_connections: n + n / 8 + 256,
         ping_interval: cfg.ping_interval.filter(|d| !d.is_zero()),
+        ping_jitter: cfg.ping_jitter,
         pong_timeout: cfg.pong_timeout,
         handshake_timeout: cfg.handshake_timeout,
         tcp_keepalive: cfg.tcp_keepalive,

@@ -67,6 +67,10 @@ struct Common {
     /// Client ping interval (0 = no pings).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     ping_interval: Duration,
+    /// The first client ping of each connection at a random point of its first interval (on) or one whole
+    /// interval after the open (off).
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    ping_jitter: bool,
     /// A ping unanswered this long (no frame at all) counts the connection as dead.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pong_timeout: Duration,
@@ -198,6 +202,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         rate: c.rate,
         duration: c.duration,
         ping_interval: Some(c.ping_interval).filter(|d| !d.is_zero()),
+        ping_jitter: c.ping_jitter,
         pong_timeout: c.pong_timeout,
         message_rate: c.message_rate,
         message_size: c.message_size,
@@ -249,4 +254,12 @@ fn finish(outcome: &Outcome, c: &Common, strict: bool) -> anyhow::Result<ExitCod
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
 }

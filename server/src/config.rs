@@ -64,6 +64,7 @@ settings! {
     backlog: "TETHER_BACKLOG", "N", "listen(2) backlog per shard";
     tick: "TETHER_TICK", "DURATION", "Timing wheel resolution";
     ping_interval: "TETHER_PING_INTERVAL", "DURATION", "Server ping cadence, 0 or off disables";
+    ping_jitter: "TETHER_PING_JITTER", "on|off", "First ping of a connection at a random point of its first interval (spreads the pings of connections that opened together)";
     pong_timeout: "TETHER_PONG_TIMEOUT", "DURATION", "Close a peer silent this long after a ping";
     handshake_timeout: "TETHER_HANDSHAKE_TIMEOUT", "DURATION", "Deadline for the HTTP upgrade";
     close_timeout: "TETHER_CLOSE_TIMEOUT", "DURATION", "Deadline for the peer's Close answer";
@@ -282,6 +283,7 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         backlog: pick!(r, cli, backlog, int_in(1, i32::MAX as u64)).map_or(d.backlog, |n| n as i32),
         tick: pick!(r, cli, tick, parse_positive_duration).unwrap_or(d.tick),
         ping_interval: pick!(r, cli, ping_interval, parse_optional_duration).unwrap_or(d.ping_interval),
+        ping_jitter: pick!(r, cli, ping_jitter, parse_on_off).unwrap_or(d.ping_jitter),
         pong_timeout: pick!(r, cli, pong_timeout, parse_positive_duration).unwrap_or(d.pong_timeout),
         handshake_timeout: pick!(r, cli, handshake_timeout, parse_positive_duration).unwrap_or(d.handshake_timeout),
         close_timeout: pick!(r, cli, close_timeout, parse_positive_duration).unwrap_or(d.close_timeout),
@@ -418,6 +420,14 @@ pub fn format_size(n: u64) -> String {
     n.to_string()
 }
 
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
+}
+
 pub fn parse_policy(s: &str) -> Result<SendQueuePolicy, String> {
     match s.to_ascii_lowercase().as_str() {
         "close" => Ok(SendQueuePolicy::Close),
@@ -495,6 +505,7 @@ impl Settings {
         line("backlog", c.backlog.to_string());
         line("tick", quoted(&fmt_duration(c.tick)));
         line("ping_interval", quoted(&opt(c.ping_interval)));
+        line("ping_jitter", quoted(if c.ping_jitter { "on" } else { "off" }));
         line("pong_timeout", quoted(&fmt_duration(c.pong_timeout)));
         line("handshake_timeout", quoted(&fmt_duration(c.handshake_timeout)));
         line("close_timeout", quoted(&fmt_duration(c.close_timeout)));

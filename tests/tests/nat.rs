@@ -103,7 +103,19 @@ fn without_pings_or_keepalive_the_nat_forgets_every_flow_and_the_server_never_no
     let args = load_args(
         &url,
         "60s",
-        &["--ping-interval", "30s", "--pong-timeout", "5s", "--tcp-keepalive", "off", "--close-wait", "2s"],
+        // No jitter: every first ping comes after the NAT forgot the flow.
+        &[
+            "--ping-interval",
+            "30s",
+            "--ping-jitter",
+            "off",
+            "--pong-timeout",
+            "5s",
+            "--tcp-keepalive",
+            "off",
+            "--close-wait",
+            "2s",
+        ],
     );
     let run = Load::run(Some(&rig.client), &args, Duration::from_secs(150));
     let d = run.describe();

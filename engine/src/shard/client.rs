@@ -187,7 +187,7 @@ impl<H: Handler> Shard<H> {
                 // The first ping at a random point of the first interval: connections that open together
                 // (a ramp, a mass reconnect) do not ping together for the rest of their lives.
                 let cfg = &core.profiles[s.profile as usize].proto;
-                if let Some(interval) = cfg.ping_interval {
+                if let Some(interval) = cfg.ping_interval.filter(|_| core.cfg.ping_jitter) {
                     let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
                     writer.schedule_first_ping(now + interval.mul_f64(fraction), cfg);
                 }
