@@ -6,12 +6,7 @@ target/debug/tetherd (relative to the workspace root, or $CARGO_TARGET_DIR).
 
 import asyncio
 import logging
-import os
-import pathlib
-import select
 import signal
-import subprocess
-import threading
 import time
 
 import pytest
@@ -19,67 +14,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tetherd_proc import Tetherd
 TEST_LIMIT = 60  # seconds, per test
-
-
-def tetherd_bin() -> pathlib.Path:
-    env = os.environ.get("TETHERD_BIN")
-    if env:
-        path = pathlib.Path(env)
-        if not path.is_file():
-            raise RuntimeError(f"TETHERD_BIN={env} is not a file")
-        return path
-    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    for profile in ("release", "debug"):
-        path = target / profile / "tetherd"
-        if path.is_file():
-            return path
-    raise RuntimeError(
-        "tetherd binary not found: set TETHERD_BIN or build it with "
-        f"`cargo build --release -p tetherd` (looked in {target}/{{release,debug}}/tetherd)"
-    )
-
-
-class Tetherd:
-    """A running tetherd on an ephemeral loopback port; stderr collected in `self.log`."""
-
-    def __init__(self, *args: str):
-        env = dict(os.environ, RUST_LOG=os.environ.get("TETHERD_LOG", "info"), NO_COLOR="1")
-        self.proc = subprocess.Popen(
-            [str(tetherd_bin()), "--listen", "127.0.0.1:0", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        self.log: list[str] = []
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else ""
-        prefix = "tetherd listening on "
-        if not line.startswith(prefix):
-            self.stop()
-            raise RuntimeError(f"tetherd did not print its listening line (got {line!r}): {self.log[-20:]}")
-        self.addr = line[len(prefix):].strip()
-        threading.Thread(target=self._drain_stdout, daemon=True).start()
-
-    def _drain_stderr(self):
-        for line in self.proc.stderr:
-            self.log.append(line.rstrip("\n"))
-
-    def _drain_stdout(self):
-        for _ in self.proc.stdout:
-            pass
-
-    def url(self, path: str = "/") -> str:
-        return f"ws://{self.addr}{path}"
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

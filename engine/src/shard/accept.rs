@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::handler::{Handler, Upgrade};
 use crate::metrics::bump;
 use crate::proto::handshake::{self, HttpError, RequestParse};
-use crate::proto::{CloseCause, CloseInfo, Initiator, Role, Writer};
+use crate::proto::{CloseCause, CloseInfo, Initiator, Role};
 use crate::ring::Completion;
 
 /// One SO_REUSEPORT listener per shard; the kernel spreads new connections over them. Options set here are
@@ -281,14 +281,8 @@ impl<H: Handler> Shard<H> {
                 let s = &mut core.slots[slot as usize];
                 s.out.bytes_mut().extend_from_slice(&resp);
                 s.profile = profile as u8;
-                let mut writer = Writer::new(Role::Server, now, seed);
-                // The first ping at a random point of the first interval: connections that open together
-                // (a ramp, a mass reconnect) do not ping together for the rest of their lives.
-                let cfg = &core.profiles[s.profile as usize].proto;
-                if let Some(interval) = cfg.ping_interval.filter(|_| core.cfg.ping_jitter) {
-                    let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
-                    writer.schedule_first_ping(now + interval.mul_f64(fraction), cfg);
-                }
+                let writer = core.new_writer(profile as u8, Role::Server, now, seed);
+                let s = &mut core.slots[slot as usize];
                 s.writer = Some(writer);
                 s.phase = Phase::Open;
                 s.set(flag::WAS_OPEN);

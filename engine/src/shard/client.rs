@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::handler::{ConnectError, ConnectRequest, Handler};
 use crate::metrics::bump;
 use crate::proto::handshake::{self, ResponseParse};
-use crate::proto::{CloseCause, CloseInfo, Initiator, Role, Writer};
+use crate::proto::{CloseCause, CloseInfo, Initiator, Role};
 use crate::ring::{self, Completion, Op, Token};
 
 /// The options the listener gives accepted sockets, as (level, option, value) for outbound sockets, which
@@ -182,15 +182,8 @@ impl<H: Handler> Shard<H> {
             ResponseParse::Accepted { consumed } => {
                 let seed = core.next_random();
                 let now = core.now;
+                let writer = core.new_writer(core.slots[slot as usize].profile, Role::Client, now, seed);
                 let s = &mut core.slots[slot as usize];
-                let mut writer = Writer::new(Role::Client, now, seed);
-                // The first ping at a random point of the first interval: connections that open together
-                // (a ramp, a mass reconnect) do not ping together for the rest of their lives.
-                let cfg = &core.profiles[s.profile as usize].proto;
-                if let Some(interval) = cfg.ping_interval.filter(|_| core.cfg.ping_jitter) {
-                    let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
-                    writer.schedule_first_ping(now + interval.mul_f64(fraction), cfg);
-                }
                 s.writer = Some(writer);
                 s.phase = Phase::Open;
                 s.set(flag::WAS_OPEN);

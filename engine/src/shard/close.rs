@@ -157,6 +157,10 @@ impl<H: Handler> Shard<H> {
         } else {
             debug!(conn = %id, peer = %peer_text, reason = ?info.reason, duration_ms = duration.as_millis() as u64, "http connection done");
         }
+        // Counted free before the handler hears of it: whoever learns of the close from `on_close` finds
+        // the counters already showing it.
+        drop_one(&core.metrics.open);
+        core.shared.open_total.fetch_sub(1, Ordering::Relaxed);
         if was_open {
             let closed = Closed { info, peer, duration, was_open };
             with_ctx!(self, |h, ctx| h.on_close(&mut ctx, id, &closed));
@@ -183,10 +187,8 @@ impl Core {
         self.wheel.cancel(slot);
         self.topics.remove_slot(slot);
         self.sync_topic_gauges();
-        drop_one(&self.metrics.open);
         let r = self.ring_index(slot);
         self.ring_open[r] -= 1;
-        self.shared.open_total.fetch_sub(1, Ordering::Relaxed);
         let a = &mut self.acceptors[r];
         if a.paused && !self.shutting_down {
             a.paused = false;

@@ -50,7 +50,7 @@ use crate::handler::{ConnectError, ConnectRequest, Handler};
 use crate::ids::ConnId;
 use crate::mailbox::{mailbox, MailboxRx};
 use crate::metrics::ShardMetrics;
-use crate::proto::ProtoConfig;
+use crate::proto::{ProtoConfig, Role, Writer};
 use crate::ring::{self, BufRing, Completion, Op, Ring, RingConfig, SockoptValue, Token, Waker};
 use crate::wheel::Wheel;
 
@@ -341,6 +341,19 @@ impl Core {
             cfg,
         };
         Ok((core, bufs))
+    }
+
+    /// The protocol writer of a connection that just opened. Its first ping comes at a random point of the
+    /// first interval (`ping_jitter`): connections that open together (a ramp, a mass reconnect) do not ping
+    /// together for the rest of their lives.
+    fn new_writer(&self, profile: u8, role: Role, now: Instant, seed: u64) -> Writer {
+        let mut writer = Writer::new(role, now, seed);
+        let cfg = &self.profiles[profile as usize].proto;
+        if let Some(interval) = cfg.ping_interval.filter(|_| self.cfg.ping_jitter) {
+            let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
+            writer.schedule_first_ping(now + interval.mul_f64(fraction), cfg);
+        }
+        writer
     }
 
     /// The ring that holds `slot`.
