@@ -39,6 +39,9 @@ pub struct LoadConfig {
     pub pong_timeout: Duration,
     /// Messages per second per connection (echo traffic); 0 = idle.
     pub message_rate: f64,
+    /// One message in flight per connection, the next sent when the echo arrives (from the end of the
+    /// ramp); `message_rate` is then ignored.
+    pub closed_loop: bool,
     pub message_size: usize,
     pub reconnect: bool,
     /// Source addresses to bind, round robin; empty = let the kernel choose.
@@ -70,6 +73,7 @@ impl LoadConfig {
             ping_jitter: true,
             pong_timeout: Duration::from_secs(10),
             message_rate: 0.0,
+            closed_loop: false,
             message_size: 64,
             reconnect: false,
             shards: 0,
@@ -145,6 +149,7 @@ struct Shared {
     source_ips: Vec<IpAddr>,
     reconnect: bool,
     message_interval: Option<Duration>,
+    closed_loop: bool,
     message_size: usize,
     /// First attempts that finished (opened or failed).
     first_resolved: AtomicU64,
@@ -296,6 +301,8 @@ pub enum Control {
     CloseAll,
     /// Stop the echo traffic and send one `FINAL_MAGIC` message on every open connection.
     FinalEcho,
+    /// Closed loop: start one message on every open connection (the ramp is over).
+    StartClosedLoop,
 }
 
 /// A connection's own state, kept by the engine in its slot.
@@ -383,6 +390,16 @@ impl LoadHandler {
         }
     }
 
+    /// Closed loop: the next message on `conn`, unless the traffic or the connection is ending.
+    fn next_closed_loop(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+        if self.traffic_done || self.closing || ctx.state(conn).is_none_or(|c| c.closing) {
+            return;
+        }
+        if self.send_message(ctx, conn, PAYLOAD_MAGIC) {
+            self.stats.messages_sent += 1;
+        }
+    }
+
     /// The next echo message on `conn` is due at `at`: the engine's timer for the connection fires then.
     fn arm_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, at: Instant) {
         if let Some(c) = ctx.state(conn) {
@@ -434,6 +451,9 @@ impl Handler for LoadHandler {
         self.open.push(conn);
         if closing {
             ctx.close(conn, 1000, "load test done");
+        } else if self.shared.closed_loop && self.shared.phase.load(Relaxed) == PHASE_HOLD {
+            // A connection that opens during the hold (a reconnect) joins the closed loop at once.
+            self.next_closed_loop(ctx, conn);
         } else if let Some(interval) = self.shared.message_interval.filter(|_| !self.traffic_done) {
             // Spread the first message over one interval so connections do not send in lockstep.
             let first = now + interval.mul_f64(self.random());
@@ -458,7 +478,7 @@ impl Handler for LoadHandler {
         self.schedule_retry(ctx, index, tag & TAG_WAS_OPEN, attempt);
     }
 
-    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, _conn: ConnId, message: Message<'_>) {
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
         let bytes = message.as_bytes();
         if bytes.len() < PAYLOAD_HEADER {
             return;
@@ -471,6 +491,9 @@ impl Handler for LoadHandler {
             let latency = self.shared.micros(ctx.now()).saturating_sub(sent);
             self.stats.echo_us.saturating_record(latency.max(1));
             self.stats.messages_echoed += 1;
+            if self.shared.closed_loop {
+                self.next_closed_loop(ctx, conn);
+            }
         }
     }
 
@@ -558,6 +581,12 @@ impl Handler for LoadHandler {
                     if ctx.state(conn).is_some_and(|c| !c.closing) && self.send_message(ctx, conn, FINAL_MAGIC) {
                         self.stats.final_sent += 1;
                     }
+                }
+            }
+            Control::StartClosedLoop => {
+                for i in 0..self.open.len() {
+                    let conn = self.open[i];
+                    self.next_closed_loop(ctx, conn);
                 }
             }
             Control::CloseAll => {
@@ -751,7 +780,9 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         target: cfg.target.clone(),
         source_ips: cfg.source_ips.clone(),
         reconnect: cfg.reconnect,
-        message_interval: (cfg.message_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
+        message_interval: (cfg.message_rate > 0.0 && !cfg.closed_loop)
+            .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
+        closed_loop: cfg.closed_loop,
         message_size: cfg.message_size,
         first_resolved: AtomicU64::new(0),
         opened: AtomicU64::new(0),
@@ -838,6 +869,11 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
 
     // Hold.
     shared.phase.store(PHASE_HOLD, Relaxed);
+    if cfg.closed_loop && !interrupted {
+        for shard in 0..shards {
+            notify(&notifier, shard, Control::StartClosedLoop);
+        }
+    }
     monitor.phase = "hold";
     let hold_start = Instant::now();
     while !interrupted && hold_start.elapsed() < cfg.duration {

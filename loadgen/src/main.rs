@@ -80,6 +80,11 @@ struct Common {
     /// Message size in bytes (at least 16: send time and a marker).
     #[arg(long, default_value_t = 64)]
     message_size: usize,
+    /// Closed loop: one message in flight per connection, the next sent as soon as the echo of the last one
+    /// arrives (from the end of the ramp); --message-rate is then ignored. Reports messages per second with
+    /// no pacing, the shape that shows per-message cost without coalescing.
+    #[arg(long)]
+    closed_loop: bool,
     /// Bring dropped connections back with exponential backoff (1 s, 2 s, 4 s ... 30 s, jittered).
     #[arg(long)]
     reconnect: bool,
@@ -205,6 +210,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         ping_jitter: c.ping_jitter,
         pong_timeout: c.pong_timeout,
         message_rate: c.message_rate,
+        closed_loop: c.closed_loop,
         message_size: c.message_size,
         reconnect: c.reconnect,
         source_ips,
