@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tetherd_proc import Tetherd
+from tetherd_proc import Tetherd, run_bounded
 TEST_LIMIT = 60  # seconds, per test
 ECHO_WAIT = 50  # seconds for one echo to arrive (small, busy machines)
 MIB = 1024 * 1024
@@ -28,12 +28,7 @@ def server():
 
 
 def run(coro):
-    """Runs a coroutine with an overall limit so no test can hang."""
-
-    async def bounded():
-        return await asyncio.wait_for(coro, TEST_LIMIT)
-
-    return asyncio.run(bounded())
+    return run_bounded(coro, TEST_LIMIT)
 
 
 def client(url: str):

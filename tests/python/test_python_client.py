@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
-from tetherd_proc import Tetherd
+from tetherd_proc import Tetherd, run_bounded
 TEST_LIMIT = 60  # seconds, per test
 
 
@@ -26,12 +26,7 @@ def server():
 
 
 def run(coro):
-    """Runs a coroutine with an overall limit so no test can hang."""
-
-    async def bounded():
-        return await asyncio.wait_for(coro, TEST_LIMIT)
-
-    return asyncio.run(bounded())
+    return run_bounded(coro, TEST_LIMIT)
 
 
 def client(url: str, **kwargs):

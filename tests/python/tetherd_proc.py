@@ -2,6 +2,7 @@
 target/release/tetherd, else target/debug/tetherd, relative to the workspace root or $CARGO_TARGET_DIR),
 started on an ephemeral loopback port with its stderr collected."""
 
+import asyncio
 import os
 import pathlib
 import select
@@ -74,3 +75,12 @@ class Tetherd:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+
+def run_bounded(coro, limit: float):
+    """Runs a coroutine with an overall limit (seconds) so no test can hang."""
+
+    async def bounded():
+        return await asyncio.wait_for(coro, limit)
+
+    return asyncio.run(bounded())

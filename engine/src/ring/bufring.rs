@@ -96,7 +96,7 @@ impl BufRing {
 
     /// Put buffer `bid` back and make it visible to the kernel at once (a release store: cheap, and a ring
     /// that is handling a burst gets its buffers back while the burst lasts).
-    pub fn recycle(&mut self, bid: u16) {
+    fn recycle(&mut self, bid: u16) {
         self.put(bid);
         self.publish();
     }
@@ -116,7 +116,7 @@ impl BufRing {
     }
 
     /// Make recycled buffers visible to the kernel.
-    pub fn publish(&mut self) {
+    fn publish(&mut self) {
         if self.published == self.tail {
             return;
         }

@@ -477,9 +477,6 @@ impl<H: Handler> Shard<H> {
             }
 
             let timeout = self.core.sleep_budget();
-            for b in &mut self.bufs {
-                b.publish();
-            }
             for ring in &mut self.core.rings[1..] {
                 if ring.has_pending() {
                     ring.submit()?;
