@@ -66,6 +66,11 @@ pub trait Handler: Send + Sized + 'static {
     /// The connection is gone and its slot about to be freed; `ctx.state(conn)` still holds its state, and
     /// `conn` will never be seen again.
     fn on_close(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _closed: &Closed) {}
+    /// Text the application adds to the connection's close log line (field `app`), e.g. the user and what
+    /// the close code means in its protocol. Called just before `on_close`, with the state still there.
+    fn close_note(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _info: &CloseInfo) -> Option<String> {
+        None
+    }
     /// An outbound connection (client role) failed before it opened. `tag` is the one given to `connect`.
     fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_, Self>, _tag: u64, _error: &ConnectError) {}
     /// An outbound connection reached the open state. Called before `on_open`.

@@ -25,6 +25,11 @@ impl ConnId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+    /// The id [`as_u64`](ConnId::as_u64) gave (an id that names no live connection is simply refused by
+    /// every call that takes it).
+    pub fn from_u64(n: u64) -> ConnId {
+        ConnId(n)
+    }
 }
 
 impl fmt::Display for ConnId {

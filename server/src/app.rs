@@ -2,7 +2,8 @@
 
 use tether::{ConnId, Ctx, Handler, HttpRequest, HttpResponse, Message};
 
-use crate::metrics;
+use tetherd::http::route;
+use tetherd::metrics;
 
 /// One per shard; the engine reaches it through the `Ctx` of each callback (the handle for `/metrics`).
 pub struct App;
@@ -22,47 +23,5 @@ impl Handler for App {
             route(&request.method, &request.path, || Some(metrics::render(&handle.stats(), &handle.shard_stats())));
         tracing::debug!(shard = ctx.shard(), method = %request.method, path = %request.path, status = response.status, "http");
         response
-    }
-}
-
-/// Answers a plain HTTP request. `metrics` renders the exposition, or `None` while the engine is not up yet.
-pub fn route(method: &str, target: &str, metrics: impl FnOnce() -> Option<String>) -> HttpResponse {
-    // The request target may carry a query (`/metrics?x=1`); routing looks at the path alone.
-    let path = target.split(['?', '#']).next().unwrap_or(target);
-    match (method, path) {
-        ("GET", "/healthz") => HttpResponse::new(200, "OK", "text/plain; charset=utf-8", "ok\n"),
-        ("GET", "/metrics") => match metrics() {
-            Some(body) => HttpResponse::new(200, "OK", metrics::CONTENT_TYPE, body),
-            None => HttpResponse::new(503, "Service Unavailable", "text/plain; charset=utf-8", "starting\n"),
-        },
-        _ => HttpResponse::not_found(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn healthz() {
-        let r = route("GET", "/healthz", || None);
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
-        assert!(r.content_type.starts_with("text/plain"));
-    }
-
-    #[test]
-    fn metrics_path_and_query() {
-        let r = route("GET", "/metrics?name=x", || Some("tether_accepted_total 1\n# EOF\n".into()));
-        assert_eq!(r.status, 200);
-        assert_eq!(r.content_type, metrics::CONTENT_TYPE);
-        assert_eq!(r.body, b"tether_accepted_total 1\n# EOF\n");
-        assert_eq!(route("GET", "/metrics", || None).status, 503);
-    }
-
-    #[test]
-    fn everything_else_is_not_found() {
-        for (method, path) in [("GET", "/"), ("GET", "/healthz/x"), ("POST", "/healthz"), ("GET", "/Metrics")] {
-            assert_eq!(route(method, path, || Some(String::new())), HttpResponse::not_found(), "{method} {path}");
-        }
     }
 }

@@ -82,6 +82,7 @@ settings! {
     max_http_body: "TETHER_MAX_HTTP_BODY", "BYTES", "Largest body of a plain HTTP request (413 beyond)";
     inbox_capacity: "TETHER_INBOX_CAPACITY", "N", "Commands other threads may queue for one shard (refused beyond, counted in inbox_full)";
     log: "TETHER_LOG", "LEVEL-OR-FILTER", "Log level or tracing filter (also RUST_LOG)";
+    gateway: "TETHER_GATEWAY", "FILE", "Serve the Centrifugo-compatible gateway with this Centrifugo v6 config (JSON, TOML or YAML); without it tetherd echoes";
 }
 
 /// A value as written in the TOML file: a string, an integer or a boolean, turned into the same text a flag
@@ -138,6 +139,8 @@ pub struct Settings {
     /// An EnvFilter directive string (already checked to parse).
     pub log: String,
     pub print_config: bool,
+    /// `--gateway FILE`: serve the gateway with this Centrifugo-format config instead of echoing.
+    pub gateway: Option<PathBuf>,
 }
 
 /// A bad setting; its Display is the one line printed before exiting with code 2.
@@ -325,10 +328,20 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         _ => pick!(r, cli, log, parse_log).unwrap_or_else(|| DEFAULT_LOG.to_string()),
     };
 
-    Ok(Settings { engine, drain_timeout, log, print_config: cli.print_config })
+    let gateway = pick!(r, cli, gateway, parse_path);
+
+    Ok(Settings { engine, drain_timeout, log, print_config: cli.print_config, gateway })
 }
 
 // ---- parsers: text in, value or a reason out (the caller adds which flag/key) ----
+
+/// A file path (not checked here: the gateway loader says what is wrong with the file).
+pub fn parse_path(s: &str) -> Result<PathBuf, String> {
+    if s.trim().is_empty() {
+        return Err("empty path".into());
+    }
+    Ok(PathBuf::from(s))
+}
 
 /// `127.0.0.1:9001`, `[::1]:9001`, or a host name with a port (first address it resolves to).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -477,6 +490,7 @@ impl Settings {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log: DEFAULT_LOG.to_string(),
             print_config: false,
+            gateway: None,
         }
     }
 
@@ -523,6 +537,9 @@ impl Settings {
         line("max_http_body", quoted(&format_size(c.max_http_body as u64)));
         line("inbox_capacity", c.inbox_capacity.to_string());
         line("log", quoted(&self.log));
+        if let Some(path) = &self.gateway {
+            line("gateway", quoted(&path.display().to_string()));
+        }
         out
     }
 }
@@ -537,8 +554,9 @@ mod tests {
     /// variables never leak into another's run.
     static ENV: Mutex<()> = Mutex::new(());
 
-    const ALL_ENV: [&str; 23] = [
+    const ALL_ENV: [&str; 24] = [
         "TETHER_CONFIG",
+        "TETHER_GATEWAY",
         "TETHER_LISTEN",
         "TETHER_SHARDS",
         "TETHER_MAX_CONNECTIONS",

@@ -3,15 +3,18 @@
 
 mod app;
 mod config;
-mod metrics;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tether::Engine;
 use tracing::{error, info, warn};
+
+use tetherd::gateway::config::GatewayConfig;
+use tetherd::gateway::{Gateway, GatewayHandler};
 
 use crate::app::App;
 
@@ -53,7 +56,20 @@ fn main() -> ExitCode {
         }
     };
 
-    let engine = match Engine::start(settings.engine.clone(), |_shard| App) {
+    let started = match &settings.gateway {
+        None => Engine::start(settings.engine.clone(), |_shard| App).map(Running::from),
+        Some(path) => {
+            let (config, gateway) = match gateway_setup(path, &settings.engine) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("tetherd: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            Engine::start(config, move |_shard| GatewayHandler::new(gateway.clone())).map(Running::from)
+        }
+    };
+    let engine = match started {
         Ok(engine) => engine,
         Err(e) => {
             let listen = settings.engine.listen.map_or_else(String::new, |a| a.to_string());
@@ -93,6 +109,74 @@ fn main() -> ExitCode {
     engine.wait();
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The engine, whichever application it runs.
+enum Running {
+    Echo(Engine<App>),
+    Gateway(Engine<GatewayHandler>),
+}
+
+impl From<Engine<App>> for Running {
+    fn from(e: Engine<App>) -> Self {
+        Running::Echo(e)
+    }
+}
+
+impl From<Engine<GatewayHandler>> for Running {
+    fn from(e: Engine<GatewayHandler>) -> Self {
+        Running::Gateway(e)
+    }
+}
+
+impl Running {
+    fn handle(&self) -> tether::EngineHandle {
+        match self {
+            Running::Echo(e) => e.handle(),
+            Running::Gateway(e) => e.handle(),
+        }
+    }
+
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Running::Echo(e) => e.local_addr(),
+            Running::Gateway(e) => e.local_addr(),
+        }
+    }
+
+    fn capacity(&self) -> tether::Capacity {
+        match self {
+            Running::Echo(e) => e.capacity().clone(),
+            Running::Gateway(e) => e.capacity().clone(),
+        }
+    }
+
+    fn wait(self) {
+        match self {
+            Running::Echo(e) => e.wait(),
+            Running::Gateway(e) => e.wait(),
+        }
+    }
+}
+
+/// Loads the gateway config, reports the options it does not implement, and registers the gateway's
+/// connection profile with the engine.
+fn gateway_setup(path: &std::path::Path, engine: &tether::Config) -> Result<(tether::Config, Arc<Gateway>), String> {
+    let config = GatewayConfig::load(path)?;
+    for option in &config.unknown {
+        warn!(option = %option, file = %path.display(), "gateway option not implemented by tetherd: ignored");
+    }
+    let mut engine = engine.clone();
+    let profile = engine.add_profile(Gateway::engine_profile(&config, &engine));
+    let gateway = Gateway::new(config, profile).map_err(|e| format!("{}: {e}", path.display()))?;
+    info!(
+        file = %path.display(),
+        namespaces = gateway.config.namespaces.len(),
+        ping_interval = %humantime::format_duration(gateway.config.ping_interval),
+        pong_timeout = %humantime::format_duration(gateway.config.pong_timeout),
+        "gateway: Centrifugo client protocol on /connection/websocket, server API on /api/<method>"
+    );
+    Ok((engine, Arc::new(gateway)))
 }
 
 /// First SIGINT/SIGTERM: drain. Second: leave at once.

@@ -66,6 +66,11 @@ fn per_shard_gauge(
 /// Renders every counter and gauge per shard and in total (prefix `tether_`), ending with `# EOF`. The list
 /// comes from the engine (`tether::metrics::COUNTERS`): a counter added there shows up here.
 pub fn render(total: &Stats, shards: &[Stats]) -> String {
+    render_with(total, shards, |_| {})
+}
+
+/// [`render`] plus what `extra` registers (the gateway's metrics), in one exposition.
+pub fn render_with(total: &Stats, shards: &[Stats], extra: impl FnOnce(&mut Registry)) -> String {
     let mut r = Registry::with_prefix("tether");
     let reg = &mut r;
     for info in COUNTERS {
@@ -87,6 +92,7 @@ pub fn render(total: &Stats, shards: &[Stats]) -> String {
     counter_family(reg, "closed_by_reason", "Connections closed, by why they ended", "reason", total, shards, |s| {
         s.closed_by_reason.iter().map(|(reason, n)| (reason.as_str().to_string(), *n)).collect()
     });
+    extra(&mut r);
     let mut out = String::with_capacity(4096);
     encode(&mut out, &r).expect("writing to a String cannot fail");
     out

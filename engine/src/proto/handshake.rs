@@ -97,6 +97,11 @@ pub struct HttpError {
 }
 
 impl HttpError {
+    /// An answer with `status` and a short body text.
+    pub fn new(status: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        HttpError { status, reason, message: message.into() }
+    }
+
     fn bad_request(message: &str) -> Self {
         HttpError { status: 400, reason: "Bad Request", message: message.to_string() }
     }

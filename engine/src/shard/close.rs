@@ -142,6 +142,8 @@ impl<H: Handler> Shard<H> {
         let code = info.code;
         core.metrics.record_close(code, info.cause);
         let peer_text = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        // What the application adds to the close line (a user, what the code means to its protocol).
+        let note = if was_open { with_ctx!(self, |h, ctx| h.close_note(&mut ctx, id, &info)) } else { None };
         if was_open || code != 0 {
             info!(
                 conn = %id,
@@ -152,6 +154,7 @@ impl<H: Handler> Shard<H> {
                 initiator = %info.initiator.as_str(),
                 duration_ms = duration.as_millis() as u64,
                 role = %if client { "client" } else { "server" },
+                app = note.as_deref().unwrap_or(""),
                 "close"
             );
         } else {
@@ -159,6 +162,7 @@ impl<H: Handler> Shard<H> {
         }
         // Counted free before the handler hears of it: whoever learns of the close from `on_close` finds
         // the counters already showing it.
+        let core = &mut self.core;
         drop_one(&core.metrics.open);
         core.shared.open_total.fetch_sub(1, Ordering::Relaxed);
         if was_open {

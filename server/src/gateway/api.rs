@@ -1,0 +1,412 @@
+//! The server HTTP API: `POST /api/<method>` with a JSON body, authorised by `X-API-Key` (or
+//! `Authorization: apikey KEY`, or `?api_key=`), answered `200 {"result":..}` or `200 {"error":..}`
+//! (GATEWAY-PROTOCOL.md §9). It runs on the shard thread that took the HTTP request: reads and publishes go
+//! straight to the broker; work on connections (subscribe, unsubscribe, refresh) is sent to the shards that
+//! hold them; disconnects go through the engine handle.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tether::{EngineHandle, HttpRequest, HttpResponse, SendError};
+
+use super::broker::{parse_client, ClientId};
+use super::client::{history_json, presence_json, presence_stats_json};
+use super::protocol::{push_str, Disconnect, ErrorCode, Obj};
+use super::{Gateway, Notice};
+
+/// Where the API is mounted (Centrifugo's `http_api.handler_prefix` default).
+pub const PREFIX: &str = "/api";
+
+const JSON: &str = "application/json";
+
+/// An API error: code and message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ApiError(pub ErrorCode, pub String);
+
+impl From<ErrorCode> for ApiError {
+    fn from(code: ErrorCode) -> Self {
+        ApiError(code, code.message().to_string())
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(ErrorCode::BAD_REQUEST, message.into())
+}
+
+/// Sends a notice to a shard's handler; false when its queue refused it.
+pub type Notify<'a> = &'a dyn Fn(usize, Notice) -> Result<(), SendError>;
+
+/// Whether the request carries the configured API key.
+pub fn authorized(gw: &Gateway, request: &HttpRequest) -> bool {
+    if gw.config.api_insecure {
+        return true;
+    }
+    let key = &gw.config.api_key;
+    if key.is_empty() {
+        return false;
+    }
+    if let Some(k) = request.header("x-api-key") {
+        return k == key;
+    }
+    if let Some(auth) = request.header("authorization") {
+        let mut parts = auth.splitn(2, ' ');
+        let scheme = parts.next().unwrap_or("");
+        return scheme.eq_ignore_ascii_case("apikey") && parts.next().map(str::trim) == Some(key.as_str());
+    }
+    let query = request.query.as_deref().unwrap_or("");
+    query.split('&').filter_map(|kv| kv.strip_prefix("api_key=")).any(|k| k == key)
+}
+
+/// Answers one API request.
+pub fn handle(gw: &Gateway, handle: &EngineHandle, notify: Notify<'_>, request: &HttpRequest) -> HttpResponse {
+    let method = request.path.strip_prefix("/api/").unwrap_or("");
+    let response = respond(gw, handle, notify, request, method);
+    gw.metrics.api_call(if method.is_empty() { "-" } else { method }, response.status);
+    response
+}
+
+fn respond(
+    gw: &Gateway,
+    handle: &EngineHandle,
+    notify: Notify<'_>,
+    request: &HttpRequest,
+    method: &str,
+) -> HttpResponse {
+    if request.method != "POST" {
+        return HttpResponse::new(405, "Method Not Allowed", "text/plain", "the server API takes POST\n")
+            .with_header("Allow", "POST");
+    }
+    if !authorized(gw, request) {
+        return HttpResponse::new(401, "Unauthorized", "text/plain", "Unauthorized\n");
+    }
+    if method.is_empty() {
+        return HttpResponse::new(
+            404,
+            "Not Found",
+            "text/plain",
+            "the legacy single-endpoint API is not served: POST /api/<method> with the method's JSON body\n",
+        );
+    }
+    let transport_errors =
+        request.header("x-centrifugo-error-mode").is_some_and(|m| m.eq_ignore_ascii_case("transport"));
+    let body = if request.body.is_empty() { &b"{}"[..] } else { &request.body[..] };
+    match call(gw, handle, notify, method, body) {
+        // Batch replies come without the `result` wrapper (what Centrifugo sends and `cent` reads).
+        Ok(result) if method == "batch" => HttpResponse::new(200, "OK", JSON, result),
+        Ok(result) => HttpResponse::new(200, "OK", JSON, format!("{{\"result\":{result}}}")),
+        Err(ApiError(ErrorCode::METHOD_NOT_FOUND, _)) if !KNOWN.contains(&method) => {
+            HttpResponse::new(404, "Not Found", "text/plain", format!("unknown API method {method:?}\n"))
+        }
+        Err(e) => {
+            let body = error_json(&e);
+            if transport_errors {
+                let (status, reason) = match e.0 .0 {
+                    102 | 104 => (404, "Not Found"),
+                    107 | 108 => (400, "Bad Request"),
+                    112 => (416, "Range Not Satisfiable"),
+                    113 => (409, "Conflict"),
+                    _ => (500, "Internal Server Error"),
+                };
+                HttpResponse::new(status, reason, JSON, body)
+            } else {
+                HttpResponse::new(200, "OK", JSON, body)
+            }
+        }
+    }
+}
+
+const KNOWN: [&str; 14] = [
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "refresh",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "batch",
+    "rpc",
+];
+
+fn error_json(e: &ApiError) -> String {
+    let mut out = format!("{{\"error\":{{\"code\":{},\"message\":", e.0 .0);
+    push_str(&mut out, &e.1);
+    out.push_str("}}");
+    out
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("bad request body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    channels: Vec<String>,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    b64data: String,
+    #[serde(default)]
+    skip_history: bool,
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    client: String,
+    #[serde(default)]
+    channel: String,
+    info: Option<Box<RawValue>>,
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    whitelist: Vec<String>,
+    disconnect: Option<DisconnectBody>,
+    #[serde(default)]
+    expired: bool,
+    #[serde(default)]
+    expire_at: u64,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct ChannelBody {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    limit: i32,
+    since: Option<super::protocol::StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+    #[serde(default)]
+    pattern: String,
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    #[serde(default)]
+    commands: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Runs one method; `Ok` is the result object's JSON.
+pub fn call(
+    gw: &Gateway,
+    handle: &EngineHandle,
+    notify: Notify<'_>,
+    method: &str,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    match method {
+        "publish" => {
+            let b: PublishBody = parse(body)?;
+            publish(gw, handle, &b.channel, &b)
+        }
+        "broadcast" => {
+            let b: PublishBody = parse(body)?;
+            if b.channels.is_empty() {
+                return Err(bad("channels required"));
+            }
+            let mut out = String::from("{\"responses\":[");
+            for (i, channel) in b.channels.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match publish(gw, handle, channel, &b) {
+                    Ok(r) => {
+                        out.push_str("{\"result\":");
+                        out.push_str(&r);
+                        out.push('}');
+                    }
+                    Err(e) => out.push_str(&error_json(&e)),
+                }
+            }
+            out.push_str("]}");
+            Ok(out)
+        }
+        "subscribe" | "unsubscribe" | "refresh" => {
+            let b: UserBody = parse(body)?;
+            if b.user.is_empty() && b.client.is_empty() {
+                return Err(bad("user required"));
+            }
+            if method != "refresh" {
+                if b.channel.is_empty() {
+                    return Err(bad("channel required"));
+                }
+                if gw.config.namespace_for(&b.channel).is_none() {
+                    return Err(ErrorCode::UNKNOWN_CHANNEL.into());
+                }
+            }
+            let channel: Arc<str> = b.channel.as_str().into();
+            let info: Option<Arc<str>> = b.info.as_ref().map(|i| i.get().into());
+            let data: Option<Arc<str>> = b.data.as_ref().map(|d| d.get().into());
+            for (conn, _) in select(gw, &b.user, &b.client)? {
+                let notice = match method {
+                    "subscribe" => {
+                        Notice::Subscribe { conn, channel: channel.clone(), info: info.clone(), data: data.clone() }
+                    }
+                    "unsubscribe" => Notice::Unsubscribe { conn, channel: channel.clone() },
+                    _ => Notice::Refresh {
+                        conn,
+                        expired: b.expired,
+                        expire_at: (b.expire_at > 0).then_some(b.expire_at),
+                    },
+                };
+                notify(conn.shard(), notice).map_err(|_| ApiError(ErrorCode::INTERNAL, "shard inbox full".into()))?;
+            }
+            Ok("{}".into())
+        }
+        "disconnect" => {
+            let b: UserBody = parse(body)?;
+            if b.user.is_empty() && b.client.is_empty() {
+                return Err(bad("user required"));
+            }
+            let (code, reason) = match &b.disconnect {
+                Some(d) if d.code != 0 => (d.code, d.reason.clone()),
+                _ => (Disconnect::FORCE_NO_RECONNECT.code, Disconnect::FORCE_NO_RECONNECT.reason.to_string()),
+            };
+            if !(3000..=4999).contains(&code) {
+                return Err(bad("disconnect code must be in 3000-4999"));
+            }
+            if reason.len() > 123 {
+                return Err(bad("disconnect reason longer than 123 bytes"));
+            }
+            let keep: Vec<ClientId> = b.whitelist.iter().filter_map(|c| parse_client(c)).collect();
+            for (conn, client) in select(gw, &b.user, &b.client)? {
+                if !keep.contains(&client) {
+                    let _ = handle.close(conn, code, &reason);
+                }
+            }
+            Ok("{}".into())
+        }
+        "presence" | "presence_stats" => {
+            let b: ChannelBody = parse(body)?;
+            let ns = namespace(gw, &b.channel)?;
+            if !ns.presence {
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            }
+            Ok(if method == "presence" { presence_json(gw, &b.channel) } else { presence_stats_json(gw, &b.channel) })
+        }
+        "history" => {
+            let b: ChannelBody = parse(body)?;
+            let ns = namespace(gw, &b.channel)?;
+            let since = b.since.as_ref().map(|p| (p.offset, p.epoch.as_str()));
+            Ok(history_json(gw, &b.channel, ns, b.limit, since, b.reverse)?)
+        }
+        "history_remove" => {
+            let b: ChannelBody = parse(body)?;
+            let ns = namespace(gw, &b.channel)?;
+            if !ns.history_enabled() {
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            }
+            gw.broker.history_remove(&b.channel);
+            Ok("{}".into())
+        }
+        "channels" => {
+            let b: ChannelBody = parse(body)?;
+            let mut out = String::from("{\"channels\":{");
+            for (i, (name, n)) in gw.broker.channels(&b.pattern).iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_str(&mut out, name);
+                out.push_str(&format!(":{{\"num_clients\":{n}}}"));
+            }
+            out.push_str("}}");
+            Ok(out)
+        }
+        "info" => Ok(info(gw, handle)),
+        "batch" => {
+            let b: BatchBody = parse(body)?;
+            let mut out = String::from("{\"replies\":[");
+            for (i, command) in b.commands.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let Some((name, params)) = command.iter().next() else {
+                    out.push_str(&error_json(&bad("empty command")));
+                    continue;
+                };
+                let params = serde_json::to_vec(params).expect("a Value serializes");
+                match call(gw, handle, notify, name, &params) {
+                    Ok(r) => {
+                        out.push('{');
+                        push_str(&mut out, name);
+                        out.push(':');
+                        out.push_str(&r);
+                        out.push('}');
+                    }
+                    Err(e) => out.push_str(&error_json(&e)),
+                }
+            }
+            out.push_str("]}");
+            Ok(out)
+        }
+        _ => Err(ErrorCode::METHOD_NOT_FOUND.into()),
+    }
+}
+
+fn namespace<'g>(gw: &'g Gateway, channel: &str) -> Result<&'g super::config::NamespaceOptions, ApiError> {
+    if channel.is_empty() {
+        return Err(bad("channel required"));
+    }
+    gw.config.namespace_for(channel).ok_or_else(|| ErrorCode::UNKNOWN_CHANNEL.into())
+}
+
+fn select(gw: &Gateway, user: &str, client: &str) -> Result<Vec<(tether::ConnId, ClientId)>, ApiError> {
+    let client = match client {
+        "" => None,
+        c => Some(parse_client(c).ok_or_else(|| bad("client is not a client id"))?),
+    };
+    Ok(gw.registry.select(user, client))
+}
+
+fn publish(gw: &Gateway, handle: &EngineHandle, channel: &str, b: &PublishBody) -> Result<String, ApiError> {
+    let ns = namespace(gw, channel)?;
+    let data = match (&b.data, b.b64data.is_empty()) {
+        (Some(d), _) => d.get(),
+        (None, false) => return Err(bad("b64data is not served: JSON clients take data as JSON")),
+        (None, true) => return Err(bad("data required")),
+    };
+    let position = gw.broker.publish(handle, channel, ns, data, None, b.skip_history)?;
+    gw.metrics.publication(true);
+    Ok(match position {
+        Some(p) => Obj::new().num("offset", p.offset).str("epoch", &p.epoch).finish(),
+        None => "{}".into(),
+    })
+}
+
+fn info(gw: &Gateway, handle: &EngineHandle) -> String {
+    let (clients, users) = gw.registry.counts();
+    let (channels, subs, _, _) = gw.broker.totals();
+    let stats = handle.stats();
+    let node = Obj::new()
+        .str("uid", &gw.node_id)
+        .str("name", "tetherd")
+        .str("version", env!("CARGO_PKG_VERSION"))
+        .num("num_clients", clients as u64)
+        .num("num_users", users as u64)
+        .num("num_channels", channels as u64)
+        .num("uptime", gw.started.elapsed().as_secs())
+        .num("num_subs", subs)
+        .raw(
+            "metrics",
+            &Obj::new().num("interval", 0).raw("items", &format!("{{\"connections_open\":{}}}", stats.open)).finish(),
+        )
+        .finish();
+    format!("{{\"nodes\":[{node}]}}")
+}

@@ -1,0 +1,917 @@
+//! The client protocol on a shard: [`GatewayHandler`] takes each command of a connection in order, answers
+//! it, keeps the session's deadlines on the shard's wheel, and cleans up (presence, leave, registry) when
+//! the connection goes. Work for a connection sent by the API from another thread arrives as a
+//! [`Notice`](super::Notice).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether::proto::CloseInfo;
+use tether::{
+    Accept, Closed, ConnId, Ctx, Handler, HttpError, HttpRequest, HttpResponse, Message, Upgrade, UpgradeRequest,
+};
+use tracing::debug;
+
+use super::auth::TokenError;
+use super::broker::{self, client_text, ClientId, Presence, Subscribe, Unsubscribe};
+use super::config::NamespaceOptions;
+use super::protocol::{self, lines, parse_command, Disconnect, ErrorCode, Obj, Replies, Request};
+use super::session::{sub_flag, Due, Phase, Session, Sub, Timing};
+use super::{Gateway, Notice};
+
+/// The path clients connect to (Centrifugo's default `websocket.handler_prefix`).
+pub const WEBSOCKET_PATH: &str = "/connection/websocket";
+/// Sweep expired history streams this often (shard 0 only).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// The gateway's [`Handler`]: one per shard, sharing the node's [`Gateway`].
+pub struct GatewayHandler {
+    gw: Arc<Gateway>,
+    timing: Timing,
+    next_sweep: Option<Instant>,
+}
+
+/// How a command ended when it did not simply answer: the connection must be closed.
+type Outcome = Result<(), Disconnect>;
+
+/// What a subscription is made of, wherever it comes from (a client subscribe, a token's `channels`, the API).
+struct SubArgs<'a> {
+    channel: &'a str,
+    ns: &'a NamespaceOptions,
+    server_side: bool,
+    recover: Option<(&'a str, u64)>,
+    want_recoverable: bool,
+    want_positioned: bool,
+    want_join_leave: bool,
+    chan_info: Option<Arc<str>>,
+    data: Option<Arc<str>>,
+    expires_at: Option<(Instant, u64)>,
+}
+
+impl GatewayHandler {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        let c = &gw.config;
+        let timing = Timing {
+            ping_interval: c.ping_interval,
+            pong_timeout: c.pong_timeout,
+            stale_close_delay: c.stale_close_delay,
+            expired_close_delay: c.expired_close_delay,
+            expired_sub_close_delay: c.expired_sub_close_delay,
+        };
+        GatewayHandler { gw, timing, next_sweep: None }
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+
+    fn arm(&self, ctx: &mut Ctx<'_, Self>, conn: ConnId, session: &Session) {
+        match session.next_deadline(&self.timing) {
+            Some(at) => ctx.set_timer(conn, at),
+            None => ctx.cancel_timer(conn),
+        };
+    }
+
+    /// Takes the session out of the slot for the length of a callback (the callback needs `ctx` too).
+    fn take(ctx: &mut Ctx<'_, Self>, conn: ConnId) -> Option<Session> {
+        ctx.state(conn).map(std::mem::take)
+    }
+
+    fn put(ctx: &mut Ctx<'_, Self>, conn: ConnId, session: Session) {
+        if let Some(s) = ctx.state(conn) {
+            *s = session;
+        }
+    }
+
+    fn close(&self, ctx: &mut Ctx<'_, Self>, conn: ConnId, d: Disconnect, detail: &str) {
+        debug!(conn = %conn, code = d.code, detail, "gateway disconnect");
+        ctx.close(conn, d.code, d.reason);
+    }
+
+    fn send(ctx: &mut Ctx<'_, Self>, conn: ConnId, text: &str) {
+        let _ = ctx.send(conn, Message::Text(text));
+    }
+
+    fn command(
+        &self,
+        ctx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        s: &mut Session,
+        id: u32,
+        request: Request,
+        out: &mut Replies,
+    ) -> Outcome {
+        if s.phase == Phase::Fresh && !matches!(request, Request::Connect(_)) {
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        s.alive();
+        let m = &self.gw.metrics;
+        match request {
+            Request::Pong => Ok(()),
+            Request::Connect(r) => self.connect(ctx, conn, s, id, r, out),
+            Request::Subscribe(r) => {
+                m.command("subscribe");
+                self.subscribe(ctx, conn, s, id, r, out)
+            }
+            Request::Unsubscribe(r) => {
+                m.command("unsubscribe");
+                self.end_sub(ctx, Some(conn), s, &r.channel);
+                out.result(id, "unsubscribe", "{}");
+                Ok(())
+            }
+            Request::Publish(r) => {
+                m.command("publish");
+                self.publish(ctx, s, id, r, out);
+                Ok(())
+            }
+            Request::Presence(r) => {
+                m.command("presence");
+                self.presence(s, id, &r.channel, false, out);
+                Ok(())
+            }
+            Request::PresenceStats(r) => {
+                m.command("presence_stats");
+                self.presence(s, id, &r.channel, true, out);
+                Ok(())
+            }
+            Request::History(r) => {
+                m.command("history");
+                self.history(s, id, r, out);
+                Ok(())
+            }
+            Request::Send(_) => Ok(()),
+            Request::Rpc(_) => {
+                m.command("rpc");
+                self.error(id, ErrorCode::METHOD_NOT_FOUND, out);
+                Ok(())
+            }
+            Request::Refresh(r) => {
+                m.command("refresh");
+                self.refresh(ctx, s, id, &r.token, out)
+            }
+            Request::SubRefresh(r) => {
+                m.command("sub_refresh");
+                self.sub_refresh(ctx, s, id, &r.channel, &r.token, out)
+            }
+        }
+    }
+
+    fn error(&self, id: u32, code: ErrorCode, out: &mut Replies) {
+        self.gw.metrics.error(code);
+        out.error(id, code);
+    }
+
+    fn connect(
+        &self,
+        ctx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        s: &mut Session,
+        id: u32,
+        r: protocol::ConnectRequest,
+        out: &mut Replies,
+    ) -> Outcome {
+        let cfg = &self.gw.config;
+        if s.phase == Phase::Connected {
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        let now_unix = Gateway::now_unix();
+        let claims = if r.token.is_empty() {
+            if !(cfg.allow_anonymous_connect_without_token || cfg.insecure) {
+                return Err(Disconnect::BAD_REQUEST);
+            }
+            Default::default()
+        } else {
+            match self.gw.verifier.connect(&r.token, now_unix) {
+                Ok(c) => c,
+                Err(TokenError::Expired) => {
+                    self.error(id, ErrorCode::TOKEN_EXPIRED, out);
+                    return Ok(());
+                }
+                Err(TokenError::Invalid(e)) => {
+                    debug!(conn = %conn, error = %e, "invalid connection token");
+                    return Err(Disconnect::INVALID_TOKEN);
+                }
+            }
+        };
+        let expire = match claims.expire_at {
+            Some(0) => None,
+            Some(t) => Some(t),
+            None => claims.exp,
+        };
+        if expire.is_some_and(|t| t <= now_unix) {
+            self.error(id, ErrorCode::TOKEN_EXPIRED, out);
+            return Ok(());
+        }
+        let user: Arc<str> = claims.user.as_str().into();
+        let client: ClientId = *uuid::Uuid::new_v4().as_bytes();
+        if !self.gw.registry.add(&user, client, conn, cfg.user_connection_limit) {
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
+        let now = ctx.now();
+        s.phase = Phase::Connected;
+        s.client = client;
+        s.user = Some(user);
+        s.conn_info = claims.info.as_ref().map(|i| Arc::from(i.get()));
+        s.expires_at = expire.map(|t| now + Duration::from_secs(t - now_unix));
+        // The first ping at a random point of the second half of the first interval (as Centrifugo), so
+        // that a mass reconnect does not ping in step for the rest of the connections' lives.
+        let interval = cfg.ping_interval;
+        let jitter = Duration::from_nanos(fastrand::u64(0..=(interval.as_nanos() / 2) as u64));
+        s.next_ping = Some(now + interval / 2 + jitter);
+        self.gw.metrics.connected();
+
+        let mut subs = Obj::new();
+        let mut any_sub = false;
+        for channel in &claims.channels {
+            let Some(ns) = cfg.namespace_for(channel) else { continue };
+            let wanted = r.subs.get(channel.as_str());
+            let args = SubArgs {
+                channel,
+                ns,
+                server_side: true,
+                recover: wanted.filter(|w| w.recover).map(|w| (w.epoch.as_str(), w.offset)),
+                want_recoverable: false,
+                want_positioned: false,
+                want_join_leave: false,
+                chan_info: None,
+                data: None,
+                expires_at: None,
+            };
+            if let Ok(result) = self.take_sub(ctx, conn, s, args) {
+                subs = subs.raw(&json_key(channel), &result);
+                any_sub = true;
+            }
+        }
+        let mut result = Obj::new().str("client", &client_text(&client)).str("version", env!("CARGO_PKG_VERSION"));
+        if let Some(t) = expire {
+            result = result.bool_if("expires", true).num("ttl", t - now_unix);
+        }
+        result = result.num("ping", interval.as_secs().max(1)).bool_if("pong", true);
+        if any_sub {
+            result = result.raw("subs", &subs.finish());
+        }
+        out.result(id, "connect", &result.finish());
+        Ok(())
+    }
+
+    fn subscribe(
+        &self,
+        ctx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        s: &mut Session,
+        id: u32,
+        r: protocol::SubscribeRequest,
+        out: &mut Replies,
+    ) -> Outcome {
+        let cfg = &self.gw.config;
+        let channel = r.channel.as_str();
+        if channel.is_empty() || channel.len() > cfg.channel_max_length || channel.contains(['\0', '\n']) || r.kind != 0
+        {
+            self.error(id, ErrorCode::BAD_REQUEST, out);
+            return Ok(());
+        }
+        let Some(ns) = cfg.namespace_for(channel) else {
+            self.error(id, ErrorCode::UNKNOWN_CHANNEL, out);
+            return Ok(());
+        };
+        let user = s.user().to_string();
+        let anonymous = user.is_empty();
+        let mut chan_info = None;
+        let mut data = None;
+        let mut expires_at = None;
+        if !r.token.is_empty() {
+            match self.gw.subscription_verifier().subscribe(&r.token, Gateway::now_unix()) {
+                Ok(c) => {
+                    if c.channel != channel
+                        || c.user != user
+                        || c.client.as_deref().is_some_and(|cl| cl != client_text(&s.client))
+                    {
+                        return Err(Disconnect::INVALID_TOKEN);
+                    }
+                    chan_info = c.info.as_ref().map(|i| Arc::from(i.get()));
+                    data = c.data.as_ref().map(|d| Arc::from(d.get()));
+                    let exp = match c.expire_at {
+                        Some(0) => None,
+                        Some(t) => Some(t),
+                        None => c.exp,
+                    };
+                    if let Some(t) = exp {
+                        let now_unix = Gateway::now_unix();
+                        expires_at =
+                            Some((ctx.now() + Duration::from_secs(t.saturating_sub(now_unix)), t - now_unix.min(t)));
+                    }
+                }
+                Err(TokenError::Expired) => {
+                    self.error(id, ErrorCode::TOKEN_EXPIRED, out);
+                    return Ok(());
+                }
+                Err(TokenError::Invalid(e)) => {
+                    debug!(conn = %conn, error = %e, "invalid subscription token");
+                    self.error(id, ErrorCode::PERMISSION_DENIED, out);
+                    return Ok(());
+                }
+            }
+        } else {
+            let user_limited = ns.allow_user_limited_channels
+                && channel.rsplit_once('#').is_some_and(|(_, users)| users.split(',').any(|u| u == user));
+            let allowed = user_limited
+                || (!channel.starts_with('$')
+                    && ((ns.allow_subscribe_for_client && (!anonymous || ns.allow_subscribe_for_anonymous))
+                        || cfg.insecure));
+            if !allowed {
+                self.error(id, ErrorCode::PERMISSION_DENIED, out);
+                return Ok(());
+            }
+        }
+        let history_allowed = self.history_permission(ns, s, channel, anonymous);
+        let presence_allowed = self.presence_permission(ns, s, channel, anonymous);
+        let args = SubArgs {
+            channel,
+            ns,
+            server_side: false,
+            recover: r.recover.then_some((r.epoch.as_str(), r.offset)),
+            want_recoverable: r.recoverable && (ns.allow_recovery || history_allowed),
+            want_positioned: r.positioned && (ns.allow_positioning || history_allowed),
+            want_join_leave: r.join_leave && presence_allowed,
+            chan_info,
+            data,
+            expires_at,
+        };
+        match self.take_sub(ctx, conn, s, args) {
+            Ok(result) => out.result(id, "subscribe", &result),
+            Err(code) => self.error(id, code, out),
+        }
+        Ok(())
+    }
+
+    /// Takes a subscription for `s` and builds its result (the `subscribe` reply body or push body).
+    fn take_sub(
+        &self,
+        ctx: &mut Ctx<'_, Self>,
+        conn: ConnId,
+        s: &mut Session,
+        a: SubArgs<'_>,
+    ) -> Result<String, ErrorCode> {
+        let cfg = &self.gw.config;
+        if s.sub(a.channel).is_some() {
+            return Err(ErrorCode::ALREADY_SUBSCRIBED);
+        }
+        if s.subs.len() >= cfg.channel_limit {
+            return Err(ErrorCode::LIMIT_EXCEEDED);
+        }
+        let ns = a.ns;
+        let history = ns.history_enabled();
+        let recoverable = history && (ns.force_recovery || a.want_recoverable);
+        let positioned = history && (recoverable || ns.force_positioning || a.want_positioned);
+        let join_leave = ns.join_leave && (ns.force_push_join_leave || a.want_join_leave);
+        let keeps_presence = ns.presence || ns.join_leave;
+        let presence = keeps_presence.then(|| Presence {
+            user: s.user.clone().unwrap_or_else(|| "".into()),
+            conn_info: s.conn_info.clone(),
+            chan_info: a.chan_info.clone(),
+        });
+        let recover = if recoverable { a.recover } else { None };
+        let done = self.gw.broker.subscribe(
+            ctx.handle(),
+            Subscribe {
+                conn,
+                channel: a.channel,
+                ns,
+                positioned,
+                recover,
+                recovery_limit: cfg.recovery_max_publication_limit,
+                join_leave,
+                client: s.client,
+                presence,
+            },
+        )?;
+        let mut flags = 0;
+        if keeps_presence {
+            flags |= sub_flag::PRESENCE;
+        }
+        if join_leave {
+            flags |= sub_flag::JOIN_LEAVE;
+        }
+        if ns.join_leave {
+            flags |= sub_flag::EMIT_LEAVE;
+        }
+        if a.server_side {
+            flags |= sub_flag::SERVER_SIDE;
+        }
+        s.subs.push(Sub { channel: a.channel.into(), flags, expires_at: a.expires_at.map(|e| e.0) });
+
+        let mut result = Obj::new();
+        if let Some((_, ttl)) = a.expires_at {
+            result = result.bool_if("expires", true).num("ttl", ttl);
+        }
+        result = result.bool_if("recoverable", recoverable).bool_if("positioned", positioned);
+        let mut offset = 0;
+        if let Some(p) = &done.position {
+            result = result.str("epoch", &p.epoch);
+            offset = p.offset;
+        }
+        if a.recover.is_some() {
+            result = result.bool_if("was_recovering", true);
+        }
+        if let Some(rec) = &done.recovery {
+            self.gw.metrics.recovery(rec.recovered);
+            if rec.recovered {
+                result = result.bool_if("recovered", true);
+                // The client's own offset: the SDK advances it over the publications that follow.
+                offset = a.recover.map_or(offset, |r| r.1);
+                if !rec.publications.is_empty() {
+                    let mut list = String::from("[");
+                    for (i, p) in rec.publications.iter().enumerate() {
+                        if i > 0 {
+                            list.push(',');
+                        }
+                        list.push_str(p);
+                    }
+                    list.push(']');
+                    result = result.raw("publications", &list);
+                }
+            }
+        }
+        result = result.num_if("offset", offset).raw_opt("data", a.data.as_deref());
+        Ok(result.finish())
+    }
+
+    /// Ends `s`'s subscription to `channel` (if any): topics, presence, leave.
+    fn end_sub(&self, ctx: &mut Ctx<'_, Self>, conn: Option<ConnId>, s: &mut Session, channel: &str) -> bool {
+        let Some(sub) = s.take_sub(channel) else { return false };
+        self.gw.broker.unsubscribe(
+            ctx.handle(),
+            Unsubscribe {
+                conn,
+                channel,
+                join_leave: sub.has(sub_flag::JOIN_LEAVE),
+                client: s.client,
+                had_presence: sub.has(sub_flag::PRESENCE),
+                emit_leave: sub.has(sub_flag::EMIT_LEAVE),
+            },
+        );
+        true
+    }
+
+    fn publish(&self, ctx: &mut Ctx<'_, Self>, s: &Session, id: u32, r: protocol::PublishRequest, out: &mut Replies) {
+        let cfg = &self.gw.config;
+        let channel = r.channel.as_str();
+        if channel.is_empty() {
+            return self.error(id, ErrorCode::BAD_REQUEST, out);
+        }
+        let Some(ns) = cfg.namespace_for(channel) else { return self.error(id, ErrorCode::UNKNOWN_CHANNEL, out) };
+        let Some(data) = r.data else { return self.error(id, ErrorCode::BAD_REQUEST, out) };
+        let anonymous = s.user().is_empty();
+        let subscribed = s.sub(channel).is_some();
+        let allowed = cfg.insecure
+            || ((ns.allow_publish_for_client || (ns.allow_publish_for_subscriber && subscribed))
+                && (!anonymous || ns.allow_publish_for_anonymous));
+        if !allowed {
+            return self.error(id, ErrorCode::PERMISSION_DENIED, out);
+        }
+        let chan_info = s.sub(channel).and(None::<&str>);
+        let mut info = String::new();
+        protocol::client_info(&mut info, s.user(), &client_text(&s.client), s.conn_info.as_deref(), chan_info);
+        match self.gw.broker.publish(ctx.handle(), channel, ns, data.get(), Some(&info), false) {
+            Ok(_) => {
+                self.gw.metrics.publication(false);
+                out.result(id, "publish", "{}");
+            }
+            Err(code) => self.error(id, code, out),
+        }
+    }
+
+    fn presence_permission(&self, ns: &NamespaceOptions, s: &Session, channel: &str, anonymous: bool) -> bool {
+        self.gw.config.insecure
+            || ((ns.allow_presence_for_client || (ns.allow_presence_for_subscriber && s.sub(channel).is_some()))
+                && (!anonymous || ns.allow_presence_for_anonymous))
+    }
+
+    fn history_permission(&self, ns: &NamespaceOptions, s: &Session, channel: &str, anonymous: bool) -> bool {
+        self.gw.config.insecure
+            || ((ns.allow_history_for_client || (ns.allow_history_for_subscriber && s.sub(channel).is_some()))
+                && (!anonymous || ns.allow_history_for_anonymous))
+    }
+
+    fn presence(&self, s: &Session, id: u32, channel: &str, stats: bool, out: &mut Replies) {
+        let Some(ns) = self.gw.config.namespace_for(channel) else {
+            return self.error(id, ErrorCode::UNKNOWN_CHANNEL, out);
+        };
+        if !ns.presence {
+            return self.error(id, ErrorCode::NOT_AVAILABLE, out);
+        }
+        if !self.presence_permission(ns, s, channel, s.user().is_empty()) {
+            return self.error(id, ErrorCode::PERMISSION_DENIED, out);
+        }
+        if stats {
+            out.result(id, "presence_stats", &presence_stats_json(&self.gw, channel));
+        } else {
+            out.result(id, "presence", &presence_json(&self.gw, channel));
+        }
+    }
+
+    fn history(&self, s: &Session, id: u32, r: protocol::HistoryRequest, out: &mut Replies) {
+        let channel = r.channel.as_str();
+        let Some(ns) = self.gw.config.namespace_for(channel) else {
+            return self.error(id, ErrorCode::UNKNOWN_CHANNEL, out);
+        };
+        if !ns.history_enabled() {
+            return self.error(id, ErrorCode::NOT_AVAILABLE, out);
+        }
+        if !self.history_permission(ns, s, channel, s.user().is_empty()) {
+            return self.error(id, ErrorCode::PERMISSION_DENIED, out);
+        }
+        match history_json(
+            &self.gw,
+            channel,
+            ns,
+            r.limit,
+            r.since.as_ref().map(|p| (p.offset, p.epoch.as_str())),
+            r.reverse,
+        ) {
+            Ok(body) => out.result(id, "history", &body),
+            Err(code) => self.error(id, code, out),
+        }
+    }
+
+    fn refresh(&self, ctx: &mut Ctx<'_, Self>, s: &mut Session, id: u32, token: &str, out: &mut Replies) -> Outcome {
+        let now_unix = Gateway::now_unix();
+        let claims = match self.gw.verifier.connect(token, now_unix) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(Disconnect::EXPIRED),
+            Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN),
+        };
+        if claims.user != s.user() {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        let expire = match claims.expire_at {
+            Some(0) => None,
+            Some(t) => Some(t),
+            None => claims.exp,
+        };
+        s.expires_at = expire.map(|t| ctx.now() + Duration::from_secs(t.saturating_sub(now_unix)));
+        let mut result = Obj::new().str("client", &client_text(&s.client)).str("version", env!("CARGO_PKG_VERSION"));
+        if let Some(t) = expire {
+            result = result.bool_if("expires", true).num("ttl", t.saturating_sub(now_unix));
+        }
+        out.result(id, "refresh", &result.finish());
+        Ok(())
+    }
+
+    fn sub_refresh(
+        &self,
+        ctx: &mut Ctx<'_, Self>,
+        s: &mut Session,
+        id: u32,
+        channel: &str,
+        token: &str,
+        out: &mut Replies,
+    ) -> Outcome {
+        let now_unix = Gateway::now_unix();
+        let claims = match self.gw.subscription_verifier().subscribe(token, now_unix) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => {
+                self.error(id, ErrorCode::TOKEN_EXPIRED, out);
+                return Ok(());
+            }
+            Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN),
+        };
+        if claims.channel != channel || claims.user != s.user() {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        let now = ctx.now();
+        let Some(sub) = s.subs.iter_mut().find(|x| &*x.channel == channel) else {
+            self.error(id, ErrorCode::BAD_REQUEST, out);
+            return Ok(());
+        };
+        let expire = match claims.expire_at {
+            Some(0) => None,
+            Some(t) => Some(t),
+            None => claims.exp,
+        };
+        sub.expires_at = expire.map(|t| now + Duration::from_secs(t.saturating_sub(now_unix)));
+        let mut result = Obj::new();
+        if let Some(t) = expire {
+            result = result.bool_if("expires", true).num("ttl", t.saturating_sub(now_unix));
+        }
+        out.result(id, "sub_refresh", &result.finish());
+        Ok(())
+    }
+
+    /// Server-side work sent by the API.
+    fn notice(&self, ctx: &mut Ctx<'_, Self>, notice: Notice) {
+        let conn = match &notice {
+            Notice::Subscribe { conn, .. } | Notice::Unsubscribe { conn, .. } | Notice::Refresh { conn, .. } => *conn,
+        };
+        let Some(mut s) = Self::take(ctx, conn) else { return };
+        if s.phase != Phase::Connected {
+            Self::put(ctx, conn, s);
+            return;
+        }
+        let mut close = None;
+        match notice {
+            Notice::Subscribe { channel, info, data, .. } => {
+                if let Some(ns) = self.gw.config.namespace_for(&channel) {
+                    let args = SubArgs {
+                        channel: &channel,
+                        ns,
+                        server_side: true,
+                        recover: None,
+                        want_recoverable: false,
+                        want_positioned: false,
+                        want_join_leave: false,
+                        chan_info: info,
+                        data,
+                        expires_at: None,
+                    };
+                    if let Ok(body) = self.take_sub(ctx, conn, &mut s, args) {
+                        Self::send(ctx, conn, &protocol::push(&channel, "subscribe", &body));
+                    }
+                }
+            }
+            Notice::Unsubscribe { channel, .. } => {
+                if self.end_sub(ctx, Some(conn), &mut s, &channel) {
+                    let body = r#"{"code":2000,"reason":"server unsubscribe"}"#;
+                    Self::send(ctx, conn, &protocol::push(&channel, "unsubscribe", body));
+                }
+            }
+            Notice::Refresh { expired, expire_at, .. } => {
+                if expired {
+                    close = Some(Disconnect::EXPIRED);
+                } else {
+                    let now_unix = Gateway::now_unix();
+                    s.expires_at = expire_at.map(|t| ctx.now() + Duration::from_secs(t.saturating_sub(now_unix)));
+                }
+            }
+        }
+        self.arm(ctx, conn, &s);
+        Self::put(ctx, conn, s);
+        if let Some(d) = close {
+            self.close(ctx, conn, d, "api refresh expired");
+        }
+    }
+}
+
+/// A channel name as a JSON object key.
+fn json_key(channel: &str) -> String {
+    // Obj writes keys verbatim inside quotes: escape what JSON needs.
+    let quoted = serde_json::to_string(channel).expect("a str serializes");
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// `{"presence":{client:{ClientInfo}}}` (shared with the API).
+pub fn presence_json(gw: &Gateway, channel: &str) -> String {
+    let mut out = String::from("{\"presence\":{");
+    for (i, (client, p)) in gw.broker.presence(channel).iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        protocol::push_str(&mut out, &client_text(client));
+        out.push(':');
+        out.push_str(&p.info_json(client));
+    }
+    out.push_str("}}");
+    out
+}
+
+/// `{"num_clients":N,"num_users":M}` (shared with the API; both always present).
+pub fn presence_stats_json(gw: &Gateway, channel: &str) -> String {
+    let (clients, users) = gw.broker.presence_stats(channel);
+    Obj::new().num("num_clients", clients as u64).num("num_users", users as u64).finish()
+}
+
+/// `{"publications":[..],"epoch":"..","offset":N}` (shared with the API; all three always present).
+pub fn history_json(
+    gw: &Gateway,
+    channel: &str,
+    ns: &NamespaceOptions,
+    limit: i32,
+    since: Option<(u64, &str)>,
+    reverse: bool,
+) -> Result<String, ErrorCode> {
+    let max = gw.config.history_max_publication_limit;
+    let limit = match limit {
+        l if l < 0 => max,
+        l => (l as usize).min(max),
+    };
+    if reverse && since.is_some_and(|s| s.0 == 0) {
+        return Err(ErrorCode::BAD_REQUEST);
+    }
+    let (pubs, position) = gw.broker.history(channel, ns, since, limit, reverse)?;
+    let mut list = String::from("[");
+    for (i, p) in pubs.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
+        }
+        list.push_str(p);
+    }
+    list.push(']');
+    Ok(Obj::new().raw("publications", &list).str("epoch", &position.epoch).num("offset", position.offset).finish())
+}
+
+/// `Origin` against `client.allowed_origins` (patterns with `*`): no Origin header is always allowed
+/// (scripted clients send none); an Origin with an empty list is refused, as Centrifugo does.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.to_ascii_lowercase();
+    allowed.iter().any(|p| p == "*" || broker::glob(&p.to_ascii_lowercase(), &origin))
+}
+
+impl Handler for GatewayHandler {
+    type Conn = Session;
+    type Notice = Notice;
+
+    fn on_upgrade(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, request: &UpgradeRequest) -> Upgrade {
+        if request.path != WEBSOCKET_PATH {
+            return Upgrade::Reject(HttpError::new(
+                404,
+                "Not Found",
+                format!("no WebSocket endpoint at {}", request.path),
+            ));
+        }
+        if !origin_allowed(&self.gw.config.allowed_origins, request.origin.as_deref()) {
+            self.gw.metrics.origin_refused();
+            return Upgrade::Reject(HttpError::new(403, "Forbidden", "origin not allowed (client.allowed_origins)"));
+        }
+        let query = request.query.as_deref().unwrap_or("");
+        let protobuf_query = query.split('&').any(|kv| kv == "format=protobuf" || kv == "cf_protocol=protobuf");
+        let offers_json = request.protocols.iter().any(|p| p == "centrifuge-json");
+        let offers_protobuf = request.protocols.iter().any(|p| p == "centrifuge-protobuf");
+        if protobuf_query || (offers_protobuf && !offers_json) {
+            return Upgrade::Reject(HttpError::new(
+                501,
+                "Not Implemented",
+                "the protobuf encoding (centrifuge-protobuf) is not served yet; use the JSON protocol",
+            ));
+        }
+        let mut accept = Accept::new().profile(self.gw.profile);
+        if offers_json {
+            accept = accept.subprotocol("centrifuge-json");
+        }
+        Upgrade::Accept(accept)
+    }
+
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+        let now = ctx.now();
+        let Some(mut s) = Self::take(ctx, conn) else { return };
+        s.opened = Some(now);
+        self.arm(ctx, conn, &s);
+        Self::put(ctx, conn, s);
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+        let Some(mut s) = Self::take(ctx, conn) else { return };
+        let Message::Text(text) = message else {
+            Self::put(ctx, conn, s);
+            return self.close(ctx, conn, Disconnect::BAD_REQUEST, "binary message on a JSON connection");
+        };
+        let mut out = Replies::default();
+        let mut outcome = Ok(());
+        for line in lines(text) {
+            outcome = match parse_command(line) {
+                Ok((id, request)) => self.command(ctx, conn, &mut s, id, request, &mut out),
+                Err(bad) => {
+                    debug!(conn = %conn, error = %bad.0, "bad command");
+                    Err(Disconnect::BAD_REQUEST)
+                }
+            };
+            if outcome.is_err() {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            Self::send(ctx, conn, &out.out);
+        }
+        self.arm(ctx, conn, &s);
+        Self::put(ctx, conn, s);
+        if let Err(d) = outcome {
+            self.close(ctx, conn, d, "command");
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+        let now = ctx.now();
+        let Some(mut s) = Self::take(ctx, conn) else { return };
+        let mut close = None;
+        loop {
+            match s.due(now, &self.timing) {
+                Due::Nothing => break,
+                Due::Ping => {
+                    self.gw.metrics.ping();
+                    Self::send(ctx, conn, "{}");
+                }
+                Due::Close(d) => {
+                    close = Some(d);
+                    break;
+                }
+                Due::ExpiredSubs(channels) => {
+                    for channel in channels {
+                        let server_side = s.sub(&channel).is_some_and(|x| x.has(sub_flag::SERVER_SIDE));
+                        if server_side {
+                            close = Some(Disconnect::SUBSCRIPTION_EXPIRED);
+                            break;
+                        }
+                        self.end_sub(ctx, Some(conn), &mut s, &channel);
+                        let body = r#"{"code":2501,"reason":"subscription expired"}"#;
+                        Self::send(ctx, conn, &protocol::push(&channel, "unsubscribe", body));
+                    }
+                    if close.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        if close.is_none() {
+            self.arm(ctx, conn, &s);
+        }
+        Self::put(ctx, conn, s);
+        if let Some(d) = close {
+            self.close(ctx, conn, d, "deadline");
+        }
+    }
+
+    fn close_note(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, info: &CloseInfo) -> Option<String> {
+        let s = ctx.state(conn)?;
+        let user = match (&s.phase, &s.user) {
+            (Phase::Connected, Some(u)) if u.is_empty() => "(anonymous)".to_string(),
+            (Phase::Connected, Some(u)) => u.to_string(),
+            _ => "(not connected)".to_string(),
+        };
+        Some(format!(
+            "user={user} client={} meaning=\"{}\"",
+            client_text(&s.client),
+            protocol::close_meaning(info.code)
+        ))
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, closed: &Closed) {
+        self.gw.metrics.disconnect(closed.info.code);
+        let Some(mut s) = Self::take(ctx, conn) else { return };
+        if s.phase != Phase::Connected {
+            return;
+        }
+        let channels: Vec<Arc<str>> = s.subs.iter().map(|x| x.channel.clone()).collect();
+        for channel in channels {
+            // The engine dropped the topic subscriptions with the slot.
+            self.end_sub(ctx, None, &mut s, &channel);
+        }
+        self.gw.registry.remove(s.user(), s.client, conn);
+        self.gw.metrics.disconnected();
+    }
+
+    fn on_http(&mut self, ctx: &mut Ctx<'_, Self>, request: &HttpRequest) -> HttpResponse {
+        if request.path == super::api::PREFIX || request.path.starts_with("/api/") {
+            let notify = |shard: usize, notice: Notice| ctx.notify(shard, notice);
+            return super::api::handle(&self.gw, ctx.handle(), &notify, request);
+        }
+        // `/healthz`, and `/metrics` with the engine's and the gateway's metrics in one exposition.
+        let handle = ctx.handle();
+        let gw = &self.gw;
+        crate::http::route(&request.method, &request.path, || {
+            Some(crate::metrics::render_with(&handle.stats(), &handle.shard_stats(), |r| {
+                super::metrics::register(gw, r)
+            }))
+        })
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<'_, Self>) {
+        if ctx.shard() != 0 {
+            return;
+        }
+        let now = ctx.now();
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_sweep = Some(now + SWEEP_EVERY);
+        if self.next_sweep.is_some() {
+            let cfg = &self.gw.config;
+            self.gw.broker.sweep(Instant::now(), |name| cfg.namespace_for(name).cloned());
+        }
+    }
+
+    fn on_notice(&mut self, ctx: &mut Ctx<'_, Self>, notice: Notice) {
+        self.notice(ctx, notice);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert!(origin_allowed(&[], None), "no Origin header: scripted clients");
+        assert!(!origin_allowed(&[], Some("http://a.example")), "an Origin with an empty list");
+        let list = vec!["https://*.example.com".to_string(), "http://127.0.0.1:*".to_string()];
+        assert!(origin_allowed(&list, Some("https://app.example.com")));
+        assert!(origin_allowed(&list, Some("http://127.0.0.1:8080")));
+        assert!(!origin_allowed(&list, Some("https://evil.com")));
+        assert!(origin_allowed(&["*".to_string()], Some("https://evil.com")));
+    }
+
+    #[test]
+    fn channel_keys_are_escaped() {
+        assert_eq!(json_key("a\"b"), "a\\\"b");
+        assert_eq!(json_key("chat:1"), "chat:1");
+    }
+}
