@@ -205,6 +205,9 @@ pub struct Profile {
     /// size is always accepted into an empty queue).
     pub max_send_queue: usize,
     pub send_queue_policy: SendQueuePolicy,
+    /// The Close sent when the queue overflows under policy `close`: 1008 "send queue full" by default (a
+    /// protocol on top may have its own code, e.g. Centrifugo's 3008 "slow", which its clients reconnect on).
+    pub overflow_close: (u16, &'static str),
 }
 
 impl Profile {
@@ -217,6 +220,7 @@ impl Profile {
             max_message_size: config.max_message_size,
             max_send_queue: config.max_send_queue,
             send_queue_policy: config.send_queue_policy,
+            overflow_close: (1008, "send queue full"),
         }
     }
 }

@@ -62,6 +62,7 @@ pub(crate) struct ProfileRt {
     pub proto: ProtoConfig,
     pub max_send_queue: usize,
     pub policy: SendQueuePolicy,
+    pub overflow_close: (u16, &'static str),
 }
 
 impl ProfileRt {
@@ -75,6 +76,7 @@ impl ProfileRt {
             },
             max_send_queue: p.max_send_queue,
             policy: p.send_queue_policy,
+            overflow_close: p.overflow_close,
         }
     }
 }

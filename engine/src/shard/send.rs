@@ -63,17 +63,19 @@ impl Core {
         Ok(())
     }
 
-    /// The queue overflowed under policy `close`: drop the waiting frames, queue Close 1008 and tear down.
+    /// The queue overflowed under policy `close`: drop the waiting frames, queue the profile's overflow Close
+    /// (1008 "send queue full" by default) and tear down.
     fn slow_consumer(&mut self, slot: u32) {
         let now = self.now;
         let s = &mut self.slots[slot as usize];
         s.out.clear();
-        let cfg = &self.profiles[s.profile as usize].proto;
+        let profile = &self.profiles[s.profile as usize];
+        let (code, reason) = profile.overflow_close;
         if let Some(w) = s.writer.as_mut() {
-            w.close(s.out.bytes_mut(), 1008, "send queue full", CloseCause::SlowConsumer, now, cfg);
+            w.close(s.out.bytes_mut(), code, reason, CloseCause::SlowConsumer, now, &profile.proto);
         }
         s.reader.on_local_close();
-        let info = CloseInfo::new(1008, "send queue full", Initiator::Local, CloseCause::SlowConsumer);
+        let info = CloseInfo::new(code, reason, Initiator::Local, CloseCause::SlowConsumer);
         self.teardown(slot, info, true);
     }
 

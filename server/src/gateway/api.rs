@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tether::{EngineHandle, HttpRequest, HttpResponse, SendError};
 
-use super::broker::{parse_client, ClientId};
+use super::broker::{parse_client, ClientId, Publish};
 use super::client::{history_json, presence_json, presence_stats_json};
 use super::protocol::{push_str, Disconnect, ErrorCode, Obj};
 use super::{Gateway, Notice};
@@ -155,6 +155,8 @@ struct PublishBody {
     b64data: String,
     #[serde(default)]
     skip_history: bool,
+    /// A map of strings, attached to the publication as it is.
+    tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -382,7 +384,12 @@ fn publish(gw: &Gateway, handle: &EngineHandle, channel: &str, b: &PublishBody) 
         (None, false) => return Err(bad("b64data is not served: JSON clients take data as JSON")),
         (None, true) => return Err(bad("data required")),
     };
-    let position = gw.broker.publish(handle, channel, ns, data, None, b.skip_history)?;
+    let tags = match &b.tags {
+        Some(t) if !t.is_empty() => Some(serde_json::to_string(t).expect("a map of strings serializes")),
+        _ => None,
+    };
+    let publish = Publish { channel, ns, data, info: None, tags: tags.as_deref(), skip_history: b.skip_history };
+    let position = gw.broker.publish(handle, publish)?;
     gw.metrics.publication(true);
     Ok(match position {
         Some(p) => Obj::new().num("offset", p.offset).str("epoch", &p.epoch).finish(),

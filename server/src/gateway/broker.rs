@@ -58,7 +58,8 @@ impl Presence {
 
 #[derive(Default)]
 struct Channel {
-    stream: Option<Stream>,
+    /// Boxed: most channels (personal ones above all) keep no history, and pay 8 bytes for that.
+    stream: Option<Box<Stream>>,
     presence: HashMap<ClientId, Presence>,
     subscribers: u32,
 }
@@ -84,6 +85,19 @@ pub fn join_leave_topic(channel: &str) -> String {
 pub struct Position {
     pub offset: u64,
     pub epoch: Arc<str>,
+}
+
+/// A publication to make.
+pub struct Publish<'a> {
+    pub channel: &'a str,
+    pub ns: &'a NamespaceOptions,
+    /// Raw JSON.
+    pub data: &'a str,
+    /// The publisher's ClientInfo JSON (client publishes).
+    pub info: Option<&'a str>,
+    /// A JSON object of strings.
+    pub tags: Option<&'a str>,
+    pub skip_history: bool,
 }
 
 /// What a subscribe needs from the broker.
@@ -158,22 +172,15 @@ impl Broker {
         if !ns.history_enabled() {
             return None;
         }
-        let s = ch.stream.get_or_insert_with(|| Stream::new(new_epoch(), now));
+        let s = ch.stream.get_or_insert_with(|| Box::new(Stream::new(new_epoch(), now)));
         s.trim(now, ns.history_size, ns.history_ttl);
         Some(s)
     }
 
-    /// Publishes `data` (raw JSON) to `channel`: appends it to history when the namespace keeps one, and
-    /// queues the encoded push to every shard. `info` is the publisher's ClientInfo JSON (client publishes).
-    pub fn publish(
-        &self,
-        handle: &EngineHandle,
-        channel: &str,
-        ns: &NamespaceOptions,
-        data: &str,
-        info: Option<&str>,
-        skip_history: bool,
-    ) -> Result<Option<Position>, ErrorCode> {
+    /// Publishes `p.data` (raw JSON) to `p.channel`: appends it to history when the namespace keeps one, and
+    /// queues the encoded push to every shard.
+    pub fn publish(&self, handle: &EngineHandle, p: Publish<'_>) -> Result<Option<Position>, ErrorCode> {
+        let Publish { channel, ns, data, info, tags, skip_history } = p;
         let now = Instant::now();
         let mut map = self.lock(channel);
         let mut position = None;
@@ -183,7 +190,7 @@ impl Broker {
                 let stream = Self::stream(ch, ns, now).expect("history is on");
                 let mut json = None;
                 let offset = stream.append(now, ns.history_size, ns.history_ttl, |offset| {
-                    let p: Arc<str> = protocol::publication(data, info, offset).into();
+                    let p: Arc<str> = protocol::publication(data, info, offset, tags).into();
                     json = Some(p.clone());
                     p
                 });
@@ -191,7 +198,7 @@ impl Broker {
                 json.expect("append calls make")
             }
         } else {
-            protocol::publication(data, info, 0).into()
+            protocol::publication(data, info, 0, tags).into()
         };
         let frame = protocol::push(channel, "pub", &publication);
         handle.publish_prepared(topic(channel), &Prepared::text(&frame)).map_err(|_| ErrorCode::INTERNAL)?;

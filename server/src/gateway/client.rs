@@ -13,7 +13,7 @@ use tether::{
 use tracing::debug;
 
 use super::auth::TokenError;
-use super::broker::{self, client_text, ClientId, Presence, Subscribe, Unsubscribe};
+use super::broker::{self, client_text, ClientId, Presence, Publish, Subscribe, Unsubscribe};
 use super::config::NamespaceOptions;
 use super::protocol::{self, lines, parse_command, Disconnect, ErrorCode, Obj, Replies, Request};
 use super::session::{sub_flag, Due, Phase, Session, Sub, Timing};
@@ -398,6 +398,8 @@ impl GatewayHandler {
         if a.server_side {
             flags |= sub_flag::SERVER_SIDE;
         }
+        // Most connections hold one or two subscriptions: grow one at a time, not by four.
+        s.subs.reserve_exact(1);
         s.subs.push(Sub { channel: a.channel.into(), flags, expires_at: a.expires_at.map(|e| e.0) });
 
         let mut result = Obj::new();
@@ -469,10 +471,11 @@ impl GatewayHandler {
         if !allowed {
             return self.error(id, ErrorCode::PERMISSION_DENIED, out);
         }
-        let chan_info = s.sub(channel).and(None::<&str>);
+        // The publisher's ClientInfo (chan_info is kept in presence only, not per subscription).
         let mut info = String::new();
-        protocol::client_info(&mut info, s.user(), &client_text(&s.client), s.conn_info.as_deref(), chan_info);
-        match self.gw.broker.publish(ctx.handle(), channel, ns, data.get(), Some(&info), false) {
+        protocol::client_info(&mut info, s.user(), &client_text(&s.client), s.conn_info.as_deref(), None);
+        let publish = Publish { channel, ns, data: data.get(), info: Some(&info), tags: None, skip_history: false };
+        match self.gw.broker.publish(ctx.handle(), publish) {
             Ok(_) => {
                 self.gw.metrics.publication(false);
                 out.result(id, "publish", "{}");

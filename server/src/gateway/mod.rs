@@ -83,10 +83,16 @@ impl Gateway {
     }
 
     /// The engine profile for client connections: no WebSocket-level pings (the protocol's own `{}` pings
-    /// keep the connection alive and find dead peers, as the SDKs expect), and the configured message size
-    /// limit (1009 beyond).
+    /// keep the connection alive and find dead peers, as the SDKs expect), the configured message size
+    /// limit (1009 beyond), and a slow subscriber whose send queue overflows closed with 3008 "slow" (the
+    /// SDKs reconnect and recover) instead of 1008.
     pub fn engine_profile(config: &GatewayConfig, base: &tether::Config) -> Profile {
-        Profile { ping_interval: None, max_message_size: config.message_size_limit, ..Profile::of(base) }
+        Profile {
+            ping_interval: None,
+            max_message_size: config.message_size_limit,
+            overflow_close: (protocol::Disconnect::SLOW.code, protocol::Disconnect::SLOW.reason),
+            ..Profile::of(base)
+        }
     }
 
     pub fn subscription_verifier(&self) -> &Verifier {

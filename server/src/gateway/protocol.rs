@@ -337,9 +337,10 @@ pub fn client_info(out: &mut String, user: &str, client: &str, conn_info: Option
     out.push('}');
 }
 
-/// A `Publication` object: `{"data":..[,"info":..][,"offset":N]}`. `info` is ClientInfo JSON already built.
-pub fn publication(data: &str, info: Option<&str>, offset: u64) -> String {
-    let mut out = String::with_capacity(data.len() + info.map_or(0, str::len) + 40);
+/// A `Publication` object: `{"data":..[,"info":..][,"offset":N][,"tags":{..}]}`. `info` is ClientInfo JSON
+/// already built, `tags` a JSON object of strings.
+pub fn publication(data: &str, info: Option<&str>, offset: u64, tags: Option<&str>) -> String {
+    let mut out = String::with_capacity(data.len() + info.map_or(0, str::len) + tags.map_or(0, str::len) + 40);
     out.push_str("{\"data\":");
     push_raw(&mut out, data);
     if let Some(info) = info {
@@ -348,6 +349,10 @@ pub fn publication(data: &str, info: Option<&str>, offset: u64) -> String {
     }
     if offset > 0 {
         let _ = write!(out, ",\"offset\":{offset}");
+    }
+    if let Some(tags) = tags {
+        out.push_str(",\"tags\":");
+        push_raw(&mut out, tags);
     }
     out.push('}');
     out
@@ -550,12 +555,13 @@ mod tests {
     fn publication_and_push_shapes() {
         let mut info = String::new();
         client_info(&mut info, "42", "c1", Some("{\"n\":\"x\"}"), None);
-        let p = publication("{\"a\":\n1}", Some(&info), 7);
+        let p = publication("{\"a\":\n1}", Some(&info), 7, None);
         assert_eq!(p, r#"{"data":{"a":1},"info":{"user":"42","client":"c1","conn_info":{"n":"x"}},"offset":7}"#);
         let v: serde_json::Value = serde_json::from_str(&push("chat:1", "pub", &p)).unwrap();
         assert_eq!(v["push"]["channel"], "chat:1");
         assert_eq!(v["push"]["pub"]["offset"], 7);
-        assert_eq!(publication("1", None, 0), r#"{"data":1}"#);
+        assert_eq!(publication("1", None, 0, None), r#"{"data":1}"#);
+        assert_eq!(publication("1", None, 2, Some(r#"{"k":"v"}"#)), r#"{"data":1,"offset":2,"tags":{"k":"v"}}"#);
     }
 
     #[test]

@@ -45,6 +45,7 @@ impl Registry {
             if limit > 0 && !user.is_empty() && list.len() >= limit {
                 return false;
             }
+            list.reserve_exact(1);
             list.push((conn, client));
         }
         self.stripes[hash(&client)].lock().clients.insert(client, conn);
