@@ -835,16 +835,14 @@ impl Handler for GatewayHandler {
 
     fn close_note(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, info: &CloseInfo) -> Option<String> {
         let s = ctx.state(conn)?;
-        let user = match (&s.phase, &s.user) {
-            (Phase::Connected, Some(u)) if u.is_empty() => "(anonymous)".to_string(),
-            (Phase::Connected, Some(u)) => u.to_string(),
-            _ => "(not connected)".to_string(),
-        };
-        Some(format!(
-            "user={user} client={} meaning=\"{}\"",
-            client_text(&s.client),
-            protocol::close_meaning(info.code)
-        ))
+        let meaning = protocol::close_meaning(info.code);
+        Some(match (&s.phase, &s.user) {
+            (Phase::Connected, Some(u)) => {
+                let user = if u.is_empty() { "(anonymous)" } else { u };
+                format!("user={user} client={} meaning=\"{meaning}\"", client_text(&s.client))
+            }
+            _ => format!("user=(not connected) meaning=\"{meaning}\""),
+        })
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, closed: &Closed) {
