@@ -117,6 +117,13 @@ impl EngineHandle {
         self.publish_to_others(usize::MAX, &topic.into(), prepared)
     }
 
+    /// Publish to the subscribers of `topic` on one shard only (an application that knows where a topic's
+    /// subscribers are spares the other shards a command each). Publications queued to one shard are
+    /// delivered in the order they were queued, and after any subscribe queued to that shard before them.
+    pub fn publish_on(&self, shard: usize, topic: &Arc<str>, prepared: &Prepared) -> Result<(), SendError> {
+        self.deliver(shard, Command::Publish { topic: topic.clone(), prepared: prepared.clone() })
+    }
+
     /// Publish to every shard but `except` (the caller's own, which delivered already).
     pub(crate) fn publish_to_others(
         &self,

@@ -58,6 +58,8 @@ impl Presence {
 
 #[derive(Default)]
 struct Channel {
+    /// Subscribers per shard (indexed by shard): publications go only to shards that have some.
+    by_shard: Vec<u32>,
     /// Boxed: most channels (personal ones above all) keep no history, and pay 8 bytes for that.
     stream: Option<Box<Stream>>,
     presence: HashMap<ClientId, Presence>,
@@ -67,6 +69,38 @@ struct Channel {
 impl Channel {
     fn unused(&self) -> bool {
         self.subscribers == 0 && self.presence.is_empty() && self.stream.is_none()
+    }
+
+    fn add_subscriber(&mut self, shard: usize) {
+        if self.by_shard.len() <= shard {
+            self.by_shard.resize(shard + 1, 0);
+        }
+        self.by_shard[shard] += 1;
+        self.subscribers += 1;
+    }
+
+    fn remove_subscriber(&mut self, shard: usize) {
+        if let Some(n) = self.by_shard.get_mut(shard) {
+            *n = n.saturating_sub(1);
+        }
+        self.subscribers = self.subscribers.saturating_sub(1);
+    }
+
+    /// Queues `frame` to `topic` on every shard holding a subscriber of this channel.
+    fn fan_out(&self, handle: &EngineHandle, topic: &str, frame: &str) -> Result<(), tether::SendError> {
+        let mut shards = self.by_shard.iter().enumerate().filter(|(_, n)| **n > 0).map(|(s, _)| s).peekable();
+        if shards.peek().is_none() {
+            return Ok(());
+        }
+        let prepared = Prepared::text(frame);
+        let topic: Arc<str> = topic.into();
+        let mut result = Ok(());
+        for shard in shards {
+            if let Err(e) = handle.publish_on(shard, &topic, &prepared) {
+                result = Err(e);
+            }
+        }
+        result
     }
 }
 
@@ -127,6 +161,8 @@ pub struct Subscribed {
 
 /// What ends a subscription (an unsubscribe, or the connection's close).
 pub struct Unsubscribe<'a> {
+    /// The shard that holds the connection.
+    pub shard: usize,
     /// `Some` while the connection is alive and its topic subscription must be dropped.
     pub conn: Option<ConnId>,
     pub channel: &'a str,
@@ -200,8 +236,9 @@ impl Broker {
         } else {
             protocol::publication(data, info, 0, tags).into()
         };
+        let Some(ch) = map.get(channel) else { return Ok(position) };
         let frame = protocol::push(channel, "pub", &publication);
-        handle.publish_prepared(topic(channel), &Prepared::text(&frame)).map_err(|_| ErrorCode::INTERNAL)?;
+        ch.fan_out(handle, topic(channel), &frame).map_err(|_| ErrorCode::INTERNAL)?;
         Ok(position)
     }
 
@@ -225,13 +262,13 @@ impl Broker {
         if s.join_leave {
             handle.subscribe(s.conn, &join_leave_topic(s.channel)).map_err(|_| ErrorCode::INTERNAL)?;
         }
-        ch.subscribers += 1;
+        ch.add_subscriber(s.conn.shard());
         if let Some(p) = s.presence {
             let info = p.info_json(&s.client);
             ch.presence.insert(s.client, p);
             if s.ns.join_leave {
                 let frame = protocol::push(s.channel, "join", &format!("{{\"info\":{info}}}"));
-                let _ = handle.publish_prepared(&join_leave_topic(s.channel), &Prepared::text(&frame));
+                let _ = ch.fan_out(handle, &join_leave_topic(s.channel), &frame);
             }
         }
         Ok(out)
@@ -248,12 +285,12 @@ impl Broker {
             }
         }
         let Some(ch) = map.get_mut(u.channel) else { return };
-        ch.subscribers = ch.subscribers.saturating_sub(1);
+        ch.remove_subscriber(u.shard);
         if u.had_presence {
             if let Some(p) = ch.presence.remove(&u.client) {
                 if u.emit_leave {
                     let frame = protocol::push(u.channel, "leave", &format!("{{\"info\":{}}}", p.info_json(&u.client)));
-                    let _ = handle.publish_prepared(&join_leave_topic(u.channel), &Prepared::text(&frame));
+                    let _ = ch.fan_out(handle, &join_leave_topic(u.channel), &frame);
                 }
             }
         }

@@ -444,6 +444,7 @@ impl GatewayHandler {
         self.gw.broker.unsubscribe(
             ctx.handle(),
             Unsubscribe {
+                shard: ctx.shard(),
                 conn,
                 channel,
                 join_leave: sub.has(sub_flag::JOIN_LEAVE),
