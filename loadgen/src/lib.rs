@@ -3,7 +3,13 @@
 //! [`load::run`] ramps connections at a paced rate (spread over shards and source addresses), holds them with
 //! pings and optional echo traffic, closes them with 1000, and returns a [`report::Report`]: handshake, ping
 //! and echo latency histograms, server ping intervals, and idle drops by close code and phase.
+//!
+//! With `--protocol centrifugo` ([`centrifugo`]) each connection is a Centrifugo client (protocol v2, JSON):
+//! it connects with a JWT, subscribes to K of N channels, answers the server's pings, optionally closes and
+//! recovers periodically, while a publisher (the HTTP API, or the connections themselves) publishes; the
+//! report adds publish-to-delivery latency and an exactly-once check by offset.
 
+pub mod centrifugo;
 pub mod load;
 pub mod plot;
 pub mod report;

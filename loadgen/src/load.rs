@@ -8,6 +8,7 @@
 //! with a copy of its counters and histograms.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::mpsc;
@@ -20,6 +21,9 @@ use tether::{
     Message, Notifier,
 };
 
+use crate::centrifugo::client::{CentConn, CentShard};
+use crate::centrifugo::stats::{self as cent_stats, ApiStats, CentStats};
+use crate::centrifugo::{self, api::Publisher, CentrifugoConfig};
 use crate::report::{self, new_histogram, Report, Summary};
 use crate::url::Target;
 
@@ -58,6 +62,8 @@ pub struct LoadConfig {
     /// the echoes: proof that each held connection still works end to end.
     pub final_echo: bool,
     pub progress: ProgressMode,
+    /// `--protocol centrifugo`: speak the Centrifugo client protocol and publish; `None` = echo.
+    pub centrifugo: Option<CentrifugoConfig>,
 }
 
 impl LoadConfig {
@@ -83,6 +89,7 @@ impl LoadConfig {
             close_wait: Duration::from_secs(10),
             final_echo: false,
             progress: ProgressMode::Auto,
+            centrifugo: None,
         }
     }
 }
@@ -113,6 +120,8 @@ pub struct Outcome {
     pub report: Report,
     pub samples: Vec<Sample>,
     pub ping_rtt: Histogram<u64>,
+    /// `--protocol centrifugo`: publish-to-receive latency of live publications (us).
+    pub delivery_latency: Option<Histogram<u64>>,
 }
 
 // ----- connect tags -----
@@ -157,6 +166,14 @@ struct Shared {
     opened: AtomicU64,
     /// The first connect error, worded for the user.
     first_error: OnceLock<String>,
+    centrifugo: Option<Arc<CentrifugoConfig>>,
+    /// Centrifugo subscriptions in place, over all shards.
+    subscribed: Arc<AtomicU64>,
+    /// Centrifugo publication sequence numbers (API publisher and client publishes).
+    publication_seq: Arc<AtomicU64>,
+    /// Shard threads (as the engine plans them) and logical connections.
+    shards: usize,
+    connections: u64,
 }
 
 impl Shared {
@@ -226,6 +243,7 @@ pub struct ShardStats {
     pub ping_rtt_us: Histogram<u64>,
     pub echo_us: Histogram<u64>,
     pub server_ping_interval_ms: Histogram<u64>,
+    pub cent: CentStats,
 }
 
 impl Default for ShardStats {
@@ -253,6 +271,7 @@ impl Default for ShardStats {
             ping_rtt_us: new_histogram(),
             echo_us: new_histogram(),
             server_ping_interval_ms: new_histogram(),
+            cent: CentStats::default(),
         }
     }
 }
@@ -290,6 +309,7 @@ impl ShardStats {
         let _ = self.ping_rtt_us.add(&o.ping_rtt_us);
         let _ = self.echo_us.add(&o.echo_us);
         let _ = self.server_ping_interval_ms.add(&o.server_ping_interval_ms);
+        self.cent.merge(&o.cent);
     }
 }
 
@@ -303,20 +323,26 @@ pub enum Control {
     FinalEcho,
     /// Closed loop: start one message on every open connection (the ramp is over).
     StartClosedLoop,
+    /// Centrifugo: client publishes and `--reconnect-every` cycles start.
+    StartPublishing,
+    /// Centrifugo: they stop.
+    StopPublishing,
 }
 
 /// A connection's own state, kept by the engine in its slot.
 #[derive(Default)]
 pub struct Conn {
     /// The logical connection (stable across reconnects).
-    index: u32,
+    pub(crate) index: u32,
     /// Where this connection sits in the handler's `open` list.
     pos: u32,
     last_server_ping: Option<Instant>,
     /// We started its close: its end is not a drop.
-    closing: bool,
+    pub(crate) closing: bool,
     /// When its current echo message was due (the cadence is kept from due times, not firing times).
     message_due: Option<Instant>,
+    /// `--protocol centrifugo`: the protocol state.
+    pub(crate) cent: CentConn,
 }
 
 /// The load generator's handler: one per shard.
@@ -333,6 +359,8 @@ pub struct LoadHandler {
     traffic_done: bool,
     closing: bool,
     rng: u64,
+    /// `--protocol centrifugo`.
+    cent: Option<CentShard>,
 }
 
 const MAX_ERROR_KINDS: usize = 32;
@@ -340,8 +368,20 @@ const MAX_ERROR_KINDS: usize = 32;
 impl LoadHandler {
     fn new(shard: usize, shared: Arc<Shared>) -> LoadHandler {
         let seed = shared.epoch.elapsed().as_nanos() as u64 ^ (shard as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let cent = shared.centrifugo.as_ref().map(|cfg| {
+            CentShard::new(
+                cfg.clone(),
+                shared.connections,
+                shared.shards,
+                shard,
+                shared.epoch,
+                shared.subscribed.clone(),
+                shared.publication_seq.clone(),
+            )
+        });
         LoadHandler {
             shard,
+            cent,
             shared,
             open: Vec::new(),
             stats: ShardStats::default(),
@@ -364,8 +404,9 @@ impl LoadHandler {
 
     /// Reconnect `index` after an exponential backoff (1 s, 2 s, 4s ... 30 s, ±20 % jitter): a connect the
     /// engine holds in its wheel until then. `attempt` counts the failures in a row before this one.
-    fn schedule_retry(&mut self, ctx: &mut Ctx<'_, Self>, index: u32, was_open: u64, attempt: u64) {
-        if !self.shared.reconnect || self.closing {
+    /// `force`: also without `--reconnect` (a Centrifugo close code that advises a reconnect).
+    fn schedule_retry(&mut self, ctx: &mut Ctx<'_, Self>, index: u32, was_open: u64, attempt: u64, force: bool) {
+        if !(self.shared.reconnect || force) || self.closing {
             return;
         }
         let base = Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30));
@@ -446,11 +487,13 @@ impl Handler for LoadHandler {
         let closing = self.closing;
         let pos = self.open.len() as u32;
         if let Some(c) = ctx.state(conn) {
-            *c = Conn { index, pos, last_server_ping: None, closing, message_due: None };
+            *c = Conn { index, pos, closing, ..Conn::default() };
         }
         self.open.push(conn);
         if closing {
             ctx.close(conn, 1000, "load test done");
+        } else if let Some(cent) = &mut self.cent {
+            cent.on_open(ctx, conn);
         } else if self.shared.closed_loop && self.shared.phase.load(Relaxed) == PHASE_HOLD {
             // A connection that opens during the hold (a reconnect) joins the closed loop at once.
             self.next_closed_loop(ctx, conn);
@@ -475,10 +518,18 @@ impl Handler for LoadHandler {
         }
         let index = (tag & TAG_INDEX_MASK) as u32;
         let attempt = (tag >> TAG_ATTEMPT_SHIFT) & TAG_ATTEMPT_MASK;
-        self.schedule_retry(ctx, index, tag & TAG_WAS_OPEN, attempt);
+        self.schedule_retry(ctx, index, tag & TAG_WAS_OPEN, attempt, false);
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+        if let Some(cent) = &mut self.cent {
+            match message {
+                Message::Text(text) => cent.on_message(ctx, conn, text, &mut self.stats.cent),
+                // The JSON protocol is text only.
+                Message::Binary(_) => self.stats.cent.malformed += 1,
+            }
+            return;
+        }
         let bytes = message.as_bytes();
         if bytes.len() < PAYLOAD_HEADER {
             return;
@@ -498,6 +549,10 @@ impl Handler for LoadHandler {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+        if let Some(cent) = &mut self.cent {
+            cent.on_timer(ctx, conn, &mut self.stats.cent);
+            return;
+        }
         let Some(interval) = self.shared.message_interval else { return };
         if self.traffic_done || ctx.state(conn).is_none_or(|c| c.closing) {
             return;
@@ -538,9 +593,17 @@ impl Handler for LoadHandler {
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, closed: &Closed) {
         let Some(c) = ctx.state(conn) else { return };
-        let (index, pos, closing) = (c.index, c.pos, c.closing);
+        let (index, pos, closing, cycling) = (c.index, c.pos, c.closing, c.cent.cycling);
         self.forget_open(ctx, pos);
         let info = &closed.info;
+        let code = match (info.initiator, info.code) {
+            (Initiator::Abnormal, _) => 1006,
+            (_, 0) => 1005,
+            (_, code) => code,
+        };
+        if let Some(cent) = &mut self.cent {
+            cent.on_close(index, code, &mut self.stats.cent);
+        }
         if closing {
             if info.code == 1000 && info.initiator != Initiator::Abnormal {
                 self.stats.closed_clean += 1;
@@ -549,18 +612,20 @@ impl Handler for LoadHandler {
             }
             return;
         }
+        if cycling && !self.closing {
+            // `--reconnect-every`: back at once, to recover.
+            self.stats.cent.cycles += 1;
+            ctx.connect(self.shared.request(index as u64, TAG_WAS_OPEN | TAG_RETRY, ctx.now()));
+            return;
+        }
         // A close we did not start: a drop.
-        let code = match (info.initiator, info.code) {
-            (Initiator::Abnormal, _) => 1006,
-            (_, 0) => 1005,
-            (_, code) => code,
-        };
         *self.stats.drops_by_code.entry(code).or_default() += 1;
         if info.cause == CloseCause::PongTimeout {
             self.stats.pong_timeouts += 1;
         }
         self.phase_drop();
-        self.schedule_retry(ctx, index, TAG_WAS_OPEN, 0);
+        let advised = self.cent.is_some() && centrifugo::reconnect_advised(code);
+        self.schedule_retry(ctx, index, TAG_WAS_OPEN, 0, advised);
     }
 
     fn on_notice(&mut self, ctx: &mut Ctx<'_, Self>, control: Control) {
@@ -581,6 +646,16 @@ impl Handler for LoadHandler {
                     if ctx.state(conn).is_some_and(|c| !c.closing) && self.send_message(ctx, conn, FINAL_MAGIC) {
                         self.stats.final_sent += 1;
                     }
+                }
+            }
+            Control::StartPublishing => {
+                if let Some(cent) = &mut self.cent {
+                    cent.start_publishing(ctx, &self.open);
+                }
+            }
+            Control::StopPublishing => {
+                if let Some(cent) = &mut self.cent {
+                    cent.stop_publishing(ctx, &self.open);
                 }
             }
             Control::StartClosedLoop => {
@@ -621,6 +696,7 @@ struct Monitor {
     samples: Vec<Sample>,
     prev_opens: u64,
     prev_answered: u64,
+    prev_deliveries: u64,
     progress: Progress,
     phase: &'static str,
 }
@@ -632,6 +708,8 @@ enum Progress {
 }
 
 const POLL_EVERY: Duration = Duration::from_millis(100);
+/// The drain after publishing ends gives up when neither deliveries nor subscriptions moved for this long.
+const DRAIN_STALL: Duration = Duration::from_secs(2);
 const SECOND: Duration = Duration::from_secs(1);
 
 impl Monitor {
@@ -673,6 +751,7 @@ impl Monitor {
             samples: vec![Sample::default()],
             prev_opens: 0,
             prev_answered: 0,
+            prev_deliveries: 0,
             progress,
             phase: "ramp",
         }
@@ -737,7 +816,7 @@ impl Monitor {
         let q = |q: f64| (!recent.is_empty()).then(|| recent.value_at_quantile(q) as f64 / 1000.0);
         let sample = Sample { t_s, open, ping_p50_ms: q(0.5), ping_p99_ms: q(0.99), drops: total.drops() };
         let opens = total.established + total.reconnects;
-        let line = format!(
+        let mut line = format!(
             "[{:>5.0}s] {:<7} open {}/{}  conn/s {}  pings/s {}  ping p99 {}  drops {}",
             t_s,
             self.phase,
@@ -748,6 +827,17 @@ impl Monitor {
             sample.ping_p99_ms.map_or("-".to_string(), |v| format!("{v:.2}ms")),
             sample.drops,
         );
+        if total.cent.connects > 0 {
+            let c = &total.cent;
+            let _ = write!(
+                line,
+                "  deliveries/s {}  gaps {}  dups {}",
+                c.deliveries.saturating_sub(self.prev_deliveries),
+                c.tally.gaps,
+                c.tally.duplicates
+            );
+            self.prev_deliveries = c.deliveries;
+        }
         self.prev_opens = opens;
         self.prev_answered = total.pings_answered;
         match &self.progress {
@@ -773,21 +863,17 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     anyhow::ensure!(cfg.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(cfg.connections as u64 <= TAG_INDEX_MASK, "--connections is too large");
     anyhow::ensure!(cfg.rate > 0.0, "--rate must be positive");
-    let epoch = Instant::now();
-    let shared = Arc::new(Shared {
-        epoch,
-        phase: AtomicU8::new(PHASE_RAMP),
-        target: cfg.target.clone(),
-        source_ips: cfg.source_ips.clone(),
-        reconnect: cfg.reconnect,
-        message_interval: (cfg.message_rate > 0.0 && !cfg.closed_loop)
-            .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
-        closed_loop: cfg.closed_loop,
-        message_size: cfg.message_size,
-        first_resolved: AtomicU64::new(0),
-        opened: AtomicU64::new(0),
-        first_error: OnceLock::new(),
-    });
+    if let Some(c) = &cfg.centrifugo {
+        anyhow::ensure!(c.channels > 0, "--channels must be at least 1");
+        anyhow::ensure!(
+            (1..=c.channels).contains(&c.subscriptions_per_connection),
+            "--subscriptions-per-connection must be between 1 and --channels"
+        );
+        anyhow::ensure!(
+            (1..=c.channels).contains(&c.publish_batch),
+            "--publish-batch must be between 1 and --channels"
+        );
+    }
     let n = cfg.connections;
     let config = Config {
         listen: None,
@@ -803,6 +889,29 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         tick: Duration::from_millis(10),
         ..Config::default()
     };
+    let planned_shards =
+        tether::plan_capacity(&config).map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?.shards;
+    let cent_cfg = cfg.centrifugo.clone().map(Arc::new);
+    let epoch = Instant::now();
+    let shared = Arc::new(Shared {
+        epoch,
+        phase: AtomicU8::new(PHASE_RAMP),
+        target: cfg.target.clone(),
+        source_ips: cfg.source_ips.clone(),
+        reconnect: cfg.reconnect || cent_cfg.as_ref().is_some_and(|c| c.reconnect_every.is_some()),
+        message_interval: (cfg.message_rate > 0.0 && !cfg.closed_loop)
+            .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
+        closed_loop: cfg.closed_loop,
+        message_size: cfg.message_size,
+        first_resolved: AtomicU64::new(0),
+        opened: AtomicU64::new(0),
+        first_error: OnceLock::new(),
+        centrifugo: cent_cfg.clone(),
+        subscribed: Arc::new(AtomicU64::new(0)),
+        publication_seq: Arc::new(AtomicU64::new(0)),
+        shards: planned_shards,
+        connections: n as u64,
+    });
     let engine = {
         let shared = shared.clone();
         Engine::start(config, move |i| LoadHandler::new(i, shared.clone()))
@@ -811,6 +920,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let handle = engine.handle();
     let notifier = engine.notifier();
     let shards = handle.shards();
+    anyhow::ensure!(shards == planned_shards, "the engine started {shards} shards, {planned_shards} planned");
     let mut issued = 0usize;
     // A full inbox refuses the connect: the rest of this round waits for the next one.
     let issue = |count: usize, issued: &mut usize| {
@@ -874,6 +984,31 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             notify(&notifier, shard, Control::StartClosedLoop);
         }
     }
+    // Centrifugo: publishing starts once every subscription is in place.
+    let mut setup = Duration::ZERO;
+    let mut publisher = None;
+    let want_subscribed = cent_cfg.as_ref().map_or(0, |c| n as u64 * c.subscriptions_per_connection as u64);
+    if let Some(cc) = cent_cfg.as_ref().filter(|_| !interrupted) {
+        monitor.phase = "subscribe";
+        let setup_start = Instant::now();
+        let deadline = setup_start + cfg.handshake_timeout;
+        while shared.subscribed.load(Relaxed) < want_subscribed && Instant::now() < deadline {
+            if stop.load(Relaxed) {
+                interrupted = true;
+                break;
+            }
+            monitor.poll();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        setup = setup_start.elapsed();
+        for shard in 0..shards {
+            notify(&notifier, shard, Control::StartPublishing);
+        }
+        if cc.publish_via == centrifugo::PublishVia::Api && cc.publish_rate > 0.0 {
+            publisher = Some(Publisher::start(cc.clone(), n as u64, epoch, shared.publication_seq.clone()));
+        }
+    }
+
     monitor.phase = "hold";
     let hold_start = Instant::now();
     while !interrupted && hold_start.elapsed() < cfg.duration {
@@ -884,6 +1019,49 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let hold = hold_start.elapsed();
+
+    // Centrifugo: stop publishing and cycling, then wait for the last deliveries and reconnects.
+    let mut api_stats = ApiStats::default();
+    let mut drain = Duration::ZERO;
+    let mut subscribed_at_end = 0;
+    if cent_cfg.is_some() {
+        for shard in 0..shards {
+            notify(&notifier, shard, Control::StopPublishing);
+        }
+        if let Some(p) = publisher.take() {
+            api_stats = p.stop();
+        }
+        monitor.phase = "drain";
+        let drain_start = Instant::now();
+        let mut last = (u64::MAX, u64::MAX);
+        let mut last_change = drain_start;
+        while !interrupted && drain_start.elapsed() < cfg.close_wait {
+            if stop.load(Relaxed) {
+                interrupted = true;
+            }
+            let (s, _) = monitor.snapshot(Duration::from_secs(2));
+            let c = &s.cent;
+            let subscribed = shared.subscribed.load(Relaxed);
+            let delivered = c.deliveries - c.tally.duplicates;
+            let answered = c.published + c.publish_failed >= c.publish_commands;
+            if answered
+                && subscribed >= want_subscribed
+                && delivered >= c.expected_deliveries + api_stats.expected_deliveries
+            {
+                break;
+            }
+            if (c.deliveries, subscribed) != last {
+                last = (c.deliveries, subscribed);
+                last_change = Instant::now();
+            } else if last_change.elapsed() >= DRAIN_STALL {
+                break;
+            }
+            monitor.poll();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drain = drain_start.elapsed();
+        subscribed_at_end = shared.subscribed.load(Relaxed);
+    }
 
     if cfg.final_echo && !interrupted {
         monitor.phase = "final echo";
@@ -928,7 +1106,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     handle.shutdown(Duration::from_millis(500));
     wait_bounded(engine, Duration::from_secs(5));
 
-    let report = build_report(
+    let mut report = build_report(
         cfg,
         shards,
         &total,
@@ -939,7 +1117,12 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         left_open,
         interrupted,
     );
-    Ok(Outcome { report, samples: std::mem::take(&mut monitor.samples), ping_rtt: total.ping_rtt_us })
+    if let Some(cc) = &cent_cfg {
+        let phases = cent_stats::Phases { setup, publishing: hold, drain, subscribed_at_end };
+        report.centrifugo = Some(cent_stats::report(cc, &total.cent, &api_stats, &phases));
+    }
+    let delivery_latency = cent_cfg.is_some().then_some(total.cent.latency_us);
+    Ok(Outcome { report, samples: std::mem::take(&mut monitor.samples), ping_rtt: total.ping_rtt_us, delivery_latency })
 }
 
 /// Sends a control notice, retrying for up to a second while the shard's queue is full.
@@ -1041,5 +1224,6 @@ fn build_report(
         closes: report::Closes { clean: s.closed_clean, unclean: s.closed_unclean, left_open },
         peak_rss_mib: report::peak_rss_mib(),
         interrupted,
+        centrifugo: None,
     }
 }

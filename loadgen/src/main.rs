@@ -6,8 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tether::{parse_tcp_keepalive, parse_tcp_user_timeout, TcpKeepalive};
+use tether_load::centrifugo::{self, ApiTarget, CentrifugoConfig, PublishVia};
 use tether_load::load::{self, LoadConfig, Outcome, ProgressMode};
 use tether_load::{plot, report, url};
 
@@ -35,14 +36,74 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Target, ws://HOST:PORT/PATH (wss is not supported).
+    /// Target, ws://HOST:PORT/PATH (wss is not supported). With --protocol centrifugo a URL without a path
+    /// gets /connection/websocket.
     #[arg(long)]
     url: String,
     /// Connections to open and hold.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
     #[command(flatten)]
+    centrifugo: CentrifugoArgs,
+    #[command(flatten)]
     common: Common,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// Binary messages the server echoes (--message-rate, --closed-loop).
+    Echo,
+    /// The Centrifugo client protocol v2 (JSON): connect, subscribe, answer pings, publish, recover.
+    Centrifugo,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// POST /api/publish (or /api/broadcast with --publish-batch) from a thread of its own.
+    Api,
+    /// publish commands from the connections.
+    Client,
+}
+
+/// `--protocol centrifugo` and its options (the others need it).
+#[derive(Args)]
+struct CentrifugoArgs {
+    /// What each connection speaks.
+    #[arg(long, value_enum, default_value_t = Protocol::Echo)]
+    protocol: Protocol,
+    /// HS256 secret for the connection tokens (claims {"sub":"u<index>"}); without it, connect has no token.
+    #[arg(long)]
+    token_secret: Option<String>,
+    /// Channels N: PREFIX0 .. PREFIX(N-1).
+    #[arg(long, default_value_t = 10)]
+    channels: u32,
+    /// Subscriptions per connection K (at most N): connection i takes channels (i*K + j) % N, j < K.
+    #[arg(long, default_value_t = 1)]
+    subscriptions_per_connection: u32,
+    #[arg(long, default_value = "bench:")]
+    channel_prefix: String,
+    /// Publications per second in all, over the hold (0 = none).
+    #[arg(long, default_value = "0", value_parser = parse_rate_or_zero)]
+    publish_rate: f64,
+    /// Who publishes: the server HTTP API or the connections.
+    #[arg(long, value_enum, default_value_t = Via::Api)]
+    publish_via: Via,
+    /// Server HTTP API, http://HOST:PORT/PREFIX (default: the --url's host and port, prefix /api).
+    #[arg(long)]
+    api_url: Option<String>,
+    /// X-API-Key for the HTTP API.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Channels per API request: above 1, one /api/broadcast request publishes to that many channels.
+    #[arg(long, default_value_t = 1)]
+    publish_batch: u32,
+    /// Pad each publication's data to at least this many bytes (0 = {"t":..,"s":..} only).
+    #[arg(long, default_value_t = 0)]
+    publication_size: usize,
+    /// Each connection closes itself at a random point of every such period (during the hold), reconnects and
+    /// resubscribes with recover (0 = never).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    reconnect_every: Duration,
 }
 
 #[derive(Args)]
@@ -116,6 +177,9 @@ struct Common {
     /// Write the ping RTT distribution (HdrHistogram .hgrm, milliseconds) here.
     #[arg(long)]
     hgrm: Option<PathBuf>,
+    /// --protocol centrifugo: write the publish-to-delivery latency distribution (.hgrm, milliseconds) here.
+    #[arg(long)]
+    delivery_hgrm: Option<PathBuf>,
     /// Write an SVG plot of open connections, ping p50/p99 and drops over time here.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -138,6 +202,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_rate_or_zero(s: &str) -> Result<f64, String> {
+    if s.trim().trim_end_matches("/s").trim().parse::<f64>() == Ok(0.0) {
+        return Ok(0.0);
+    }
+    parse_rate(s)
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -173,8 +244,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Run(args) => {
-            let target = url::parse_target(&args.url).map_err(anyhow::Error::msg)?;
-            let cfg = load_config(target, args.connections, &args.common)?;
+            let mut target = url::parse_target(&args.url).map_err(anyhow::Error::msg)?;
+            let cent = centrifugo_config(&args.centrifugo, &mut target, &args.common)?;
+            let mut cfg = load_config(target, args.connections, &args.common)?;
+            cfg.centrifugo = cent;
             let outcome = load::run(&cfg, &stop)?;
             finish(&outcome, &args.common, args.common.strict)
         }
@@ -193,6 +266,46 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             finish(&result?, &args.common, true)
         }
     }
+}
+
+/// `None` for the echo protocol (whose flags then must not ask for Centrifugo things, and the reverse).
+fn centrifugo_config(
+    a: &CentrifugoArgs,
+    target: &mut url::Target,
+    c: &Common,
+) -> anyhow::Result<Option<CentrifugoConfig>> {
+    if a.protocol == Protocol::Echo {
+        anyhow::ensure!(
+            a.publish_rate == 0.0 && a.reconnect_every.is_zero() && a.token_secret.is_none(),
+            "--publish-rate, --reconnect-every and --token-secret need --protocol centrifugo"
+        );
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        c.message_rate == 0.0 && !c.closed_loop && !c.final_echo,
+        "--message-rate, --closed-loop and --final-echo are for --protocol echo"
+    );
+    if target.path == "/" {
+        target.path = centrifugo::DEFAULT_PATH.to_string();
+    }
+    let api_url = a.api_url.clone().unwrap_or_else(|| format!("http://{}/api", target.host));
+    let api = ApiTarget::parse(&api_url).map_err(anyhow::Error::msg)?;
+    Ok(Some(CentrifugoConfig {
+        token_secret: a.token_secret.clone(),
+        channels: a.channels,
+        subscriptions_per_connection: a.subscriptions_per_connection,
+        channel_prefix: a.channel_prefix.clone(),
+        publish_rate: a.publish_rate,
+        publish_via: match a.publish_via {
+            Via::Api => PublishVia::Api,
+            Via::Client => PublishVia::Client,
+        },
+        api,
+        api_key: a.api_key.clone(),
+        publish_batch: a.publish_batch,
+        publication_size: a.publication_size,
+        reconnect_every: Some(a.reconnect_every).filter(|d| !d.is_zero()),
+    }))
 }
 
 fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::Result<LoadConfig> {
@@ -221,6 +334,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         close_wait: c.close_wait,
         final_echo: c.final_echo,
         progress: if c.quiet { ProgressMode::Off } else { ProgressMode::Auto },
+        centrifugo: None,
     })
 }
 
@@ -236,16 +350,32 @@ fn finish(outcome: &Outcome, c: &Common, strict: bool) -> anyhow::Result<ExitCod
         std::fs::write(path, report::hgrm(&outcome.ping_rtt, 1000.0))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
+    if let (Some(path), Some(h)) = (&c.delivery_hgrm, &outcome.delivery_latency) {
+        std::fs::write(path, report::hgrm(h, 1000.0))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
     if let Some(path) = &c.plot {
         let title = format!("tether-load {}: {} connections", r.target, r.connections.requested);
         std::fs::write(path, plot::svg(&outcome.samples, &title))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
+    // Centrifugo: every subscriber got every publication exactly once, and nothing failed.
+    let exact = r.centrifugo.as_ref().is_none_or(|c| {
+        c.deliveries.gaps == 0
+            && c.deliveries.duplicates == 0
+            && c.deliveries.missing == 0
+            && c.deliveries.unexpected == 0
+            && c.recovery.not_recovered == 0
+            && c.errors_by_code.is_empty()
+            && c.api_failures.is_empty()
+            && c.pushes.malformed == 0
+    });
     let healthy = r.connections.established == r.connections.requested
         && r.connections.failed == 0
         && r.drops.total == 0
         && r.closes.unclean == 0
         && r.closes.left_open == 0
+        && exact
         && !r.interrupted;
     if strict && !healthy {
         eprintln!(
@@ -257,6 +387,9 @@ fn finish(outcome: &Outcome, c: &Common, strict: bool) -> anyhow::Result<ExitCod
             r.closes.unclean,
             r.closes.left_open
         );
+        if !exact {
+            eprintln!("tether-load: centrifugo deliveries were not exactly once, or errors were seen (see the report)");
+        }
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)

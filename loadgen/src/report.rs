@@ -129,6 +129,164 @@ pub struct Report {
     pub peak_rss_mib: f64,
     /// Set when the run was stopped early (Ctrl-C).
     pub interrupted: bool,
+    /// `--protocol centrifugo` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub centrifugo: Option<Centrifugo>,
+}
+
+/// The Centrifugo section: publications, deliveries and their latency, and the exactly-once check.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Centrifugo {
+    pub channels: u32,
+    pub subscriptions_per_connection: u32,
+    pub publish_via: String,
+    /// Asked for, per second.
+    pub publish_rate: f64,
+    pub publish_batch: u32,
+    pub reconnect_every_s: Option<f64>,
+    /// From the end of the ramp until every subscription was answered.
+    pub setup_s: f64,
+    /// Publishing time (the hold); the per-second rates divide by it.
+    pub publish_s: f64,
+    /// Waiting for the last deliveries (and reconnects) after publishing.
+    pub drain_s: f64,
+    /// Connect and subscribe replies without an error; resubscribes are the recovering ones.
+    pub connects: u64,
+    pub subscribes: u64,
+    pub resubscribes: u64,
+    pub subscribed_at_end: u64,
+    pub publications: Publications,
+    pub deliveries: Deliveries,
+    pub recovery: Recovery,
+    /// Publish-to-receive latency of live publications (us).
+    pub latency_us: Summary,
+    /// The same for publications that came in a recovering subscribe reply.
+    pub recovered_latency_us: Summary,
+    /// HTTP API requests, connect to answer (us).
+    pub api_request_us: Summary,
+    /// Server pings (`{}`) answered.
+    pub server_pings: u64,
+    /// Error replies and API errors, by code.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// API requests with no usable answer (`http 401`, `io: ...`).
+    pub api_failures: BTreeMap<String, u64>,
+    /// Every close, by code (1006: no close frame).
+    pub close_codes: BTreeMap<String, u64>,
+    pub pushes: Pushes,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Publications {
+    pub attempted: u64,
+    /// Accepted by the server (API result, or a publish reply without an error).
+    pub ok: u64,
+    /// Refused with an error (API error, error reply).
+    pub failed: u64,
+    /// No answer: the API request failed, or the connection closed before the publish reply (such a
+    /// publication may still have been delivered, so deliveries can then exceed `expected`).
+    pub unanswered: u64,
+    pub per_s: f64,
+    pub api_requests: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Deliveries {
+    /// Publications received for a subscription, live or recovered, duplicates included.
+    pub total: u64,
+    pub live: u64,
+    pub recovered: u64,
+    /// What the accepted publications should make: each one times its channel's subscriber count.
+    pub expected: u64,
+    /// `expected` minus the distinct deliveries (0 when every subscriber got every publication).
+    pub missing: u64,
+    pub per_s: f64,
+    /// Offsets never seen by a subscription that should have seen them.
+    pub gaps: u64,
+    /// Offsets seen twice by one subscription.
+    pub duplicates: u64,
+    /// Deliveries on channels without a recoverable position (not checked).
+    pub untracked: u64,
+    /// Publications for a channel the connection was not subscribed to (yet).
+    pub unexpected: u64,
+    /// Deliveries whose data had no timestamp (not ours).
+    pub unstamped: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Recovery {
+    /// `--reconnect-every` closes.
+    pub cycles: u64,
+    pub recovered: u64,
+    pub not_recovered: u64,
+    /// Offsets lost to the failed recoveries.
+    pub unrecovered_offsets: u64,
+    pub epoch_changes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Pushes {
+    pub unsubscribe: u64,
+    pub other: u64,
+    /// Lines that were no reply or push, and replies that answered nothing we sent.
+    pub malformed: u64,
+}
+
+impl Centrifugo {
+    fn table(&self, s: &mut String) {
+        let p = &self.publications;
+        let d = &self.deliveries;
+        let r = &self.recovery;
+        let _ = writeln!(
+            s,
+            "centrifugo        {} channels, {} subscriptions per connection, publish via {} at {}/s{}{}",
+            self.channels,
+            self.subscriptions_per_connection,
+            self.publish_via,
+            self.publish_rate,
+            if self.publish_batch > 1 { format!(" in batches of {}", self.publish_batch) } else { String::new() },
+            self.reconnect_every_s.map_or(String::new(), |p| format!(", reconnect every {p} s")),
+        );
+        let _ = writeln!(
+            s,
+            "  setup           connects {}  subscribes {} (resubscribes {})  subscribed at end {}  setup {:.2} s  drain {:.2} s",
+            self.connects, self.subscribes, self.resubscribes, self.subscribed_at_end, self.setup_s, self.drain_s
+        );
+        let _ = writeln!(
+            s,
+            "  publications    ok {}  failed {}  unanswered {}  {:.1}/s  api requests {}",
+            p.ok, p.failed, p.unanswered, p.per_s, p.api_requests
+        );
+        let _ = writeln!(
+            s,
+            "  deliveries      {} (live {}, recovered {})  expected {}  missing {}  {:.1}/s",
+            d.total, d.live, d.recovered, d.expected, d.missing, d.per_s
+        );
+        let _ = writeln!(
+            s,
+            "  GAPS {}  DUPLICATES {}  untracked {}  unexpected {}",
+            d.gaps, d.duplicates, d.untracked, d.unexpected
+        );
+        let _ = writeln!(
+            s,
+            "  recovery        cycles {}  recovered {}  not recovered {} ({} offsets lost)  epoch changes {}",
+            r.cycles, r.recovered, r.not_recovered, r.unrecovered_offsets, r.epoch_changes
+        );
+        let join =
+            |m: &BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            s,
+            "  server pings {}  errors {{{}}}  api failures {{{}}}  close codes {{{}}}",
+            self.server_pings,
+            join(&self.errors_by_code),
+            join(&self.api_failures),
+            join(&self.close_codes)
+        );
+        let _ = writeln!(
+            s,
+            "  pushes          unsubscribe {}  other {}  malformed {}",
+            self.pushes.unsubscribe, self.pushes.other, self.pushes.malformed
+        );
+    }
 }
 
 impl Report {
@@ -172,12 +330,18 @@ impl Report {
         );
         let us = |v: u64| format_us(v);
         let ms = |v: u64| format!("{v} ms");
-        for (name, sum, f) in [
+        let mut rows = vec![
             ("handshake", &self.handshake_us, &us as &dyn Fn(u64) -> String),
             ("ping rtt", &self.ping_rtt_us, &us),
             ("echo", &self.echo_us, &us),
             ("server ping interval", &self.server_ping_interval_ms, &ms),
-        ] {
+        ];
+        if let Some(c) = &self.centrifugo {
+            rows.push(("delivery", &c.latency_us, &us));
+            rows.push(("delivery (recovered)", &c.recovered_latency_us, &us));
+            rows.push(("api request", &c.api_request_us, &us));
+        }
+        for (name, sum, f) in rows {
             if sum.count == 0 {
                 let _ = writeln!(s, "{name:<24} {:>9} {:>10}", 0, "-");
                 continue;
@@ -212,6 +376,9 @@ impl Report {
             "closes            clean {}  unclean {}  left open {}",
             self.closes.clean, self.closes.unclean, self.closes.left_open
         );
+        if let Some(c) = &self.centrifugo {
+            c.table(&mut s);
+        }
         if self.peak_rss_mib > 0.0 {
             let _ = writeln!(s, "peak memory       {:.0} MiB RSS", self.peak_rss_mib);
         }
