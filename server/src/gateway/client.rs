@@ -323,8 +323,9 @@ impl GatewayHandler {
                 return Ok(());
             }
         }
-        let history_allowed = self.history_permission(ns, s, channel, anonymous);
-        let presence_allowed = self.presence_permission(ns, s, channel, anonymous);
+        // The subscription being made counts for the `_for_subscriber` permissions (as Centrifugo's OnSubscribe).
+        let history_allowed = self.history_permission(ns, true, anonymous);
+        let presence_allowed = self.presence_permission(ns, true, anonymous);
         let args = SubArgs {
             channel,
             ns,
@@ -371,11 +372,13 @@ impl GatewayHandler {
             chan_info: a.chan_info.clone(),
         });
         let recover = if recoverable { a.recover } else { None };
+        // One copy of the name, shared by the session, the broker and the engine's topic table.
+        let channel: Arc<str> = a.channel.into();
         let done = self.gw.broker.subscribe(
             ctx.handle(),
             Subscribe {
                 conn,
-                channel: a.channel,
+                channel: &channel,
                 ns,
                 positioned,
                 recover,
@@ -400,7 +403,7 @@ impl GatewayHandler {
         }
         // Most connections hold one or two subscriptions: grow one at a time, not by four.
         s.subs.reserve_exact(1);
-        s.subs.push(Sub { channel: a.channel.into(), flags, expires_at: a.expires_at.map(|e| e.0) });
+        s.subs.push(Sub { channel, flags, expires_at: a.expires_at.map(|e| e.0) });
 
         let mut result = Obj::new();
         if let Some((_, ttl)) = a.expires_at {
@@ -485,15 +488,15 @@ impl GatewayHandler {
         }
     }
 
-    fn presence_permission(&self, ns: &NamespaceOptions, s: &Session, channel: &str, anonymous: bool) -> bool {
+    fn presence_permission(&self, ns: &NamespaceOptions, subscribed: bool, anonymous: bool) -> bool {
         self.gw.config.insecure
-            || ((ns.allow_presence_for_client || (ns.allow_presence_for_subscriber && s.sub(channel).is_some()))
+            || ((ns.allow_presence_for_client || (ns.allow_presence_for_subscriber && subscribed))
                 && (!anonymous || ns.allow_presence_for_anonymous))
     }
 
-    fn history_permission(&self, ns: &NamespaceOptions, s: &Session, channel: &str, anonymous: bool) -> bool {
+    fn history_permission(&self, ns: &NamespaceOptions, subscribed: bool, anonymous: bool) -> bool {
         self.gw.config.insecure
-            || ((ns.allow_history_for_client || (ns.allow_history_for_subscriber && s.sub(channel).is_some()))
+            || ((ns.allow_history_for_client || (ns.allow_history_for_subscriber && subscribed))
                 && (!anonymous || ns.allow_history_for_anonymous))
     }
 
@@ -504,7 +507,7 @@ impl GatewayHandler {
         if !ns.presence {
             return self.error(id, ErrorCode::NOT_AVAILABLE, out);
         }
-        if !self.presence_permission(ns, s, channel, s.user().is_empty()) {
+        if !self.presence_permission(ns, s.sub(channel).is_some(), s.user().is_empty()) {
             return self.error(id, ErrorCode::PERMISSION_DENIED, out);
         }
         if stats {
@@ -522,7 +525,7 @@ impl GatewayHandler {
         if !ns.history_enabled() {
             return self.error(id, ErrorCode::NOT_AVAILABLE, out);
         }
-        if !self.history_permission(ns, s, channel, s.user().is_empty()) {
+        if !self.history_permission(ns, s.sub(channel).is_some(), s.user().is_empty()) {
             return self.error(id, ErrorCode::PERMISSION_DENIED, out);
         }
         match history_json(
