@@ -97,8 +97,9 @@ impl EngineHandle {
         self.deliver(conn.shard(), Command::Ping { conn })
     }
 
-    /// Subscribe `conn` to `topic` (on the connection's shard).
-    pub fn subscribe(&self, conn: ConnId, topic: &str) -> Result<(), SendError> {
+    /// Subscribe `conn` to `topic` (on the connection's shard). An `Arc<str>` the application keeps anyway is
+    /// shared by the shard's topic table rather than copied (a `&str` works too).
+    pub fn subscribe(&self, conn: ConnId, topic: impl Into<Arc<str>>) -> Result<(), SendError> {
         self.deliver(conn.shard(), Command::Subscribe { conn, topic: topic.into() })
     }
 

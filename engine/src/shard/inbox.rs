@@ -47,7 +47,7 @@ impl Core {
             }
             Command::Subscribe { conn, topic } => {
                 if let Some(slot) = self.resolve(conn) {
-                    self.topics.subscribe(slot, &topic);
+                    self.topics.subscribe_arc(slot, &topic);
                     self.sync_topic_gauges();
                 }
             }

@@ -8,14 +8,17 @@
 use std::sync::Arc;
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 struct Topic {
     name: Arc<str>,
-    members: Vec<u32>,
+    /// Inline up to two members: a personal channel (one subscriber per topic) allocates nothing more.
+    members: SmallVec<[u32; 2]>,
 }
 
-/// A slot's subscriptions: (topic index, position in its members); boxed so a slot without any costs 8 bytes.
-type SlotSubs = Option<Box<Vec<(u32, u32)>>>;
+/// A slot's subscriptions: (topic index, position in its members); boxed so a slot without any costs 8 bytes,
+/// and the first one inline in the box.
+type SlotSubs = Option<Box<SmallVec<[(u32, u32); 1]>>>;
 
 #[derive(Default)]
 pub(crate) struct Topics {
@@ -30,6 +33,15 @@ pub(crate) struct Topics {
 impl Topics {
     /// Subscribe `slot` to `name`; false if it already was.
     pub fn subscribe(&mut self, slot: u32, name: &str) -> bool {
+        self.subscribe_shared(slot, name, || name.into())
+    }
+
+    /// As [`subscribe`](Topics::subscribe), keeping the caller's name for a new topic (no copy of it).
+    pub fn subscribe_arc(&mut self, slot: u32, name: &Arc<str>) -> bool {
+        self.subscribe_shared(slot, name, || name.clone())
+    }
+
+    fn subscribe_shared(&mut self, slot: u32, name: &str, owned: impl FnOnce() -> Arc<str>) -> bool {
         let topic = match self.by_name.get(name) {
             Some(&t) => {
                 if self.position(slot, t).is_some() {
@@ -38,8 +50,8 @@ impl Topics {
                 t
             }
             None => {
-                let name: Arc<str> = name.into();
-                let entry = Topic { name: name.clone(), members: Vec::new() };
+                let name: Arc<str> = owned();
+                let entry = Topic { name: name.clone(), members: SmallVec::new() };
                 let t = match self.free.pop() {
                     Some(t) => {
                         self.topics[t as usize] = entry;
@@ -119,7 +131,7 @@ impl Topics {
         }
         if entry.members.is_empty() {
             let name = std::mem::replace(&mut entry.name, Arc::from(""));
-            entry.members = Vec::new();
+            entry.members = SmallVec::new();
             self.by_name.remove(&name);
             self.free.push(topic);
         }

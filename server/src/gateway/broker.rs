@@ -59,16 +59,17 @@ impl Presence {
 #[derive(Default)]
 struct Channel {
     /// Subscribers per shard (indexed by shard): publications go only to shards that have some.
-    by_shard: Vec<u32>,
+    by_shard: smallvec::SmallVec<[u32; 2]>,
     /// Boxed: most channels (personal ones above all) keep no history, and pay 8 bytes for that.
     stream: Option<Box<Stream>>,
-    presence: HashMap<ClientId, Presence>,
+    /// Boxed: channels without presence (most) pay 8 bytes.
+    presence: Option<Box<HashMap<ClientId, Presence>>>,
     subscribers: u32,
 }
 
 impl Channel {
     fn unused(&self) -> bool {
-        self.subscribers == 0 && self.presence.is_empty() && self.stream.is_none()
+        self.subscribers == 0 && self.presence.as_ref().is_none_or(|p| p.is_empty()) && self.stream.is_none()
     }
 
     fn add_subscriber(&mut self, shard: usize) {
@@ -137,7 +138,8 @@ pub struct Publish<'a> {
 /// What a subscribe needs from the broker.
 pub struct Subscribe<'a> {
     pub conn: ConnId,
-    pub channel: &'a str,
+    /// Shared with the session, the broker's channel table and the engine's topic table.
+    pub channel: &'a Arc<str>,
     pub ns: &'a NamespaceOptions,
     /// Whether the reply carries the stream position (positioned or recoverable).
     pub positioned: bool,
@@ -197,8 +199,12 @@ impl Broker {
     }
 
     fn entry<'m>(map: &'m mut Stripe, channel: &str) -> &'m mut Channel {
+        Self::entry_with(map, channel, || channel.into())
+    }
+
+    fn entry_with<'m>(map: &'m mut Stripe, channel: &str, owned: impl FnOnce() -> Arc<str>) -> &'m mut Channel {
         if !map.contains_key(channel) {
-            map.insert(channel.into(), Channel::default());
+            map.insert(owned(), Channel::default());
         }
         map.get_mut(channel).expect("inserted")
     }
@@ -248,7 +254,7 @@ impl Broker {
     pub fn subscribe(&self, handle: &EngineHandle, s: Subscribe<'_>) -> Result<Subscribed, ErrorCode> {
         let now = Instant::now();
         let mut map = self.lock(s.channel);
-        let ch = Self::entry(&mut map, s.channel);
+        let ch = Self::entry_with(&mut map, s.channel, || s.channel.clone());
         let mut out = Subscribed::default();
         if let Some(stream) = Self::stream(ch, s.ns, now) {
             if s.positioned {
@@ -258,14 +264,14 @@ impl Broker {
                 out.recovery = Some(stream.recover(epoch, offset, s.recovery_limit));
             }
         }
-        handle.subscribe(s.conn, topic(s.channel)).map_err(|_| ErrorCode::INTERNAL)?;
+        handle.subscribe(s.conn, s.channel.clone()).map_err(|_| ErrorCode::INTERNAL)?;
         if s.join_leave {
-            handle.subscribe(s.conn, &join_leave_topic(s.channel)).map_err(|_| ErrorCode::INTERNAL)?;
+            handle.subscribe(s.conn, join_leave_topic(s.channel)).map_err(|_| ErrorCode::INTERNAL)?;
         }
         ch.add_subscriber(s.conn.shard());
         if let Some(p) = s.presence {
             let info = p.info_json(&s.client);
-            ch.presence.insert(s.client, p);
+            ch.presence.get_or_insert_with(Default::default).insert(s.client, p);
             if s.ns.join_leave {
                 let frame = protocol::push(s.channel, "join", &format!("{{\"info\":{info}}}"));
                 let _ = ch.fan_out(handle, &join_leave_topic(s.channel), &frame);
@@ -287,7 +293,7 @@ impl Broker {
         let Some(ch) = map.get_mut(u.channel) else { return };
         ch.remove_subscriber(u.shard);
         if u.had_presence {
-            if let Some(p) = ch.presence.remove(&u.client) {
+            if let Some(p) = ch.presence.as_mut().and_then(|m| m.remove(&u.client)) {
                 if u.emit_leave {
                     let frame = protocol::push(u.channel, "leave", &format!("{{\"info\":{}}}", p.info_json(&u.client)));
                     let _ = ch.fan_out(handle, &join_leave_topic(u.channel), &frame);
@@ -302,17 +308,18 @@ impl Broker {
     /// Presence of `channel`: (client, entry) pairs.
     pub fn presence(&self, channel: &str) -> Vec<(ClientId, Presence)> {
         let map = self.lock(channel);
-        map.get(channel).map_or_else(Vec::new, |ch| ch.presence.iter().map(|(k, v)| (*k, v.clone())).collect())
+        let Some(presence) = map.get(channel).and_then(|ch| ch.presence.as_ref()) else { return Vec::new() };
+        presence.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 
     /// (clients, distinct users) in `channel`'s presence.
     pub fn presence_stats(&self, channel: &str) -> (usize, usize) {
         let map = self.lock(channel);
-        let Some(ch) = map.get(channel) else { return (0, 0) };
-        let mut users: Vec<&str> = ch.presence.values().map(|p| &*p.user).collect();
+        let Some(presence) = map.get(channel).and_then(|ch| ch.presence.as_ref()) else { return (0, 0) };
+        let mut users: Vec<&str> = presence.values().map(|p| &*p.user).collect();
         users.sort_unstable();
         users.dedup();
-        (ch.presence.len(), users.len())
+        (presence.len(), users.len())
     }
 
     /// A history page and the stream's position. `since` with another epoch is error 112.

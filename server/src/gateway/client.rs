@@ -16,7 +16,7 @@ use super::auth::TokenError;
 use super::broker::{self, client_text, ClientId, Presence, Publish, Subscribe, Unsubscribe};
 use super::config::NamespaceOptions;
 use super::protocol::{self, lines, parse_command, Disconnect, ErrorCode, Obj, Replies, Request};
-use super::session::{sub_flag, Due, Phase, Session, Sub, Timing};
+use super::session::{sub_flag, Due, Ms, Phase, Session, Sub, Timing};
 use super::{Gateway, Notice};
 
 /// The path clients connect to (Centrifugo's default `websocket.handler_prefix`).
@@ -52,6 +52,7 @@ impl GatewayHandler {
     pub fn new(gw: Arc<Gateway>) -> Self {
         let c = &gw.config;
         let timing = Timing {
+            epoch: gw.started,
             ping_interval: c.ping_interval,
             pong_timeout: c.pong_timeout,
             stale_close_delay: c.stale_close_delay,
@@ -212,12 +213,12 @@ impl GatewayHandler {
         s.client = client;
         s.user = Some(user);
         s.conn_info = claims.info.as_ref().map(|i| Arc::from(i.get()));
-        s.expires_at = expire.map(|t| now + Duration::from_secs(t - now_unix));
+        s.expires_at = expire.map_or(Ms::NONE, |t| self.timing.ms(now + Duration::from_secs(t - now_unix)));
         // The first ping at a random point of the second half of the first interval (as Centrifugo), so
         // that a mass reconnect does not ping in step for the rest of the connections' lives.
         let interval = cfg.ping_interval;
         let jitter = Duration::from_nanos(fastrand::u64(0..=(interval.as_nanos() / 2) as u64));
-        s.next_ping = Some(now + interval / 2 + jitter);
+        s.next_ping = self.timing.ms(now + interval / 2 + jitter);
         self.gw.metrics.connected();
 
         let mut subs = Obj::new();
@@ -401,9 +402,8 @@ impl GatewayHandler {
         if a.server_side {
             flags |= sub_flag::SERVER_SIDE;
         }
-        // Most connections hold one or two subscriptions: grow one at a time, not by four.
-        s.subs.reserve_exact(1);
-        s.subs.push(Sub { channel, flags, expires_at: a.expires_at.map(|e| e.0) });
+        let expires_at = a.expires_at.map_or(Ms::NONE, |e| self.timing.ms(e.0));
+        s.subs.push(Sub { channel, flags, expires_at });
 
         let mut result = Obj::new();
         if let Some((_, ttl)) = a.expires_at {
@@ -556,7 +556,8 @@ impl GatewayHandler {
             Some(t) => Some(t),
             None => claims.exp,
         };
-        s.expires_at = expire.map(|t| ctx.now() + Duration::from_secs(t.saturating_sub(now_unix)));
+        s.expires_at =
+            expire.map_or(Ms::NONE, |t| self.timing.ms(ctx.now() + Duration::from_secs(t.saturating_sub(now_unix))));
         let mut result = Obj::new().str("client", &client_text(&s.client)).str("version", env!("CARGO_PKG_VERSION"));
         if let Some(t) = expire {
             result = result.bool_if("expires", true).num("ttl", t.saturating_sub(now_unix));
@@ -587,6 +588,7 @@ impl GatewayHandler {
             return Err(Disconnect::INVALID_TOKEN);
         }
         let now = ctx.now();
+        let timing = self.timing;
         let Some(sub) = s.subs.iter_mut().find(|x| &*x.channel == channel) else {
             self.error(id, ErrorCode::BAD_REQUEST, out);
             return Ok(());
@@ -596,7 +598,7 @@ impl GatewayHandler {
             Some(t) => Some(t),
             None => claims.exp,
         };
-        sub.expires_at = expire.map(|t| now + Duration::from_secs(t.saturating_sub(now_unix)));
+        sub.expires_at = expire.map_or(Ms::NONE, |t| timing.ms(now + Duration::from_secs(t.saturating_sub(now_unix))));
         let mut result = Obj::new();
         if let Some(t) = expire {
             result = result.bool_if("expires", true).num("ttl", t.saturating_sub(now_unix));
@@ -647,7 +649,9 @@ impl GatewayHandler {
                     close = Some(Disconnect::EXPIRED);
                 } else {
                     let now_unix = Gateway::now_unix();
-                    s.expires_at = expire_at.map(|t| ctx.now() + Duration::from_secs(t.saturating_sub(now_unix)));
+                    let now = ctx.now();
+                    s.expires_at = expire_at
+                        .map_or(Ms::NONE, |t| self.timing.ms(now + Duration::from_secs(t.saturating_sub(now_unix))));
                 }
             }
         }
@@ -761,7 +765,7 @@ impl Handler for GatewayHandler {
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
         let now = ctx.now();
         let Some(mut s) = Self::take(ctx, conn) else { return };
-        s.opened = Some(now);
+        s.opened = self.timing.ms(now);
         self.arm(ctx, conn, &s);
         Self::put(ctx, conn, s);
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use tether::ConnId;
 
 use super::broker::ClientId;
@@ -14,7 +15,8 @@ const STRIPES: usize = 32;
 
 #[derive(Default)]
 struct Stripe {
-    users: HashMap<Arc<str>, Vec<(ConnId, ClientId)>>,
+    /// Most users hold one connection: it lives inline in the entry.
+    users: HashMap<Arc<str>, SmallVec<[(ConnId, ClientId); 1]>>,
     clients: HashMap<ClientId, ConnId>,
 }
 
@@ -45,7 +47,6 @@ impl Registry {
             if limit > 0 && !user.is_empty() && list.len() >= limit {
                 return false;
             }
-            list.reserve_exact(1);
             list.push((conn, client));
         }
         self.stripes[hash(&client)].lock().clients.insert(client, conn);
@@ -81,7 +82,7 @@ impl Registry {
         }
         let s = self.stripes[hash(user.as_bytes())].lock();
         let Some(list) = s.users.get(user) else { return Vec::new() };
-        list.iter().filter(|(_, c)| client.is_none_or(|want| *c == want)).copied().collect()
+        list.iter().filter(|(_, c)| client.is_none_or(|want| *c == want)).copied().collect::<Vec<_>>()
     }
 
     /// (connected clients, distinct users) on this node.
@@ -97,7 +98,7 @@ impl Registry {
             let s = stripe.lock();
             clients += s.clients.len();
             users += s.users.keys().filter(|u| !u.is_empty()).count();
-            anonymous += s.users.get("").map_or(0, Vec::len);
+            anonymous += s.users.get("").map_or(0, |l| l.len());
         }
         (clients, users, anonymous)
     }

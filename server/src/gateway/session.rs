@@ -2,9 +2,15 @@
 //! deadlines: no `connect` within `stale_close_delay` (3502), the next `{}` ping, the pong deadline (3012),
 //! the connection's and each subscription's expiry. The shard's wheel holds one timer per connection, at
 //! [`Session::next_deadline`]; [`Session::due`] says what is due when it fires. No I/O, no clock reads.
+//!
+//! Memory matters here (one per connection, hundreds of thousands per node): deadlines are kept as
+//! milliseconds since the gateway's epoch (8 bytes, 0 = none) rather than `Option<Instant>` (16), and the
+//! first subscription lives inline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use smallvec::SmallVec;
 
 use super::broker::ClientId;
 use super::protocol::Disconnect;
@@ -15,6 +21,39 @@ pub enum Phase {
     #[default]
     Fresh,
     Connected,
+}
+
+/// A point in time as milliseconds since the gateway's epoch, plus one; 0 means "none".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ms(u64);
+
+impl Ms {
+    pub const NONE: Ms = Ms(0);
+
+    pub fn at(epoch: Instant, t: Instant) -> Ms {
+        Ms(t.saturating_duration_since(epoch).as_millis() as u64 + 1)
+    }
+
+    pub fn is_some(self) -> bool {
+        self.0 != 0
+    }
+
+    pub fn plus(self, d: Duration) -> Ms {
+        if self.is_some() {
+            Ms(self.0 + d.as_millis() as u64)
+        } else {
+            self
+        }
+    }
+
+    pub fn instant(self, epoch: Instant) -> Option<Instant> {
+        self.is_some().then(|| epoch + Duration::from_millis(self.0 - 1))
+    }
+
+    /// Whether this deadline exists and has come at `now`.
+    pub fn passed(self, now: Ms) -> bool {
+        self.is_some() && now >= self
+    }
 }
 
 /// Flags of one subscription.
@@ -32,9 +71,9 @@ pub mod sub_flag {
 #[derive(Clone, Debug)]
 pub struct Sub {
     pub channel: Arc<str>,
-    pub flags: u8,
     /// When its subscription token expires (refreshed by `sub_refresh`).
-    pub expires_at: Option<Instant>,
+    pub expires_at: Ms,
+    pub flags: u8,
 }
 
 impl Sub {
@@ -51,22 +90,29 @@ pub struct Session {
     pub user: Option<Arc<str>>,
     /// The token's `info` (raw JSON), shown in presence, join/leave and publications.
     pub conn_info: Option<Arc<str>>,
-    pub subs: Vec<Sub>,
-    pub opened: Option<Instant>,
-    pub next_ping: Option<Instant>,
-    pub pong_deadline: Option<Instant>,
+    pub subs: SmallVec<[Sub; 1]>,
+    pub opened: Ms,
+    pub next_ping: Ms,
+    pub pong_deadline: Ms,
     /// When the connection's token expires (`exp` / `expire_at`).
-    pub expires_at: Option<Instant>,
+    pub expires_at: Ms,
 }
 
-/// Deadlines the session needs from the config.
+/// Deadlines the session needs from the config, and the epoch its `Ms` count from.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
+    pub epoch: Instant,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub stale_close_delay: Duration,
     pub expired_close_delay: Duration,
     pub expired_sub_close_delay: Duration,
+}
+
+impl Timing {
+    pub fn ms(&self, t: Instant) -> Ms {
+        Ms::at(self.epoch, t)
+    }
 }
 
 /// What is due at a timer.
@@ -95,48 +141,52 @@ impl Session {
 
     /// The earliest deadline the wheel must wake this connection at.
     pub fn next_deadline(&self, t: &Timing) -> Option<Instant> {
-        match self.phase {
-            Phase::Fresh => self.opened.map(|o| o + t.stale_close_delay),
+        let next = match self.phase {
+            Phase::Fresh => self.opened.plus(t.stale_close_delay),
             Phase::Connected => {
-                let subs = self.subs.iter().filter_map(|s| s.expires_at).map(|e| e + t.expired_sub_close_delay);
-                [self.next_ping, self.pong_deadline, self.expires_at.map(|e| e + t.expired_close_delay)]
+                let subs = self.subs.iter().map(|s| s.expires_at.plus(t.expired_sub_close_delay));
+                [self.next_ping, self.pong_deadline, self.expires_at.plus(t.expired_close_delay)]
                     .into_iter()
-                    .flatten()
                     .chain(subs)
+                    .filter(|m| m.is_some())
                     .min()
+                    .unwrap_or(Ms::NONE)
             }
-        }
+        };
+        next.instant(t.epoch)
     }
 
     /// What is due at `now`, in order of precedence: closes first, then expired subscriptions, then a ping
     /// (which starts the pong deadline).
     pub fn due(&mut self, now: Instant, t: &Timing) -> Due {
+        let now = t.ms(now);
         if self.phase == Phase::Fresh {
-            return match self.opened {
-                Some(o) if now >= o + t.stale_close_delay => Due::Close(Disconnect::STALE),
-                _ => Due::Nothing,
+            return if self.opened.plus(t.stale_close_delay).passed(now) {
+                Due::Close(Disconnect::STALE)
+            } else {
+                Due::Nothing
             };
         }
-        if self.pong_deadline.is_some_and(|d| now >= d) {
+        if self.pong_deadline.passed(now) {
             return Due::Close(Disconnect::NO_PONG);
         }
-        if self.expires_at.is_some_and(|e| now >= e + t.expired_close_delay) {
+        if self.expires_at.plus(t.expired_close_delay).passed(now) {
             return Due::Close(Disconnect::EXPIRED);
         }
         let expired: Vec<Arc<str>> = self
             .subs
             .iter()
-            .filter(|s| s.expires_at.is_some_and(|e| now >= e + t.expired_sub_close_delay))
+            .filter(|s| s.expires_at.plus(t.expired_sub_close_delay).passed(now))
             .map(|s| s.channel.clone())
             .collect();
         if !expired.is_empty() {
             return Due::ExpiredSubs(expired);
         }
-        if self.next_ping.is_some_and(|p| now >= p) {
-            if self.pong_deadline.is_none() {
-                self.pong_deadline = Some(now + t.pong_timeout);
+        if self.next_ping.passed(now) {
+            if !self.pong_deadline.is_some() {
+                self.pong_deadline = now.plus(t.pong_timeout);
             }
-            self.next_ping = Some(now + t.ping_interval);
+            self.next_ping = now.plus(t.ping_interval);
             return Due::Ping;
         }
         Due::Nothing
@@ -144,7 +194,7 @@ impl Session {
 
     /// A sign of life from the client (its `{}` pong, or any command): the pong deadline is met.
     pub fn alive(&mut self) {
-        self.pong_deadline = None;
+        self.pong_deadline = Ms::NONE;
     }
 }
 
@@ -154,6 +204,7 @@ mod tests {
 
     fn timing() -> Timing {
         Timing {
+            epoch: Instant::now(),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             stale_close_delay: Duration::from_secs(10),
@@ -162,43 +213,59 @@ mod tests {
         }
     }
 
+    const S: Duration = Duration::from_secs(1);
+
     #[test]
     fn stale_without_connect() {
         let t = timing();
-        let now = Instant::now();
-        let mut s = Session { opened: Some(now), ..Session::default() };
-        assert_eq!(s.next_deadline(&t), Some(now + Duration::from_secs(10)));
-        assert_eq!(s.due(now + Duration::from_secs(9), &t), Due::Nothing);
-        assert_eq!(s.due(now + Duration::from_secs(10), &t), Due::Close(Disconnect::STALE));
+        let now = t.epoch + S;
+        let mut s = Session { opened: t.ms(now), ..Session::default() };
+        assert_eq!(s.next_deadline(&t), Some(now + 10 * S));
+        assert_eq!(s.due(now + 9 * S, &t), Due::Nothing);
+        assert_eq!(s.due(now + 10 * S, &t), Due::Close(Disconnect::STALE));
     }
 
     #[test]
     fn ping_then_pong_deadline() {
         let t = timing();
-        let now = Instant::now();
-        let mut s = Session { phase: Phase::Connected, next_ping: Some(now), ..Session::default() };
+        let now = t.epoch + S;
+        let mut s = Session { phase: Phase::Connected, next_ping: t.ms(now), ..Session::default() };
         assert_eq!(s.due(now, &t), Due::Ping);
-        assert_eq!(s.pong_deadline, Some(now + Duration::from_secs(8)));
-        assert_eq!(s.next_deadline(&t), Some(now + Duration::from_secs(8)));
+        assert_eq!(s.pong_deadline.instant(t.epoch), Some(now + 8 * S));
+        assert_eq!(s.next_deadline(&t), Some(now + 8 * S));
         s.alive();
-        assert_eq!(s.next_deadline(&t), Some(now + Duration::from_secs(25)), "answered: next is the next ping");
-        assert_eq!(s.due(now + Duration::from_secs(25), &t), Due::Ping);
-        assert_eq!(s.due(now + Duration::from_secs(33), &t), Due::Close(Disconnect::NO_PONG));
+        assert_eq!(s.next_deadline(&t), Some(now + 25 * S), "answered: next is the next ping");
+        assert_eq!(s.due(now + 25 * S, &t), Due::Ping);
+        assert_eq!(s.due(now + 33 * S, &t), Due::Close(Disconnect::NO_PONG));
     }
 
     #[test]
     fn expiry_and_expired_subscriptions() {
         let t = timing();
-        let now = Instant::now();
+        let now = t.epoch + S;
         let mut s = Session {
             phase: Phase::Connected,
-            expires_at: Some(now + Duration::from_secs(60)),
-            subs: vec![Sub { channel: "a".into(), flags: 0, expires_at: Some(now + Duration::from_secs(5)) }],
+            expires_at: t.ms(now + 60 * S),
+            subs: smallvec::smallvec![Sub { channel: "a".into(), flags: 0, expires_at: t.ms(now + 5 * S) }],
             ..Session::default()
         };
-        assert_eq!(s.next_deadline(&t), Some(now + Duration::from_secs(30)));
-        assert_eq!(s.due(now + Duration::from_secs(30), &t), Due::ExpiredSubs(vec!["a".into()]));
+        assert_eq!(s.next_deadline(&t), Some(now + 30 * S));
+        assert_eq!(s.due(now + 30 * S, &t), Due::ExpiredSubs(vec!["a".into()]));
         s.subs.clear();
-        assert_eq!(s.due(now + Duration::from_secs(85), &t), Due::Close(Disconnect::EXPIRED));
+        assert_eq!(s.due(now + 85 * S, &t), Due::Close(Disconnect::EXPIRED));
+    }
+
+    #[test]
+    fn nothing_armed_nothing_due() {
+        let t = timing();
+        let mut s = Session { phase: Phase::Connected, ..Session::default() };
+        assert_eq!(s.next_deadline(&t), None);
+        assert_eq!(s.due(t.epoch + 100 * S, &t), Due::Nothing);
+    }
+
+    #[test]
+    fn a_session_stays_small() {
+        // Slot state for every connection of the node: keep it in check (was 144 bytes with Instants and a Vec).
+        assert!(std::mem::size_of::<Session>() <= 128, "{}", std::mem::size_of::<Session>());
     }
 }
