@@ -39,26 +39,34 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
-# --- Python test dependencies: websockets >= 13 and pytest ------------------------------------------
+# --- Python test dependencies: websockets >= 13, pytest, and the gateway tests' stock clients ------------
+# (centrifuge-python 0.7.x SDK, cent 5.x server API client, PyJWT for tokens; tests/python/test_gateway_*.py)
 PY=python3
-py_ready() { "$1" -c 'import pytest, websockets; assert int(websockets.__version__.split(".")[0]) >= 13' 2>/dev/null; }
+PY_DEPS=('websockets>=13' pytest 'centrifuge-python>=0.7,<0.8' 'cent>=5.2,<6' 'PyJWT>=2.8')
+py_ready() {
+    "$1" -c 'import pytest, websockets, centrifuge, cent, jwt
+assert int(websockets.__version__.split(".")[0]) >= 13
+from centrifuge.__meta__ import __version__ as v; assert v.startswith("0.7."), v' 2>/dev/null
+}
 if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
     if py_ready "$ROOT/.venv/bin/python"; then
         PY=$ROOT/.venv/bin/python
     elif ! py_ready python3; then
-        log "installing Python test dependencies (websockets, pytest)"
+        log "installing Python test dependencies (${PY_DEPS[*]})"
         python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip python3-venv
-        if ! python3 -m pip install -q --disable-pip-version-check 'websockets>=13' pytest 2>/dev/null; then
+        if ! python3 -m pip install -q --disable-pip-version-check "${PY_DEPS[@]}" 2>/dev/null; then
             # PEP 668 (Debian's externally managed Python): use a project-local venv (.venv is ignored).
             python3 -m venv "$ROOT/.venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$ROOT/.venv"; }
-            "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check 'websockets>=13' pytest
+            "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_DEPS[@]}"
             PY=$ROOT/.venv/bin/python
         fi
-        py_ready "$PY" || die "could not install websockets>=13 and pytest for $PY"
+        py_ready "$PY" || die "could not install the Python test dependencies (${PY_DEPS[*]}) for $PY"
     fi
 fi
 
 export TETHER_PYTHON=$PY   # the loadgen tests start a Python `websockets` server with it
+
+[ -f tests/node/setup.sh ] && bash tests/node/setup.sh
 
 # --- build -----------------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}

@@ -3,7 +3,7 @@
 
     benches/scripts/fanout.py [--servers tether,bun] [--shapes one,personal] [--subscribers 100000]
                               [--one-rate 5] [--personal-rate 20000] [--personal-batch 1000]
-                              [--duration 20s] [--history] [--out DIR]
+                              [--duration 20s] [--publish-concurrency 8] [--history] [--out DIR]
 
 Shapes (both with --subscribers connections, one subscription each):
   one       one channel that every connection subscribes to; --one-rate publications/s through POST
@@ -105,7 +105,7 @@ def start_server(name, port, history, workdir, connections):
         path = workdir / f"gateway-{name}.json"
         path.write_text(json.dumps(cfg))
         cmd = [str(BIN_DIR / "tetherd"), "--listen", f"127.0.0.1:{port}", "--gateway", str(path), "--log", "warn",
-               "--max-connections", str(connections + 1000)]
+               "--max-connections", str(connections + 1000), "--shards", str(SHARDS)]
         ready = "tetherd listening on"
     else:
         cmd = [BUN, str(ROOT / "benches/bun/gateway.js")]
@@ -144,6 +144,7 @@ def run_one(shape, name, args, port, workdir):
         "--token-secret", SECRET, "--api-key", API_KEY, "--connections", str(n), "--rate", "20000/s",
         "--duration", args.duration, "--ping-interval", "0", "--channel-prefix", "bench:",
         "--subscriptions-per-connection", "1", "--json", str(report), "--close-wait", "10s",
+        "--publish-concurrency", str(args.publish_concurrency),
     ]
     if shape == "one":
         load += ["--channels", "1", "--publish-rate", f"{args.one_rate}/s"]
@@ -184,6 +185,7 @@ def run_one(shape, name, args, port, workdir):
         "deliveries_per_s": round(d["total"] / max(end - start, 1e-9)),
         "p50_ms": c["latency_us"]["p50"] / 1000,
         "p99_ms": c["latency_us"]["p99"] / 1000,
+        "api_p50_ms": c["api_request_us"]["p50"] / 1000,
         "server_cpu_s": round(server_cpu, 2),
         "deliveries_per_server_cpu_s": round(d["total"] / server_cpu) if server_cpu > 0 else None,
         "client_cpu_s": round(client_cpu, 2),
@@ -192,7 +194,7 @@ def run_one(shape, name, args, port, workdir):
 
 
 def main():
-    global BIN_DIR, BUN
+    global BIN_DIR, BUN, SHARDS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default="tether,bun")
     ap.add_argument("--shapes", default="one,personal")
@@ -201,10 +203,14 @@ def main():
     ap.add_argument("--personal-rate", type=float, default=20_000)
     ap.add_argument("--personal-batch", type=int, default=1000)
     ap.add_argument("--duration", default="20s")
+    ap.add_argument("--publish-concurrency", type=int, default=8,
+                    help="API publisher threads in tether-load (1: one request at a time, a closed-loop publisher)")
     ap.add_argument("--history", action="store_true", help="also run tetherd with history and recovery on")
+    ap.add_argument("--tether-shards", type=int, default=0, help="tetherd --shards (0: one per core)")
     ap.add_argument("--out", default=str(ROOT / "target/fanout" / time.strftime("%Y%m%d-%H%M%S")))
     args = ap.parse_args()
     BIN_DIR = pathlib.Path(os.environ.get("BIN_DIR", ROOT / "target/release"))
+    SHARDS = args.tether_shards
     servers = args.servers.split(",") + (["tether+history"] if args.history else [])
     if "bun" in servers:
         BUN = os.environ.get("BUN") or subprocess.check_output(["bash", str(ROOT / "benches/bun/setup.sh")], text=True).strip()
@@ -221,7 +227,7 @@ def main():
             rows.append(row)
             time.sleep(2)
     head = ["shape", "server", "established", "publications", "deliveries", "missing", "window_s", "deliveries_per_s",
-            "p50_ms", "p99_ms", "server_cpu_s", "deliveries_per_server_cpu_s", "client_cpu_s", "server_rss_mib_at_end"]
+            "p50_ms", "p99_ms", "api_p50_ms", "server_cpu_s", "deliveries_per_server_cpu_s", "client_cpu_s", "server_rss_mib_at_end"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(h)) for h in head) + " |")

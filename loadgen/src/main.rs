@@ -97,6 +97,10 @@ struct CentrifugoArgs {
     /// Channels per API request: above 1, one /api/broadcast request publishes to that many channels.
     #[arg(long, default_value_t = 1)]
     publish_batch: u32,
+    /// API publisher threads (each its own requests, its share of the rate): above 1 the publication rate no
+    /// longer waits on one answer at a time (an open-loop publisher).
+    #[arg(long, default_value_t = 1)]
+    publish_concurrency: u32,
     /// Pad each publication's data to at least this many bytes (0 = {"t":..,"s":..} only).
     #[arg(long, default_value_t = 0)]
     publication_size: usize,
@@ -303,6 +307,7 @@ fn centrifugo_config(
         api,
         api_key: a.api_key.clone(),
         publish_batch: a.publish_batch,
+        publish_concurrency: a.publish_concurrency.max(1),
         publication_size: a.publication_size,
         reconnect_every: Some(a.reconnect_every).filter(|d| !d.is_zero()),
     }))

@@ -334,6 +334,15 @@ impl Ring {
         }
         let mut pieces = std::mem::take(&mut self.pieces);
         buf.pieces(offset, MAX_IOV, &mut pieces);
+        if let [(ptr, len)] = pieces[..] {
+            // One piece (a shared frame alone, the common fan-out case): a plain `send`, no header to build.
+            self.pieces = pieces;
+            self.sends[idx] = Some(InFlightSend { buf, offset, _msg: None });
+            let len = len.min(u32::MAX as usize) as u32;
+            let e = opcode::Send::new(self.fx(slot), ptr, len).flags(libc::MSG_NOSIGNAL).build().user_data(token);
+            self.push(e);
+            return;
+        }
         let iov: Vec<libc::iovec> =
             pieces.iter().map(|&(p, n)| libc::iovec { iov_base: p as *mut libc::c_void, iov_len: n }).collect();
         self.pieces = pieces;

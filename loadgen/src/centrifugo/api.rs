@@ -51,10 +51,10 @@ impl ApiTarget {
     }
 }
 
-/// A running publisher; [`Publisher::stop`] ends it and returns its counts.
+/// A running publisher (`publish_concurrency` threads); [`Publisher::stop`] ends it and returns its counts.
 pub struct Publisher {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<ApiStats>,
+    threads: Vec<JoinHandle<ApiStats>>,
 }
 
 impl Publisher {
@@ -62,19 +62,26 @@ impl Publisher {
     /// over the whole run; `connections` sizes the expected deliveries.
     pub fn start(cfg: Arc<CentrifugoConfig>, connections: u64, epoch: Instant, seq: Arc<AtomicU64>) -> Publisher {
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("api-publisher".into())
-                .spawn(move || publish_loop(&cfg, connections, epoch, &seq, &stop))
-                .expect("spawn the API publisher")
-        };
-        Publisher { stop, thread }
+        let lanes = cfg.publish_concurrency.max(1);
+        let threads = (0..lanes)
+            .map(|lane| {
+                let (cfg, seq, stop) = (cfg.clone(), seq.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name(format!("api-publisher-{lane}"))
+                    .spawn(move || publish_loop(&cfg, connections, epoch, &seq, &stop, lane, lanes))
+                    .expect("spawn the API publisher")
+            })
+            .collect();
+        Publisher { stop, threads }
     }
 
     pub fn stop(self) -> ApiStats {
         self.stop.store(true, Relaxed);
-        self.thread.join().unwrap_or_default()
+        let mut total = ApiStats::default();
+        for t in self.threads {
+            total.merge(t.join().unwrap_or_default());
+        }
+        total
     }
 }
 
@@ -84,26 +91,31 @@ fn publish_loop(
     epoch: Instant,
     seq: &AtomicU64,
     stop: &AtomicBool,
+    lane: u32,
+    lanes: u32,
 ) -> ApiStats {
     let mut stats = ApiStats::default();
     if cfg.publish_rate <= 0.0 {
         return stats;
     }
     let batch = cfg.publish_batch.clamp(1, cfg.channels) as u64;
+    // This lane's share: 1/lanes of the rate, and every lanes-th batch of channels.
+    let rate = cfg.publish_rate / lanes as f64;
     let start = Instant::now();
-    let mut next_channel = 0u32;
+    let mut next_channel = ((lane as u64 * batch) % cfg.channels as u64) as u32;
+    let step = ((lanes as u64 * batch) % cfg.channels as u64) as u32;
     let mut body = String::new();
     let mut data = String::new();
     while !stop.load(Relaxed) {
         // The batch is due when the rate has earned all of its publications.
-        let due_at = start + Duration::from_secs_f64((stats.attempted + batch) as f64 / cfg.publish_rate);
+        let due_at = start + Duration::from_secs_f64((stats.attempted + batch) as f64 / rate);
         let now = Instant::now();
         if now < due_at {
             std::thread::sleep((due_at - now).min(Duration::from_millis(5)));
             continue;
         }
         let channels: Vec<u32> = (0..batch as u32).map(|i| (next_channel + i) % cfg.channels).collect();
-        next_channel = (next_channel + batch as u32) % cfg.channels;
+        next_channel = ((next_channel as u64 + step as u64) % cfg.channels as u64) as u32;
         data.clear();
         let sent_ns = epoch.elapsed().as_nanos() as u64;
         publication_data(&mut data, sent_ns, seq.fetch_add(1, Relaxed), cfg.publication_size);

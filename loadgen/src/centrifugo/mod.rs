@@ -63,6 +63,8 @@ pub struct CentrifugoConfig {
     pub api_key: Option<String>,
     /// Channels per API request: more than 1 publishes the same data to that many channels with `broadcast`.
     pub publish_batch: u32,
+    /// API publisher threads, each with its share of the rate and of the channels (1 = one request at a time).
+    pub publish_concurrency: u32,
     /// Publication data padded to at least this many bytes.
     pub publication_size: usize,
     /// Each connection closes itself once per period, at a random point of it, and recovers.
@@ -137,6 +139,7 @@ mod tests {
             api: ApiTarget::parse("http://127.0.0.1:8000/api").unwrap(),
             api_key: None,
             publish_batch: 1,
+            publish_concurrency: 1,
             publication_size: 0,
             reconnect_every: None,
         }

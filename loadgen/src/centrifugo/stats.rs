@@ -152,6 +152,24 @@ impl Default for ApiStats {
     }
 }
 
+impl ApiStats {
+    /// Adds another publisher thread's counts.
+    pub fn merge(&mut self, other: ApiStats) {
+        self.requests += other.requests;
+        self.attempted += other.attempted;
+        self.published += other.published;
+        self.expected_deliveries += other.expected_deliveries;
+        for (code, n) in other.errors_by_code {
+            *self.errors_by_code.entry(code).or_default() += n;
+        }
+        for (why, n) in other.failures {
+            *self.failures.entry(why).or_default() += n;
+        }
+        self.unanswered += other.unanswered;
+        let _ = self.request_us.add(&other.request_us);
+    }
+}
+
 /// How the run went, for the report.
 pub struct Phases {
     /// From the end of the ramp until every subscription was answered.

@@ -30,8 +30,11 @@ impl From<ErrorCode> for ApiError {
     }
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(ErrorCode::BAD_REQUEST, message.into())
+/// A bad request: answered with Centrifugo's message ("bad request", which clients may match on); what was
+/// wrong is logged (debug).
+fn bad(detail: impl Into<String>) -> ApiError {
+    tracing::debug!(detail = %detail.into(), "api bad request");
+    ErrorCode::BAD_REQUEST.into()
 }
 
 /// Sends a notice to a shard's handler; false when its queue refused it.
