@@ -66,7 +66,8 @@ fi
 
 export TETHER_PYTHON=$PY   # the loadgen tests start a Python `websockets` server with it
 
-[ -f tests/node/setup.sh ] && bash tests/node/setup.sh
+# Node: centrifuge-js and ws for the gateway tests driven by tests/python/test_gateway_js.py.
+bash tests/node/setup.sh
 
 # --- build -----------------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
