@@ -407,6 +407,7 @@ mod tests {
             api: ApiTarget::parse("http://127.0.0.1:1/api").unwrap(),
             api_key: None,
             publish_batch: 1,
+            publish_concurrency: 1,
             publication_size: 0,
             reconnect_every: None,
         };
