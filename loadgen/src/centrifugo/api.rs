@@ -101,14 +101,15 @@ fn publish_loop(
     let batch = cfg.publish_batch.clamp(1, cfg.channels) as u64;
     // This lane's share: 1/lanes of the rate, and every lanes-th batch of channels.
     let rate = cfg.publish_rate / lanes as f64;
-    let start = Instant::now();
+    // Lanes are staggered over one period of the total rate, so together they publish evenly, not in bursts.
+    let start = Instant::now() + Duration::from_secs_f64(lane as f64 / cfg.publish_rate);
     let mut next_channel = ((lane as u64 * batch) % cfg.channels as u64) as u32;
     let step = ((lanes as u64 * batch) % cfg.channels as u64) as u32;
     let mut body = String::new();
     let mut data = String::new();
     while !stop.load(Relaxed) {
-        // The batch is due when the rate has earned all of its publications.
-        let due_at = start + Duration::from_secs_f64((stats.attempted + batch) as f64 / rate);
+        // Batch n is due at n batch periods after this lane's start (the first at once).
+        let due_at = start + Duration::from_secs_f64(stats.attempted as f64 / rate);
         let now = Instant::now();
         if now < due_at {
             std::thread::sleep((due_at - now).min(Duration::from_millis(5)));
