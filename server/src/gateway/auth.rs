@@ -74,6 +74,30 @@ pub struct SubscribeClaims {
     pub data: Option<Box<RawValue>>,
 }
 
+/// When a token makes its connection or subscription expire (unix seconds): `expire_at` when the token has
+/// it (0: never), else `exp`.
+pub fn expiry(exp: Option<u64>, expire_at: Option<u64>) -> Option<u64> {
+    match expire_at {
+        Some(0) => None,
+        Some(t) => Some(t),
+        None => exp,
+    }
+}
+
+impl ConnectClaims {
+    /// See [`expiry`].
+    pub fn expiry(&self) -> Option<u64> {
+        expiry(self.exp, self.expire_at)
+    }
+}
+
+impl SubscribeClaims {
+    /// See [`expiry`].
+    pub fn expiry(&self) -> Option<u64> {
+        expiry(self.exp, self.expire_at)
+    }
+}
+
 /// Verifies tokens against one key set (`client.token` or `client.subscription_token`).
 #[derive(Clone)]
 pub struct Verifier {

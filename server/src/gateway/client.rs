@@ -66,6 +66,11 @@ impl GatewayHandler {
         &self.gw
     }
 
+    /// The shard-clock deadline of an expiry given in unix seconds (`None`: never).
+    fn expiry_deadline(&self, now: Instant, expire_unix: Option<u64>, now_unix: u64) -> Ms {
+        expire_unix.map_or(Ms::NONE, |t| self.timing.ms(now + Duration::from_secs(t.saturating_sub(now_unix))))
+    }
+
     fn arm(&self, ctx: &mut Ctx<'_, Self>, conn: ConnId, session: &Session) {
         match session.next_deadline(&self.timing) {
             Some(at) => ctx.set_timer(conn, at),
@@ -194,11 +199,7 @@ impl GatewayHandler {
                 }
             }
         };
-        let expire = match claims.expire_at {
-            Some(0) => None,
-            Some(t) => Some(t),
-            None => claims.exp,
-        };
+        let expire = claims.expiry();
         if expire.is_some_and(|t| t <= now_unix) {
             self.error(id, ErrorCode::TOKEN_EXPIRED, out);
             return Ok(());
@@ -213,7 +214,7 @@ impl GatewayHandler {
         s.client = client;
         s.user = Some(user);
         s.conn_info = claims.info.as_ref().map(|i| Arc::from(i.get()));
-        s.expires_at = expire.map_or(Ms::NONE, |t| self.timing.ms(now + Duration::from_secs(t - now_unix)));
+        s.expires_at = self.expiry_deadline(now, expire, now_unix);
         // The first ping at a random point of the second half of the first interval (as Centrifugo), so
         // that a mass reconnect does not ping in step for the rest of the connections' lives.
         let interval = cfg.ping_interval;
@@ -291,15 +292,9 @@ impl GatewayHandler {
                     }
                     chan_info = c.info.as_ref().map(|i| Arc::from(i.get()));
                     data = c.data.as_ref().map(|d| Arc::from(d.get()));
-                    let exp = match c.expire_at {
-                        Some(0) => None,
-                        Some(t) => Some(t),
-                        None => c.exp,
-                    };
-                    if let Some(t) = exp {
-                        let now_unix = Gateway::now_unix();
-                        expires_at =
-                            Some((ctx.now() + Duration::from_secs(t.saturating_sub(now_unix)), t - now_unix.min(t)));
+                    if let Some(t) = c.expiry() {
+                        let ttl = t.saturating_sub(Gateway::now_unix());
+                        expires_at = Some((ctx.now() + Duration::from_secs(ttl), ttl));
                     }
                 }
                 Err(TokenError::Expired) => {
@@ -551,13 +546,8 @@ impl GatewayHandler {
         if claims.user != s.user() {
             return Err(Disconnect::INVALID_TOKEN);
         }
-        let expire = match claims.expire_at {
-            Some(0) => None,
-            Some(t) => Some(t),
-            None => claims.exp,
-        };
-        s.expires_at =
-            expire.map_or(Ms::NONE, |t| self.timing.ms(ctx.now() + Duration::from_secs(t.saturating_sub(now_unix))));
+        let expire = claims.expiry();
+        s.expires_at = self.expiry_deadline(ctx.now(), expire, now_unix);
         let mut result = Obj::new().str("client", &client_text(&s.client)).str("version", env!("CARGO_PKG_VERSION"));
         if let Some(t) = expire {
             result = result.bool_if("expires", true).num("ttl", t.saturating_sub(now_unix));
@@ -587,18 +577,13 @@ impl GatewayHandler {
         if claims.channel != channel || claims.user != s.user() {
             return Err(Disconnect::INVALID_TOKEN);
         }
-        let now = ctx.now();
-        let timing = self.timing;
+        let expire = claims.expiry();
+        let deadline = self.expiry_deadline(ctx.now(), expire, now_unix);
         let Some(sub) = s.subs.iter_mut().find(|x| &*x.channel == channel) else {
             self.error(id, ErrorCode::BAD_REQUEST, out);
             return Ok(());
         };
-        let expire = match claims.expire_at {
-            Some(0) => None,
-            Some(t) => Some(t),
-            None => claims.exp,
-        };
-        sub.expires_at = expire.map_or(Ms::NONE, |t| timing.ms(now + Duration::from_secs(t.saturating_sub(now_unix))));
+        sub.expires_at = deadline;
         let mut result = Obj::new();
         if let Some(t) = expire {
             result = result.bool_if("expires", true).num("ttl", t.saturating_sub(now_unix));
@@ -648,10 +633,7 @@ impl GatewayHandler {
                 if expired {
                     close = Some(Disconnect::EXPIRED);
                 } else {
-                    let now_unix = Gateway::now_unix();
-                    let now = ctx.now();
-                    s.expires_at = expire_at
-                        .map_or(Ms::NONE, |t| self.timing.ms(now + Duration::from_secs(t.saturating_sub(now_unix))));
+                    s.expires_at = self.expiry_deadline(ctx.now(), expire_at, Gateway::now_unix());
                 }
             }
         }
@@ -892,10 +874,8 @@ impl Handler for GatewayHandler {
             return;
         }
         self.next_sweep = Some(now + SWEEP_EVERY);
-        if self.next_sweep.is_some() {
-            let cfg = &self.gw.config;
-            self.gw.broker.sweep(Instant::now(), |name| cfg.namespace_for(name).cloned());
-        }
+        let cfg = &self.gw.config;
+        self.gw.broker.sweep(now, |name| cfg.namespace_for(name).cloned());
     }
 
     fn on_notice(&mut self, ctx: &mut Ctx<'_, Self>, notice: Notice) {

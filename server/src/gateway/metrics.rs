@@ -85,10 +85,6 @@ impl GatewayMetrics {
     pub fn api_call(&self, method: &str, status: u16) {
         *self.api.lock().entry((method.to_string(), status)).or_default() += 1;
     }
-
-    pub fn api_calls(&self, method: &str) -> u64 {
-        self.api.lock().iter().filter(|((m, _), _)| m == method).map(|(_, n)| *n).sum()
-    }
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
