@@ -23,28 +23,17 @@ const PER_CHANNEL: u64 = CONNECTIONS * SUBS / CHANNELS;
 /// Runs tether-load against `url` (API on the same address, key and secret of the stand-in and of the
 /// gateway config below) with `extra` flags; the report's `centrifugo` section and the whole report.
 fn load(name: &str, url: &str, extra: &[&str]) -> (Value, Value) {
+    let shape = ["--connections", "200", "--rate", "2000/s", "--channels", "10", "--subscriptions-per-connection", "2"];
+    load_shaped(name, url, &shape, extra)
+}
+
+/// As [`load`] with the connections, channels and subscriptions given in `shape`.
+fn load_shaped(name: &str, url: &str, shape: &[&str], extra: &[&str]) -> (Value, Value) {
     let dir = scratch(name);
     let json = dir.join("report.json");
-    let mut args = vec![
-        "run",
-        "--url",
-        url,
-        "--protocol",
-        "centrifugo",
-        "--token-secret",
-        "s",
-        "--api-key",
-        "k",
-        "--connections",
-        "200",
-        "--rate",
-        "2000/s",
-        "--channels",
-        "10",
-        "--subscriptions-per-connection",
-        "2",
-        "--quiet",
-    ];
+    let mut args =
+        vec!["run", "--url", url, "--protocol", "centrifugo", "--token-secret", "s", "--api-key", "k", "--quiet"];
+    args.extend_from_slice(shape);
     args.extend_from_slice(extra);
     let run = tether_load(&args, Some(&json), Duration::from_secs(90));
     assert_eq!(run.code, Some(0), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
@@ -224,5 +213,30 @@ fn tetherd_gateway_recovers_every_offset_across_reconnects() {
     let (c, r) =
         load("cf-tetherd-cycle", &url, &["--publish-rate", "200/s", "--reconnect-every", "2s", "--duration", "8s"]);
     assert_exact(&c, &r);
+    recovered(&c);
+}
+
+/// One channel with more subscribers per shard than the engine delivers in one chunk (2,048): each
+/// publication goes out over several loop iterations, while publications keep arriving and clients keep
+/// leaving and recovering. Every subscriber must still get every offset exactly once, in order.
+#[test]
+fn tetherd_gateway_chunked_fan_out_keeps_order_and_recovery_exact() {
+    let Some(server) = tetherd_gateway("cf-tetherd-big") else { return };
+    let url = format!("ws://127.0.0.1:{}", server.port);
+    let connections = 6000u64;
+    let shape = ["--connections", "6000", "--rate", "6000/s", "--channels", "1", "--subscriptions-per-connection", "1"];
+    let extra = ["--publish-rate", "20/s", "--publish-concurrency", "4", "--reconnect-every", "3s", "--duration", "6s"];
+    let (c, r) = load_shaped("cf-tetherd-big", &url, &shape, &extra);
+    assert_eq!(u(&r, "connections.established"), connections, "{r:#}");
+    assert_eq!(u(&c, "subscribed_at_end"), connections, "{c:#}");
+    let ok = u(&c, "publications.ok");
+    assert!(ok > 0, "nothing published: {c:#}");
+    assert_eq!(ok, u(&c, "publications.attempted"), "{c:#}");
+    assert_eq!(u(&c, "deliveries.expected"), ok * connections, "{c:#}");
+    assert_eq!(u(&c, "deliveries.total"), ok * connections, "{c:#}");
+    assert_eq!(u(&c, "deliveries.gaps"), 0, "{c:#}");
+    assert_eq!(u(&c, "deliveries.duplicates"), 0, "{c:#}");
+    assert_eq!(u(&c, "deliveries.unexpected"), 0, "{c:#}");
+    assert_eq!(u(&c, "recovery.not_recovered"), 0, "{c:#}");
     recovered(&c);
 }

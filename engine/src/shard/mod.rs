@@ -119,6 +119,8 @@ pub(crate) struct Core {
     wheel: Wheel,
     slots: Vec<Slot>,
     topics: Topics,
+    /// Publications still being delivered, oldest first (see inbox.rs: a large fan-out goes out in chunks).
+    fanout: std::collections::VecDeque<inbox::Fanout>,
     epoch: Instant,
     now: Instant,
     tick_nanos: u128,
@@ -321,6 +323,7 @@ impl Core {
             wheel: Wheel::with_capacity(slots),
             slots: Vec::with_capacity(slots),
             topics: Topics::default(),
+            fanout: Default::default(),
             epoch: now,
             now,
             tick_nanos,
@@ -466,6 +469,7 @@ impl<H: Handler> Shard<H> {
             }
             // Inbox first: commands may open, close or write to connections.
             self.drain_inbox();
+            self.core.fanout_step();
             self.core.retry_accept();
             self.expire_timers();
             with_ctx!(self, |h, ctx| h.on_tick(&mut ctx));

@@ -12,6 +12,9 @@ use smallvec::SmallVec;
 
 struct Topic {
     name: Arc<str>,
+    /// `Topics::changes` when its member list last changed: two publications that see the same
+    /// (index, version) go to exactly the same members.
+    version: u64,
     /// Inline up to two members: a personal channel (one subscriber per topic) allocates nothing more.
     members: SmallVec<[u32; 2]>,
 }
@@ -28,6 +31,8 @@ pub(crate) struct Topics {
     /// Per slot: (topic index, position in its members); `None` for a slot with no subscription.
     by_slot: Vec<SlotSubs>,
     subscriptions: usize,
+    /// Membership changes so far (versions topics).
+    changes: u64,
 }
 
 impl Topics {
@@ -51,7 +56,7 @@ impl Topics {
             }
             None => {
                 let name: Arc<str> = owned();
-                let entry = Topic { name: name.clone(), members: SmallVec::new() };
+                let entry = Topic { name: name.clone(), version: 0, members: SmallVec::new() };
                 let t = match self.free.pop() {
                     Some(t) => {
                         self.topics[t as usize] = entry;
@@ -66,7 +71,10 @@ impl Topics {
                 t
             }
         };
-        let members = &mut self.topics[topic as usize].members;
+        self.changes += 1;
+        let entry = &mut self.topics[topic as usize];
+        entry.version = self.changes;
+        let members = &mut entry.members;
         let pos = members.len() as u32;
         members.push(slot);
         let idx = slot as usize;
@@ -99,7 +107,15 @@ impl Topics {
         }
     }
 
+    /// The member slots of `name` and a key that changes whenever they do (`None` if nobody subscribed).
+    pub fn members_keyed(&self, name: &str) -> Option<(&[u32], (u32, u64))> {
+        let &t = self.by_name.get(name)?;
+        let topic = &self.topics[t as usize];
+        Some((&topic.members, (t, topic.version)))
+    }
+
     /// The member slots of `name` (empty if nobody subscribed).
+    #[cfg(test)]
     pub fn members(&self, name: &str) -> &[u32] {
         self.by_name.get(name).map_or(&[], |&t| &self.topics[t as usize].members)
     }
@@ -118,7 +134,9 @@ impl Topics {
     }
 
     fn remove_member(&mut self, topic: u32, pos: u32) {
+        self.changes += 1;
         let entry = &mut self.topics[topic as usize];
+        entry.version = self.changes;
         entry.members.swap_remove(pos as usize);
         self.subscriptions -= 1;
         if let Some(&moved) = entry.members.get(pos as usize) {
