@@ -2,7 +2,7 @@
 # Side-by-side: Tether (tetherd) and the peer echo servers, each driven by the same tether-load run.
 #
 #   benches/scripts/compare.sh [--connections N] [--message-rate R] [--message-size B] [--duration D]
-#                              [--threads T] [--servers "tether tungstenite fastwebsockets node-ws"]
+#                              [--threads T] [--servers "tether tungstenite fastwebsockets node-ws bun"]
 #                              [--out DIR] [--no-build] [--load-args "EXTRA tether-load run ARGS"]
 #
 # Defaults: 1000 connections, 1 message/s each, 64 B, 30 s, 1 server thread, all four servers,
@@ -10,7 +10,7 @@
 # <name>.server.log, and a line in summary.md with what the load generator saw (messages/s: echoed over ramp
 # + hold, echo latency), the server's CPU seconds over the run (utime + stime from /proc) and echoed messages
 # per server CPU-second, the server's RSS before the load, its peak RSS (VmHWM) and (peak - before) per
-# connection, and the load average at the start of the run. Node's ws is single-threaded: with --threads
+# connection, and the load average at the start of the run. Node's ws and Bun are single-threaded: with --threads
 # above 1 it is skipped. Loopback only; every server is stopped before the next one starts, every process is
 # bounded in time.
 # Environment: BIN_DIR (default target/release): where tetherd, tether-load and the echo-* peers are; when it
@@ -47,6 +47,7 @@ if [ "$build" = 1 ]; then
     cargo build --release -q -p tetherd -p tether-load -p tether-benches --bins
 fi
 case " $servers " in *" node-ws "*) [ -d benches/node/node_modules/ws ] || benches/scripts/setup-node.sh ;; esac
+case " $servers " in *" bun "*) BUN=${BUN:-$(bash benches/bun/setup.sh)} ;; esac
 mkdir -p "$out"
 bin="${BIN_DIR:-$root/target/release}"
 case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
@@ -97,13 +98,14 @@ rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev
 
 for name in $servers; do
     port=$((port + 1))
-    if [ "$name" = node-ws ] && [ "$threads" != 1 ]; then echo "== node-ws: skipped (single-threaded, --threads $threads)"; continue; fi
+    if { [ "$name" = node-ws ] || [ "$name" = bun ]; } && [ "$threads" != 1 ]; then echo "== $name: skipped (single-threaded, --threads $threads)"; continue; fi
     addr="127.0.0.1:$port"
     case "$name" in
         tether) cmd=("$bin/tetherd" --listen "$addr" --shards "$threads" --log warn) ;;
         tungstenite) cmd=("$bin/echo-tungstenite" --listen "$addr" --threads "$threads") ;;
         fastwebsockets) cmd=("$bin/echo-fastwebsockets" --listen "$addr" --threads "$threads") ;;
         node-ws) cmd=(node "$root/benches/node/echo-ws.js" --listen "$addr" --threads 1) ;;
+        bun) cmd=("$BUN" "$root/benches/bun/echo.js" --listen "$addr" --threads 1) ;;
         *) echo "compare.sh: unknown server $name" >&2; exit 2 ;;
     esac
     echo "== $name: ${cmd[*]}"
