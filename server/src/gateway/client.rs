@@ -216,10 +216,13 @@ impl GatewayHandler {
         s.conn_info = claims.info.as_ref().map(|i| Arc::from(i.get()));
         s.expires_at = self.expiry_deadline(now, expire, now_unix);
         // The first ping at a random point of the second half of the first interval (as Centrifugo), so
-        // that a mass reconnect does not ping in step for the rest of the connections' lives.
+        // that a mass reconnect does not ping in step for the rest of the connections' lives. A zero
+        // interval (`client.ping_interval: -1`) turns the protocol's pings off.
         let interval = cfg.ping_interval;
-        let jitter = Duration::from_nanos(fastrand::u64(0..=(interval.as_nanos() / 2) as u64));
-        s.next_ping = self.timing.ms(now + interval / 2 + jitter);
+        if !interval.is_zero() {
+            let jitter = Duration::from_nanos(fastrand::u64(0..=(interval.as_nanos() / 2) as u64));
+            s.next_ping = self.timing.ms(now + interval / 2 + jitter);
+        }
         self.gw.metrics.connected();
 
         let mut subs = Obj::new();
@@ -248,7 +251,10 @@ impl GatewayHandler {
         if let Some(t) = expire {
             result = result.bool_if("expires", true).num("ttl", t - now_unix);
         }
-        result = result.num("ping", interval.as_secs().max(1)).bool_if("pong", true);
+        if !interval.is_zero() {
+            // The SDKs expect a ping at most `ping` seconds apart and answer with a pong when `pong` is set.
+            result = result.num("ping", interval.as_secs().max(1)).bool_if("pong", !cfg.pong_timeout.is_zero());
+        }
         if any_sub {
             result = result.raw("subs", &subs.finish());
         }

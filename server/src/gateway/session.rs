@@ -183,10 +183,12 @@ impl Session {
             return Due::ExpiredSubs(expired);
         }
         if self.next_ping.passed(now) {
-            if !self.pong_deadline.is_some() {
+            // A zero pong timeout means no pong deadline; a zero interval means no more pings (never a ping
+            // due again at once, which would loop).
+            if !self.pong_deadline.is_some() && !t.pong_timeout.is_zero() {
                 self.pong_deadline = now.plus(t.pong_timeout);
             }
-            self.next_ping = now.plus(t.ping_interval);
+            self.next_ping = if t.ping_interval.is_zero() { Ms::NONE } else { now.plus(t.ping_interval) };
             return Due::Ping;
         }
         Due::Nothing
@@ -261,6 +263,17 @@ mod tests {
         let mut s = Session { phase: Phase::Connected, ..Session::default() };
         assert_eq!(s.next_deadline(&t), None);
         assert_eq!(s.due(t.epoch + 100 * S, &t), Due::Nothing);
+    }
+
+    #[test]
+    fn zero_interval_or_timeout_disable_instead_of_looping() {
+        let t = Timing { ping_interval: Duration::ZERO, pong_timeout: Duration::ZERO, ..timing() };
+        let now = t.epoch + S;
+        let mut s = Session { phase: Phase::Connected, next_ping: t.ms(now), ..Session::default() };
+        assert_eq!(s.due(now, &t), Due::Ping);
+        assert_eq!(s.due(now, &t), Due::Nothing, "no second ping at the same instant");
+        assert_eq!(s.next_deadline(&t), None);
+        assert!(!s.pong_deadline.is_some());
     }
 
     #[test]
