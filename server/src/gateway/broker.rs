@@ -105,12 +105,9 @@ impl Channel {
     }
 }
 
-/// The engine topic carrying a channel's publications.
-pub fn topic(channel: &str) -> &str {
-    channel
-}
-
-/// The engine topic carrying a channel's join and leave pushes (only subscribers that asked for them are on it).
+/// A channel's publications travel on the engine topic of the same name (subscribe, publish and unsubscribe
+/// all use the name as it is). Its join and leave pushes travel on this one, which only the subscribers that
+/// get them are members of.
 pub fn join_leave_topic(channel: &str) -> String {
     format!("{channel}\u{0}jl")
 }
@@ -244,7 +241,7 @@ impl Broker {
         };
         let Some(ch) = map.get(channel) else { return Ok(position) };
         let frame = protocol::push(channel, "pub", &publication);
-        ch.fan_out(handle, topic(channel), &frame).map_err(|_| ErrorCode::INTERNAL)?;
+        ch.fan_out(handle, channel, &frame).map_err(|_| ErrorCode::INTERNAL)?;
         Ok(position)
     }
 
@@ -285,7 +282,7 @@ impl Broker {
     pub fn unsubscribe(&self, handle: &EngineHandle, u: Unsubscribe<'_>) {
         let mut map = self.lock(u.channel);
         if let Some(conn) = u.conn {
-            let _ = handle.unsubscribe(conn, topic(u.channel));
+            let _ = handle.unsubscribe(conn, u.channel);
             if u.join_leave {
                 let _ = handle.unsubscribe(conn, &join_leave_topic(u.channel));
             }

@@ -62,10 +62,6 @@ impl GatewayHandler {
         GatewayHandler { gw, timing, next_sweep: None }
     }
 
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gw
-    }
-
     /// The shard-clock deadline of an expiry given in unix seconds (`None`: never).
     fn expiry_deadline(&self, now: Instant, expire_unix: Option<u64>, now_unix: u64) -> Ms {
         expire_unix.map_or(Ms::NONE, |t| self.timing.ms(now + Duration::from_secs(t.saturating_sub(now_unix))))
