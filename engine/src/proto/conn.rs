@@ -194,9 +194,13 @@ pub struct Writer {
     last_ping_at: Instant,
     /// When the outstanding ping actually went out (for its RTT).
     ping_sent_at: Instant,
-    /// Set when a ping is sent while none is pending; any inbound frame clears it.
+    /// Set when a ping is sent while none is pending; any inbound frame clears it (its header, and its end).
     /// The pong deadline is `pong_wait_since + pong_timeout`.
     pong_wait_since: Option<Instant>,
+    /// Payload bytes of a frame still arriving, counted since `pong_wait_since` was set: bytes inside a frame
+    /// clear the pong wait only in quantity ([`PROGRESS_AS_LIFE`]), so a peer that trickles one endless frame
+    /// and never answers a ping is still closed at the pong deadline.
+    mid_frame_bytes: u32,
     /// Counter of pings we sent; the outstanding one is its 8-byte big-endian value.
     ping_counter: u64,
     /// xorshift64 state for client-role mask keys.
@@ -205,6 +209,11 @@ pub struct Writer {
     /// The outstanding ping (`ping_counter`) has not been answered yet: its pong yields an rtt.
     rtt_pending: bool,
 }
+
+/// Payload bytes of one frame, arriving after a ping, that count as a sign of life in place of a pong (the
+/// peer cannot answer a ping in the middle of a frame). A peer sending a large frame at any honest speed
+/// (16 KiB within pong_timeout) keeps its connection; one trickling a few bytes at a time does not.
+pub const PROGRESS_AS_LIFE: u32 = 16 << 10;
 
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
@@ -364,6 +373,7 @@ impl Reader {
             Ok(t) => t,
             Err(e) => return Some(sm.fail(out, e)),
         };
+        sm.w.alive();
         if buf.len() < total {
             self.partial.reserve_exact(total);
             self.partial.extend_from_slice(buf);
@@ -392,11 +402,14 @@ impl Reader {
             return None;
         }
         let mut sm = Machine { rx: &mut self.rx, w };
+        // Whether the header completes with this input (a frame starting) or came with an earlier one.
+        let mut fresh = false;
         let header = loop {
             match parse_header(&self.partial) {
                 Err(e) => return Some(sm.fail(out, e)),
                 Ok(Some(h)) => break h,
                 Ok(None) => {
+                    fresh = true;
                     // At most 13 single-byte steps: headers are short, this path is rare.
                     let b = *input.data.get(input.pos)?;
                     self.partial.push(b);
@@ -408,6 +421,9 @@ impl Reader {
             Ok(t) => t,
             Err(e) => return Some(sm.fail(out, e)),
         };
+        if fresh {
+            sm.w.alive();
+        }
         // Invariant: partial never holds more than one frame, so partial.len() <= total.
         let missing = total.saturating_sub(self.partial.len());
         if missing > 0 {
@@ -415,6 +431,9 @@ impl Reader {
             let take = missing.min(input.remaining());
             self.partial.extend_from_slice(&input.data[input.pos..input.pos + take]);
             input.pos += take;
+            if !fresh {
+                sm.w.frame_progress(take);
+            }
             if take < missing {
                 return None;
             }
@@ -465,6 +484,7 @@ impl Writer {
             last_ping_at: now,
             ping_sent_at: now,
             pong_wait_since: None,
+            mid_frame_bytes: 0,
             ping_counter: 0,
             rng: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
             role,
@@ -622,6 +642,22 @@ impl Writer {
         }
     }
 
+    /// The peer is alive (a frame began or ended): no pong is awaited any more.
+    fn alive(&mut self) {
+        self.pong_wait_since = None;
+        self.mid_frame_bytes = 0;
+    }
+
+    /// `n` more payload bytes of a frame whose header came earlier.
+    fn frame_progress(&mut self, n: usize) {
+        if self.pong_wait_since.is_some() {
+            self.mid_frame_bytes = self.mid_frame_bytes.saturating_add(n.min(u32::MAX as usize) as u32);
+            if self.mid_frame_bytes >= PROGRESS_AS_LIFE {
+                self.alive();
+            }
+        }
+    }
+
     fn write_ping(&mut self, out: &mut Vec<u8>, now: Instant) {
         self.ping_counter = self.ping_counter.wrapping_add(1);
         let mask = self.out_mask();
@@ -632,6 +668,7 @@ impl Writer {
         // Keep the earliest unanswered ping: a later ping must not push the deadline out.
         if self.pong_wait_since.is_none() {
             self.pong_wait_since = Some(now);
+            self.mid_frame_bytes = 0;
         }
     }
 }
@@ -657,8 +694,6 @@ impl Machine<'_> {
 
     /// Validate a header before any of its payload is buffered; returns the frame's total length.
     fn check_header(&mut self, h: &FrameHeader, cfg: &ProtoConfig) -> Result<usize, ProtocolError> {
-        // Any inbound frame (even one still arriving) is a sign of life.
-        self.w.pong_wait_since = None;
         if h.rsv != 0 {
             return Err(ProtocolError::new(1002, "reserved bits set"));
         }
@@ -698,6 +733,8 @@ impl Machine<'_> {
 
     /// A complete, unmasked frame whose header passed check_header.
     fn on_frame(&mut self, h: &FrameHeader, payload: &[u8], src: Src, out: &mut Vec<u8>, now: Instant) -> Action {
+        // A whole frame is a sign of life (also one whose header came before the ping).
+        self.w.alive();
         let open = matches!(self.w.state, State::Open);
         match h.opcode {
             OP_TEXT | OP_BINARY => {
@@ -1326,6 +1363,37 @@ mod tests {
         assert!(matches!(c.handle_timeout(t0 + secs(60), &mut out, &cfg), Some(Event::PingSent)));
         feed(&mut c, &cframe(true, OP_BINARY, &[0; 50])[..10], &mut out, t0 + secs(61), &cfg);
         assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(80)));
+    }
+
+    #[test]
+    fn a_frame_trickled_after_a_ping_is_no_pong() {
+        let t0 = Instant::now();
+        let cfg = cfg();
+        let mut c = server(t0);
+        let mut out = Vec::new();
+        // A 1 MB frame whose header (and a byte) came before the ping.
+        let frame = cframe(true, OP_BINARY, &vec![7u8; 1 << 20]);
+        feed(&mut c, &frame[..15], &mut out, t0 + secs(1), &cfg);
+        assert!(matches!(c.handle_timeout(t0 + secs(20), &mut out, &cfg), Some(Event::PingSent)));
+        // A byte a second after the ping: still due at the pong deadline.
+        for (i, at) in (21..30).enumerate() {
+            feed(&mut c, &frame[15 + i..16 + i], &mut out, t0 + secs(at), &cfg);
+            assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(30)), "a trickled byte moved the pong deadline");
+        }
+        assert!(matches!(c.handle_timeout(t0 + secs(30), &mut out, &cfg), Some(Event::Closed(_))));
+
+        // At an honest speed (PROGRESS_AS_LIFE bytes after the ping) the frame keeps its connection.
+        let mut c = server(t0);
+        feed(&mut c, &frame[..15], &mut out, t0 + secs(1), &cfg);
+        assert!(matches!(c.handle_timeout(t0 + secs(20), &mut out, &cfg), Some(Event::PingSent)));
+        let chunk = PROGRESS_AS_LIFE as usize;
+        feed(&mut c, &frame[15..15 + chunk], &mut out, t0 + secs(25), &cfg);
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(40)), "steady progress counts as a sign of life");
+        // And the frame's end counts too.
+        assert!(matches!(c.handle_timeout(t0 + secs(40), &mut out, &cfg), Some(Event::PingSent)));
+        let evs = feed(&mut c, &frame[15 + chunk..], &mut out, t0 + secs(41), &cfg);
+        assert!(matches!(evs.as_slice(), [Ev::Msg(MessageKind::Binary, p)] if p.len() == 1 << 20));
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(60)));
     }
 
     #[test]
