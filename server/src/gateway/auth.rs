@@ -220,7 +220,7 @@ impl Verifier {
         Ok(ConnectClaims {
             user,
             exp: claims.exp.map(unix_seconds),
-            expire_at: claims.expire_at.map(|at| at.max(0) as u64),
+            expire_at: claims.expire_at.map(expire_at_seconds),
             info: claims.info,
             channels,
         })
@@ -241,7 +241,7 @@ impl Verifier {
             channel,
             client: claims.client.filter(|c| !c.is_empty()),
             exp: claims.exp.map(unix_seconds),
-            expire_at: claims.expire_at.map(|at| at.max(0) as u64),
+            expire_at: claims.expire_at.map(expire_at_seconds),
             info: claims.info,
             data: claims.data,
         })
@@ -315,13 +315,24 @@ fn check_time(claims: &Claims, now_unix: u64) -> Result<(), TokenError> {
     Ok(())
 }
 
-/// A JSON number of seconds as whole unix seconds (fraction dropped, negative as 0).
+/// The latest expiry a token can set: 9999-12-31T23:59:59Z. A later `exp` or `expire_at` (up to 1e308 in a
+/// JSON number) means the same thing, "not in any foreseeable future", and clamping it here keeps the
+/// deadline arithmetic downstream (`Instant + Duration`, which panics on overflow) within range.
+pub const MAX_EXPIRY_UNIX: u64 = 253_402_300_799;
+
+/// A JSON number of seconds as whole unix seconds (fraction dropped, negative as 0, at most
+/// [`MAX_EXPIRY_UNIX`]).
 fn unix_seconds(t: f64) -> u64 {
     if t > 0.0 {
-        t as u64
+        (t as u64).min(MAX_EXPIRY_UNIX)
     } else {
         0
     }
+}
+
+/// `expire_at` as unix seconds: negative reads as 0 (never expire), at most [`MAX_EXPIRY_UNIX`].
+fn expire_at_seconds(at: i64) -> u64 {
+    (at.max(0) as u64).min(MAX_EXPIRY_UNIX)
 }
 
 /// The value at a claim path: the top-level key `path` if present, else a dotted path into nested objects
@@ -596,6 +607,24 @@ wRafz2o6F1vTTPCTrZRjC61W2UwGQl/Q
         // Without a channel (or with an empty one): invalid.
         assert!(is_invalid(v.subscribe(&hs256("secret", &json!({"sub": "42"})), NOW)));
         assert!(is_invalid(v.subscribe(&hs256("secret", &json!({"sub": "42", "channel": ""})), NOW)));
+    }
+
+    #[test]
+    fn expiry_beyond_any_clock_is_clamped() {
+        // exp 1e300 once became u64::MAX and overflowed `Instant + Duration` on the shard (a panic).
+        let v = Verifier::new(&hmac_keys("secret")).unwrap();
+        for claims in [
+            json!({"sub": "42", "exp": 1e300}),
+            json!({"sub": "42", "exp": 18446744073709551615u64}),
+            json!({"sub": "42", "expire_at": i64::MAX}),
+        ] {
+            let c = v.connect(&hs256("secret", &claims), NOW).unwrap();
+            assert_eq!(c.expiry(), Some(MAX_EXPIRY_UNIX), "{claims}");
+        }
+        let c = v.connect(&hs256("secret", &json!({"sub": "42", "exp": NOW + 60})), NOW).unwrap();
+        assert_eq!(c.expiry(), Some(NOW + 60), "ordinary expiries are kept");
+        let s = v.subscribe(&hs256("secret", &json!({"sub": "42", "channel": "c", "exp": 1e300})), NOW).unwrap();
+        assert_eq!(s.expiry(), Some(MAX_EXPIRY_UNIX));
     }
 
     #[test]

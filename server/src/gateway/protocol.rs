@@ -188,7 +188,25 @@ pub fn parse_command(line: &str) -> Result<(u32, Request), BadRequest> {
     if id == 0 {
         return Err(BadRequest("command without id".into()));
     }
+    if request.channel().is_some_and(str::is_empty) {
+        // Centrifugo: "channel required for subscribe" (and the others) is a bad request, not an error reply.
+        return Err(BadRequest("channel required".into()));
+    }
     Ok((id, request))
+}
+
+impl Request {
+    /// The channel a channel command names (`None` for the others).
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Request::Subscribe(r) => Some(&r.channel),
+            Request::SubRefresh(r) => Some(&r.channel),
+            Request::Unsubscribe(r) | Request::Presence(r) | Request::PresenceStats(r) => Some(&r.channel),
+            Request::Publish(r) => Some(&r.channel),
+            Request::History(r) => Some(&r.channel),
+            Request::Pong | Request::Connect(_) | Request::Send(_) | Request::Rpc(_) | Request::Refresh(_) => None,
+        }
+    }
 }
 
 /// The lines of one inbound message: split on `\n`, blank lines skipped.
@@ -529,6 +547,12 @@ mod tests {
         assert!(parse_command(r#"{"subscribe":{"channel":"x"}}"#).unwrap_err().0.contains("without id"));
         assert!(parse_command(r#"{"id":1,"ping":{}}"#).is_err());
         assert!(parse_command(r#"{"id":-1,"connect":{}}"#).is_err());
+        for method in ["subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history", "sub_refresh"] {
+            let line = format!(r#"{{"id":1,"{method}":{{"channel":""}}}}"#);
+            assert_eq!(parse_command(&line).unwrap_err().0, "channel required", "{method}");
+            let line = format!(r#"{{"id":1,"{method}":{{}}}}"#);
+            assert_eq!(parse_command(&line).unwrap_err().0, "channel required", "{method} without the key");
+        }
     }
 
     #[test]
