@@ -138,6 +138,14 @@ pub struct Config {
     /// Per-connection profiles an application can pick at upgrade ([`Accept::profile`](crate::Accept::profile));
     /// add them with [`Config::add_profile`]. The settings above are the default profile.
     pub profiles: Vec<Profile>,
+    /// Connections one source address may hold at once (an IPv6 peer counts by its /64), over all shards;
+    /// past it a request is answered 503 with Retry-After, before any upgrade, whatever its path. 0 (the
+    /// default) = unlimited: load tests open hundreds of thousands of connections from loopback.
+    pub per_ip_max_connections: u32,
+    /// New connections per second one source address may open (a token bucket with a burst of the same size,
+    /// at least one), over all shards; past it a request is answered 429 with Retry-After. 0.0 (the default)
+    /// = unlimited.
+    pub per_ip_handshake_rate: f64,
     /// Wake each shard at least this often to call [`Handler::on_tick`](crate::Handler::on_tick) (for applications with their own
     /// timers, such as the load generator's message rate); `None` = only when the loop wakes anyway.
     pub handler_tick: Option<Duration>,
@@ -169,6 +177,8 @@ impl Default for Config {
             max_http_body: 1 << 20,
             inbox_capacity: 65536,
             profiles: Vec::new(),
+            per_ip_max_connections: 0,
+            per_ip_handshake_rate: 0.0,
             handler_tick: None,
         }
     }

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     /// Set by [`EngineHandle::shutdown`]; each shard checks it every loop iteration.
     pub shutting_down: AtomicBool,
     pub drain_nanos: AtomicU64,
+    /// The per-source-address limits, one table for every shard.
+    pub per_ip: crate::per_ip::PerIp,
 }
 
 /// Send, close, publish, connect and read stats from any thread. Cheap to clone.
@@ -172,14 +174,18 @@ impl EngineHandle {
         total
     }
 
-    /// Each shard's counters (with its inbox depth now).
+    /// Each shard's counters (with its inbox depth now; shard 0's with the per-IP table's size).
     pub fn shard_stats(&self) -> Vec<Stats> {
         self.shared
             .links
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let mut s = l.inbox.metrics().snapshot();
                 s.inbox_depth = l.inbox.len() as u64;
+                if i == 0 {
+                    s.per_ip_addresses = self.shared.per_ip.len() as u64;
+                }
                 s
             })
             .collect()

@@ -125,6 +125,7 @@ mod handler;
 mod ids;
 mod mailbox;
 pub mod metrics;
+mod per_ip;
 mod prepared;
 pub mod proto;
 #[allow(unsafe_code)]

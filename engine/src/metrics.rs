@@ -51,6 +51,9 @@ macro_rules! counters {
             $( #[doc = $help] pub $field: u64, )*
             /// Commands waiting in the inbox when the stats were read (a gauge).
             pub inbox_depth: u64,
+            /// Source addresses the per-IP limits track when the stats were read (a gauge of the table all
+            /// shards share: reported by shard 0, 0 for the others, so the total is the table's size).
+            pub per_ip_addresses: u64,
             /// (code as text, count), codes with a zero count left out; "other" for untracked codes.
             pub closed_by_code: Vec<(String, u64)>,
             pub closed_by_reason: Vec<(CloseCause, u64)>,
@@ -77,6 +80,12 @@ macro_rules! counters {
                 help: "Commands waiting in a shard's inbox",
                 get: |s| s.inbox_depth,
             },
+            CounterInfo {
+                name: "per_ip_addresses",
+                kind: Kind::Gauge,
+                help: "Source addresses tracked by the per-IP limits (one table for all shards, shown on shard 0)",
+                get: |s| s.per_ip_addresses,
+            },
         ];
     };
 }
@@ -89,6 +98,8 @@ counters! {
     connect_failed => "connect_failed", Counter, "Outbound connections that failed before opening";
     closed => "closed", Counter, "Connections closed, for any reason";
     rejected_capacity => "rejected_capacity", Counter, "Connections refused with 503 at max_connections";
+    rejected_ip_connections => "rejected_ip_connections", Counter, "Requests refused with 503 because their source address held per_ip_max_connections";
+    rejected_ip_rate => "rejected_ip_rate", Counter, "Requests refused with 429 because their source address opened connections faster than per_ip_handshake_rate";
     pings_sent => "pings_sent", Counter, "Ping frames sent";
     pongs_received => "pongs_received", Counter, "Pong frames received";
     pings_received => "pings_received", Counter, "Ping frames received from peers";
@@ -160,6 +171,7 @@ impl Stats {
         self.shards += other.shards;
         self.add_counters(other);
         self.inbox_depth += other.inbox_depth;
+        self.per_ip_addresses += other.per_ip_addresses;
         for (code, n) in &other.closed_by_code {
             match self.closed_by_code.iter_mut().find(|(c, _)| c == code) {
                 Some((_, total)) => *total += n,

@@ -81,6 +81,8 @@ settings! {
     slots_per_shard: "TETHER_SLOTS_PER_SHARD", "N", "Registered file slots per ring, 0 = RLIMIT_NOFILE";
     max_http_body: "TETHER_MAX_HTTP_BODY", "BYTES", "Largest body of a plain HTTP request (413 beyond)";
     inbox_capacity: "TETHER_INBOX_CAPACITY", "N", "Commands other threads may queue for one shard (refused beyond, counted in inbox_full)";
+    per_ip_max_connections: "TETHER_PER_IP_MAX_CONNECTIONS", "N", "Connections one source address may hold at once, over all shards (an IPv6 peer counts by its /64); past it every request is answered 503 with Retry-After; 0 = unlimited";
+    per_ip_handshake_rate: "TETHER_PER_IP_HANDSHAKE_RATE", "N/s", "New connections one source address may open per second, over all shards (N, N/s or N/min, bursts of N); past it every request is answered 429 with Retry-After; 0 or off = unlimited";
     log: "TETHER_LOG", "LEVEL-OR-FILTER", "Log level or tracing filter (also RUST_LOG)";
     gateway: "TETHER_GATEWAY", "FILE", "Serve the Centrifugo-compatible gateway with this Centrifugo v6 config (JSON, TOML or YAML); without it tetherd echoes";
 }
@@ -307,6 +309,9 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         max_http_body: pick!(r, cli, max_http_body, size_in(0, u32::MAX.into()))
             .map_or(d.max_http_body, |n| n as usize),
         inbox_capacity: pick!(r, cli, inbox_capacity, int_in(1, 1 << 24)).map_or(d.inbox_capacity, |n| n as usize),
+        per_ip_max_connections: pick!(r, cli, per_ip_max_connections, int_in(0, u32::MAX.into()))
+            .map_or(d.per_ip_max_connections, |n| n as u32),
+        per_ip_handshake_rate: pick!(r, cli, per_ip_handshake_rate, parse_rate).unwrap_or(d.per_ip_handshake_rate),
         // Settings the binary does not expose (the handler tick) keep the engine default.
         ..Config::default()
     };
@@ -379,6 +384,36 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// New connections per second: `20`, `20/s`, `90/min`, decimals allowed; `0` or `off` = unlimited (0.0).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    const HINT: &str = "expected a rate such as 20, 20/s or 90/min (0 or off = unlimited)";
+    if matches!(s.to_ascii_lowercase().as_str(), "off" | "none" | "unlimited") {
+        return Ok(0.0);
+    }
+    let (n, unit) = s.split_once('/').unwrap_or((s, "s"));
+    let n: f64 = n.trim().parse().map_err(|_| HINT.to_string())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(HINT.into());
+    }
+    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        _ => return Err(HINT.into()),
+    };
+    Ok(n / seconds)
+}
+
+/// A rate as [`parse_rate`] reads it back: `off`, `N/s`, or `N/min` below one a second.
+fn fmt_rate(rate: f64) -> String {
+    if rate <= 0.0 {
+        "off".into()
+    } else if rate < 1.0 {
+        format!("{}/min", rate * 60.0)
+    } else {
+        format!("{rate}/s")
+    }
 }
 
 /// A byte count: `4096`, `16MiB`, `64KiB`, `1MB`, `2 GiB`, `16M` (K/M/G alone are binary, KB/MB/GB decimal).
@@ -536,6 +571,8 @@ impl Settings {
         line("slots_per_shard", c.slots_per_shard.to_string());
         line("max_http_body", quoted(&format_size(c.max_http_body as u64)));
         line("inbox_capacity", c.inbox_capacity.to_string());
+        line("per_ip_max_connections", c.per_ip_max_connections.to_string());
+        line("per_ip_handshake_rate", quoted(&fmt_rate(c.per_ip_handshake_rate)));
         line("log", quoted(&self.log));
         if let Some(path) = &self.gateway {
             line("gateway", quoted(&path.display().to_string()));
@@ -811,6 +848,33 @@ mod tests {
         assert!(parse_listen("[::1]:9001").is_ok());
         assert!(parse_listen("localhost:9001").is_ok());
         assert!(parse_listen("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn per_ip_limits() {
+        assert_eq!(parse_rate("20"), Ok(20.0));
+        assert_eq!(parse_rate("20/s"), Ok(20.0));
+        assert_eq!(parse_rate("90/min"), Ok(1.5));
+        assert_eq!(parse_rate("off"), Ok(0.0));
+        assert_eq!(parse_rate("0"), Ok(0.0));
+        assert!(parse_rate("-1").is_err());
+        assert!(parse_rate("5/h").is_err());
+        assert!(parse_rate("fast").is_err());
+        for rate in [0.0, 0.5, 20.0, 2.5] {
+            assert_eq!(parse_rate(&fmt_rate(rate)), Ok(rate), "{}", fmt_rate(rate));
+        }
+        let s = with_env(&[("TETHER_PER_IP_HANDSHAKE_RATE", "120/min")], || {
+            load_args(&["--per-ip-max-connections", "100"])
+        })
+        .unwrap();
+        assert_eq!(s.engine.per_ip_max_connections, 100);
+        assert_eq!(s.engine.per_ip_handshake_rate, 2.0);
+        // Off by default: load tests open hundreds of thousands of connections from loopback.
+        let d = Settings::defaults();
+        assert_eq!((d.engine.per_ip_max_connections, d.engine.per_ip_handshake_rate), (0, 0.0));
+        let text = d.to_toml();
+        assert!(text.contains("per_ip_max_connections = 0\n"), "{text}");
+        assert!(text.contains("per_ip_handshake_rate = \"off\"\n"), "{text}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::{with_ctx, Core, Shard};
 use crate::config::Config;
 use crate::handler::{Handler, Upgrade};
 use crate::metrics::bump;
+use crate::per_ip::Verdict;
 use crate::proto::handshake::{self, HttpError, RequestParse};
 use crate::proto::{CloseCause, CloseInfo, Initiator, Role};
 use crate::ring::Completion;
@@ -187,6 +188,54 @@ impl Core {
         let resp = handshake::reject_response(err);
         self.http_answer(slot, resp, err.status);
     }
+
+    /// Shard 0 removes the per-IP entries whose rate bucket refilled with no connection open, about once a
+    /// second (entries are otherwise removed as their last connection closes).
+    pub(super) fn sweep_per_ip(&mut self) {
+        if self.index == 0 && self.now >= self.next_ip_sweep && self.shared.per_ip.enabled() {
+            self.shared.per_ip.sweep(self.now);
+            self.next_ip_sweep = self.now + Duration::from_secs(1);
+        }
+    }
+
+    /// The peer of an accepted connection is known: charge it to its address's per-IP limits.
+    fn charge_peer(&mut self, slot: u32) {
+        let s = &self.slots[slot as usize];
+        if !self.shared.per_ip.enabled() || s.has(flag::CLIENT) || s.phase != Phase::Handshake {
+            return;
+        }
+        let Some(peer) = self.peer_addr(slot) else { return };
+        let verdict = self.shared.per_ip.admit(peer.ip(), self.now);
+        self.slots[slot as usize].per_ip = Some(verdict);
+    }
+
+    /// A complete request from an address past its per-IP limits: 503 (connections held) or 429 (rate),
+    /// with Retry-After. Returns whether the request was refused.
+    fn refuse_per_ip(&mut self, slot: u32) -> bool {
+        let verdict = self.slots[slot as usize].per_ip;
+        let (status, reason, message, counter) = match verdict {
+            Some(Verdict::TooMany) => (
+                503,
+                "Service Unavailable",
+                format!("too many connections from your address (at most {})", self.cfg.per_ip_max_connections),
+                &self.metrics.rejected_ip_connections,
+            ),
+            Some(Verdict::TooFast) => (
+                429,
+                "Too Many Requests",
+                format!("too many new connections from your address (at most {}/s)", self.cfg.per_ip_handshake_rate),
+                &self.metrics.rejected_ip_rate,
+            ),
+            _ => return false,
+        };
+        bump(counter);
+        let retry = format!("Retry-After: {}", self.shared.per_ip.retry_after(verdict.unwrap_or(Verdict::TooMany)));
+        debug!(conn = %self.id(slot), status, "refused by the per-IP limits");
+        let body = format!("{message}\n");
+        let resp = handshake::http_response(status, reason, "text/plain; charset=utf-8", &[&retry], body.as_bytes());
+        self.http_answer(slot, resp, status);
+        true
+    }
 }
 
 impl<H: Handler> Shard<H> {
@@ -196,7 +245,9 @@ impl<H: Handler> Shard<H> {
         s.clear(flag::PEERNAME_PENDING);
         if c.result > 0 {
             s.set(flag::PEER_KNOWN);
+            self.core.charge_peer(slot);
         }
+        let s = &mut self.core.slots[slot as usize];
         if s.has(flag::REQUEST_WAITING) && s.phase == Phase::Handshake {
             s.clear(flag::REQUEST_WAITING);
             self.server_handshake(slot);
@@ -215,6 +266,9 @@ impl<H: Handler> Shard<H> {
             // The application is promised the peer address: wait for SO_PEERNAME (it completes right after
             // the accept in practice).
             core.slots[slot as usize].set(flag::REQUEST_WAITING);
+            return;
+        }
+        if !matches!(parsed, RequestParse::Partial) && core.refuse_per_ip(slot) {
             return;
         }
         let id = core.id(slot);

@@ -13,6 +13,7 @@ use super::slot::{flag, Phase};
 use super::{with_ctx, Core, Shard};
 use crate::handler::{Closed, Handler};
 use crate::metrics::drop_one;
+use crate::per_ip::Verdict;
 use crate::proto::{CloseCause, CloseInfo, Initiator};
 
 impl Core {
@@ -137,9 +138,13 @@ impl<H: Handler> Shard<H> {
         let duration = core.now.saturating_duration_since(created);
         let was_open = s.has(flag::WAS_OPEN);
         let client = s.has(flag::CLIENT);
+        let ip_counted = s.per_ip == Some(Verdict::Admitted);
         // Every operation of the slot has completed: nothing writes the address buffer any more.
         let peer = core.peer_addr(slot);
         let code = info.code;
+        if let (true, Some(peer)) = (ip_counted, peer) {
+            core.shared.per_ip.release(peer.ip(), core.now);
+        }
         core.metrics.record_close(code, info.cause);
         let peer_text = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
         // What the application adds to the close line (a user, what the code means to its protocol).

@@ -146,6 +146,8 @@ pub(crate) struct Core {
     /// Connects that failed inside a core operation (the shard reports them to the handler).
     failed_connects: Vec<(u64, ConnectError)>,
     rng: u64,
+    /// When shard 0 next sweeps the shared per-IP table for expired rate buckets.
+    next_ip_sweep: Instant,
 }
 
 /// The shard thread's state. `core` holds the rings, `bufs` each ring's provided receive buffers (index for
@@ -207,6 +209,7 @@ where
         max_connections: capacity.max_connections,
         shutting_down: AtomicBool::new(false),
         drain_nanos: AtomicU64::new(0),
+        per_ip: crate::per_ip::PerIp::new(config.per_ip_max_connections, config.per_ip_handshake_rate, Instant::now()),
     });
     let handle = EngineHandle { shared: shared.clone() };
     let notifier = Notifier { links: notice_links.into() };
@@ -343,6 +346,7 @@ impl Core {
             client_sockopts,
             failed_connects: Vec::new(),
             rng: seed,
+            next_ip_sweep: now,
             cfg,
         };
         Ok((core, bufs))
@@ -471,6 +475,7 @@ impl<H: Handler> Shard<H> {
             self.drain_inbox();
             self.core.fanout_step();
             self.core.retry_accept();
+            self.core.sweep_per_ip();
             self.expire_timers();
             with_ctx!(self, |h, ctx| h.on_tick(&mut ctx));
             self.report_failed_connects();

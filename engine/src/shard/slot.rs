@@ -6,6 +6,7 @@
 //! operation the kernel had in flight for it has completed (see `lifecycle.rs`).
 
 use crate::handler::ConnectRequest;
+use crate::per_ip::Verdict;
 use crate::proto::{CloseInfo, Reader, Writer};
 use crate::ring::SendBuf;
 
@@ -58,6 +59,9 @@ pub(crate) struct Slot {
     pub flags: u16,
     /// Index into the shard's profiles.
     pub profile: u8,
+    /// The per-IP limits' verdict on an accepted connection (None: not tracked). `Admitted` is released when
+    /// the slot is freed; a refusal is answered once the request is complete.
+    pub per_ip: Option<Verdict>,
     /// Bytes of the send in flight (for the send-queue bound).
     pub inflight_len: u32,
     /// When the slot was taken, in nanoseconds since the shard's epoch (8 bytes instead of an Instant's 16).
@@ -83,6 +87,7 @@ impl Slot {
             phase: Phase::Free,
             flags: 0,
             profile: 0,
+            per_ip: None,
             inflight_len: 0,
             created_at,
             app_tick: 0,

@@ -1,0 +1,169 @@
+//! Per-source-address limits (`--per-ip-max-connections`, `--per-ip-handshake-rate`): past them a request
+//! is answered 503 (connections held) or 429 (rate) with Retry-After, before any upgrade and whatever its
+//! path, and counted in /metrics; other addresses are unaffected, and room comes back as connections close
+//! and time passes. The clients bind to addresses of 127.0.0.0/8 other than 127.0.0.1 (which the scrapes of
+//! /metrics use).
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use tether_tests::raw;
+use tether_tests::{parse_metrics, read_http_response, wait_until, HttpResponse, Server};
+
+fn connect_from(src: Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::new(IpAddr::V4(src), 0).into()).unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    s.connect_timeout(&addr.into(), Duration::from_secs(10)).unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+    let stream: TcpStream = s.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// Sends `request` from `src`; returns the connection and the response head (and body, if refused).
+fn request_from(src: Ipv4Addr, addr: SocketAddr, request: &str) -> (TcpStream, HttpResponse) {
+    let mut stream = connect_from(src, addr);
+    stream.write_all(request.as_bytes()).unwrap();
+    let resp = if request.contains("Upgrade: websocket") {
+        // Read the head only: frames may follow a 101.
+        let head = tether_tests::read_http_head(&mut stream).expect("response head");
+        let mut resp = tether_tests::parse_http_head(&head).unwrap();
+        if resp.status != 101 {
+            let len = resp.header("content-length").and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+            let mut body = vec![0; len];
+            std::io::Read::read_exact(&mut stream, &mut body).unwrap();
+            resp.body = body;
+        }
+        resp
+    } else {
+        read_http_response(&mut stream).expect("response")
+    };
+    (stream, resp)
+}
+
+fn upgrade_from(src: Ipv4Addr, addr: SocketAddr) -> (TcpStream, HttpResponse) {
+    request_from(src, addr, &raw::upgrade_request(addr, "/"))
+}
+
+/// A refusal: the status, a Retry-After of whole seconds, and the connection closed after it.
+fn assert_refused(mut stream: TcpStream, resp: &HttpResponse, status: u16, what: &str) {
+    assert_eq!(resp.status, status, "{what}: {resp:?}");
+    let retry = resp.header("retry-after").and_then(|v| v.trim().parse::<u32>().ok());
+    assert!(retry.is_some_and(|s| s >= 1), "{what}: no Retry-After in {resp:?}");
+    assert!(raw::read_to_eof(&mut stream, Duration::from_secs(10)).is_some(), "{what}: left open after {status}");
+}
+
+fn gauge(server: &Server, name: &str) -> u64 {
+    tether_tests::gauge_total(&parse_metrics(&server.metrics()), name).unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[test]
+fn connections_per_address_past_the_limit_get_503_until_one_closes() {
+    let server = Server::start(&["--per-ip-max-connections", "3"]);
+    let addr = server.addr;
+    let a = Ipv4Addr::new(127, 0, 0, 2);
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let (s, resp) = upgrade_from(a, addr);
+            raw::check_upgrade_response(&resp);
+            s
+        })
+        .collect();
+    let (s, resp) = upgrade_from(a, addr);
+    assert_refused(s, &resp, 503, "fourth upgrade from 127.0.0.2");
+    // Every endpoint: plain HTTP from the same address is refused too.
+    let (s, resp) = request_from(a, addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_refused(s, &resp, 503, "GET /healthz from 127.0.0.2");
+    // Another address is independent.
+    let (mut other, resp) = upgrade_from(Ipv4Addr::new(127, 0, 0, 3), addr);
+    raw::check_upgrade_response(&resp);
+    other.write_all(&raw::masked(true, raw::OP_TEXT, b"other")).unwrap();
+    assert_eq!(raw::read_message(&mut other).data, b"other");
+    assert_eq!(server.counter("tether_rejected_ip_connections_total"), 2);
+
+    // One closes: room for one more.
+    drop(held.pop());
+    let mut s = None;
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (stream, resp) = upgrade_from(a, addr);
+        let admitted = resp.status == 101;
+        if admitted {
+            s = Some(stream);
+        }
+        admitted
+    });
+    assert!(ok, "no upgrade from 127.0.0.2 accepted after one of its connections closed");
+    held.push(s.unwrap());
+    held[2].write_all(&raw::masked(true, raw::OP_TEXT, b"again")).unwrap();
+    assert_eq!(raw::read_message(&mut held[2]).data, b"again");
+
+    // All closed: the table forgets both addresses (the scrape's own 127.0.0.1 may be in it while it runs).
+    drop(held);
+    drop(other);
+    let forgotten = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        gauge(&server, "tether_per_ip_addresses") <= 1
+    });
+    assert!(forgotten, "per-IP entries left behind:\n{}", server.metrics());
+}
+
+#[test]
+fn new_connections_per_address_past_the_rate_get_429() {
+    let server = Server::start(&["--per-ip-handshake-rate", "5/s"]);
+    let addr = server.addr;
+    let a = Ipv4Addr::new(127, 0, 0, 4);
+    let start = Instant::now();
+    let mut admitted = Vec::new();
+    let mut refused = None;
+    for _ in 0..20 {
+        let (s, resp) = upgrade_from(a, addr);
+        if resp.status == 101 {
+            admitted.push(s);
+        } else {
+            refused = Some((s, resp));
+            break;
+        }
+    }
+    let took = start.elapsed().as_secs_f64();
+    let (s, resp) = refused.unwrap_or_else(|| panic!("20 upgrades from one address in {took:.2}s, none refused"));
+    // A burst of 5, plus what refilled meanwhile.
+    let allowed = 5 + (5.0 * took).ceil() as usize;
+    assert!(admitted.len() >= 5 && admitted.len() <= allowed, "{} admitted in {took:.2}s", admitted.len());
+    assert_refused(s, &resp, 429, "upgrade past 5/s");
+    assert_eq!(resp.header("retry-after").map(str::trim), Some("1"), "{resp:?}");
+
+    // Another address has its own bucket.
+    let (_other, resp) = upgrade_from(Ipv4Addr::new(127, 0, 0, 5), addr);
+    raw::check_upgrade_response(&resp);
+
+    // The bucket refills: a new connection a second later is accepted (the open ones do not matter).
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_s, resp) = upgrade_from(a, addr);
+    raw::check_upgrade_response(&resp);
+    assert!(server.counter("tether_rejected_ip_rate_total") >= 1);
+
+    // Closed and refilled: the entries expire (scrapes spaced below the rate of 127.0.0.1's own bucket).
+    drop(admitted);
+    drop(_s);
+    drop(_other);
+    let forgotten = wait_until(Duration::from_secs(10), Duration::from_millis(500), || {
+        gauge(&server, "tether_per_ip_addresses") <= 1
+    });
+    assert!(forgotten, "per-IP entries left behind:\n{}", server.metrics());
+}
+
+#[test]
+fn off_by_default() {
+    let server = Server::start(&[]);
+    let a = Ipv4Addr::new(127, 0, 0, 6);
+    let held: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let (s, resp) = upgrade_from(a, server.addr);
+            raw::check_upgrade_response(&resp);
+            s
+        })
+        .collect();
+    assert_eq!(gauge(&server, "tether_per_ip_addresses"), 0, "nothing tracked without limits");
+    drop(held);
+}
