@@ -17,6 +17,7 @@ use tether::{
     parse_optional_duration, parse_tcp_keepalive as parse_keepalive, parse_tcp_user_timeout as parse_user_timeout,
 };
 use tether::{Config, SendQueuePolicy};
+use tetherd::gateway::tenants::{parse_tenant_arg, scan_dir};
 
 /// Defaults that are tetherd's own (the engine's come from `tether::Config::default()`).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +40,11 @@ macro_rules! settings {
             /// Print the effective configuration as TOML and exit.
             #[arg(long)]
             pub print_config: bool,
+            /// Serve tenant NAME on /t/NAME/connection/websocket and /t/NAME/api/<method> with this
+            /// Centrifugo-format config (repeatable; also `tenant = ["NAME=FILE", ..]` in the --config file,
+            /// which a reload reads again)
+            #[arg(long = "tenant", value_name = "NAME=FILE")]
+            pub tenant: Vec<String>,
             $(
                 #[arg(long, env = $env, value_name = $value_name, help = $help)]
                 pub $field: Option<String>,
@@ -49,6 +55,9 @@ macro_rules! settings {
         #[derive(Deserialize, Debug, Default)]
         #[serde(deny_unknown_fields)]
         pub struct FileConfig {
+            /// `tenant = ["NAME=FILE", ..]`.
+            #[serde(default)]
+            pub tenant: Option<Vec<String>>,
             $(
                 #[serde(default)]
                 pub $field: Option<Raw>,
@@ -85,6 +94,8 @@ settings! {
     per_ip_handshake_rate: "TETHER_PER_IP_HANDSHAKE_RATE", "N/s", "New connections one source address may open per second, over all shards (N, N/s or N/min, bursts of N); past it every request is answered 429 with Retry-After; 0 or off = unlimited";
     log: "TETHER_LOG", "LEVEL-OR-FILTER", "Log level or tracing filter (also RUST_LOG)";
     gateway: "TETHER_GATEWAY", "FILE", "Serve the Centrifugo-compatible gateway with this Centrifugo v6 config (JSON, TOML or YAML); without it tetherd echoes";
+    tenants_dir: "TETHER_TENANTS_DIR", "DIR", "Serve a tenant for every NAME.json|toml|yaml in DIR (on /t/NAME/...); a reload reads the directory again";
+    admin_key: "TETHER_ADMIN_KEY", "KEY", "Key for POST /admin/reload (X-Admin-Key or Authorization: Bearer); without it the endpoint is off";
 }
 
 /// A value as written in the TOML file: a string, an integer or a boolean, turned into the same text a flag
@@ -143,6 +154,14 @@ pub struct Settings {
     pub print_config: bool,
     /// `--gateway FILE`: serve the gateway with this Centrifugo-format config instead of echoing.
     pub gateway: Option<PathBuf>,
+    /// `--tenant NAME=FILE` flags (fixed for the process's life).
+    pub tenants: Vec<(String, PathBuf)>,
+    /// `--tenants-dir DIR`.
+    pub tenants_dir: Option<PathBuf>,
+    /// The `--config` file when it has a `tenant` list (which a reload reads again).
+    pub config_file: Option<PathBuf>,
+    /// `--admin-key`.
+    pub admin_key: Option<String>,
 }
 
 /// A bad setting; its Display is the one line printed before exiting with code 2.
@@ -334,8 +353,73 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
     };
 
     let gateway = pick!(r, cli, gateway, parse_path);
+    let tenants_dir = pick!(r, cli, tenants_dir, parse_path);
+    let admin_key = pick!(r, cli, admin_key, parse_key);
+    let tenants = cli
+        .tenant
+        .iter()
+        .map(|t| parse_tenant_arg(t).map_err(|why| ConfigError(format!("invalid value for --tenant: {why}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A reload reads the file's `tenant` list again, when it has one.
+    let mut config_file = None;
+    if let Some((f, path)) = file {
+        file_tenants(f, path)?;
+        if f.tenant.is_some() {
+            config_file = Some(path.to_path_buf());
+        }
+    }
 
-    Ok(Settings { engine, drain_timeout, log, print_config: cli.print_config, gateway })
+    Ok(Settings {
+        engine,
+        drain_timeout,
+        log,
+        print_config: cli.print_config,
+        gateway,
+        tenants,
+        tenants_dir,
+        config_file,
+        admin_key,
+    })
+}
+
+/// The `tenant` list of a `--config` file.
+fn file_tenants(file: &FileConfig, path: &Path) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    file.tenant
+        .iter()
+        .flatten()
+        .map(|t| {
+            parse_tenant_arg(t).map_err(|why| ConfigError(format!("config file {}: tenant: {why}", path.display())))
+        })
+        .collect()
+}
+
+impl Settings {
+    /// Every tenant to serve, read now: the `--tenant` flags, the `tenant` list of the `--config` file, and
+    /// the files in `--tenants-dir`. A reload calls this again.
+    pub fn tenant_sources(&self) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut out = self.tenants.clone();
+        if let Some(path) = &self.config_file {
+            let file = read_file(path).map_err(|e| e.0)?;
+            out.extend(file_tenants(&file, path).map_err(|e| e.0)?);
+        }
+        if let Some(dir) = &self.tenants_dir {
+            out.extend(scan_dir(dir)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether tetherd serves the gateway (with `--gateway` or any tenant source).
+    pub fn serves_gateway(&self) -> bool {
+        self.gateway.is_some() || !self.tenants.is_empty() || self.tenants_dir.is_some() || self.config_file.is_some()
+    }
+}
+
+/// A secret given as a setting: not empty.
+fn parse_key(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("empty key".into());
+    }
+    Ok(s.to_string())
 }
 
 // ---- parsers: text in, value or a reason out (the caller adds which flag/key) ----
@@ -526,6 +610,10 @@ impl Settings {
             log: DEFAULT_LOG.to_string(),
             print_config: false,
             gateway: None,
+            tenants: Vec::new(),
+            tenants_dir: None,
+            config_file: None,
+            admin_key: None,
         }
     }
 
@@ -577,6 +665,16 @@ impl Settings {
         if let Some(path) = &self.gateway {
             line("gateway", quoted(&path.display().to_string()));
         }
+        if let Some(path) = &self.tenants_dir {
+            line("tenants_dir", quoted(&path.display().to_string()));
+        }
+        if let Some(key) = &self.admin_key {
+            line("admin_key", quoted(key));
+        }
+        if !self.tenants.is_empty() {
+            let list: Vec<String> = self.tenants.iter().map(|(n, p)| quoted(&format!("{n}={}", p.display()))).collect();
+            line("tenant", format!("[{}]", list.join(", ")));
+        }
         out
     }
 }
@@ -591,9 +689,11 @@ mod tests {
     /// variables never leak into another's run.
     static ENV: Mutex<()> = Mutex::new(());
 
-    const ALL_ENV: [&str; 24] = [
+    const ALL_ENV: [&str; 26] = [
         "TETHER_CONFIG",
         "TETHER_GATEWAY",
+        "TETHER_TENANTS_DIR",
+        "TETHER_ADMIN_KEY",
         "TETHER_LISTEN",
         "TETHER_SHARDS",
         "TETHER_MAX_CONNECTIONS",

@@ -8,12 +8,12 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tether::Engine;
 use tracing::{error, info, warn};
 
-use tetherd::gateway::config::GatewayConfig;
+use tetherd::gateway::tenants::{Initial, Sources, TenantTable};
 use tetherd::gateway::{Gateway, GatewayHandler};
 
 use crate::app::App;
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         .init();
 
     // Registered before the engine starts so that a signal arriving during start-up is queued, not fatal.
-    let signals = match Signals::new([SIGINT, SIGTERM]) {
+    let signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             error!(error = %e, "cannot install signal handlers");
@@ -56,18 +56,19 @@ fn main() -> ExitCode {
         }
     };
 
-    let started = match &settings.gateway {
-        None => Engine::start(settings.engine.clone(), |_shard| App).map(Running::from),
-        Some(path) => {
-            let (config, gateway) = match gateway_setup(path, &settings.engine) {
-                Ok(g) => g,
-                Err(e) => {
-                    eprintln!("tetherd: {e}");
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            };
-            Engine::start(config, move |_shard| GatewayHandler::new(gateway.clone())).map(Running::from)
-        }
+    let mut tenants = None;
+    let started = if settings.serves_gateway() {
+        let (config, table) = match gateway_setup(&settings) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("tetherd: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        tenants = Some(table.clone());
+        Engine::start(config, move |_shard| GatewayHandler::new(table.clone())).map(Running::from)
+    } else {
+        Engine::start(settings.engine.clone(), |_shard| App).map(Running::from)
     };
     let engine = match started {
         Ok(engine) => engine,
@@ -103,7 +104,7 @@ fn main() -> ExitCode {
     let drain = settings.drain_timeout;
     std::thread::Builder::new()
         .name("tetherd-signals".into())
-        .spawn(move || watch_signals(signals, handle, drain))
+        .spawn(move || watch_signals(signals, handle, drain, tenants))
         .expect("spawn the signal thread");
 
     engine.wait();
@@ -159,30 +160,70 @@ impl Running {
     }
 }
 
-/// Loads the gateway config, reports the options it does not implement, and registers the gateway's
-/// connection profile with the engine.
-fn gateway_setup(path: &std::path::Path, engine: &tether::Config) -> Result<(tether::Config, Arc<Gateway>), String> {
-    let config = GatewayConfig::load(path)?;
-    for option in &config.unknown {
-        warn!(option = %option, file = %path.display(), "gateway option not implemented by tetherd: ignored");
+/// Loads the gateway's and every tenant's config, reports the options they do not implement, and registers
+/// the gateway's connection profile with the engine (its message size limit the largest of theirs).
+fn gateway_setup(settings: &config::Settings) -> Result<(tether::Config, Arc<TenantTable>), String> {
+    let sources = settings.tenant_sources()?;
+    let initial = Initial::load(settings.gateway.as_deref(), &sources)?;
+    for (name, config) in initial.configs() {
+        for option in &config.unknown {
+            warn!(option = %option, tenant = name, "gateway option not implemented by tetherd: ignored");
+        }
+        info!(
+            tenant = name,
+            namespaces = config.namespaces.len(),
+            ping_interval = %humantime::format_duration(config.ping_interval),
+            pong_timeout = %humantime::format_duration(config.pong_timeout),
+            connection_limit = config.connection_limit,
+            connection_rate_limit = config.connection_rate_limit,
+            command_rate_limit = config.command_rate_limit,
+            message_size_limit = config.message_size_limit,
+            "gateway config"
+        );
     }
-    let mut engine = engine.clone();
-    let profile = engine.add_profile(Gateway::engine_profile(&config, &engine));
-    let gateway = Gateway::new(config, profile).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut engine = settings.engine.clone();
+    let max_message_size = initial.max_message_size();
+    let profile = engine.add_profile(Gateway::engine_profile(max_message_size, &engine));
+    let reload_settings = settings.clone();
+    let sources: Sources = Box::new(move || reload_settings.tenant_sources());
+    let table = TenantTable::new(
+        initial,
+        settings.gateway.clone(),
+        sources,
+        settings.admin_key.clone(),
+        profile,
+        max_message_size,
+    )?;
+    let t = table.snapshot();
     info!(
-        file = %path.display(),
-        namespaces = gateway.config.namespaces.len(),
-        ping_interval = %humantime::format_duration(gateway.config.ping_interval),
-        pong_timeout = %humantime::format_duration(gateway.config.pong_timeout),
-        "gateway: Centrifugo client protocol on /connection/websocket, server API on /api/<method>"
+        gateway = t.default.is_some(),
+        tenants = ?t.named.keys().collect::<Vec<_>>(),
+        admin = settings.admin_key.is_some(),
+        "gateway: Centrifugo client protocol on /connection/websocket (tenants: /t/NAME/connection/websocket), \
+         server API on /api/<method> (/t/NAME/api/<method>)"
     );
-    Ok((engine, Arc::new(gateway)))
+    Ok((engine, Arc::new(table)))
 }
 
-/// First SIGINT/SIGTERM: drain. Second: leave at once.
-fn watch_signals(mut signals: Signals, handle: tether::EngineHandle, drain: std::time::Duration) {
+/// First SIGINT/SIGTERM: drain. Second: leave at once. SIGHUP: reload the gateway and tenant files.
+fn watch_signals(
+    mut signals: Signals,
+    handle: tether::EngineHandle,
+    drain: std::time::Duration,
+    tenants: Option<Arc<TenantTable>>,
+) {
     let mut draining = false;
     for signal in signals.forever() {
+        if signal == SIGHUP {
+            match &tenants {
+                Some(table) => {
+                    info!(signal = "SIGHUP", "reloading the gateway and tenant files");
+                    table.reload(&handle);
+                }
+                None => info!(signal = "SIGHUP", "nothing to reload (no gateway)"),
+            }
+            continue;
+        }
         let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
         if draining {
             warn!(signal = name, "second signal, exiting now");

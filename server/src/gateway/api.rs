@@ -61,9 +61,16 @@ pub fn authorized(gw: &Gateway, request: &HttpRequest) -> bool {
     query.split('&').filter_map(|kv| kv.strip_prefix("api_key=")).any(|k| k == key)
 }
 
-/// Answers one API request.
-pub fn handle(gw: &Gateway, handle: &EngineHandle, notify: Notify<'_>, request: &HttpRequest) -> HttpResponse {
-    let method = request.path.strip_prefix("/api/").unwrap_or("");
+/// Answers one API request; `path` is the request's path within its gateway (`/api/publish`, also for
+/// `/t/NAME/api/publish`).
+pub fn handle(
+    gw: &Gateway,
+    handle: &EngineHandle,
+    notify: Notify<'_>,
+    request: &HttpRequest,
+    path: &str,
+) -> HttpResponse {
+    let method = path.strip_prefix("/api/").unwrap_or("");
     let response = respond(gw, handle, notify, request, method);
     gw.metrics.api_call(if method.is_empty() { "-" } else { method }, response.status);
     response
@@ -268,7 +275,7 @@ pub fn call(
                     _ => Notice::Refresh {
                         conn,
                         expired: b.expired,
-                        expire_at: (b.expire_at > 0).then_some(b.expire_at),
+                        expire_at: (b.expire_at > 0).then_some(b.expire_at.min(super::auth::MAX_EXPIRY_UNIX)),
                     },
                 };
                 notify(conn.shard(), notice).map_err(|_| ApiError(ErrorCode::INTERNAL, "shard inbox full".into()))?;

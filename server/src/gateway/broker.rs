@@ -10,6 +10,7 @@
 //! and the ones before it (if it recovers) in its subscribe reply: no gap, no duplicate. A lock is held for
 //! an append and a few queue pushes; no socket I/O happens under it.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,11 +106,10 @@ impl Channel {
     }
 }
 
-/// A channel's publications travel on the engine topic of the same name (subscribe, publish and unsubscribe
-/// all use the name as it is). Its join and leave pushes travel on this one, which only the subscribers that
-/// get them are members of.
-pub fn join_leave_topic(channel: &str) -> String {
-    format!("{channel}\u{0}jl")
+/// The join and leave pushes of a channel travel on this topic (after the channel's own topic name), which
+/// only the subscribers that get them are members of.
+fn join_leave_topic(topic: &str) -> String {
+    format!("{topic}\u{0}jl")
 }
 
 /// Where a publication landed in its channel's stream.
@@ -178,13 +178,47 @@ type Stripe = HashMap<Arc<str>, Channel>;
 pub struct Broker {
     stripes: Box<[Mutex<Stripe>]>,
     history_meta_ttl: Duration,
+    /// Put before a channel's name to make its engine topic: "" for the `--gateway` gateway (the channel
+    /// name is the topic), `"\u{1}NAME\u{0}"` for tenant NAME, so that tenants never share a topic (a
+    /// channel name cannot hold `\0`).
+    topic_prefix: Box<str>,
+    /// Publication pushes queued to subscribers (one per subscriber per publication).
+    deliveries: AtomicU64,
 }
 
 const STRIPES: usize = 64;
 
 impl Broker {
-    pub fn new(history_meta_ttl: Duration) -> Broker {
-        Broker { stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(), history_meta_ttl }
+    pub fn new(history_meta_ttl: Duration, topic_prefix: String) -> Broker {
+        Broker {
+            stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            history_meta_ttl,
+            topic_prefix: topic_prefix.into(),
+            deliveries: AtomicU64::new(0),
+        }
+    }
+
+    /// The engine topic of `channel`: the name itself (one copy shared by session, broker and engine) unless
+    /// this broker serves a tenant.
+    fn topic(&self, channel: &Arc<str>) -> Arc<str> {
+        if self.topic_prefix.is_empty() {
+            channel.clone()
+        } else {
+            format!("{}{channel}", self.topic_prefix).into()
+        }
+    }
+
+    /// Publication pushes queued to subscribers so far.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Relaxed)
+    }
+
+    fn topic_str<'c>(&self, channel: &'c str) -> std::borrow::Cow<'c, str> {
+        if self.topic_prefix.is_empty() {
+            channel.into()
+        } else {
+            format!("{}{channel}", self.topic_prefix).into()
+        }
     }
 
     fn lock(&self, channel: &str) -> MutexGuard<'_, Stripe> {
@@ -220,6 +254,9 @@ impl Broker {
     /// queues the encoded push to every shard.
     pub fn publish(&self, handle: &EngineHandle, p: Publish<'_>) -> Result<Option<Position>, ErrorCode> {
         let Publish { channel, ns, data, info, tags, skip_history } = p;
+        if channel.contains('\0') {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
         let now = Instant::now();
         let mut map = self.lock(channel);
         let mut position = None;
@@ -241,7 +278,8 @@ impl Broker {
         };
         let Some(ch) = map.get(channel) else { return Ok(position) };
         let frame = protocol::push(channel, "pub", &publication);
-        ch.fan_out(handle, channel, &frame).map_err(|_| ErrorCode::INTERNAL)?;
+        ch.fan_out(handle, &self.topic_str(channel), &frame).map_err(|_| ErrorCode::INTERNAL)?;
+        self.deliveries.fetch_add(ch.subscribers as u64, Relaxed);
         Ok(position)
     }
 
@@ -249,6 +287,9 @@ impl Broker {
     /// subscriptions to the connection's shard, adds presence and publishes the join — in one critical
     /// section, so that the reply's position and the live stream meet exactly.
     pub fn subscribe(&self, handle: &EngineHandle, s: Subscribe<'_>) -> Result<Subscribed, ErrorCode> {
+        if s.channel.contains('\0') {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
         let now = Instant::now();
         let mut map = self.lock(s.channel);
         let ch = Self::entry_with(&mut map, s.channel, || s.channel.clone());
@@ -261,9 +302,9 @@ impl Broker {
                 out.recovery = Some(stream.recover(epoch, offset, s.recovery_limit));
             }
         }
-        handle.subscribe(s.conn, s.channel.clone()).map_err(|_| ErrorCode::INTERNAL)?;
+        handle.subscribe(s.conn, self.topic(s.channel)).map_err(|_| ErrorCode::INTERNAL)?;
         if s.join_leave {
-            handle.subscribe(s.conn, join_leave_topic(s.channel)).map_err(|_| ErrorCode::INTERNAL)?;
+            handle.subscribe(s.conn, join_leave_topic(&self.topic_str(s.channel))).map_err(|_| ErrorCode::INTERNAL)?;
         }
         ch.add_subscriber(s.conn.shard());
         if let Some(p) = s.presence {
@@ -271,7 +312,7 @@ impl Broker {
             ch.presence.get_or_insert_with(Default::default).insert(s.client, p);
             if s.ns.join_leave {
                 let frame = protocol::push(s.channel, "join", &format!("{{\"info\":{info}}}"));
-                let _ = ch.fan_out(handle, &join_leave_topic(s.channel), &frame);
+                let _ = ch.fan_out(handle, &join_leave_topic(&self.topic_str(s.channel)), &frame);
             }
         }
         Ok(out)
@@ -281,10 +322,11 @@ impl Broker {
     /// publishes the leave.
     pub fn unsubscribe(&self, handle: &EngineHandle, u: Unsubscribe<'_>) {
         let mut map = self.lock(u.channel);
+        let topic = self.topic_str(u.channel);
         if let Some(conn) = u.conn {
-            let _ = handle.unsubscribe(conn, u.channel);
+            let _ = handle.unsubscribe(conn, &topic);
             if u.join_leave {
-                let _ = handle.unsubscribe(conn, &join_leave_topic(u.channel));
+                let _ = handle.unsubscribe(conn, &join_leave_topic(&topic));
             }
         }
         let Some(ch) = map.get_mut(u.channel) else { return };
@@ -293,7 +335,7 @@ impl Broker {
             if let Some(p) = ch.presence.as_mut().and_then(|m| m.remove(&u.client)) {
                 if u.emit_leave {
                     let frame = protocol::push(u.channel, "leave", &format!("{{\"info\":{}}}", p.info_json(&u.client)));
-                    let _ = ch.fan_out(handle, &join_leave_topic(u.channel), &frame);
+                    let _ = ch.fan_out(handle, &join_leave_topic(&topic), &frame);
                 }
             }
         }

@@ -15,8 +15,10 @@ use tracing::debug;
 use super::auth::TokenError;
 use super::broker::{self, client_text, ClientId, Presence, Publish, Subscribe, Unsubscribe};
 use super::config::NamespaceOptions;
+use super::metrics::Rejection;
 use super::protocol::{self, lines, parse_command, Disconnect, ErrorCode, Obj, Replies, Request};
-use super::session::{sub_flag, Due, Ms, Phase, Session, Sub, Timing};
+use super::session::{sub_flag, Due, Ms, Phase, Rate, Session, Sub};
+use super::tenants::{TenantTable, Tenants};
 use super::{Gateway, Notice};
 
 /// The path clients connect to (Centrifugo's default `websocket.handler_prefix`).
@@ -24,11 +26,61 @@ pub const WEBSOCKET_PATH: &str = "/connection/websocket";
 /// Sweep expired history streams this often (shard 0 only).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// The gateway's [`Handler`]: one per shard, sharing the node's [`Gateway`].
+/// The gateway's [`Handler`]: one per shard, reading the node's gateways (the `--gateway` one and the
+/// tenants) from the [`TenantTable`].
 pub struct GatewayHandler {
-    gw: Arc<Gateway>,
-    timing: Timing,
+    table: Arc<TenantTable>,
+    /// The table's gateways as of `generation`.
+    tenants: Arc<Tenants>,
+    generation: u64,
     next_sweep: Option<Instant>,
+}
+
+/// What the engine keeps in a connection's slot: the gateway it came in through (set at the upgrade) and
+/// its session.
+#[derive(Default)]
+pub struct Conn {
+    gw: Option<Arc<Gateway>>,
+    session: Session,
+}
+
+type H = GatewayHandler;
+
+impl GatewayHandler {
+    pub fn new(table: Arc<TenantTable>) -> Self {
+        let tenants = table.snapshot();
+        let generation = table.generation();
+        GatewayHandler { table, tenants, generation, next_sweep: None }
+    }
+
+    /// The gateways in force (refreshed after a reload).
+    fn tenants(&mut self) -> &Arc<Tenants> {
+        let generation = self.table.generation();
+        if generation != self.generation {
+            self.tenants = self.table.snapshot();
+            self.generation = generation;
+        }
+        &self.tenants
+    }
+
+    /// Takes the gateway and session out of the slot for the length of a callback (the callback needs `ctx`
+    /// too). Moving the `Arc` out and back costs no reference count traffic.
+    fn take(ctx: &mut Ctx<'_, Self>, conn: ConnId) -> Option<(Arc<Gateway>, Session)> {
+        let c = ctx.state(conn)?;
+        let gw = c.gw.take()?;
+        Some((gw, std::mem::take(&mut c.session)))
+    }
+
+    fn put(ctx: &mut Ctx<'_, Self>, conn: ConnId, gw: Arc<Gateway>, session: Session) {
+        if let Some(c) = ctx.state(conn) {
+            c.gw = Some(gw);
+            c.session = session;
+        }
+    }
+
+    fn send(ctx: &mut Ctx<'_, Self>, conn: ConnId, text: &str) {
+        let _ = ctx.send(conn, Message::Text(text));
+    }
 }
 
 /// How a command ended when it did not simply answer: the connection must be closed.
@@ -48,66 +100,60 @@ struct SubArgs<'a> {
     expires_at: Option<(Instant, u64)>,
 }
 
-impl GatewayHandler {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        let c = &gw.config;
-        let timing = Timing {
-            epoch: gw.started,
-            ping_interval: c.ping_interval,
-            pong_timeout: c.pong_timeout,
-            stale_close_delay: c.stale_close_delay,
-            expired_close_delay: c.expired_close_delay,
-            expired_sub_close_delay: c.expired_sub_close_delay,
-        };
-        GatewayHandler { gw, timing, next_sweep: None }
-    }
-
+/// The client protocol, for the gateway a connection came in through.
+impl Gateway {
     /// The shard-clock deadline of an expiry given in unix seconds (`None`: never).
     fn expiry_deadline(&self, now: Instant, expire_unix: Option<u64>, now_unix: u64) -> Ms {
-        expire_unix.map_or(Ms::NONE, |t| self.timing.ms(now + Duration::from_secs(t.saturating_sub(now_unix))))
+        // Total for any input: an expiry beyond what `Instant` can hold is "never" in practice.
+        expire_unix
+            .map(|t| Duration::from_secs(t.saturating_sub(now_unix).min(super::auth::MAX_EXPIRY_UNIX)))
+            .and_then(|d| now.checked_add(d))
+            .map_or(Ms::NONE, |at| self.timing.ms(at))
     }
 
-    fn arm(&self, ctx: &mut Ctx<'_, Self>, conn: ConnId, session: &Session) {
+    fn arm(&self, ctx: &mut Ctx<'_, H>, conn: ConnId, session: &Session) {
         match session.next_deadline(&self.timing) {
             Some(at) => ctx.set_timer(conn, at),
             None => ctx.cancel_timer(conn),
         };
     }
 
-    /// Takes the session out of the slot for the length of a callback (the callback needs `ctx` too).
-    fn take(ctx: &mut Ctx<'_, Self>, conn: ConnId) -> Option<Session> {
-        ctx.state(conn).map(std::mem::take)
-    }
-
-    fn put(ctx: &mut Ctx<'_, Self>, conn: ConnId, session: Session) {
-        if let Some(s) = ctx.state(conn) {
-            *s = session;
-        }
-    }
-
-    fn close(&self, ctx: &mut Ctx<'_, Self>, conn: ConnId, d: Disconnect, detail: &str) {
+    fn close(&self, ctx: &mut Ctx<'_, H>, conn: ConnId, d: Disconnect, detail: &str) {
         debug!(conn = %conn, code = d.code, detail, "gateway disconnect");
         ctx.close(conn, d.code, d.reason);
     }
 
-    fn send(ctx: &mut Ctx<'_, Self>, conn: ConnId, text: &str) {
-        let _ = ctx.send(conn, Message::Text(text));
-    }
-
     fn command(
         &self,
-        ctx: &mut Ctx<'_, Self>,
+        ctx: &mut Ctx<'_, H>,
         conn: ConnId,
         s: &mut Session,
         id: u32,
         request: Request,
         out: &mut Replies,
     ) -> Outcome {
-        if s.phase == Phase::Fresh && !matches!(request, Request::Connect(_)) {
-            return Err(Disconnect::BAD_REQUEST);
+        match s.phase {
+            Phase::Fresh if !matches!(request, Request::Connect(_)) => return Err(Disconnect::BAD_REQUEST),
+            Phase::Unusable => return Err(Disconnect::BAD_REQUEST),
+            _ => {}
         }
         s.alive();
-        let m = &self.gw.metrics;
+        let rate = self.config.command_rate_limit;
+        if rate > 0 && !matches!(request, Request::Pong) {
+            match s.take_command(self.timing.ms(ctx.now()), rate as f32, self.config.command_burst() as f32) {
+                Rate::Ok => {}
+                Rate::Refused => {
+                    self.metrics.reject(Rejection::CommandRate);
+                    self.error(id, ErrorCode::TOO_MANY_REQUESTS, out);
+                    return Ok(());
+                }
+                Rate::Exhausted => {
+                    self.metrics.reject(Rejection::CommandRateClose);
+                    return Err(Disconnect::TOO_MANY_REQUESTS);
+                }
+            }
+        }
+        let m = &self.metrics;
         match request {
             Request::Pong => Ok(()),
             Request::Connect(r) => self.connect(ctx, conn, s, id, r, out),
@@ -159,20 +205,20 @@ impl GatewayHandler {
     }
 
     fn error(&self, id: u32, code: ErrorCode, out: &mut Replies) {
-        self.gw.metrics.error(code);
+        self.metrics.error(code);
         out.error(id, code);
     }
 
     fn connect(
         &self,
-        ctx: &mut Ctx<'_, Self>,
+        ctx: &mut Ctx<'_, H>,
         conn: ConnId,
         s: &mut Session,
         id: u32,
         r: protocol::ConnectRequest,
         out: &mut Replies,
     ) -> Outcome {
-        let cfg = &self.gw.config;
+        let cfg = &self.config;
         if s.phase == Phase::Connected {
             return Err(Disconnect::BAD_REQUEST);
         }
@@ -183,9 +229,10 @@ impl GatewayHandler {
             }
             Default::default()
         } else {
-            match self.gw.verifier.connect(&r.token, now_unix) {
+            match self.verifier.connect(&r.token, now_unix) {
                 Ok(c) => c,
                 Err(TokenError::Expired) => {
+                    s.phase = Phase::Unusable;
                     self.error(id, ErrorCode::TOKEN_EXPIRED, out);
                     return Ok(());
                 }
@@ -197,12 +244,22 @@ impl GatewayHandler {
         };
         let expire = claims.expiry();
         if expire.is_some_and(|t| t <= now_unix) {
+            s.phase = Phase::Unusable;
             self.error(id, ErrorCode::TOKEN_EXPIRED, out);
             return Ok(());
         }
+        if self.retired() {
+            return Err(Disconnect::TENANT_REMOVED);
+        }
         let user: Arc<str> = claims.user.as_str().into();
         let client: ClientId = *uuid::Uuid::new_v4().as_bytes();
-        if !self.gw.registry.add(&user, client, conn, cfg.user_connection_limit) {
+        if !self.admit_client() {
+            self.metrics.reject(Rejection::ConnectionLimit);
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
+        if !self.registry.add(&user, client, conn, cfg.user_connection_limit) {
+            self.client_gone();
+            self.metrics.reject(Rejection::UserConnectionLimit);
             return Err(Disconnect::CONNECTION_LIMIT);
         }
         let now = ctx.now();
@@ -219,7 +276,7 @@ impl GatewayHandler {
             let jitter = Duration::from_nanos(fastrand::u64(0..=(interval.as_nanos() / 2) as u64));
             s.next_ping = self.timing.ms(now + interval / 2 + jitter);
         }
-        self.gw.metrics.connected();
+        self.metrics.connected();
 
         let mut subs = Obj::new();
         let mut any_sub = false;
@@ -260,17 +317,16 @@ impl GatewayHandler {
 
     fn subscribe(
         &self,
-        ctx: &mut Ctx<'_, Self>,
+        ctx: &mut Ctx<'_, H>,
         conn: ConnId,
         s: &mut Session,
         id: u32,
         r: protocol::SubscribeRequest,
         out: &mut Replies,
     ) -> Outcome {
-        let cfg = &self.gw.config;
+        let cfg = &self.config;
         let channel = r.channel.as_str();
-        if channel.is_empty() || channel.len() > cfg.channel_max_length || channel.contains(['\0', '\n']) || r.kind != 0
-        {
+        if !self.valid_channel(channel) || r.kind != 0 {
             self.error(id, ErrorCode::BAD_REQUEST, out);
             return Ok(());
         }
@@ -284,7 +340,7 @@ impl GatewayHandler {
         let mut data = None;
         let mut expires_at = None;
         if !r.token.is_empty() {
-            match self.gw.subscription_verifier().subscribe(&r.token, Gateway::now_unix()) {
+            match self.subscription_verifier().subscribe(&r.token, Gateway::now_unix()) {
                 Ok(c) => {
                     if c.channel != channel
                         || c.user != user
@@ -295,8 +351,8 @@ impl GatewayHandler {
                     chan_info = c.info.as_ref().map(|i| Arc::from(i.get()));
                     data = c.data.as_ref().map(|d| Arc::from(d.get()));
                     if let Some(t) = c.expiry() {
-                        let ttl = t.saturating_sub(Gateway::now_unix());
-                        expires_at = Some((ctx.now() + Duration::from_secs(ttl), ttl));
+                        let ttl = t.saturating_sub(Gateway::now_unix()).min(super::auth::MAX_EXPIRY_UNIX);
+                        expires_at = ctx.now().checked_add(Duration::from_secs(ttl)).map(|at| (at, ttl));
                     }
                 }
                 Err(TokenError::Expired) => {
@@ -346,16 +402,17 @@ impl GatewayHandler {
     /// Takes a subscription for `s` and builds its result (the `subscribe` reply body or push body).
     fn take_sub(
         &self,
-        ctx: &mut Ctx<'_, Self>,
+        ctx: &mut Ctx<'_, H>,
         conn: ConnId,
         s: &mut Session,
         a: SubArgs<'_>,
     ) -> Result<String, ErrorCode> {
-        let cfg = &self.gw.config;
+        let cfg = &self.config;
         if s.sub(a.channel).is_some() {
             return Err(ErrorCode::ALREADY_SUBSCRIBED);
         }
         if s.subs.len() >= cfg.channel_limit {
+            self.metrics.reject(Rejection::ChannelLimit);
             return Err(ErrorCode::LIMIT_EXCEEDED);
         }
         let ns = a.ns;
@@ -372,7 +429,7 @@ impl GatewayHandler {
         let recover = if recoverable { a.recover } else { None };
         // One copy of the name, shared by the session, the broker and the engine's topic table.
         let channel: Arc<str> = a.channel.into();
-        let done = self.gw.broker.subscribe(
+        let done = self.broker.subscribe(
             ctx.handle(),
             Subscribe {
                 conn,
@@ -416,7 +473,7 @@ impl GatewayHandler {
             result = result.bool_if("was_recovering", true);
         }
         if let Some(rec) = &done.recovery {
-            self.gw.metrics.recovery(rec.recovered);
+            self.metrics.recovery(rec.recovered);
             if rec.recovered {
                 result = result.bool_if("recovered", true);
                 // The client's own offset: the SDK advances it over the publications that follow.
@@ -439,9 +496,9 @@ impl GatewayHandler {
     }
 
     /// Ends `s`'s subscription to `channel` (if any): topics, presence, leave.
-    fn end_sub(&self, ctx: &mut Ctx<'_, Self>, conn: Option<ConnId>, s: &mut Session, channel: &str) -> bool {
+    fn end_sub(&self, ctx: &mut Ctx<'_, H>, conn: Option<ConnId>, s: &mut Session, channel: &str) -> bool {
         let Some(sub) = s.take_sub(channel) else { return false };
-        self.gw.broker.unsubscribe(
+        self.broker.unsubscribe(
             ctx.handle(),
             Unsubscribe {
                 shard: ctx.shard(),
@@ -456,10 +513,10 @@ impl GatewayHandler {
         true
     }
 
-    fn publish(&self, ctx: &mut Ctx<'_, Self>, s: &Session, id: u32, r: protocol::PublishRequest, out: &mut Replies) {
-        let cfg = &self.gw.config;
+    fn publish(&self, ctx: &mut Ctx<'_, H>, s: &Session, id: u32, r: protocol::PublishRequest, out: &mut Replies) {
+        let cfg = &self.config;
         let channel = r.channel.as_str();
-        if channel.is_empty() {
+        if !self.valid_channel(channel) {
             return self.error(id, ErrorCode::BAD_REQUEST, out);
         }
         let Some(ns) = cfg.namespace_for(channel) else { return self.error(id, ErrorCode::UNKNOWN_CHANNEL, out) };
@@ -476,9 +533,9 @@ impl GatewayHandler {
         let mut info = String::new();
         protocol::client_info(&mut info, s.user(), &client_text(&s.client), s.conn_info.as_deref(), None);
         let publish = Publish { channel, ns, data: data.get(), info: Some(&info), tags: None, skip_history: false };
-        match self.gw.broker.publish(ctx.handle(), publish) {
+        match self.broker.publish(ctx.handle(), publish) {
             Ok(_) => {
-                self.gw.metrics.publication(false);
+                self.metrics.publication(false);
                 out.result(id, "publish", "{}");
             }
             Err(code) => self.error(id, code, out),
@@ -486,19 +543,31 @@ impl GatewayHandler {
     }
 
     fn presence_permission(&self, ns: &NamespaceOptions, subscribed: bool, anonymous: bool) -> bool {
-        self.gw.config.insecure
+        self.config.insecure
             || ((ns.allow_presence_for_client || (ns.allow_presence_for_subscriber && subscribed))
                 && (!anonymous || ns.allow_presence_for_anonymous))
     }
 
     fn history_permission(&self, ns: &NamespaceOptions, subscribed: bool, anonymous: bool) -> bool {
-        self.gw.config.insecure
+        self.config.insecure
             || ((ns.allow_history_for_client || (ns.allow_history_for_subscriber && subscribed))
                 && (!anonymous || ns.allow_history_for_anonymous))
     }
 
+    /// A channel name as Centrifugo takes it without `channel_regex`: ASCII, not empty, at most
+    /// `channel.max_length` bytes; and without NUL or newline (tetherd's framing and topics rely on that).
+    fn valid_channel(&self, channel: &str) -> bool {
+        !channel.is_empty()
+            && channel.len() <= self.config.channel_max_length
+            && channel.is_ascii()
+            && !channel.contains(['\0', '\n'])
+    }
+
     fn presence(&self, s: &Session, id: u32, channel: &str, stats: bool, out: &mut Replies) {
-        let Some(ns) = self.gw.config.namespace_for(channel) else {
+        if !self.valid_channel(channel) {
+            return self.error(id, ErrorCode::BAD_REQUEST, out);
+        }
+        let Some(ns) = self.config.namespace_for(channel) else {
             return self.error(id, ErrorCode::UNKNOWN_CHANNEL, out);
         };
         if !ns.presence {
@@ -508,15 +577,18 @@ impl GatewayHandler {
             return self.error(id, ErrorCode::PERMISSION_DENIED, out);
         }
         if stats {
-            out.result(id, "presence_stats", &presence_stats_json(&self.gw, channel));
+            out.result(id, "presence_stats", &presence_stats_json(self, channel));
         } else {
-            out.result(id, "presence", &presence_json(&self.gw, channel));
+            out.result(id, "presence", &presence_json(self, channel));
         }
     }
 
     fn history(&self, s: &Session, id: u32, r: protocol::HistoryRequest, out: &mut Replies) {
         let channel = r.channel.as_str();
-        let Some(ns) = self.gw.config.namespace_for(channel) else {
+        if !self.valid_channel(channel) {
+            return self.error(id, ErrorCode::BAD_REQUEST, out);
+        }
+        let Some(ns) = self.config.namespace_for(channel) else {
             return self.error(id, ErrorCode::UNKNOWN_CHANNEL, out);
         };
         if !ns.history_enabled() {
@@ -526,7 +598,7 @@ impl GatewayHandler {
             return self.error(id, ErrorCode::PERMISSION_DENIED, out);
         }
         match history_json(
-            &self.gw,
+            self,
             channel,
             ns,
             r.limit,
@@ -538,9 +610,9 @@ impl GatewayHandler {
         }
     }
 
-    fn refresh(&self, ctx: &mut Ctx<'_, Self>, s: &mut Session, id: u32, token: &str, out: &mut Replies) -> Outcome {
+    fn refresh(&self, ctx: &mut Ctx<'_, H>, s: &mut Session, id: u32, token: &str, out: &mut Replies) -> Outcome {
         let now_unix = Gateway::now_unix();
-        let claims = match self.gw.verifier.connect(token, now_unix) {
+        let claims = match self.verifier.connect(token, now_unix) {
             Ok(c) => c,
             Err(TokenError::Expired) => return Err(Disconnect::EXPIRED),
             Err(TokenError::Invalid(_)) => return Err(Disconnect::INVALID_TOKEN),
@@ -560,7 +632,7 @@ impl GatewayHandler {
 
     fn sub_refresh(
         &self,
-        ctx: &mut Ctx<'_, Self>,
+        ctx: &mut Ctx<'_, H>,
         s: &mut Session,
         id: u32,
         channel: &str,
@@ -568,7 +640,7 @@ impl GatewayHandler {
         out: &mut Replies,
     ) -> Outcome {
         let now_unix = Gateway::now_unix();
-        let claims = match self.gw.subscription_verifier().subscribe(token, now_unix) {
+        let claims = match self.subscription_verifier().subscribe(token, now_unix) {
             Ok(c) => c,
             Err(TokenError::Expired) => {
                 self.error(id, ErrorCode::TOKEN_EXPIRED, out);
@@ -595,19 +667,14 @@ impl GatewayHandler {
     }
 
     /// Server-side work sent by the API.
-    fn notice(&self, ctx: &mut Ctx<'_, Self>, notice: Notice) {
-        let conn = match &notice {
-            Notice::Subscribe { conn, .. } | Notice::Unsubscribe { conn, .. } | Notice::Refresh { conn, .. } => *conn,
-        };
-        let Some(mut s) = Self::take(ctx, conn) else { return };
+    fn notice(&self, ctx: &mut Ctx<'_, H>, conn: ConnId, s: &mut Session, notice: Notice) -> Option<Disconnect> {
         if s.phase != Phase::Connected {
-            Self::put(ctx, conn, s);
-            return;
+            return None;
         }
         let mut close = None;
         match notice {
             Notice::Subscribe { channel, info, data, .. } => {
-                if let Some(ns) = self.gw.config.namespace_for(&channel) {
+                if let Some(ns) = self.config.namespace_for(&channel) {
                     let args = SubArgs {
                         channel: &channel,
                         ns,
@@ -620,15 +687,15 @@ impl GatewayHandler {
                         data,
                         expires_at: None,
                     };
-                    if let Ok(body) = self.take_sub(ctx, conn, &mut s, args) {
-                        Self::send(ctx, conn, &protocol::push(&channel, "subscribe", &body));
+                    if let Ok(body) = self.take_sub(ctx, conn, s, args) {
+                        H::send(ctx, conn, &protocol::push(&channel, "subscribe", &body));
                     }
                 }
             }
             Notice::Unsubscribe { channel, .. } => {
-                if self.end_sub(ctx, Some(conn), &mut s, &channel) {
+                if self.end_sub(ctx, Some(conn), s, &channel) {
                     let body = r#"{"code":2000,"reason":"server unsubscribe"}"#;
-                    Self::send(ctx, conn, &protocol::push(&channel, "unsubscribe", body));
+                    H::send(ctx, conn, &protocol::push(&channel, "unsubscribe", body));
                 }
             }
             Notice::Refresh { expired, expire_at, .. } => {
@@ -639,16 +706,13 @@ impl GatewayHandler {
                 }
             }
         }
-        self.arm(ctx, conn, &s);
-        Self::put(ctx, conn, s);
-        if let Some(d) = close {
-            self.close(ctx, conn, d, "api refresh expired");
-        }
+        self.arm(ctx, conn, s);
+        close
     }
 }
 
 /// A channel name as a JSON object key.
-fn json_key(channel: &str) -> String {
+pub fn json_key(channel: &str) -> String {
     // Obj writes keys verbatim inside quotes: escape what JSON needs.
     let quoted = serde_json::to_string(channel).expect("a str serializes");
     quoted[1..quoted.len() - 1].to_string()
@@ -713,19 +777,23 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
 }
 
 impl Handler for GatewayHandler {
-    type Conn = Session;
+    type Conn = Conn;
     type Notice = Notice;
 
-    fn on_upgrade(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, request: &UpgradeRequest) -> Upgrade {
-        if request.path != WEBSOCKET_PATH {
+    fn on_upgrade(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, request: &UpgradeRequest) -> Upgrade {
+        let Some((gw, path)) = self.tenants().route(&request.path) else {
+            return Upgrade::Reject(HttpError::new(404, "Not Found", format!("no gateway at {}", request.path)));
+        };
+        if path != WEBSOCKET_PATH {
             return Upgrade::Reject(HttpError::new(
                 404,
                 "Not Found",
                 format!("no WebSocket endpoint at {}", request.path),
             ));
         }
-        if !origin_allowed(&self.gw.config.allowed_origins, request.origin.as_deref()) {
-            self.gw.metrics.origin_refused();
+        if !origin_allowed(&gw.config.allowed_origins, request.origin.as_deref()) {
+            gw.metrics.origin_refused();
+            gw.metrics.reject(Rejection::Origin);
             return Upgrade::Reject(HttpError::new(403, "Forbidden", "origin not allowed (client.allowed_origins)"));
         }
         let query = request.query.as_deref().unwrap_or("");
@@ -739,32 +807,56 @@ impl Handler for GatewayHandler {
                 "the protobuf encoding (centrifuge-protobuf) is not served yet; use the JSON protocol",
             ));
         }
-        let mut accept = Accept::new().profile(self.gw.profile);
+        if !gw.admit_connection(ctx.now()) {
+            gw.metrics.reject(Rejection::ConnectionRate);
+            return Upgrade::Reject(HttpError::new(
+                503,
+                "Service Unavailable",
+                "too many new connections (client.connection_rate_limit); retry with backoff",
+            ));
+        }
+        let mut accept = Accept::new().profile(gw.profile);
         if offers_json {
             accept = accept.subprotocol("centrifuge-json");
+        }
+        let gw = gw.clone();
+        if let Some(c) = ctx.state(conn) {
+            c.gw = Some(gw);
         }
         Upgrade::Accept(accept)
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
         let now = ctx.now();
-        let Some(mut s) = Self::take(ctx, conn) else { return };
-        s.opened = self.timing.ms(now);
-        self.arm(ctx, conn, &s);
-        Self::put(ctx, conn, s);
+        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
+        s.opened = gw.timing.ms(now);
+        gw.arm(ctx, conn, &s);
+        H::put(ctx, conn, gw, s);
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
-        let Some(mut s) = Self::take(ctx, conn) else { return };
+        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
         let Message::Text(text) = message else {
-            Self::put(ctx, conn, s);
-            return self.close(ctx, conn, Disconnect::BAD_REQUEST, "binary message on a JSON connection");
+            H::put(ctx, conn, gw.clone(), s);
+            return gw.close(ctx, conn, Disconnect::BAD_REQUEST, "binary message on a JSON connection");
         };
+        if text.len() > gw.config.message_size_limit {
+            // The engine's limit is the largest of all tenants'; this tenant's own is smaller.
+            gw.metrics.reject(Rejection::MessageSize);
+            H::put(ctx, conn, gw, s);
+            ctx.close(conn, 1009, "message too big");
+            return;
+        }
+        if lines(text).next().is_none() {
+            // Centrifugo: "empty request received".
+            H::put(ctx, conn, gw.clone(), s);
+            return gw.close(ctx, conn, Disconnect::BAD_REQUEST, "empty message");
+        }
         let mut out = Replies::default();
         let mut outcome = Ok(());
         for line in lines(text) {
             outcome = match parse_command(line) {
-                Ok((id, request)) => self.command(ctx, conn, &mut s, id, request, &mut out),
+                Ok((id, request)) => gw.command(ctx, conn, &mut s, id, request, &mut out),
                 Err(bad) => {
                     debug!(conn = %conn, error = %bad.0, "bad command");
                     Err(Disconnect::BAD_REQUEST)
@@ -775,25 +867,26 @@ impl Handler for GatewayHandler {
             }
         }
         if !out.is_empty() {
-            Self::send(ctx, conn, &out.out);
+            H::send(ctx, conn, &out.out);
         }
-        self.arm(ctx, conn, &s);
-        Self::put(ctx, conn, s);
-        if let Err(d) = outcome {
-            self.close(ctx, conn, d, "command");
+        gw.arm(ctx, conn, &s);
+        let gw2 = (outcome.is_err()).then(|| gw.clone());
+        H::put(ctx, conn, gw, s);
+        if let (Err(d), Some(gw)) = (outcome, gw2) {
+            gw.close(ctx, conn, d, "command");
         }
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
         let now = ctx.now();
-        let Some(mut s) = Self::take(ctx, conn) else { return };
+        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
         let mut close = None;
         loop {
-            match s.due(now, &self.timing) {
+            match s.due(now, &gw.timing) {
                 Due::Nothing => break,
                 Due::Ping => {
-                    self.gw.metrics.ping();
-                    Self::send(ctx, conn, "{}");
+                    gw.metrics.ping();
+                    H::send(ctx, conn, "{}");
                 }
                 Due::Close(d) => {
                     close = Some(d);
@@ -806,9 +899,9 @@ impl Handler for GatewayHandler {
                             close = Some(Disconnect::SUBSCRIPTION_EXPIRED);
                             break;
                         }
-                        self.end_sub(ctx, Some(conn), &mut s, &channel);
+                        gw.end_sub(ctx, Some(conn), &mut s, &channel);
                         let body = r#"{"code":2501,"reason":"subscription expired"}"#;
-                        Self::send(ctx, conn, &protocol::push(&channel, "unsubscribe", body));
+                        H::send(ctx, conn, &protocol::push(&channel, "unsubscribe", body));
                     }
                     if close.is_some() {
                         break;
@@ -817,52 +910,66 @@ impl Handler for GatewayHandler {
             }
         }
         if close.is_none() {
-            self.arm(ctx, conn, &s);
+            gw.arm(ctx, conn, &s);
         }
-        Self::put(ctx, conn, s);
-        if let Some(d) = close {
-            self.close(ctx, conn, d, "deadline");
+        match close {
+            Some(d) => {
+                H::put(ctx, conn, gw.clone(), s);
+                gw.close(ctx, conn, d, "deadline");
+            }
+            None => H::put(ctx, conn, gw, s),
         }
     }
 
     fn close_note(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, info: &CloseInfo) -> Option<String> {
-        let s = ctx.state(conn)?;
+        let c = ctx.state(conn)?;
+        let s = &c.session;
         let meaning = protocol::close_meaning(info.code);
+        let tenant = match c.gw.as_ref().and_then(|g| g.tenant.as_deref()) {
+            Some(t) => format!("tenant={t} "),
+            None => String::new(),
+        };
         Some(match (&s.phase, &s.user) {
             (Phase::Connected, Some(u)) => {
                 let user = if u.is_empty() { "(anonymous)" } else { u };
-                format!("user={user} client={} meaning=\"{meaning}\"", client_text(&s.client))
+                format!("{tenant}user={user} client={} meaning=\"{meaning}\"", client_text(&s.client))
             }
-            _ => format!("user=(not connected) meaning=\"{meaning}\""),
+            _ => format!("{tenant}user=(not connected) meaning=\"{meaning}\""),
         })
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, closed: &Closed) {
-        self.gw.metrics.disconnect(closed.info.code);
-        let Some(mut s) = Self::take(ctx, conn) else { return };
+        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
+        gw.metrics.disconnect(closed.info.code);
         if s.phase != Phase::Connected {
             return;
         }
         let channels: Vec<Arc<str>> = s.subs.iter().map(|x| x.channel.clone()).collect();
         for channel in channels {
             // The engine dropped the topic subscriptions with the slot.
-            self.end_sub(ctx, None, &mut s, &channel);
+            gw.end_sub(ctx, None, &mut s, &channel);
         }
-        self.gw.registry.remove(s.user(), s.client, conn);
-        self.gw.metrics.disconnected();
+        gw.registry.remove(s.user(), s.client, conn);
+        gw.client_gone();
+        gw.metrics.disconnected();
     }
 
     fn on_http(&mut self, ctx: &mut Ctx<'_, Self>, request: &HttpRequest) -> HttpResponse {
-        if request.path == super::api::PREFIX || request.path.starts_with("/api/") {
-            let notify = |shard: usize, notice: Notice| ctx.notify(shard, notice);
-            return super::api::handle(&self.gw, ctx.handle(), &notify, request);
+        if request.path == super::admin::RELOAD_PATH {
+            return super::admin::reload(&self.table, ctx.handle(), request);
         }
-        // `/healthz`, and `/metrics` with the engine's and the gateway's metrics in one exposition.
+        let tenants = self.tenants().clone();
+        if let Some((gw, path)) = tenants.route(&request.path) {
+            if path == super::api::PREFIX || path.starts_with("/api/") {
+                let notify = |shard: usize, notice: Notice| ctx.notify(shard, notice);
+                return super::api::handle(gw, ctx.handle(), &notify, request, path);
+            }
+        }
+        // `/healthz`, and `/metrics` with the engine's and every gateway's metrics in one exposition.
         let handle = ctx.handle();
-        let gw = &self.gw;
         crate::http::route(&request.method, &request.path, || {
             Some(crate::metrics::render_with(&handle.stats(), &handle.shard_stats(), |r| {
-                super::metrics::register(gw, r)
+                super::metrics::register(&tenants, r)
             }))
         })
     }
@@ -876,12 +983,25 @@ impl Handler for GatewayHandler {
             return;
         }
         self.next_sweep = Some(now + SWEEP_EVERY);
-        let cfg = &self.gw.config;
-        self.gw.broker.sweep(now, |name| cfg.namespace_for(name).cloned());
+        for gw in self.tenants().all() {
+            let cfg = &gw.config;
+            gw.broker.sweep(now, |name| cfg.namespace_for(name).cloned());
+        }
     }
 
     fn on_notice(&mut self, ctx: &mut Ctx<'_, Self>, notice: Notice) {
-        self.notice(ctx, notice);
+        let conn = match &notice {
+            Notice::Subscribe { conn, .. } | Notice::Unsubscribe { conn, .. } | Notice::Refresh { conn, .. } => *conn,
+        };
+        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
+        let close = gw.notice(ctx, conn, &mut s, notice);
+        match close {
+            Some(d) => {
+                H::put(ctx, conn, gw.clone(), s);
+                gw.close(ctx, conn, d, "api refresh expired");
+            }
+            None => H::put(ctx, conn, gw, s),
+        }
     }
 }
 

@@ -186,6 +186,20 @@ pub struct GatewayConfig {
     pub channel_limit: usize,
     /// `client.user_connection_limit`, default 0 = unlimited.
     pub user_connection_limit: usize,
+    /// `client.connection_limit`: connected clients of this gateway (tenant) on this node, default 0 =
+    /// unlimited (tetherd's `--max-connections` still bounds the node); 3504 beyond.
+    pub connection_limit: usize,
+    /// `client.connection_rate_limit`: new WebSocket connections per second on this node, default 0 =
+    /// unlimited; the upgrade is answered HTTP 503 beyond.
+    pub connection_rate_limit: usize,
+    /// `client.command_rate_limit`: commands per second one connection may send (a token bucket), default
+    /// 100; 0 = unlimited. Beyond it a command gets error 111; a client that keeps going until it owes a
+    /// whole burst is closed with 3013.
+    pub command_rate_limit: usize,
+    /// `client.command_rate_burst`: the bucket's size, default 0 = automatic: the larger of twice the rate
+    /// and `channel_limit` + 32, so that a reconnect that resubscribes every channel in one frame is never
+    /// refused.
+    pub command_rate_burst: usize,
     /// `client.expired_close_delay`, default 25s.
     pub expired_close_delay: Duration,
     /// `client.expired_sub_close_delay`, default 25s.
@@ -228,6 +242,10 @@ impl Default for GatewayConfig {
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             channel_limit: 128,
             user_connection_limit: 0,
+            connection_limit: 0,
+            connection_rate_limit: 0,
+            command_rate_limit: 100,
+            command_rate_burst: 0,
             expired_close_delay: DEFAULT_EXPIRED_CLOSE_DELAY,
             expired_sub_close_delay: DEFAULT_EXPIRED_CLOSE_DELAY,
             stale_close_delay: DEFAULT_STALE_CLOSE_DELAY,
@@ -280,6 +298,15 @@ impl GatewayConfig {
     /// Namespace options for `channel`: the namespace is the part before the first `:` after stripping one
     /// leading `$`; no `:` (or an empty namespace part) gives `without_namespace`; an unknown namespace gives
     /// `None` (error 102 "unknown channel").
+    /// The command bucket's size: `client.command_rate_burst`, or when 0 the larger of twice the rate and
+    /// `channel_limit` + 32.
+    pub fn command_burst(&self) -> usize {
+        match self.command_rate_burst {
+            0 => (2 * self.command_rate_limit).max(self.channel_limit + 32),
+            n => n,
+        }
+    }
+
     pub fn namespace_for(&self, channel: &str) -> Option<&NamespaceOptions> {
         let rest = channel.strip_prefix('$').unwrap_or(channel);
         match rest.split_once(':') {
@@ -324,6 +351,13 @@ impl GatewayConfig {
 
     /// Centrifugo's checks on the options tetherd reads.
     fn validate(&self) -> Result<(), String> {
+        if self.command_rate_limit > 0 && self.command_rate_burst > 0 && self.command_rate_burst <= self.channel_limit {
+            return Err(format!(
+                "client.command_rate_burst ({}) must exceed client.channel_limit ({}): a reconnecting client \
+                 resubscribes every channel in one frame",
+                self.command_rate_burst, self.channel_limit
+            ));
+        }
         if !self.ping_interval.is_zero() && !self.pong_timeout.is_zero() && self.pong_timeout >= self.ping_interval {
             return Err(format!(
                 "client.pong_timeout ({:?}) must be less than client.ping_interval ({:?})",
@@ -350,7 +384,7 @@ impl GatewayConfig {
 
 /// Reads the `client` section.
 fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &mut Vec<String>) -> Result<(), String> {
-    const KNOWN: [&str; 14] = [
+    const KNOWN: [&str; 18] = [
         "token",
         "subscription_token",
         "allowed_origins",
@@ -360,6 +394,10 @@ fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &m
         "pong_timeout",
         "channel_limit",
         "user_connection_limit",
+        "connection_limit",
+        "connection_rate_limit",
+        "command_rate_limit",
+        "command_rate_burst",
         "expired_close_delay",
         "expired_sub_close_delay",
         "stale_close_delay",
@@ -384,6 +422,10 @@ fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &m
     read_duration(client, p, "pong_timeout", true, &mut cfg.pong_timeout)?;
     read_usize(client, p, "channel_limit", &mut cfg.channel_limit)?;
     read_usize(client, p, "user_connection_limit", &mut cfg.user_connection_limit)?;
+    read_usize(client, p, "connection_limit", &mut cfg.connection_limit)?;
+    read_usize(client, p, "connection_rate_limit", &mut cfg.connection_rate_limit)?;
+    read_usize(client, p, "command_rate_limit", &mut cfg.command_rate_limit)?;
+    read_usize(client, p, "command_rate_burst", &mut cfg.command_rate_burst)?;
     read_duration(client, p, "expired_close_delay", false, &mut cfg.expired_close_delay)?;
     read_duration(client, p, "expired_sub_close_delay", false, &mut cfg.expired_sub_close_delay)?;
     read_duration(client, p, "stale_close_delay", false, &mut cfg.stale_close_delay)?;

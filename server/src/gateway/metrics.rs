@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::protocol::ErrorCode;
+use super::tenants::Tenants;
 use super::Gateway;
 
 type Labels = Vec<(&'static str, String)>;
@@ -32,6 +33,7 @@ pub struct GatewayMetrics {
     not_recovered: AtomicU64,
     pings: AtomicU64,
     origin_refused: AtomicU64,
+    rejections: [AtomicU64; REJECTIONS.len()],
     commands: [AtomicU64; COMMANDS.len()],
     /// Reply errors by code 100..=113.
     errors: [AtomicU64; 14],
@@ -87,94 +89,179 @@ impl GatewayMetrics {
     }
 }
 
-fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
-    let c = Counter::<u64>::default();
-    c.inc_by(value);
-    registry.register(name, help, c);
+/// What a limit refused, for `tether_gateway_rejections_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// `client.allowed_origins`: HTTP 403.
+    Origin,
+    /// `client.connection_rate_limit`: HTTP 503.
+    ConnectionRate,
+    /// `client.connection_limit`: close 3504.
+    ConnectionLimit,
+    /// `client.user_connection_limit`: close 3504.
+    UserConnectionLimit,
+    /// `client.channel_limit`: error 106.
+    ChannelLimit,
+    /// `client.command_rate_limit`: error 111.
+    CommandRate,
+    /// `client.command_rate_limit` kept exceeded: close 3013.
+    CommandRateClose,
+    /// `websocket.message_size_limit`: close 1009 (the tenant's own limit, below the engine's).
+    MessageSize,
 }
 
-fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
-    let g = Gauge::<i64>::default();
-    g.set(value as i64);
-    registry.register(name, help, g);
-}
+const REJECTIONS: [(Rejection, &str); 8] = [
+    (Rejection::Origin, "origin"),
+    (Rejection::ConnectionRate, "connection_rate"),
+    (Rejection::ConnectionLimit, "connection_limit"),
+    (Rejection::UserConnectionLimit, "user_connection_limit"),
+    (Rejection::ChannelLimit, "channel_limit"),
+    (Rejection::CommandRate, "command_rate"),
+    (Rejection::CommandRateClose, "command_rate_close"),
+    (Rejection::MessageSize, "message_size"),
+];
 
-fn family(registry: &mut Registry, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
-    let f = Family::<Labels, Counter>::default();
-    for (labels, n) in rows {
-        f.get_or_create(&labels).inc_by(n);
+impl GatewayMetrics {
+    pub fn reject(&self, why: Rejection) {
+        self.rejections[why as usize].fetch_add(1, Relaxed);
     }
-    registry.register(name, help, f);
 }
 
-/// Registers every gateway metric (a snapshot) into `r`.
-pub fn register(gw: &Gateway, r: &mut Registry) {
-    let m = &gw.metrics;
+/// Rows of one metric over every gateway. With tenants, each row's labels get `tenant="NAME"` (`tenant=""`
+/// for the `--gateway` one, which Prometheus reads as no label); without, a metric with no labels of its
+/// own is a plain gauge or counter.
+struct Rows<'t> {
+    gateways: &'t [(Option<&'t str>, &'t Gateway)],
+    labelled: bool,
+}
+
+impl<'t> Rows<'t> {
+    fn collect(&self, rows: impl Fn(&Gateway) -> Vec<(Labels, u64)>) -> Vec<(Labels, u64)> {
+        let mut out = Vec::new();
+        for (tenant, gw) in self.gateways {
+            for (mut labels, n) in rows(gw) {
+                if self.labelled {
+                    labels.insert(0, ("tenant", tenant.unwrap_or("").to_string()));
+                }
+                out.push((labels, n));
+            }
+        }
+        out
+    }
+
+    fn gauge(&self, r: &mut Registry, name: &str, help: &str, rows: impl Fn(&Gateway) -> Vec<(Labels, u64)>) {
+        let rows = self.collect(rows);
+        if let [(labels, n)] = rows.as_slice() {
+            if labels.is_empty() {
+                let g = Gauge::<i64>::default();
+                g.set(*n as i64);
+                return r.register(name, help, g);
+            }
+        }
+        let f = Family::<Labels, Gauge>::default();
+        for (labels, n) in rows {
+            f.get_or_create(&labels).set(n as i64);
+        }
+        r.register(name, help, f);
+    }
+
+    fn counter(&self, r: &mut Registry, name: &str, help: &str, rows: impl Fn(&Gateway) -> Vec<(Labels, u64)>) {
+        let rows = self.collect(rows);
+        if let [(labels, n)] = rows.as_slice() {
+            if labels.is_empty() {
+                let c = Counter::<u64>::default();
+                c.inc_by(*n);
+                return r.register(name, help, c);
+            }
+        }
+        let f = Family::<Labels, Counter>::default();
+        for (labels, n) in rows {
+            f.get_or_create(&labels).inc_by(n);
+        }
+        r.register(name, help, f);
+    }
+}
+
+fn one(n: impl TryInto<u64>) -> Vec<(Labels, u64)> {
+    vec![(Vec::new(), n.try_into().unwrap_or(0))]
+}
+
+/// Registers every gateway's metrics (a snapshot) into `r`; a tenant's carry the label `tenant`.
+pub fn register(tenants: &Tenants, r: &mut Registry) {
+    let list: Vec<(Option<&str>, &Gateway)> = tenants.all().map(|g| (g.tenant.as_deref(), &**g)).collect();
+    let rows = Rows { gateways: &list, labelled: !tenants.named.is_empty() };
     let r = r.sub_registry_with_prefix("gateway");
-    let (clients, users, anonymous) = gw.registry.counts_detail();
-    let (channels, subscriptions, entries, streams) = gw.broker.totals();
-    let users_state = Family::<Labels, Gauge>::default();
-    users_state.get_or_create(&vec![("state", "authenticated".into())]).set((clients - anonymous) as i64);
-    users_state.get_or_create(&vec![("state", "anonymous".into())]).set(anonymous as i64);
-    r.register("connections", "Connected clients (past connect), by user state", users_state);
-    gauge(r, "users", "Distinct authenticated users connected", users as u64);
-    gauge(r, "channels", "Channels with at least one subscriber", channels as u64);
-    gauge(r, "subscriptions", "Client subscriptions to channels", subscriptions);
-    gauge(r, "history_publications", "Publications held in history streams", entries);
-    gauge(r, "history_streams", "Channels with a history stream", streams as u64);
-    counter(r, "connects", "Successful connect commands", m.connects.load(Relaxed));
-    counter(r, "disconnects", "Connected clients that went away", m.disconnects_connected.load(Relaxed));
-    family(
-        r,
-        "publications",
-        "Publications accepted, by source",
-        [
+    rows.gauge(r, "connections", "Connected clients (past connect), by user state", |gw| {
+        let (clients, _, anonymous) = gw.registry.counts_detail();
+        vec![
+            (vec![("state", "authenticated".into())], (clients - anonymous) as u64),
+            (vec![("state", "anonymous".into())], anonymous as u64),
+        ]
+    });
+    rows.gauge(r, "users", "Distinct authenticated users connected", |gw| one(gw.registry.counts().1));
+    rows.gauge(r, "channels", "Channels with at least one subscriber", |gw| one(gw.broker.totals().0));
+    rows.gauge(r, "subscriptions", "Client subscriptions to channels", |gw| one(gw.broker.totals().1));
+    rows.gauge(r, "history_publications", "Publications held in history streams", |gw| one(gw.broker.totals().2));
+    rows.gauge(r, "history_streams", "Channels with a history stream", |gw| one(gw.broker.totals().3));
+    rows.counter(r, "connects", "Successful connect commands", |gw| one(gw.metrics.connects.load(Relaxed)));
+    rows.counter(r, "disconnects", "Connected clients that went away", |gw| {
+        one(gw.metrics.disconnects_connected.load(Relaxed))
+    });
+    rows.counter(r, "publications", "Publications accepted, by source", |gw| {
+        let m = &gw.metrics;
+        vec![
             (vec![("source", "api".to_string())], m.publications_api.load(Relaxed)),
             (vec![("source", "client".to_string())], m.publications_client.load(Relaxed)),
-        ],
-    );
-    family(
+        ]
+    });
+    rows.counter(
         r,
-        "recoveries",
-        "Recovering subscribes, by outcome",
-        [
+        "deliveries",
+        "Publication pushes queued to subscribers (per tenant; the engine's tether_deliveries_total counts all)",
+        |gw| one(gw.broker.deliveries()),
+    );
+    rows.counter(r, "recoveries", "Recovering subscribes, by outcome", |gw| {
+        let m = &gw.metrics;
+        vec![
             (vec![("outcome", "recovered".to_string())], m.recovered.load(Relaxed)),
             (vec![("outcome", "not_recovered".to_string())], m.not_recovered.load(Relaxed)),
-        ],
-    );
-    counter(r, "pings", "Protocol pings ({}) sent", m.pings.load(Relaxed));
-    counter(r, "origin_refused", "Upgrades refused with 403 by client.allowed_origins", m.origin_refused.load(Relaxed));
-    family(
-        r,
-        "commands",
-        "Client commands, by method",
-        COMMANDS.iter().zip(&m.commands).map(|(name, c)| (vec![("method", name.to_string())], c.load(Relaxed))),
-    );
-    family(
-        r,
-        "errors",
-        "Error replies to client commands, by code",
-        m.errors
+        ]
+    });
+    rows.counter(r, "pings", "Protocol pings ({}) sent", |gw| one(gw.metrics.pings.load(Relaxed)));
+    rows.counter(r, "origin_refused", "Upgrades refused with 403 by client.allowed_origins", |gw| {
+        one(gw.metrics.origin_refused.load(Relaxed))
+    });
+    rows.counter(r, "rejections", "What the limits refused, by reason", |gw| {
+        REJECTIONS
+            .iter()
+            .map(|(why, name)| (vec![("reason", name.to_string())], gw.metrics.rejections[*why as usize].load(Relaxed)))
+            .collect()
+    });
+    rows.counter(r, "commands", "Client commands, by method", |gw| {
+        COMMANDS
+            .iter()
+            .zip(&gw.metrics.commands)
+            .map(|(name, c)| (vec![("method", name.to_string())], c.load(Relaxed)))
+            .collect()
+    });
+    rows.counter(r, "errors", "Error replies to client commands, by code", |gw| {
+        gw.metrics
+            .errors
             .iter()
             .enumerate()
             .filter(|(_, c)| c.load(Relaxed) > 0)
-            .map(|(i, c)| (vec![("code", (100 + i).to_string())], c.load(Relaxed))),
-    );
-    family(
-        r,
-        "closes",
-        "Client connections closed, by close code",
-        m.closes.lock().iter().map(|(code, n)| (vec![("code", code.to_string())], *n)).collect::<Vec<_>>(),
-    );
-    family(
-        r,
-        "api_calls",
-        "Server API calls, by method and HTTP status",
-        m.api
+            .map(|(i, c)| (vec![("code", (100 + i).to_string())], c.load(Relaxed)))
+            .collect()
+    });
+    rows.counter(r, "closes", "Client connections closed, by close code", |gw| {
+        gw.metrics.closes.lock().iter().map(|(code, n)| (vec![("code", code.to_string())], *n)).collect()
+    });
+    rows.counter(r, "api_calls", "Server API calls, by method and HTTP status", |gw| {
+        gw.metrics
+            .api
             .lock()
             .iter()
             .map(|((method, status), n)| (vec![("method", method.clone()), ("status", status.to_string())], *n))
-            .collect::<Vec<_>>(),
-    );
-    // The deliveries themselves are the engine's `tether_deliveries_total` (each queued push to a subscriber).
+            .collect()
+    });
 }

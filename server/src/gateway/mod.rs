@@ -14,11 +14,14 @@
 //! | `history` | one channel's stream and the recovery decision |
 //! | `registry` | user -> connections, client id -> connection |
 //! | `api` | the server HTTP API |
+//! | `admin` | `POST /admin/reload` |
 //! | `metrics` | the gateway's counters for `/metrics` |
+//! | `tenants` | many gateways on one node: routes `/t/NAME/...`, the table shards read, reload |
 //!
 //! A publication flows: API call or client publish -> [`broker::Broker::publish`] (offset and epoch, history
 //! append, the push encoded once) -> the engine's topic on every shard -> every subscriber's send queue.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
@@ -29,10 +32,13 @@ pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod session;
+pub mod tenants;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use parking_lot::Mutex;
 use tether::{ConnId, Profile};
 
 use self::auth::Verifier;
@@ -40,56 +46,109 @@ use self::broker::Broker;
 use self::config::GatewayConfig;
 use self::metrics::GatewayMetrics;
 use self::registry::Registry;
+use self::session::Timing;
 
-/// The node-wide state every shard's handler and the API share.
-pub struct Gateway {
-    pub config: GatewayConfig,
-    pub verifier: Verifier,
-    /// Keys for subscription tokens when they differ from the connection tokens'.
-    pub sub_verifier: Option<Verifier>,
+/// What a gateway keeps across a reload of its config: channels, connections, counters.
+pub struct State {
     pub broker: Broker,
     pub registry: Registry,
     pub metrics: GatewayMetrics,
+    /// Connected clients (past `connect`), for `client.connection_limit`.
+    connected: AtomicUsize,
+    /// Set when a reload removed this tenant: its upgraded clients may no longer connect.
+    retired: AtomicBool,
+    /// New connections admitted in the current second, for `client.connection_rate_limit`.
+    admitted: Mutex<(Instant, usize)>,
     /// This node's id in `info`.
     pub node_id: String,
     pub started: Instant,
     pub started_wall: SystemTime,
+}
+
+/// One gateway (the `--gateway` one, or one tenant's): its config and the state it shares with the
+/// gateways that earlier versions of its config built. Every shard's handler and the API share it.
+pub struct Gateway {
+    /// The tenant's name; `None` for the gateway of `--gateway`.
+    pub tenant: Option<Arc<str>>,
+    pub config: GatewayConfig,
+    pub verifier: Verifier,
+    /// Keys for subscription tokens when they differ from the connection tokens'.
+    pub sub_verifier: Option<Verifier>,
+    pub state: Arc<State>,
+    /// The config's deadlines, counted from the state's epoch.
+    pub timing: Timing,
     /// The engine profile of gateway connections (set once the engine config is built).
     pub profile: tether::ProfileId,
 }
 
+impl std::ops::Deref for Gateway {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
 impl Gateway {
-    /// Builds the shared state from a loaded config. `profile` is the engine profile registered for client
-    /// connections (see [`Gateway::engine_profile`]).
+    /// Builds a gateway from a loaded config. `profile` is the engine profile registered for client
+    /// connections (see [`Gateway::engine_profile`]); `tenant` names it (its channels then live in their own
+    /// engine topics and its routes under `/t/NAME/`).
     pub fn new(config: GatewayConfig, profile: tether::ProfileId) -> Result<Gateway, String> {
+        Gateway::tenant(None, config, profile)
+    }
+
+    pub fn tenant(tenant: Option<&str>, config: GatewayConfig, profile: tether::ProfileId) -> Result<Gateway, String> {
+        let prefix = tenant.map_or_else(String::new, |t| format!("\u{1}{t}\u{0}"));
+        let state = State {
+            broker: Broker::new(config.history_meta_ttl, prefix),
+            registry: Registry::default(),
+            metrics: GatewayMetrics::default(),
+            connected: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+            admitted: Mutex::new((Instant::now(), 0)),
+            node_id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+        };
+        Gateway::with_state(tenant.map(Arc::from), config, profile, Arc::new(state))
+    }
+
+    /// The same gateway with a new config (a reload): channels, history, presence and connections carry
+    /// over; connections keep the settings they connected with, new ones get the new config.
+    pub fn reconfigured(&self, config: GatewayConfig) -> Result<Gateway, String> {
+        Gateway::with_state(self.tenant.clone(), config, self.profile, self.state.clone())
+    }
+
+    fn with_state(
+        tenant: Option<Arc<str>>,
+        config: GatewayConfig,
+        profile: tether::ProfileId,
+        state: Arc<State>,
+    ) -> Result<Gateway, String> {
         let verifier = Verifier::new(&config.token).map_err(|e| format!("client.token: {e}"))?;
         let sub_verifier = match &config.subscription_token {
             Some(keys) => Some(Verifier::new(keys).map_err(|e| format!("client.subscription_token: {e}"))?),
             None => None,
         };
-        let broker = Broker::new(config.history_meta_ttl);
-        Ok(Gateway {
-            config,
-            verifier,
-            sub_verifier,
-            broker,
-            registry: Registry::default(),
-            metrics: GatewayMetrics::default(),
-            node_id: uuid::Uuid::new_v4().hyphenated().to_string(),
-            started: Instant::now(),
-            started_wall: SystemTime::now(),
-            profile,
-        })
+        let timing = Timing {
+            epoch: state.started,
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            stale_close_delay: config.stale_close_delay,
+            expired_close_delay: config.expired_close_delay,
+            expired_sub_close_delay: config.expired_sub_close_delay,
+        };
+        Ok(Gateway { tenant, config, verifier, sub_verifier, state, timing, profile })
     }
 
     /// The engine profile for client connections: no WebSocket-level pings (the protocol's own `{}` pings
     /// keep the connection alive and find dead peers, as the SDKs expect), the configured message size
     /// limit (1009 beyond), and a slow subscriber whose send queue overflows closed with 3008 "slow" (the
-    /// SDKs reconnect and recover) instead of 1008.
-    pub fn engine_profile(config: &GatewayConfig, base: &tether::Config) -> Profile {
+    /// SDKs reconnect and recover) instead of 1008. With tenants, `max_message_size` is the largest of their
+    /// limits and each tenant's own is checked per message.
+    pub fn engine_profile(max_message_size: usize, base: &tether::Config) -> Profile {
         Profile {
             ping_interval: None,
-            max_message_size: config.message_size_limit,
+            max_message_size,
             overflow_close: (protocol::Disconnect::SLOW.code, protocol::Disconnect::SLOW.reason),
             ..Profile::of(base)
         }
@@ -102,6 +161,53 @@ impl Gateway {
     /// Unix seconds now.
     pub fn now_unix() -> u64 {
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    /// Counts a connected client against `client.connection_limit`; false (and nothing counted) beyond it.
+    pub fn admit_client(&self) -> bool {
+        let n = self.state.connected.fetch_add(1, Ordering::Relaxed);
+        let limit = self.config.connection_limit;
+        if limit > 0 && n >= limit {
+            self.state.connected.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// A reload removed this tenant.
+    pub fn retire(&self) {
+        self.state.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn retired(&self) -> bool {
+        self.state.retired.load(Ordering::Relaxed)
+    }
+
+    pub fn client_gone(&self) {
+        self.state.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connected clients (past `connect`) on this node.
+    pub fn connected(&self) -> usize {
+        self.state.connected.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection against `client.connection_rate_limit` (per second, fixed windows); false
+    /// beyond it.
+    pub fn admit_connection(&self, now: Instant) -> bool {
+        let limit = self.config.connection_rate_limit;
+        if limit == 0 {
+            return true;
+        }
+        let mut w = self.state.admitted.lock();
+        if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
+            *w = (now, 0);
+        }
+        if w.1 >= limit {
+            return false;
+        }
+        w.1 += 1;
+        true
     }
 }
 

@@ -274,10 +274,13 @@ impl Disconnect {
     pub const SLOW: Disconnect = Disconnect { code: 3008, reason: "slow" };
     pub const FORCE_RECONNECT: Disconnect = Disconnect { code: 3011, reason: "force reconnect" };
     pub const NO_PONG: Disconnect = Disconnect { code: 3012, reason: "no pong" };
+    pub const TOO_MANY_REQUESTS: Disconnect = Disconnect { code: 3013, reason: "too many requests" };
     pub const INVALID_TOKEN: Disconnect = Disconnect { code: 3500, reason: "invalid token" };
     pub const BAD_REQUEST: Disconnect = Disconnect { code: 3501, reason: "bad request" };
     pub const STALE: Disconnect = Disconnect { code: 3502, reason: "stale" };
     pub const FORCE_NO_RECONNECT: Disconnect = Disconnect { code: 3503, reason: "force disconnect" };
+    /// A reload removed the connection's tenant (tetherd's own reason for 3503).
+    pub const TENANT_REMOVED: Disconnect = Disconnect { code: 3503, reason: "tenant removed" };
     pub const CONNECTION_LIMIT: Disconnect = Disconnect { code: 3504, reason: "connection limit" };
     pub const CHANNEL_LIMIT: Disconnect = Disconnect { code: 3505, reason: "channel limit" };
     pub const INAPPROPRIATE_PROTOCOL: Disconnect = Disconnect { code: 3506, reason: "inappropriate protocol" };

@@ -85,6 +85,11 @@ impl Registry {
         list.iter().filter(|(_, c)| client.is_none_or(|want| *c == want)).copied().collect::<Vec<_>>()
     }
 
+    /// Every connected client's connection.
+    pub fn all(&self) -> Vec<ConnId> {
+        self.stripes.iter().flat_map(|s| s.lock().clients.values().copied().collect::<Vec<_>>()).collect()
+    }
+
     /// (connected clients, distinct users) on this node.
     pub fn counts(&self) -> (usize, usize) {
         let (clients, users, _) = self.counts_detail();

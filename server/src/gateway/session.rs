@@ -21,6 +21,9 @@ pub enum Phase {
     #[default]
     Fresh,
     Connected,
+    /// Its `connect` was answered with an error (token expired): as in Centrifugo, the next command closes
+    /// it with 3501; until then the stale deadline runs.
+    Unusable,
 }
 
 /// A point in time as milliseconds since the gateway's epoch, plus one; 0 means "none".
@@ -96,6 +99,21 @@ pub struct Session {
     pub pong_deadline: Ms,
     /// When the connection's token expires (`exp` / `expire_at`).
     pub expires_at: Ms,
+    /// The command bucket (`client.command_rate_limit`): tokens left (negative: owed) at `bucket_at`, the
+    /// low 32 bits of an `Ms` (elapsed time is taken modulo 2^32 ms, 49 days: a client silent that long
+    /// may find its bucket refilled less than full, never more).
+    pub tokens: f32,
+    pub bucket_at: u32,
+}
+
+/// What the command bucket says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rate {
+    Ok,
+    /// Over the rate: answer error 111.
+    Refused,
+    /// Still sending while it owes a whole burst: close 3013.
+    Exhausted,
 }
 
 /// Deadlines the session needs from the config, and the epoch its `Ms` count from.
@@ -130,6 +148,29 @@ impl Session {
         self.user.as_deref().unwrap_or("")
     }
 
+    /// Takes one command from the connection's bucket (`rate` per second, `burst` deep, full at first).
+    /// Refused commands are owed, so a client that keeps sending faster than the rate ends up owing a whole
+    /// burst and is told to go ([`Rate::Exhausted`]); one that slows down is served again.
+    pub fn take_command(&mut self, now: Ms, rate: f32, burst: f32) -> Rate {
+        let now32 = now.0 as u32;
+        let tokens = if self.bucket_at != 0 {
+            let elapsed_ms = now32.wrapping_sub(self.bucket_at) as f32;
+            (self.tokens + elapsed_ms * rate / 1000.0).min(burst)
+        } else {
+            burst
+        };
+        // 0 means "never used" (full bucket): a `now` whose low bits are 0 is taken as 1 ms later.
+        self.bucket_at = now32.max(1);
+        self.tokens = tokens - 1.0;
+        if self.tokens >= 0.0 {
+            Rate::Ok
+        } else if self.tokens > -burst {
+            Rate::Refused
+        } else {
+            Rate::Exhausted
+        }
+    }
+
     pub fn sub(&self, channel: &str) -> Option<&Sub> {
         self.subs.iter().find(|s| &*s.channel == channel)
     }
@@ -142,7 +183,7 @@ impl Session {
     /// The earliest deadline the wheel must wake this connection at.
     pub fn next_deadline(&self, t: &Timing) -> Option<Instant> {
         let next = match self.phase {
-            Phase::Fresh => self.opened.plus(t.stale_close_delay),
+            Phase::Fresh | Phase::Unusable => self.opened.plus(t.stale_close_delay),
             Phase::Connected => {
                 let subs = self.subs.iter().map(|s| s.expires_at.plus(t.expired_sub_close_delay));
                 [self.next_ping, self.pong_deadline, self.expires_at.plus(t.expired_close_delay)]
@@ -160,7 +201,7 @@ impl Session {
     /// (which starts the pong deadline).
     pub fn due(&mut self, now: Instant, t: &Timing) -> Due {
         let now = t.ms(now);
-        if self.phase == Phase::Fresh {
+        if self.phase != Phase::Connected {
             return if self.opened.plus(t.stale_close_delay).passed(now) {
                 Due::Close(Disconnect::STALE)
             } else {
@@ -278,7 +319,32 @@ mod tests {
 
     #[test]
     fn a_session_stays_small() {
-        // Slot state for every connection of the node: keep it in check (was 144 bytes with Instants and a Vec).
-        assert!(std::mem::size_of::<Session>() <= 128, "{}", std::mem::size_of::<Session>());
+        // Slot state for every connection of the node: keep it in check (was 144 bytes with Instants and a Vec;
+        // 128 before the command bucket's 8 bytes).
+        assert!(std::mem::size_of::<Session>() <= 136, "{}", std::mem::size_of::<Session>());
+    }
+
+    #[test]
+    fn command_bucket() {
+        let mut s = Session::default();
+        let t0 = Ms(1000);
+        for i in 0..10 {
+            assert_eq!(s.take_command(t0, 5.0, 10.0), Rate::Ok, "command {i} of the first burst");
+        }
+        assert_eq!(s.take_command(t0, 5.0, 10.0), Rate::Refused);
+        // 400 ms at 5/s pays back two tokens: the refused command's debt, and this one.
+        assert_eq!(s.take_command(t0.plus(Duration::from_millis(400)), 5.0, 10.0), Rate::Ok);
+        let mut last = Rate::Ok;
+        for _ in 0..10 {
+            last = s.take_command(t0.plus(Duration::from_millis(400)), 5.0, 10.0);
+            assert_ne!(last, Rate::Ok);
+        }
+        assert_eq!(last, Rate::Exhausted, "a whole burst owed");
+        // A client that pauses long enough is served again, and the bucket never holds more than a burst.
+        let later = t0.plus(Duration::from_secs(60));
+        for _ in 0..10 {
+            assert_eq!(s.take_command(later, 5.0, 10.0), Rate::Ok);
+        }
+        assert_eq!(s.take_command(later, 5.0, 10.0), Rate::Refused);
     }
 }
