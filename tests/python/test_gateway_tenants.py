@@ -1,0 +1,526 @@
+"""Many tenants on one tetherd (issue 12): isolation, per-tenant limits, reload.
+
+tetherd serves the gateway of `--gateway` on /connection/websocket and /api/<method>, and tenant NAME on
+/t/NAME/connection/websocket and /t/NAME/api/<method>, each with its own token keys, API key, namespaces,
+limits, channels, history and presence. Reload (SIGHUP, or POST /admin/reload with --admin-key) reads the
+files again without touching the connections of tenants that stay.
+
+Clients: the stock centrifuge-python SDK and `cent` API client pointed at a tenant's routes, Python
+`websockets` speaking the JSON protocol by hand where a test needs the exact reply or close code, PyJWT for
+tokens, `requests` for /metrics and the admin endpoint.
+"""
+
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Optional
+
+import cent
+import pytest
+import requests
+from centrifuge import Client
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from gateway_util import BASE_CONFIG, WS_PATH, ClientEvents, Recorder, make_token, subscribed, unique
+from tetherd_proc import Tetherd, run_bounded, tetherd_bin
+
+LIMIT = 40  # seconds, per test
+ADMIN_KEY = "admin-key"
+
+
+def tenant_config(secret: str, api_key: str, **client) -> dict:
+    c = copy.deepcopy(BASE_CONFIG)
+    c["client"]["token"] = {"hmac_secret_key": secret}
+    c["client"].update(client)
+    c["http_api"] = {"key": api_key}
+    return c
+
+
+def write(path: pathlib.Path, config) -> pathlib.Path:
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    return path
+
+
+def session() -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+class Node:
+    """tetherd with tenant files in a temporary directory (and optionally a --gateway file)."""
+
+    def __init__(self, tenants: dict, gateway: Optional[dict] = None, tenants_dir: bool = False, *extra: str):
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="tetherd-tenants-"))
+        args: list[str] = ["--admin-key", ADMIN_KEY, *extra]
+        if gateway is not None:
+            args += ["--gateway", str(write(self.dir / "gateway.json", gateway))]
+        if tenants_dir:
+            self.tdir = self.dir / "tenants"
+            self.tdir.mkdir()
+            for name, config in tenants.items():
+                write(self.tdir / f"{name}.json", config)
+            args += ["--tenants-dir", str(self.tdir)]
+        else:
+            for name, config in tenants.items():
+                args += ["--tenant", f"{name}={write(self.dir / f'{name}.json', config)}"]
+        self.proc = Tetherd(*args)
+        self.addr = self.proc.addr
+
+    def ws_url(self, tenant: Optional[str]) -> str:
+        return f"ws://{self.addr}{'' if tenant is None else '/t/' + tenant}{WS_PATH}"
+
+    def api_url(self, tenant: Optional[str]) -> str:
+        return f"http://{self.addr}{'' if tenant is None else '/t/' + tenant}/api"
+
+    def api(self, tenant: Optional[str], key: str) -> cent.Client:
+        return cent.Client(self.api_url(tenant), key, timeout=5, session=session())
+
+    def post(self, tenant: Optional[str], method: str, body: dict, key: str) -> requests.Response:
+        return session().post(f"{self.api_url(tenant)}/{method}", json=body, headers={"X-API-Key": key}, timeout=5)
+
+    def metrics(self) -> str:
+        return session().get(f"http://{self.addr}/metrics", timeout=5).text
+
+    def reload(self, key: Optional[str] = ADMIN_KEY, method: str = "POST") -> requests.Response:
+        headers = {} if key is None else {"X-Admin-Key": key}
+        return session().request(method, f"http://{self.addr}/admin/reload", headers=headers, timeout=10)
+
+    def stop(self):
+        self.proc.stop()
+
+    def run(self, coro, limit: float = LIMIT):
+        try:
+            return run_bounded(coro, limit)
+        except BaseException:
+            print("--- tetherd log (last lines) ---\n" + "\n".join(self.proc.log[-60:]))
+            raise
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample of the exposition (0 when absent)."""
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    return 0.0
+
+
+class Peer:
+    """A JSON-protocol client by hand: answers pings, files replies by id, keeps pushes, keeps the close."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.ws = None
+        self.replies: dict[int, dict] = {}
+        self.pushes: list[dict] = []
+        self.closed = asyncio.Event()
+        self._id = 0
+
+    async def open(self):
+        self.ws = await ws_connect(self.url, proxy=None, compression=None, open_timeout=5, ping_interval=None,
+                                   max_size=None)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self):
+        try:
+            async for frame in self.ws:
+                for line in frame.split("\n"):
+                    if line == "{}":
+                        await self.ws.send("{}")
+                        continue
+                    msg = json.loads(line)
+                    if msg.get("id"):
+                        self.replies[msg["id"]] = msg
+                    else:
+                        self.pushes.append(msg)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+
+    async def call(self, method: str, params: dict, timeout: float = 5.0) -> dict:
+        self._id += 1
+        i = self._id
+        await self.ws.send(json.dumps({"id": i, method: params}))
+        deadline = time.monotonic() + timeout
+        while i not in self.replies:
+            if self.closed.is_set():
+                raise AssertionError(f"closed {self.close()} before the reply to {method}")
+            assert time.monotonic() < deadline, f"no reply to {method} within {timeout}s"
+            await asyncio.sleep(0.005)
+        return self.replies[i]
+
+    async def connect(self, token: str) -> dict:
+        r = await self.call("connect", {"token": token})
+        assert "connect" in r, r
+        return r["connect"]
+
+    def close(self):
+        rcvd = self.ws.protocol.close_rcvd if self.ws is not None else None
+        return None if rcvd is None else (rcvd.code, rcvd.reason)
+
+    async def closed_with(self, timeout: float = 5.0):
+        await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.close()
+
+    def publications(self, channel: str) -> list:
+        return [p["push"]["pub"]["data"] for p in self.pushes if p.get("push", {}).get("channel") == channel
+                and "pub" in p["push"]]
+
+    async def stop(self):
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+
+async def until(check, timeout: float = 5.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+# --- isolation ---------------------------------------------------------------------------------------------
+
+
+def test_tenants_are_isolated_from_each_other_and_from_the_gateway():
+    acme = tenant_config("acme-secret", "acme-key")
+    globex = tenant_config("globex-secret", "globex-key")
+    node = Node({"acme": acme, "globex": globex}, gateway=BASE_CONFIG)
+
+    async def go():
+        peers = []
+        sdk = None
+        try:
+            # The stock SDK on a tenant's route.
+            rec = Recorder("acme-sdk")
+            sdk = Client(node.ws_url("acme"), token=make_token("alice", "acme-secret"), events=ClientEvents(rec),
+                         proxy=None, timeout=5.0)
+            await asyncio.wait_for(sdk.connect(), 10)
+            await rec.wait("connected")
+            await subscribed(sdk, rec, "chat:news")
+
+            # The same channel name in globex and in the --gateway gateway.
+            g = await Peer(node.ws_url("globex")).open()
+            d = await Peer(node.ws_url(None)).open()
+            peers += [g, d]
+            await g.connect(make_token("bob", "globex-secret"))
+            await d.connect(make_token("carol"))  # gateway_util.SECRET
+            for p in (g, d):
+                assert "subscribe" in await p.call("subscribe", {"channel": "chat:news"})
+
+            # A publication through acme's API reaches acme's subscriber only.
+            await asyncio.to_thread(node.api("acme", "acme-key").publish, cent.PublishRequest(
+                channel="chat:news", data={"from": "acme"}))
+            await rec.wait("publication", "chat:news")
+            assert rec.of("publication", "chat:news")[0].pub.data == {"from": "acme"}
+            r = node.post("globex", "publish", {"channel": "chat:news", "data": {"from": "globex"}}, "globex-key")
+            assert r.status_code == 200 and "result" in r.json(), r.text
+            await until(lambda: g.publications("chat:news"), what="globex publication")
+            await asyncio.sleep(0.3)
+            assert g.publications("chat:news") == [{"from": "globex"}]
+            assert d.publications("chat:news") == [], "the --gateway channel of the same name saw a tenant's"
+            assert len(rec.of("publication", "chat:news")) == 1, "acme saw globex's publication"
+            # History and presence are per tenant too (offsets start at 1 in each).
+            h = node.post("globex", "history", {"channel": "chat:news", "limit": 10}, "globex-key").json()
+            assert [p["data"] for p in h["result"]["publications"]] == [{"from": "globex"}], h
+            pres = node.post("acme", "presence", {"channel": "chat:news"}, "acme-key").json()["result"]["presence"]
+            assert [c["user"] for c in pres.values()] == ["alice"], pres
+
+            # Credentials of one tenant are nothing to another.
+            assert node.post("globex", "publish", {"channel": "chat:news", "data": {}}, "acme-key").status_code == 401
+            assert node.post(None, "publish", {"channel": "chat:news", "data": {}}, "acme-key").status_code == 401
+            x = await Peer(node.ws_url("globex")).open()
+            peers.append(x)
+            await x.ws.send(json.dumps({"id": 1, "connect": {"token": make_token("alice", "acme-secret")}}))
+            assert await x.closed_with() == (3500, "invalid token")
+
+            # An unknown tenant is a 404 before any upgrade, for WebSocket and API alike.
+            with pytest.raises(InvalidStatus) as e:
+                await ws_connect(node.ws_url("initech"), proxy=None, open_timeout=5)
+            assert e.value.response.status_code == 404
+            assert node.post("initech", "publish", {"channel": "a", "data": {}}, "acme-key").status_code == 404
+
+            # /metrics: one family per metric, the tenant as a label.
+            m = node.metrics()
+            assert metric(m, "tether_gateway_connections", tenant="acme", state="authenticated") == 1
+            assert metric(m, "tether_gateway_connections", tenant="globex", state="authenticated") == 1
+            assert metric(m, "tether_gateway_connections", tenant="", state="authenticated") == 1
+            assert metric(m, "tether_gateway_deliveries_total", tenant="acme") == 1
+            assert metric(m, "tether_gateway_deliveries_total", tenant="globex") == 1
+            assert m.count("# TYPE tether_gateway_connections ") == 1
+            await sdk.disconnect()
+            sdk = None
+        finally:
+            if sdk is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(sdk.disconnect(), 5)
+            for p in peers:
+                await p.stop()
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
+# --- limits -----------------------------------------------------------------------------------------------
+
+
+def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
+    tight = tenant_config(
+        "tight-secret", "tight-key",
+        connection_limit=2, channel_limit=4, command_rate_limit=10, command_rate_burst=20,
+    )
+    tight["websocket"] = {"message_size_limit": 1024}
+    roomy = tenant_config("roomy-secret", "roomy-key")  # message_size_limit 65536 (the default)
+    node = Node({"tight": tight, "roomy": roomy})
+
+    async def go():
+        peers = []
+        try:
+            url = node.ws_url("tight")
+            a, b, c = [await Peer(url).open() for _ in range(3)]
+            peers += [a, b, c]
+            await a.connect(make_token("u1", "tight-secret"))
+            await b.connect(make_token("u2", "tight-secret"))
+            # client.connection_limit 2: the third connect is closed 3504 (the SDKs do not reconnect).
+            await c.ws.send(json.dumps({"id": 1, "connect": {"token": make_token("u3", "tight-secret")}}))
+            assert await c.closed_with() == (3504, "connection limit")
+            # ...and a place frees when one goes.
+            await b.stop()
+            d = await Peer(url).open()
+            peers.append(d)
+            await until(lambda: metric(node.metrics(), "tether_gateway_connections", tenant="tight",
+                                       state="authenticated") == 1, what="b gone")
+            await d.connect(make_token("u4", "tight-secret"))
+
+            # client.command_rate_limit 10/s, burst 20: 25 commands at once get 20 answers (the connect
+            # took one token) and then 111; the connection stays up.
+            chans = [unique("chat:r") for _ in range(25)]
+            for i, ch in enumerate(chans):  # one frame each: 25 in one would pass the 1,024-byte limit
+                await a.ws.send(json.dumps({"id": 100 + i, "presence_stats": {"channel": ch}}))
+            await until(lambda: all(100 + i in a.replies for i in range(25)), what="25 answers")
+            codes = [a.replies[100 + i].get("error", {}).get("code") for i in range(25)]
+            # (Handled normally: 103, presence_stats needs a subscription in namespace chat.)
+            assert codes[:19] == [103] * 19, codes  # connect took one token
+            assert codes[19:] == [111] * 6, codes
+            assert not a.closed.is_set()
+            # A client that keeps going until it owes a whole burst is closed 3013 (SDKs reconnect).
+            for i in range(40):
+                with contextlib.suppress(ConnectionClosed):
+                    await a.ws.send(json.dumps({"id": 200 + i, "presence_stats": {"channel": "chat:x"}}))
+            assert await a.closed_with() == (3013, "too many requests")
+
+            # client.channel_limit 4 -> 106 on the fifth.
+            for i in range(4):
+                assert "subscribe" in await d.call("subscribe", {"channel": unique("chat:l")})
+            r = await d.call("subscribe", {"channel": unique("chat:l")})
+            assert r["error"]["code"] == 106, r
+
+            # websocket.message_size_limit per tenant: 2,000 bytes is too big for tight (1009), fine for roomy.
+            big = json.dumps({"id": 50, "publish": {"channel": "chat:big", "data": {"pad": "x" * 1900}}})
+            assert len(big) > 1024
+            await d.ws.send(big)
+            assert await d.closed_with() == (1009, "message too big")
+            r_ = await Peer(node.ws_url("roomy")).open()
+            peers.append(r_)
+            await r_.connect(make_token("v", "roomy-secret"))
+            await r_.call("subscribe", {"channel": "chat:big"})
+            await r_.ws.send(big.replace('"id": 50', '"id": 51'))
+            await until(lambda: 51 in r_.replies, what="roomy's answer to 2,000 bytes")
+            assert r_.replies[51] == {"id": 51, "publish": {}}, r_.replies[51]
+
+            m = node.metrics()
+            for reason in ("connection_limit", "command_rate", "command_rate_close", "channel_limit", "message_size"):
+                assert metric(m, "tether_gateway_rejections_total", tenant="tight", reason=reason) >= 1, reason
+                assert metric(m, "tether_gateway_rejections_total", tenant="roomy", reason=reason) == 0, reason
+            assert "tether_gateway_rejections_total{" in m
+        finally:
+            for p in peers:
+                await p.stop()
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
+def test_connection_rate_limit_answers_503_before_the_upgrade_and_origins_403():
+    rated = tenant_config("s", "k", connection_rate_limit=3, allowed_origins=["https://app.example"])
+    other = tenant_config("s", "k")
+    node = Node({"rated": rated, "other": other})
+
+    async def go():
+        opened, refused = [], []
+        try:
+            # Start at a fresh second so that the window holds all ten attempts.
+            await asyncio.sleep(1.0 - (time.time() % 1.0) + 0.02)
+            for _ in range(10):
+                try:
+                    opened.append(await ws_connect(node.ws_url("rated"), proxy=None, open_timeout=5))
+                except InvalidStatus as e:
+                    refused.append(e.response.status_code)
+            assert 1 <= len(opened) <= 6 and refused and set(refused) == {503}, (len(opened), refused)
+            # Another tenant is not limited by it.
+            others = [await ws_connect(node.ws_url("other"), proxy=None, open_timeout=5) for _ in range(10)]
+            opened += others
+            # A second later the window has room again.
+            await asyncio.sleep(1.1)
+            opened.append(await ws_connect(node.ws_url("rated"), proxy=None, open_timeout=5))
+            m = node.metrics()
+            assert metric(m, "tether_gateway_rejections_total", tenant="rated", reason="connection_rate") == len(refused)
+            assert metric(m, "tether_gateway_rejections_total", tenant="other", reason="connection_rate") == 0
+
+            # client.allowed_origins per tenant: an Origin outside the list is 403 before the upgrade.
+            with pytest.raises(InvalidStatus) as e:
+                await ws_connect(node.ws_url("rated"), proxy=None, origin="https://evil.example", open_timeout=5)
+            assert e.value.response.status_code == 403
+            await asyncio.sleep(1.1)
+            ok = await ws_connect(node.ws_url("rated"), proxy=None, origin="https://app.example", open_timeout=5)
+            opened.append(ok)
+        finally:
+            for ws in opened:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
+# --- reload -----------------------------------------------------------------------------------------------
+
+
+def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
+    a = tenant_config("a-secret", "a-key")
+    b = tenant_config("b-secret", "b-key")
+    node = Node({"a": a, "b": b}, tenants_dir=True)
+
+    async def go():
+        peers = []
+        try:
+            # Admin endpoint: key required, POST only.
+            assert node.reload(key=None).status_code == 401
+            assert node.reload(key="wrong").status_code == 401
+            assert node.reload(method="GET").status_code == 405
+            r = node.reload()
+            assert r.status_code == 200 and sorted(r.json()["unchanged"]) == ["a", "b"], r.text
+
+            # A subscriber of a that must see every publication through all of this.
+            watcher = await Peer(node.ws_url("a")).open()
+            peers.append(watcher)
+            await watcher.connect(make_token("w", "a-secret"))
+            ch = unique("chat:steady-")
+            await watcher.call("subscribe", {"channel": ch})
+            sent = []
+
+            def publish(tag):
+                sent.append(tag)
+                r = node.post("a", "publish", {"channel": ch, "data": {"n": tag}}, "a-key")
+                assert r.status_code == 200 and "result" in r.json(), r.text
+            publish(0)
+
+            bpeer = await Peer(node.ws_url("b")).open()
+            peers.append(bpeer)
+            await bpeer.connect(make_token("x", "b-secret"))
+
+            # Add tenant c by dropping its file in the directory and sending SIGHUP.
+            with pytest.raises(InvalidStatus):
+                await ws_connect(node.ws_url("c"), proxy=None, open_timeout=5)
+            write(node.tdir / "c.json", tenant_config("c-secret", "c-key"))
+            node.proc.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    cpeer = await Peer(node.ws_url("c")).open()
+                    break
+                except InvalidStatus:
+                    assert time.monotonic() < deadline, "tenant c never appeared after SIGHUP"
+                    await asyncio.sleep(0.1)
+            peers.append(cpeer)
+            await cpeer.connect(make_token("y", "c-secret"))
+            publish(1)
+
+            # Change a: a new token secret. Its connections stay (and keep their subscriptions, history
+            # offsets continue); new connections need the new secret.
+            write(node.tdir / "a.json", tenant_config("a-secret-2", "a-key"))
+            r = node.reload()
+            assert r.status_code == 200, r.text
+            assert r.json()["changed"] == ["a"] and r.json()["added"] == [] and r.json()["removed"] == [], r.text
+            publish(2)
+            old = await Peer(node.ws_url("a")).open()
+            peers.append(old)
+            await old.ws.send(json.dumps({"id": 1, "connect": {"token": make_token("w2", "a-secret")}}))
+            assert await old.closed_with() == (3500, "invalid token")
+            new = await Peer(node.ws_url("a")).open()
+            peers.append(new)
+            await new.connect(make_token("w3", "a-secret-2"))
+
+            # A bad file: rejected with one error line, the config in force stays (b keeps working).
+            write(node.tdir / "b.json", "{ this is not json")
+            r = node.reload()
+            assert r.status_code == 422 and "b" in r.json()["failed"], r.text
+            assert any("reload: config rejected" in line and "tenant=b" in line for line in node.proc.log)
+            assert not bpeer.closed.is_set()
+            assert "subscribe" in await bpeer.call("subscribe", {"channel": "chat:b"})
+            b2 = await Peer(node.ws_url("b")).open()
+            peers.append(b2)
+            await b2.connect(make_token("x2", "b-secret"))
+            publish(3)
+
+            # Remove b: its clients are closed 3503 (tenant removed), its routes are gone.
+            (node.tdir / "b.json").unlink()
+            r = node.reload()
+            assert r.status_code == 200 and r.json()["removed"] == ["b"], r.text
+            assert await bpeer.closed_with() == (3503, "tenant removed")
+            assert await b2.closed_with() == (3503, "tenant removed")
+            assert node.post("b", "publish", {"channel": "x", "data": {}}, "b-key").status_code == 404
+            publish(4)
+
+            # Through it all the watcher of a stayed connected and got every publication, in order.
+            await until(lambda: len(watcher.publications(ch)) == len(sent), what="every publication")
+            assert watcher.publications(ch) == [{"n": n} for n in sent]
+            assert not watcher.closed.is_set() and not cpeer.closed.is_set() and not new.closed.is_set()
+            h = node.post("a", "history", {"channel": ch, "limit": 10}, "a-key").json()["result"]
+            assert h["offset"] == len(sent), h
+        finally:
+            for p in peers:
+                await p.stop()
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
+def test_bad_tenant_arguments_are_one_error_line_and_exit_2():
+    d = pathlib.Path(tempfile.mkdtemp(prefix="tetherd-bad-tenant-"))
+    good = write(d / "good.json", tenant_config("s", "k"))
+    bad = write(d / "bad.json", {"client": {"channel_limit": "many"}})
+    for args, needle in [
+        (["--tenant", f"a/b={good}"], "tenant name"),
+        (["--tenant", f"x={bad}"], "channel_limit"),
+        (["--tenant", f"x={good}", "--tenant", f"x={good}"], "named twice"),
+        (["--tenant", f"x={d / 'missing.json'}"], "missing.json"),
+    ]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+        r = subprocess.run([str(tetherd_bin()), "--listen", "127.0.0.1:0", *args], capture_output=True, text=True,
+                           timeout=20, env=env, stdin=subprocess.DEVNULL)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        lines = [line for line in r.stderr.splitlines() if line.startswith("tetherd:")]
+        assert len(lines) == 1 and needle in lines[0], (args, r.stderr)
