@@ -118,6 +118,34 @@ fn frame_header_then_silence_is_closed_by_keepalive() {
     wait_slots_free(&server, "header then silence");
 }
 
+/// Headers that announce a frame of the maximum message size (16 MiB), then a few bytes and silence: the
+/// server must not set aside the announced size for each (an attacker's 114 bytes would cost 16 MiB of
+/// address space and megabytes of resident memory per connection).
+#[test]
+fn announced_frame_lengths_cost_nothing_until_the_bytes_arrive() {
+    let server = Server::start(&[]);
+    let rss_before = rss_kib(server.pid());
+    let streams: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = raw::handshake(server.addr);
+            let mut bytes = header_64((16 << 20) - 1);
+            bytes.extend_from_slice(&[0u8; 100]);
+            s.write_all(&bytes).unwrap();
+            s
+        })
+        .collect();
+    // Everything sent has been read once the server echoes on a fresh connection behind it.
+    let mut probe = raw::handshake(server.addr);
+    probe.write_all(&raw::masked(true, OP_TEXT, b"probe")).unwrap();
+    assert_eq!(raw::read_message(&mut probe).data, b"probe");
+    std::thread::sleep(Duration::from_millis(200));
+    let grew = rss_kib(server.pid()).saturating_sub(rss_before);
+    assert!(grew < 64 * 1024, "200 frame headers of 16 MiB cost tetherd {grew} KiB");
+    drop(streams);
+    drop(probe);
+    wait_slots_free(&server, "announced lengths");
+}
+
 /// The same frame, trickled: its header, then a byte of payload every 200 ms keeps bytes coming but never
 /// finishes the frame and never answers a ping. Bytes inside a frame are not a pong: the connection must still end by keepalive.
 #[test]
@@ -285,6 +313,9 @@ fn message_that_never_ends_is_1009() {
     });
     let ending = raw::read_until_close(&mut stream, Duration::from_secs(20), true);
     assert_eq!(ending.close.as_ref().map(|c| c.0), Some(1009), "{ending:?}\n{}", server.log.tail(10));
+    // The server has closed; a write blocked on a full socket buffer may still wait for the peer's RST
+    // (seconds on a loaded host): end the flood here.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     drop(stream);
     let _ = flood.join();
     wait_slots_free(&server, "endless message");

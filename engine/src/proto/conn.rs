@@ -215,6 +215,18 @@ pub struct Writer {
 /// (16 KiB within pong_timeout) keeps its connection; one trickling a few bytes at a time does not.
 pub const PROGRESS_AS_LIFE: u32 = 16 << 10;
 
+/// Room in `partial` for `more` bytes of a frame of `total` bytes. It grows with the bytes that arrived
+/// (doubling, capped at `total`), never to the length a header announces: a 14-byte header must not cost
+/// the 16 MiB it claims (address space, and resident pages where the allocator or the kernel's huge pages
+/// touch them), whatever the peer sends after it.
+fn grow_partial(partial: &mut Vec<u8>, more: usize, total: usize) {
+    let need = partial.len() + more;
+    if need > partial.capacity() {
+        let target = (partial.capacity() * 2).min(total).max(need);
+        partial.reserve_exact(target - partial.len());
+    }
+}
+
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
@@ -375,7 +387,7 @@ impl Reader {
         };
         sm.w.alive();
         if buf.len() < total {
-            self.partial.reserve_exact(total);
+            grow_partial(&mut self.partial, buf.len(), total);
             self.partial.extend_from_slice(buf);
             input.pos = input.data.len();
             return None;
@@ -427,8 +439,8 @@ impl Reader {
         // Invariant: partial never holds more than one frame, so partial.len() <= total.
         let missing = total.saturating_sub(self.partial.len());
         if missing > 0 {
-            self.partial.reserve_exact(missing);
             let take = missing.min(input.remaining());
+            grow_partial(&mut self.partial, take, total);
             self.partial.extend_from_slice(&input.data[input.pos..input.pos + take]);
             input.pos += take;
             if !fresh {
@@ -1363,6 +1375,24 @@ mod tests {
         assert!(matches!(c.handle_timeout(t0 + secs(60), &mut out, &cfg), Some(Event::PingSent)));
         feed(&mut c, &cframe(true, OP_BINARY, &[0; 50])[..10], &mut out, t0 + secs(61), &cfg);
         assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(80)));
+    }
+
+    #[test]
+    fn an_announced_length_is_not_reserved_up_front() {
+        let t0 = Instant::now();
+        let cfg = cfg();
+        let mut c = server(t0);
+        let mut out = Vec::new();
+        let frame = cframe(true, OP_BINARY, &vec![7u8; (16 << 20) - 1]);
+        feed(&mut c, &frame[..114], &mut out, t0, &cfg);
+        assert!(c.buffered_capacity() < 4096, "a header alone reserved {} bytes", c.buffered_capacity());
+        // As the bytes come, in receive-buffer chunks, the buffer grows with them, never past the frame.
+        let mut evs = Vec::new();
+        for chunk in frame[114..].chunks(4096) {
+            evs.extend(feed(&mut c, chunk, &mut out, t0, &cfg));
+            assert!(c.buffered_capacity() <= frame.len());
+        }
+        assert!(matches!(evs.as_slice(), [Ev::Msg(MessageKind::Binary, p)] if p.len() == (16 << 20) - 1));
     }
 
     #[test]
