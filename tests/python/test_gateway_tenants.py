@@ -456,13 +456,16 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             await cpeer.connect(make_token("y", "c-secret"))
             publish(1)
 
-            # Change a: a new token secret. Its connections stay (and keep their subscriptions, history
-            # offsets continue); new connections need the new secret.
-            write(node.tdir / "a.json", tenant_config("a-secret-2", "a-key"))
+            # Change a: a new token secret and a channel limit of 1. Its connections stay (with their
+            # subscriptions; history offsets continue) and follow the new config at their next command;
+            # new connections need the new secret.
+            write(node.tdir / "a.json", tenant_config("a-secret-2", "a-key", channel_limit=1))
             r = node.reload()
             assert r.status_code == 200, r.text
             assert r.json()["changed"] == ["a"] and r.json()["added"] == [] and r.json()["removed"] == [], r.text
             publish(2)
+            r = await watcher.call("subscribe", {"channel": unique("chat:second-")})
+            assert r.get("error", {}).get("code") == 106, r
             old = await Peer(node.ws_url("a")).open()
             peers.append(old)
             await old.ws.send(json.dumps({"id": 1, "connect": {"token": make_token("w2", "a-secret")}}))

@@ -64,11 +64,23 @@ impl GatewayHandler {
     }
 
     /// Takes the gateway and session out of the slot for the length of a callback (the callback needs `ctx`
-    /// too). Moving the `Arc` out and back costs no reference count traffic.
-    fn take(ctx: &mut Ctx<'_, Self>, conn: ConnId) -> Option<(Arc<Gateway>, Session)> {
+    /// too). Moving the `Arc` out and back costs no reference count traffic. A connection whose gateway a
+    /// reload replaced moves to the new one here (same state, new config).
+    fn take(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) -> Option<(Arc<Gateway>, Session)> {
         let c = ctx.state(conn)?;
-        let gw = c.gw.take()?;
-        Some((gw, std::mem::take(&mut c.session)))
+        let mut gw = c.gw.take()?;
+        let session = std::mem::take(&mut c.session);
+        if gw.superseded() {
+            let tenants = self.tenants();
+            let current = match gw.tenant.as_deref() {
+                None => tenants.default.as_ref(),
+                Some(name) => tenants.named.get(name),
+            };
+            if let Some(new) = current.filter(|n| Arc::ptr_eq(&n.state, &gw.state)) {
+                gw = new.clone();
+            }
+        }
+        Some((gw, session))
     }
 
     fn put(ctx: &mut Ctx<'_, Self>, conn: ConnId, gw: Arc<Gateway>, session: Session) {
@@ -828,14 +840,14 @@ impl Handler for GatewayHandler {
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
         let now = ctx.now();
-        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
+        let Some((gw, mut s)) = self.take(ctx, conn) else { return };
         s.opened = gw.timing.ms(now);
         gw.arm(ctx, conn, &s);
         H::put(ctx, conn, gw, s);
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
-        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
+        let Some((gw, mut s)) = self.take(ctx, conn) else { return };
         let Message::Text(text) = message else {
             H::put(ctx, conn, gw.clone(), s);
             return gw.close(ctx, conn, Disconnect::BAD_REQUEST, "binary message on a JSON connection");
@@ -879,7 +891,7 @@ impl Handler for GatewayHandler {
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
         let now = ctx.now();
-        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
+        let Some((gw, mut s)) = self.take(ctx, conn) else { return };
         let mut close = None;
         loop {
             match s.due(now, &gw.timing) {
@@ -939,7 +951,7 @@ impl Handler for GatewayHandler {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, closed: &Closed) {
-        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
+        let Some((gw, mut s)) = self.take(ctx, conn) else { return };
         gw.metrics.disconnect(closed.info.code);
         if s.phase != Phase::Connected {
             return;
@@ -993,7 +1005,7 @@ impl Handler for GatewayHandler {
         let conn = match &notice {
             Notice::Subscribe { conn, .. } | Notice::Unsubscribe { conn, .. } | Notice::Refresh { conn, .. } => *conn,
         };
-        let Some((gw, mut s)) = H::take(ctx, conn) else { return };
+        let Some((gw, mut s)) = self.take(ctx, conn) else { return };
         let close = gw.notice(ctx, conn, &mut s, notice);
         match close {
             Some(d) => {

@@ -79,6 +79,9 @@ pub struct Gateway {
     pub timing: Timing,
     /// The engine profile of gateway connections (set once the engine config is built).
     pub profile: tether::ProfileId,
+    /// Set when a reload put a new config of the same gateway in force: connections move to it at their
+    /// next event.
+    superseded: AtomicBool,
 }
 
 impl std::ops::Deref for Gateway {
@@ -113,7 +116,8 @@ impl Gateway {
     }
 
     /// The same gateway with a new config (a reload): channels, history, presence and connections carry
-    /// over; connections keep the settings they connected with, new ones get the new config.
+    /// over; once it is in force, call [`Gateway::supersede`] on this one and connections move to the new
+    /// config at their next event.
     pub fn reconfigured(&self, config: GatewayConfig) -> Result<Gateway, String> {
         Gateway::with_state(self.tenant.clone(), config, self.profile, self.state.clone())
     }
@@ -137,7 +141,16 @@ impl Gateway {
             expired_close_delay: config.expired_close_delay,
             expired_sub_close_delay: config.expired_sub_close_delay,
         };
-        Ok(Gateway { tenant, config, verifier, sub_verifier, state, timing, profile })
+        Ok(Gateway {
+            tenant,
+            config,
+            verifier,
+            sub_verifier,
+            state,
+            timing,
+            profile,
+            superseded: AtomicBool::new(false),
+        })
     }
 
     /// The engine profile for client connections: no WebSocket-level pings (the protocol's own `{}` pings
@@ -172,6 +185,16 @@ impl Gateway {
             return false;
         }
         true
+    }
+
+    /// A reload replaced this config with a newer one.
+    pub fn supersede(&self) {
+        // Release / Acquire: a shard that sees the flag also sees the table the reload put in force.
+        self.superseded.store(true, Ordering::Release);
+    }
+
+    pub fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     /// A reload removed this tenant.

@@ -10,7 +10,7 @@
 //! `POST /admin/reload` with the admin key) reads every file again and swaps in a new `Tenants`:
 //! - a tenant whose file is unchanged keeps its `Gateway`;
 //! - a changed one gets a new `Gateway` on the same [`State`](super::State) (channels, history, presence,
-//!   connections carry over; connections keep the settings they connected with, new ones get the new);
+//!   connections carry over; each connection moves to the new config at its next event);
 //! - a new one is added; a removed one's clients are closed with 3503 "tenant removed";
 //! - a file that does not load is reported (one error line) and its tenant stays as it was.
 //!
@@ -298,8 +298,17 @@ impl TenantTable {
                 (a, b) => a.is_none() && b.is_none(),
             };
         if !same {
+            let superseded: Vec<Arc<Gateway>> = old
+                .all()
+                .filter(|g| next.all().any(|n| Arc::ptr_eq(&n.state, &g.state) && !Arc::ptr_eq(n, g)))
+                .cloned()
+                .collect();
             *self.current.write() = Arc::new(next);
             self.generation.fetch_add(1, Ordering::Release);
+            // After the new table is visible, so a connection that sees the flag finds its new config.
+            for g in superseded {
+                g.supersede();
+            }
         }
         for (name, e) in &report.failed {
             error!(tenant = %name, error = %e, "reload: config rejected, the one in force stays");
