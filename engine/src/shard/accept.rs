@@ -67,6 +67,10 @@ fn apply_keepalive(s: &socket2::Socket, cfg: &Config) -> io::Result<()> {
     Ok(())
 }
 
+/// How long a connection refused by the per-IP limits may take to send its request before it is answered
+/// anyway (a flood of refused connections must not hold slots for the whole handshake_timeout).
+const REFUSED_WAIT: Duration = Duration::from_secs(1);
+
 fn unavailable(message: String) -> HttpError {
     HttpError { status: 503, reason: "Service Unavailable", message }
 }
@@ -207,11 +211,16 @@ impl Core {
         let Some(peer) = self.peer_addr(slot) else { return };
         let verdict = self.shared.per_ip.admit(peer.ip(), self.now);
         self.slots[slot as usize].per_ip = Some(verdict);
+        if verdict != Verdict::Admitted {
+            // A refused connection keeps its slot only until its request is complete, or a second at most.
+            let deadline = self.now + self.cfg.handshake_timeout.min(REFUSED_WAIT);
+            self.schedule(slot, deadline);
+        }
     }
 
-    /// A complete request from an address past its per-IP limits: 503 (connections held) or 429 (rate),
+    /// A complete request from an address past its per-IP limits (or its refused connection's deadline): 503 (connections held) or 429 (rate),
     /// with Retry-After. Returns whether the request was refused.
-    fn refuse_per_ip(&mut self, slot: u32) -> bool {
+    pub(super) fn refuse_per_ip(&mut self, slot: u32) -> bool {
         let verdict = self.slots[slot as usize].per_ip;
         let (status, reason, message, counter) = match verdict {
             Some(Verdict::TooMany) => (

@@ -72,8 +72,12 @@ impl Core {
         self.rearm(slot);
     }
 
-    /// A handshake that did not complete in time: 408 and close.
+    /// A handshake that did not complete in time: 408 and close (a connection the per-IP limits refused gets
+    /// its 503 or 429 instead, at its shorter deadline).
     fn handshake_timeout(&mut self, slot: u32) {
+        if self.refuse_per_ip(slot) {
+            return;
+        }
         let id = self.id(slot);
         info!("handshake timeout conn={id}");
         bump(&self.metrics.handshake_timeouts);
