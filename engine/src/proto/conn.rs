@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 pub use super::close::{CloseCause, CloseInfo, Initiator};
 use super::frame::{
-    parse_header, write_close, write_frame, FrameHeader, ProtocolError, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE,
-    OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+    parse_header, valid_close_code, write_close, write_frame, FrameHeader, ProtocolError, MAX_CONTROL_PAYLOAD,
+    OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -225,10 +225,6 @@ fn grow_partial(partial: &mut Vec<u8>, more: usize, total: usize) {
         let target = (partial.capacity() * 2).min(total).max(need);
         partial.reserve_exact(target - partial.len());
     }
-}
-
-fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn after(t: Instant, d: Duration) -> Option<Instant> {

@@ -153,10 +153,19 @@ pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// A close code an endpoint may send and must accept (RFC 6455 section 7.4): the defined codes apart from
+/// 1004 (reserved) and 1005, 1006, 1015 (never on the wire), and the registered (3000-3999) and private
+/// (4000-4999) ranges. A peer receiving any other code fails the connection.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Close frame with `code` and `reason` (truncated on a char boundary so the payload fits 125 bytes).
-/// Codes that must never be sent on the wire (1005, 1006, 1015) produce an empty Close payload.
+/// A code that must not be sent on the wire (1005, 1006, 1015, and any other outside [`valid_close_code`],
+/// e.g. an application's 0 or 999) produces an empty Close payload: "no status", which the peer accepts,
+/// rather than a code that makes it fail the connection with 1002.
 pub fn write_close(out: &mut Vec<u8>, mask: Option<[u8; 4]>, code: u16, reason: &str) {
-    if matches!(code, 1005 | 1006 | 1015) {
+    if !valid_close_code(code) {
         write_frame(out, true, OP_CLOSE, mask, &[]);
         return;
     }
@@ -242,6 +251,21 @@ mod tests {
         out.clear();
         write_close(&mut out, None, 1005, "x");
         assert_eq!(out, [0x88, 0]);
+    }
+
+    #[test]
+    fn close_codes_that_may_not_be_sent_become_no_status() {
+        // Found by the `frame` fuzz target: write_close put an application's 0, 999 or 2000 on the wire.
+        for code in [0, 999, 1004, 1016, 2000, 2999, 5000, u16::MAX] {
+            let mut out = Vec::new();
+            write_close(&mut out, Some([1, 2, 3, 4]), code, "why");
+            assert_eq!(out, [0x88, 0x80, 1, 2, 3, 4], "code {code}");
+        }
+        for code in [1000, 1003, 1007, 1014, 3000, 4999] {
+            let mut out = Vec::new();
+            write_close(&mut out, None, code, "");
+            assert_eq!(out, [0x88, 2, (code >> 8) as u8, code as u8]);
+        }
     }
 
     #[test]
