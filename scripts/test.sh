@@ -103,6 +103,8 @@ if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
     fi
 fi
 
+bash scripts/fuzz-smoke.sh || failed+=("scripts/fuzz-smoke.sh")   # each cargo-fuzz target for 8 s (fuzz/)
+
 if [ ${#failed[@]} -gt 0 ]; then
     log "FAILED: ${failed[*]}"
     exit 1
