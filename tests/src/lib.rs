@@ -638,6 +638,22 @@ pub fn block_on_with_timeout<F: std::future::Future>(limit: Duration, fut: F) ->
     })
 }
 
+/// Writes `bytes` (tolerating a server that already closed), then expects Close `code` and EOF.
+pub fn expect_close(server: &Server, mut stream: TcpStream, bytes: &[u8], code: u16, what: &str) {
+    if let Err(e) = stream.write_all(bytes) {
+        // The server may close before reading everything; the Close frame is still in our buffer.
+        eprintln!("{what}: write failed ({e}), reading the close anyway");
+    }
+    let ending = raw::read_until_close(&mut stream, Duration::from_secs(10), true);
+    assert_eq!(
+        ending.close.as_ref().map(|c| c.0),
+        Some(code),
+        "{what}: expected Close {code}; saw {ending:?}\nserver log:\n{}",
+        server.log.tail(10)
+    );
+    assert!(ending.eof, "{what}: connection not closed after Close {code}: {ending:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,25 +8,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use tether_tests::raw::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT};
-use tether_tests::{read_http_response, wait_until, Server};
+use tether_tests::{expect_close, read_http_response, wait_until, Server};
 
 const FAST_PINGS: &[&str] =
     &["--ping-interval", "1s", "--pong-timeout", "1s", "--close-timeout", "1s", "--tick", "100ms"];
-
-/// Writes `bytes` (tolerating a server that already closed), then expects Close `code` and EOF.
-fn expect_close(server: &Server, mut stream: TcpStream, bytes: &[u8], code: u16, what: &str) {
-    if let Err(e) = stream.write_all(bytes) {
-        eprintln!("{what}: write failed ({e}), reading the close anyway");
-    }
-    let ending = raw::read_until_close(&mut stream, Duration::from_secs(10), true);
-    assert_eq!(
-        ending.close.as_ref().map(|c| c.0),
-        Some(code),
-        "{what}: expected Close {code}; saw {ending:?}\nserver log:\n{}",
-        server.log.tail(10)
-    );
-    assert!(ending.eof, "{what}: connection not closed after Close {code}: {ending:?}");
-}
 
 /// The server's resident memory in KiB (VmRSS).
 fn rss_kib(pid: u32) -> u64 {

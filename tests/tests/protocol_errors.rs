@@ -2,27 +2,10 @@
 //! closes the TCP connection.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::Duration;
 
 use tether_tests::raw::{self, OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT};
-use tether_tests::{close_lines, log_field, wait_until, Server};
-
-/// Writes `bytes` (tolerating a server that already closed), then expects Close `code` and EOF.
-fn expect_close(server: &Server, mut stream: TcpStream, bytes: &[u8], code: u16, what: &str) {
-    if let Err(e) = stream.write_all(bytes) {
-        // The server may close before reading everything; the Close frame is still in our buffer.
-        eprintln!("{what}: write failed ({e}), reading the close anyway");
-    }
-    let ending = raw::read_until_close(&mut stream, Duration::from_secs(10), true);
-    assert_eq!(
-        ending.close.as_ref().map(|c| c.0),
-        Some(code),
-        "{what}: expected Close {code}; saw {ending:?}\nserver log:\n{}",
-        server.log.tail(10)
-    );
-    assert!(ending.eof, "{what}: connection not closed after Close {code}: {ending:?}");
-}
+use tether_tests::{close_lines, expect_close, log_field, wait_until, Server};
 
 fn server() -> Server {
     Server::start(&["--max-message-size", "1024", "--close-timeout", "2s"])
