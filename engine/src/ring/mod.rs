@@ -364,18 +364,14 @@ impl Ring {
         self.sends.get_mut(idx)?.take().map(|s| (s.buf, s.offset))
     }
 
-    /// Cancel every operation on `slot`'s descriptor (a teardown that did not finish in time).
-    pub fn cancel_slot(&mut self, slot: u32) {
-        let e = opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::fd(self.fx(slot)).all())
+    /// Cancel the operation `op` of `slot`'s current occupant, found by its token: the kernel looks the
+    /// request up by `user_data` (a hash lookup for a polled request) and ends it inline. Cancelling by
+    /// descriptor instead walks every pending request of the ring per call, which is quadratic when a
+    /// hundred thousand connections end at once. A request that already finished is simply not found.
+    pub fn cancel_op(&mut self, op: Op, slot: u32, generation: u32) {
+        let e = opcode::AsyncCancel::new(Token::new(op, slot, generation).encode())
             .build()
             .user_data(Token::new(Op::Ignore, slot, 0).encode());
-        self.push(e);
-    }
-
-    pub fn shutdown(&mut self, slot: u32, generation: u32) {
-        let e = opcode::Shutdown::new(self.fx(slot), libc::SHUT_RDWR)
-            .build()
-            .user_data(Token::new(Op::Shutdown, slot, generation).encode());
         self.push(e);
     }
 

@@ -2,7 +2,7 @@
 //! this file acts on the ring), and the close completion that logs, counts, tells the handler and frees the
 //! slot. The kernel cannot hand a descriptor index out again before that close completes, so a completion can
 //! never reach a newer occupant; the generation in each token checks it anyway. Every step is bounded by
-//! close_timeout through the wheel (then the slot's operations are cancelled).
+//! close_timeout through the wheel (then the slot's operations are cancelled again, each by its token).
 
 use std::sync::atomic::Ordering;
 
@@ -15,6 +15,7 @@ use crate::handler::{Closed, Handler};
 use crate::metrics::drop_one;
 use crate::per_ip::Verdict;
 use crate::proto::{CloseCause, CloseInfo, Initiator};
+use crate::ring::Op;
 
 impl Core {
     /// Start the close handshake (Open), or end a connection that never opened.
@@ -79,20 +80,10 @@ impl Core {
             match next_step(s.flags, !s.out.is_empty()) {
                 Step::Wait => return,
                 Step::Send => self.start_send(slot),
-                Step::Shutdown => {
+                Step::EndOps => {
                     s.clear(flag::FLUSH_FIRST);
-                    s.set(flag::SHUTDOWN_SUBMITTED);
-                    let generation = s.generation;
-                    if s.has(flag::ADDR_OP_PENDING) || (s.has(flag::CLIENT) && s.phase == Phase::Connecting) {
-                        // No connected socket yet: nothing to shut down, but a connect may be waiting on an
-                        // unresponsive peer; cancel it rather than wait for the teardown deadline.
-                        s.set(flag::SHUTDOWN_DONE);
-                        if s.has(flag::ADDR_OP_PENDING) {
-                            self.ring(slot).cancel_slot(slot);
-                        }
-                    } else {
-                        self.ring(slot).shutdown(slot, generation);
-                    }
+                    s.set(flag::OPS_ENDED);
+                    self.cancel_inflight(slot);
                     let deadline = self.now + self.cfg.close_timeout;
                     self.schedule(slot, deadline);
                 }
@@ -116,9 +107,28 @@ impl Core {
             s.out.clear();
             self.advance_teardown(slot);
         } else {
-            self.ring(slot).cancel_slot(slot);
+            self.cancel_inflight(slot);
             let deadline = self.now + self.cfg.close_timeout;
             self.schedule(slot, deadline);
+        }
+    }
+
+    /// Cancel, each by its token, the operations of the slot that close must wait for: the multishot
+    /// receive, a send (reached only when its output is abandoned: a flush waits for it instead) and a
+    /// pending connect. Bind and the peer-name lookup complete inline and are not cancellable; a request
+    /// that already completed is not found, which is harmless.
+    fn cancel_inflight(&mut self, slot: u32) {
+        let s = &self.slots[slot as usize];
+        let (flags, generation) = (s.flags, s.generation);
+        let ring = self.ring(slot);
+        if flags & flag::RECV_ARMED != 0 {
+            ring.cancel_op(Op::Recv, slot, generation);
+        }
+        if flags & flag::SEND_INFLIGHT != 0 {
+            ring.cancel_op(Op::Send, slot, generation);
+        }
+        if flags & flag::ADDR_OP_PENDING != 0 {
+            ring.cancel_op(Op::Connect, slot, generation);
         }
     }
 }

@@ -555,10 +555,6 @@ impl<H: Handler> Shard<H> {
                     Op::Recv => self.on_recv(slot, c),
                     Op::Send => self.core.on_send(slot, c),
                     Op::PeerName => self.on_peer_name(slot, c),
-                    Op::Shutdown => {
-                        self.core.slots[slot as usize].set(slot::flag::SHUTDOWN_DONE);
-                        self.core.advance_teardown(slot);
-                    }
                     Op::Close => self.finalize(slot),
                     Op::Bind | Op::Connect => self.on_connect_step(slot, token.op, c),
                     _ => {}

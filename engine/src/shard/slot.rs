@@ -18,7 +18,7 @@ pub(crate) enum Phase {
     /// Waiting for (server) the upgrade request or (client) the 101 response.
     Handshake,
     Open,
-    /// Final bytes flushing, then shutdown, then close.
+    /// Final bytes flushing, then the slot's operations ended, then close.
     Closing,
 }
 
@@ -27,12 +27,12 @@ pub(crate) mod flag {
     pub const RECV_ARMED: u16 = 1 << 0;
     pub const SEND_INFLIGHT: u16 = 1 << 1;
     pub const PEERNAME_PENDING: u16 = 1 << 2;
-    pub const SHUTDOWN_SUBMITTED: u16 = 1 << 3;
-    pub const SHUTDOWN_DONE: u16 = 1 << 4;
+    /// Closing: the slot's operations were told to end (receive and abandoned send cancelled).
+    pub const OPS_ENDED: u16 = 1 << 3;
     pub const CLOSE_SUBMITTED: u16 = 1 << 5;
     /// Past max_connections: answer the upgrade with 503.
     pub const OVER_CAPACITY: u16 = 1 << 6;
-    /// Closing: flush `out` before shutting down.
+    /// Closing: flush `out` before ending the slot's operations.
     pub const FLUSH_FIRST: u16 = 1 << 7;
     pub const WAS_OPEN: u16 = 1 << 8;
     pub const DIRTY: u16 = 1 << 9;
