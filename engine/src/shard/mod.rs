@@ -238,8 +238,24 @@ where
                 }
             };
             let mut shard = Shard { core, bufs, handler, states: Vec::new(), notifier, notices, inbox, waker };
-            if let Err(e) = shard.run() {
-                error!(shard = index, error = %e, "shard stopped on a ring error");
+            // A panic (in a handler callback or in the engine) must not leave a half-live process: the
+            // thread's connections would hang with no keepalive and no close while the other shards go on.
+            // Unwinding out of the shard is not safe either (the kernel may still write into buffers the
+            // shard owns), so the process logs the panic and aborts, for its supervisor to restart it.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
+            match run {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(shard = index, error = %e, "shard stopped on a ring error"),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".into());
+                    error!(shard = index, panic = %what, "shard thread panicked: aborting the process");
+                    eprintln!("tether: shard {index} panicked ({what}); aborting");
+                    std::process::abort();
+                }
             }
         })?;
         threads.push(t);
