@@ -126,6 +126,10 @@ struct Common {
     /// New connections per second during the ramp (e.g. 20000 or 20000/s).
     #[arg(long, default_value = "20000/s", value_parser = parse_rate)]
     rate: f64,
+    /// At most this many connects in flight during the ramp (issued, neither open nor failed yet); the ramp
+    /// waits for room rather than overflow the server's accept queues. 0 = no bound.
+    #[arg(long, default_value_t = tether_load::load::DEFAULT_MAX_CONNECTING)]
+    max_connecting: usize,
     /// How long to hold the connections after the ramp.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
@@ -323,6 +327,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         target,
         connections,
         rate: c.rate,
+        max_connecting: c.max_connecting,
         duration: c.duration,
         ping_interval: Some(c.ping_interval).filter(|d| !d.is_zero()),
         ping_jitter: c.ping_jitter,

@@ -25,14 +25,11 @@ import socket
 import struct
 import threading
 import time
-from typing import Optional
 
 import pytest
 import requests
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
 
-from gateway_util import API_KEY, BASE_CONFIG, SECRET, WS_PATH, Gateway, make_token, unique
+from gateway_util import API_KEY, BASE_CONFIG, SECRET, WS_PATH, Gateway, Peer, make_token, unique
 
 LIMIT = 30  # seconds, per test
 
@@ -54,143 +51,13 @@ def gw():
 # --- a raw protocol peer ---------------------------------------------------------------------------------
 
 
-class Peer:
-    """A bare `websockets` client speaking the JSON protocol: a reader task answers server pings with `{}`
-    (unless `pong=False`), files replies by id and keeps pushes in order (a line too deeply nested for
-    Python's json in `unparsed`); the server's close frame is kept."""
-
-    def __init__(self, gw: Gateway, pong: bool = True):
-        self.gw = gw
-        self.pong = pong
-        self.ws = None
-        self.replies: dict[int, dict] = {}
-        self.reply_ids: list[int] = []
-        self.pushes: list[dict] = []
-        self.unparsed: list[str] = []  # lines too deeply nested for Python's json
-        self.pings = 0
-        self.closed = asyncio.Event()
-        self._task: Optional[asyncio.Task] = None
-        self._next_id = 0
-
-    async def open(self, sock: Optional[socket.socket] = None, **kwargs):
-        kwargs.setdefault("max_size", None)
-        self.ws = await ws_connect(
-            self.gw.ws_url,
-            proxy=None,
-            compression=None,
-            open_timeout=5,
-            close_timeout=2,
-            ping_interval=None,
-            sock=sock,
-            **kwargs,
-        )
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self):
-        try:
-            async for frame in self.ws:
-                assert isinstance(frame, str), f"JSON protocol must use text frames, got {frame!r}"
-                for line in frame.split("\n"):
-                    if line == "{}":
-                        self.pings += 1
-                        if self.pong:
-                            await self.ws.send("{}")
-                        continue
-                    try:
-                        msg = json.loads(line)
-                    except RecursionError:
-                        self.unparsed.append(line)
-                        continue
-                    if msg.get("id"):
-                        self.replies[msg["id"]] = msg
-                        self.reply_ids.append(msg["id"])
-                    else:
-                        self.pushes.append(msg)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-
-    async def stop_reading(self):
-        """Stops taking frames off the connection (the library's queue fills, then the socket's buffers)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def next_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    async def send(self, *commands: dict):
-        await self.ws.send("\n".join(json.dumps(c) for c in commands))
-
-    async def reply(self, cmd_id: int, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while cmd_id not in self.replies:
-            if self.closed.is_set():
-                raise AssertionError(f"closed {self.close_frame()} before the reply to {cmd_id}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no reply to {cmd_id} within {timeout}s")
-            await asyncio.sleep(0.005)
-        return self.replies[cmd_id]
-
-    async def call(self, method: str, params: dict, timeout: float = 5.0) -> dict:
-        cmd_id = self.next_id()
-        await self.send({"id": cmd_id, method: params})
-        return await self.reply(cmd_id, timeout)
-
-    async def connect(self, user: str = "", token: Optional[str] = None) -> dict:
-        r = await self.call("connect", {"token": token if token is not None else make_token(user or unique("u-"))})
-        assert "connect" in r, r
-        return r["connect"]
-
-    async def subscribe(self, channel: str, **params) -> dict:
-        r = await self.call("subscribe", {"channel": channel, **params})
-        assert "subscribe" in r, r
-        return r["subscribe"]
-
-    def close_frame(self):
-        """(code, reason) of the close frame the server sent, None if none came (yet)."""
-        rcvd = self.ws.protocol.close_rcvd if self.ws is not None else None
-        return (rcvd.code, rcvd.reason) if rcvd is not None else None
-
-    async def closed_with(self, timeout: float = 5.0):
-        """Waits for the server to close; returns its close frame's (code, reason)."""
-        try:
-            await asyncio.wait_for(self.closed.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"still open {timeout}s later; replies {self.replies}") from None
-        return self.close_frame()
-
-    def write_raw(self, data: bytes):
-        """Bytes straight onto the socket, past the library (frames it would refuse to send)."""
-        self.ws.transport.write(data)
-
-    def reset(self):
-        """An abortive close: SO_LINGER 0, so the kernel sends RST instead of FIN."""
-        sock = self.ws.transport.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.ws.transport.abort()
-
-    async def aclose(self):
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.ws.close(), 3)
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 3)
-
-
 @contextlib.asynccontextmanager
 async def peers(gw: Gateway):
     """Makes peers for one test and closes every one at the end."""
     made: list[Peer] = []
 
     async def new(pong: bool = True, **kwargs) -> Peer:
-        p = Peer(gw, pong)
+        p = Peer(gw.ws_url, pong)
         made.append(p)
         return await p.open(**kwargs)
 

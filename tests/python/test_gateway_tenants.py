@@ -30,7 +30,7 @@ from centrifuge import Client
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway_util import BASE_CONFIG, WS_PATH, ClientEvents, Recorder, make_token, subscribed, unique
+from gateway_util import BASE_CONFIG, WS_PATH, ClientEvents, Peer, Recorder, make_token, subscribed, unique
 from tetherd_proc import Tetherd, run_bounded, tetherd_bin
 
 LIMIT = 40  # seconds, per test
@@ -118,74 +118,6 @@ def metric(text: str, name: str, **labels) -> float:
     return 0.0
 
 
-class Peer:
-    """A JSON-protocol client by hand: answers pings, files replies by id, keeps pushes, keeps the close."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.ws = None
-        self.replies: dict[int, dict] = {}
-        self.pushes: list[dict] = []
-        self.closed = asyncio.Event()
-        self._id = 0
-
-    async def open(self):
-        self.ws = await ws_connect(self.url, proxy=None, compression=None, open_timeout=5, ping_interval=None,
-                                   max_size=None)
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self):
-        try:
-            async for frame in self.ws:
-                for line in frame.split("\n"):
-                    if line == "{}":
-                        await self.ws.send("{}")
-                        continue
-                    msg = json.loads(line)
-                    if msg.get("id"):
-                        self.replies[msg["id"]] = msg
-                    else:
-                        self.pushes.append(msg)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-
-    async def call(self, method: str, params: dict, timeout: float = 5.0) -> dict:
-        self._id += 1
-        i = self._id
-        await self.ws.send(json.dumps({"id": i, method: params}))
-        deadline = time.monotonic() + timeout
-        while i not in self.replies:
-            if self.closed.is_set():
-                raise AssertionError(f"closed {self.close()} before the reply to {method}")
-            assert time.monotonic() < deadline, f"no reply to {method} within {timeout}s"
-            await asyncio.sleep(0.005)
-        return self.replies[i]
-
-    async def connect(self, token: str) -> dict:
-        r = await self.call("connect", {"token": token})
-        assert "connect" in r, r
-        return r["connect"]
-
-    def close(self):
-        rcvd = self.ws.protocol.close_rcvd if self.ws is not None else None
-        return None if rcvd is None else (rcvd.code, rcvd.reason)
-
-    async def closed_with(self, timeout: float = 5.0):
-        await asyncio.wait_for(self.closed.wait(), timeout)
-        return self.close()
-
-    def publications(self, channel: str) -> list:
-        return [p["push"]["pub"]["data"] for p in self.pushes if p.get("push", {}).get("channel") == channel
-                and "pub" in p["push"]]
-
-    async def stop(self):
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-
-
 async def until(check, timeout: float = 5.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while not check():
@@ -217,8 +149,8 @@ def test_tenants_are_isolated_from_each_other_and_from_the_gateway():
             g = await Peer(node.ws_url("globex")).open()
             d = await Peer(node.ws_url(None)).open()
             peers += [g, d]
-            await g.connect(make_token("bob", "globex-secret"))
-            await d.connect(make_token("carol"))  # gateway_util.SECRET
+            await g.connect(token=make_token("bob", "globex-secret"))
+            await d.connect(token=make_token("carol"))  # gateway_util.SECRET
             for p in (g, d):
                 assert "subscribe" in await p.call("subscribe", {"channel": "chat:news"})
 
@@ -269,7 +201,7 @@ def test_tenants_are_isolated_from_each_other_and_from_the_gateway():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sdk.disconnect(), 5)
             for p in peers:
-                await p.stop()
+                await p.aclose()
 
     try:
         node.run(go())
@@ -295,18 +227,18 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
             url = node.ws_url("tight")
             a, b, c = [await Peer(url).open() for _ in range(3)]
             peers += [a, b, c]
-            await a.connect(make_token("u1", "tight-secret"))
-            await b.connect(make_token("u2", "tight-secret"))
+            await a.connect(token=make_token("u1", "tight-secret"))
+            await b.connect(token=make_token("u2", "tight-secret"))
             # client.connection_limit 2: the third connect is closed 3504 (the SDKs do not reconnect).
             await c.ws.send(json.dumps({"id": 1, "connect": {"token": make_token("u3", "tight-secret")}}))
             assert await c.closed_with() == (3504, "connection limit")
             # ...and a place frees when one goes.
-            await b.stop()
+            await b.aclose()
             d = await Peer(url).open()
             peers.append(d)
             await until(lambda: metric(node.metrics(), "tether_gateway_connections", tenant="tight",
                                        state="authenticated") == 1, what="b gone")
-            await d.connect(make_token("u4", "tight-secret"))
+            await d.connect(token=make_token("u4", "tight-secret"))
 
             # client.command_rate_limit 10/s, burst 20: 25 commands at once get 20 answers (the connect
             # took one token) and then 111; the connection stays up.
@@ -338,7 +270,7 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
             assert await d.closed_with() == (1009, "message too big")
             r_ = await Peer(node.ws_url("roomy")).open()
             peers.append(r_)
-            await r_.connect(make_token("v", "roomy-secret"))
+            await r_.connect(token=make_token("v", "roomy-secret"))
             await r_.call("subscribe", {"channel": "chat:big"})
             await r_.ws.send(big.replace('"id": 50', '"id": 51'))
             await until(lambda: 51 in r_.replies, what="roomy's answer to 2,000 bytes")
@@ -351,7 +283,7 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
             assert "tether_gateway_rejections_total{" in m
         finally:
             for p in peers:
-                await p.stop()
+                await p.aclose()
 
     try:
         node.run(go())
@@ -424,7 +356,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             # A subscriber of a that must see every publication through all of this.
             watcher = await Peer(node.ws_url("a")).open()
             peers.append(watcher)
-            await watcher.connect(make_token("w", "a-secret"))
+            await watcher.connect(token=make_token("w", "a-secret"))
             ch = unique("chat:steady-")
             await watcher.call("subscribe", {"channel": ch})
             sent = []
@@ -437,7 +369,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
 
             bpeer = await Peer(node.ws_url("b")).open()
             peers.append(bpeer)
-            await bpeer.connect(make_token("x", "b-secret"))
+            await bpeer.connect(token=make_token("x", "b-secret"))
 
             # Add tenant c by dropping its file in the directory and sending SIGHUP.
             with pytest.raises(InvalidStatus):
@@ -453,7 +385,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
                     assert time.monotonic() < deadline, "tenant c never appeared after SIGHUP"
                     await asyncio.sleep(0.1)
             peers.append(cpeer)
-            await cpeer.connect(make_token("y", "c-secret"))
+            await cpeer.connect(token=make_token("y", "c-secret"))
             publish(1)
 
             # Change a: a new token secret and a channel limit of 1. Its connections stay (with their
@@ -472,7 +404,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             assert await old.closed_with() == (3500, "invalid token")
             new = await Peer(node.ws_url("a")).open()
             peers.append(new)
-            await new.connect(make_token("w3", "a-secret-2"))
+            await new.connect(token=make_token("w3", "a-secret-2"))
 
             # A bad file: rejected with one error line, the config in force stays (b keeps working).
             write(node.tdir / "b.json", "{ this is not json")
@@ -483,7 +415,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             assert "subscribe" in await bpeer.call("subscribe", {"channel": "chat:b"})
             b2 = await Peer(node.ws_url("b")).open()
             peers.append(b2)
-            await b2.connect(make_token("x2", "b-secret"))
+            await b2.connect(token=make_token("x2", "b-secret"))
             publish(3)
 
             # Remove b: its clients are closed 3503 (tenant removed), its routes are gone.
@@ -503,7 +435,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             assert h["offset"] == len(sent), h
         finally:
             for p in peers:
-                await p.stop()
+                await p.aclose()
 
     try:
         node.run(go())
