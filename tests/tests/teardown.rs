@@ -27,7 +27,7 @@ fn expect_close_then_fin(stream: &mut TcpStream, i: usize) {
     let frame = loop {
         let frame = raw::read_frame(stream).unwrap_or_else(|e| panic!("conn {i}: reading the Close reply: {e}"));
         // A keepalive ping may come first.
-        if !frame.as_ref().is_some_and(|f| f.opcode == raw::OP_PING) {
+        if frame.as_ref().is_none_or(|f| f.opcode != raw::OP_PING) {
             break frame;
         }
     };
