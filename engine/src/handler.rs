@@ -17,6 +17,11 @@ use crate::proto::{CloseInfo, MessageKind};
 /// the application needs no map of connections. `Notice` is the typed message other threads send to a
 /// shard with [`Notifier::notify`](crate::Notifier::notify), handled in `on_notice`.
 ///
+/// A panic in a callback is not survived: the shard thread logs it (`shard thread panicked`) and aborts the
+/// process, for a supervisor to restart it. A shard that died alone would leave its connections hanging,
+/// and unwinding past the ring is not safe (the kernel may still write into the shard's buffers). Return
+/// errors, or close the one connection, instead of panicking.
+///
 /// ```no_run
 /// use tether::{Config, ConnId, Ctx, Engine, Handler, Message};
 ///
