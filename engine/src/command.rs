@@ -17,4 +17,5 @@ pub(crate) enum Command {
     Close { conn: ConnId, code: u16, reason: Box<str> },
     Ping { conn: ConnId },
     Connect(Box<ConnectRequest>),
+    Adopt(Box<crate::adopt::AdoptJob>),
 }

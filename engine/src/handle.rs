@@ -5,13 +5,16 @@
 //! the shard's eventfd. A full inbox is never waited on: the call returns [`SendError::InboxFull`] and the
 //! shard counts it (`inbox_full`); shutdown does not go through the inbox, so it is never refused.
 
+use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::adopt::{AdoptError, AdoptErrorKind, AdoptJob, Adoption};
 use crate::capacity::Capacity;
 use crate::command::Command;
 use crate::handler::{ConnectRequest, Handler};
@@ -19,7 +22,7 @@ use crate::ids::ConnId;
 use crate::mailbox::MailboxTx;
 use crate::metrics::Stats;
 use crate::prepared::Prepared;
-use crate::proto::MessageKind;
+use crate::proto::{MessageKind, Role};
 
 /// Why a message (or command) was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,9 @@ pub(crate) struct Shared {
     pub drain_nanos: AtomicU64,
     /// The per-source-address limits, one table for every shard.
     pub per_ip: crate::per_ip::PerIp,
+    /// The options adopted sockets get, and the shard the next one goes to (round robin).
+    pub adopt_sockopts: crate::adopt::AdoptSockopts,
+    pub next_adopt: AtomicUsize,
 }
 
 /// Send, close, publish, connect and read stats from any thread. Cheap to clone.
@@ -154,6 +160,61 @@ impl EngineHandle {
             }
         }
         result
+    }
+
+    /// Take over a WebSocket connection another HTTP stack accepted and upgraded (axum, hyper...): `socket`
+    /// is its TCP socket (a `std::net::TcpStream`, or tokio's after `into_std()`), `role` which side of the
+    /// WebSocket this end is, `leftover` the bytes the other stack read past the handshake (hyper's
+    /// `Parts::read_buf`; they are handled as the first bytes received), and `context` any value, handed to
+    /// [`Handler::on_adopt`] on the shard (before `on_open`) so the application can fill the connection's
+    /// state (the user its own auth found, say).
+    ///
+    /// The socket gets TCP_NODELAY and the engine's keepalive options, moves into a shard's registered file
+    /// table (shards take turns), and its process descriptor is closed: adopted sockets do not count
+    /// against the process's fd limit. Keepalive, limits and every callback then work as for accepted
+    /// sockets. The [`Adoption`] resolves to the connection's id once the shard holds it; on refusal
+    /// ([`AdoptError`]) the socket comes back untouched when the engine never took it.
+    ///
+    /// ```no_run
+    /// # fn demo(handle: tether::EngineHandle, stream: std::net::TcpStream, leftover: Vec<u8>) {
+    /// use tether::proto::Role;
+    /// match handle.adopt(stream, Role::Server, leftover, String::from("alice")).wait() {
+    ///     Ok(conn) => println!("adopted as {conn}"),
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn adopt(
+        &self,
+        socket: impl Into<OwnedFd>,
+        role: Role,
+        leftover: Vec<u8>,
+        context: impl Any + Send,
+    ) -> Adoption {
+        let socket: OwnedFd = socket.into();
+        let shared = &self.shared;
+        if shared.shutting_down.load(Ordering::Relaxed) {
+            return Adoption::ready(Err(AdoptError::new(AdoptErrorKind::ShuttingDown, Some(socket))));
+        }
+        if shared.open_total.load(Ordering::Relaxed) >= shared.max_connections {
+            return Adoption::ready(Err(AdoptError::new(AdoptErrorKind::AtCapacity, Some(socket))));
+        }
+        let peer = match crate::adopt::prepare(&socket, &shared.adopt_sockopts) {
+            Ok(peer) => peer,
+            Err(e) => return Adoption::ready(Err(AdoptError::new(AdoptErrorKind::Io(e.to_string()), Some(socket)))),
+        };
+        let shards = shared.links.len().max(1);
+        let shard = shared.next_adopt.fetch_add(1, Ordering::Relaxed) % shards;
+        let (adoption, reply) = Adoption::pending();
+        let job = AdoptJob { socket, role, leftover, peer, context: Box::new(context), reply };
+        let Some(link) = shared.links.get(shard) else {
+            job.refuse(AdoptErrorKind::ShuttingDown);
+            return adoption;
+        };
+        if let Err(Command::Adopt(job)) = link.inbox.try_send(Command::Adopt(Box::new(job))) {
+            job.refuse(AdoptErrorKind::InboxFull);
+        }
+        adoption
     }
 
     /// Open an outbound connection on `shard` (client role).

@@ -78,6 +78,10 @@ pub trait Handler: Send + Sized + 'static {
     }
     /// An outbound connection (client role) failed before it opened. `tag` is the one given to `connect`.
     fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_, Self>, _tag: u64, _error: &ConnectError) {}
+    /// A socket handed over with [`EngineHandle::adopt`](crate::EngineHandle::adopt) is now this shard's
+    /// connection `conn`, open; `context` is the value given to `adopt` (downcast it). Called before
+    /// `on_open`, with `ctx.state(conn)` there to fill; the leftover bytes are handled after `on_open`.
+    fn on_adopt(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _context: Box<dyn std::any::Any + Send>) {}
     /// An outbound connection reached the open state. Called before `on_open`.
     fn on_connected(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _tag: u64) {}
     /// Called once per loop iteration with the shard's clock, after completions and timers ran

@@ -116,6 +116,7 @@
 //! protocol error, peer, shutdown, slow consumer...), the same enum the metrics count by.
 #![deny(unsafe_code)]
 
+mod adopt;
 pub mod capacity;
 mod command;
 pub mod config;
@@ -133,6 +134,7 @@ mod ring;
 mod shard;
 pub mod wheel;
 
+pub use adopt::{AdoptError, AdoptErrorKind, Adoption};
 pub use capacity::{auto_recv_buffers, plan_capacity, Capacity};
 pub use config::{
     parse_optional_duration, parse_tcp_keepalive, parse_tcp_user_timeout, Config, Profile, ProfileId, SendQueuePolicy,

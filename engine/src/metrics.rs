@@ -94,6 +94,7 @@ counters! {
     open => "connections_open", Gauge, "Connections holding a slot (handshaking, open or closing)";
     websocket_open => "websockets_open", Gauge, "Connections past the WebSocket upgrade and not yet closed";
     accepted => "accepted", Counter, "Connections accepted";
+    adopted => "adopted", Counter, "Upgraded sockets adopted from another HTTP stack";
     connected => "connected", Counter, "Outbound (client role) connections that reached the open state";
     connect_failed => "connect_failed", Counter, "Outbound connections that failed before opening";
     closed => "closed", Counter, "Connections closed, for any reason";

@@ -168,6 +168,10 @@ pub struct Ring {
     child_wake_buf: Box<u64>,
     /// Scratch for building iovecs.
     pieces: Vec<(*const u8, usize)>,
+    /// Descriptors being installed into the table (`install_fd`), by tag: the kernel reads each and writes
+    /// the table index it chose back into it, so each is boxed to stay put until the completion.
+    #[allow(clippy::vec_box)]
+    installs: Vec<Option<Box<i32>>>,
 }
 
 impl Ring {
@@ -232,6 +236,7 @@ impl Ring {
             base: cfg.base,
             child_wake_buf: Box::new(0),
             pieces: Vec::new(),
+            installs: Vec::new(),
         };
         Ok((ring, bufs))
     }
@@ -270,7 +275,8 @@ impl Ring {
     fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every entry built in this module points only at memory this Ring owns (send buffers,
-            // address buffers, the wake buffer, socket option values) or at statics or at nothing; that memory stays put until the completion.
+            // address buffers, the wake buffer, socket option values, descriptors being installed) or at statics
+            // or at nothing; that memory stays put until the completion.
             if unsafe { self.uring.submission().push(&entry) }.is_ok() {
                 return;
             }
@@ -483,6 +489,38 @@ impl Ring {
             .build()
             .user_data(Token::new(Op::Socket, tag, 0).encode());
         self.push(e);
+    }
+
+    /// Install the process descriptor `fd` into a free slot of the table (IORING_OP_FILES_UPDATE with
+    /// IORING_FILE_INDEX_ALLOC), for an adopted socket. The table takes its own reference to the file, so the
+    /// caller closes `fd` once this completes. Completion: `Op::Install` with `tag`; then
+    /// [`Ring::installed_slot`] tells the slot.
+    pub fn install_fd(&mut self, fd: RawFd, tag: u32) {
+        let idx = tag as usize;
+        if self.installs.len() <= idx {
+            self.installs.resize_with(idx + 1, || None);
+        }
+        let cell = self.installs[idx].insert(Box::new(fd));
+        let ptr = &mut **cell as *mut i32 as *const RawFd;
+        // The kernel's update offset is 32 bits: -1 is IORING_FILE_INDEX_ALLOC.
+        let e = opcode::FilesUpdate::new(ptr, 1)
+            .offset(-1)
+            .build()
+            .user_data(Token::new(Op::Install, tag, 0).encode());
+        self.push(e);
+    }
+
+    /// After an `Op::Install` completion for `tag` with a positive result: the thread's slot the descriptor
+    /// went into. Forgets the tag either way.
+    pub fn installed_slot(&mut self, tag: u32, result: i32) -> Option<u32> {
+        let cell = self.installs.get_mut(tag as usize)?.take()?;
+        (result > 0 && *cell >= 0).then(|| self.slot_of(*cell as u32))
+    }
+
+    /// Keep `addr` as the slot's peer address (an adopted socket, whose peer the caller already knows), for
+    /// [`Ring::stored_addr`].
+    pub fn set_peer(&mut self, slot: u32, addr: SocketAddr) {
+        self.store_addr(slot, addr);
     }
 
     /// bind(2) a direct descriptor; the address is kept in the slot's buffer until the completion.

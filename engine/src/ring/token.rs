@@ -17,6 +17,8 @@ pub enum Op {
     Connect = 10,
     /// Completions we do not care about (cancel requests).
     Ignore = 11,
+    /// A process descriptor installed into the table (an adopted socket); the slot field is the tag.
+    Install = 12,
 }
 
 impl Op {
@@ -32,6 +34,7 @@ impl Op {
             9 => Op::Bind,
             10 => Op::Connect,
             11 => Op::Ignore,
+            12 => Op::Install,
             _ => return None,
         })
     }

@@ -85,6 +85,7 @@ impl Core {
                 }
             }
             Command::Connect(request) => self.connect(request),
+            Command::Adopt(job) => self.adopt(job),
         }
     }
 

@@ -14,6 +14,7 @@
 //! | `close.rs` | teardown, close completions, the close log line |
 //! | `timers.rs` | the wheel: protocol, application and handshake deadlines, delayed connects |
 //! | `client.rs` | the client role: socket, connect, the client side of the upgrade |
+//! | `adopt.rs` | sockets another HTTP stack upgraded, moved into a ring's table |
 //! | `inbox.rs` | commands from other threads |
 //! | `ops.rs` | what a handler's `Ctx` can do (`ShardOps` for the core) |
 //! | `topics.rs` | topic subscriptions |
@@ -22,6 +23,7 @@
 //! the application's), re-armed in O(1) whenever it changes.
 
 mod accept;
+mod adopt;
 mod client;
 mod close;
 mod inbox;
@@ -140,6 +142,8 @@ pub(crate) struct Core {
     /// wheel key (`connect_key_base + index`) name an entry here.
     pending_connects: Vec<Option<Box<ConnectRequest>>>,
     connect_key_base: u32,
+    /// Adopted sockets waiting for their install op (the op's tag names an entry here).
+    pending_adopts: Vec<Option<Box<crate::adopt::AdoptJob>>>,
     /// (level, option, value) set on every outbound socket: the keepalive and TCP_USER_TIMEOUT that
     /// accepted sockets inherit from the listener.
     client_sockopts: Vec<(i32, i32, SockoptValue)>,
@@ -210,6 +214,11 @@ where
         shutting_down: AtomicBool::new(false),
         drain_nanos: AtomicU64::new(0),
         per_ip: crate::per_ip::PerIp::new(config.per_ip_max_connections, config.per_ip_handshake_rate, Instant::now()),
+        adopt_sockopts: crate::adopt::AdoptSockopts {
+            keepalive: config.tcp_keepalive,
+            user_timeout: config.tcp_user_timeout,
+        },
+        next_adopt: Default::default(),
     });
     let handle = EngineHandle { shared: shared.clone() };
     let notifier = Notifier { links: notice_links.into() };
@@ -358,6 +367,7 @@ impl Core {
             starved: Vec::new(),
             pool: Vec::new(),
             pending_connects: Vec::new(),
+            pending_adopts: Vec::new(),
             connect_key_base: slots as u32,
             client_sockopts,
             failed_connects: Vec::new(),
@@ -546,6 +556,7 @@ impl<H: Handler> Shard<H> {
         match token.op {
             Op::Accept => self.core.on_accept(r, c),
             Op::Socket => self.on_socket(r, token, c),
+            Op::Install => self.on_install(r, token, c),
             Op::Ignore | Op::Wake => {}
             _ => {
                 let slot = token.slot;

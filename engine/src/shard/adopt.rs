@@ -1,0 +1,87 @@
+//! Adopted sockets: a connection another HTTP stack accepted and upgraded arrives through the inbox
+//! ([`AdoptJob`]), goes into the emptiest ring's file table (IORING_OP_FILES_UPDATE picks the slot, as an
+//! accept does), its process descriptor is closed, and it starts life `Open`, its leftover bytes handled as
+//! the first received. From then on nothing tells it apart from an accepted connection.
+
+use super::slot::{flag, Phase};
+use super::{with_ctx, Core, Shard};
+use crate::adopt::{AdoptErrorKind, AdoptJob};
+use crate::handler::Handler;
+use crate::metrics::bump;
+use crate::proto::{CloseCause, Role};
+use crate::ring::{self, Completion, Token};
+use std::os::fd::AsRawFd;
+
+impl Core {
+    /// Queue an adopted socket's installation into the ring with the most free slots.
+    pub(super) fn adopt(&mut self, job: Box<AdoptJob>) {
+        if self.shutting_down {
+            job.refuse(AdoptErrorKind::ShuttingDown);
+            return;
+        }
+        let fd = job.socket.as_raw_fd();
+        let index = match self.pending_adopts.iter().position(Option::is_none) {
+            Some(i) => {
+                self.pending_adopts[i] = Some(job);
+                i
+            }
+            None => {
+                self.pending_adopts.push(Some(job));
+                self.pending_adopts.len() - 1
+            }
+        } as u32;
+        let r = (0..self.rings.len()).min_by_key(|r| self.ring_open[*r] + self.ring_sockets[*r]).unwrap_or(0);
+        self.ring_sockets[r] += 1;
+        self.rings[r].install_fd(fd, index);
+    }
+}
+
+impl<H: Handler> Shard<H> {
+    /// The adopted socket is in ring `r`'s table (or could not be put there).
+    pub(super) fn on_install(&mut self, r: usize, token: Token, c: Completion) {
+        let core = &mut self.core;
+        core.ring_sockets[r] = core.ring_sockets[r].saturating_sub(1);
+        let installed = core.rings[r].installed_slot(token.slot, c.result);
+        let Some(job) = core.pending_adopts.get_mut(token.slot as usize).and_then(Option::take) else { return };
+        let Some(slot) = installed else {
+            let kind = if c.result >= 0 || -c.result == libc::ENFILE || -c.result == libc::EMFILE {
+                AdoptErrorKind::NoCapacity
+            } else {
+                AdoptErrorKind::Io(format!("installing the socket: {}", ring::errno_str(c.result)))
+            };
+            job.refuse(kind);
+            return;
+        };
+        let AdoptJob { socket, role, leftover, peer, context, reply } = *job;
+        // The table holds its own reference to the socket now: the process descriptor goes.
+        drop(socket);
+        core.take_slot(slot, role == Role::Client);
+        if let Some(peer) = peer {
+            core.ring(slot).set_peer(slot, peer);
+            core.slots[slot as usize].set(flag::PEER_KNOWN);
+        }
+        let seed = core.next_random();
+        let now = core.now;
+        let writer = core.new_writer(0, role, now, seed);
+        let s = &mut core.slots[slot as usize];
+        s.writer = Some(writer);
+        s.phase = Phase::Open;
+        s.set(flag::WAS_OPEN);
+        *s.reader.handshake_buf() = leftover;
+        bump(&core.metrics.adopted);
+        bump(&core.metrics.websocket_open);
+        core.arm_recv(slot);
+        let id = core.id(slot);
+        with_ctx!(self, |h, ctx| h.on_adopt(&mut ctx, id, context));
+        if self.core.slots[slot as usize].phase == Phase::Open {
+            self.opened(slot, 0);
+        } else {
+            // The handler closed it in on_adopt: the leftover bytes are not wanted.
+            self.core.slots[slot as usize].reader.handshake_buf().clear();
+        }
+        if self.core.shutting_down && self.core.slots[slot as usize].phase == Phase::Open {
+            self.core.close_conn(slot, 1001, "server shutting down", CloseCause::Shutdown);
+        }
+        reply.send(Ok(id));
+    }
+}
