@@ -237,4 +237,7 @@ pub struct ConnectRequest {
     pub tag: u64,
     /// Start no sooner than this (a reconnect's backoff); the shard's wheel holds it until then.
     pub not_before: Option<Instant>,
+    /// Extra header lines of the upgrade request (`Name: value`, no line breaks; lines with one are left
+    /// out), shared by every connection given the same list.
+    pub headers: std::sync::Arc<[String]>,
 }

@@ -76,7 +76,15 @@ fn client_connects_echoes_pings_and_closes() {
         handle
             .connect(
                 (tag % 2) as usize,
-                ConnectRequest { addr, bind, host: addr.to_string(), path: "/echo".into(), tag, not_before: None },
+                ConnectRequest {
+                    addr,
+                    bind,
+                    host: addr.to_string(),
+                    path: "/echo".into(),
+                    tag,
+                    not_before: None,
+                    headers: Default::default(),
+                },
             )
             .unwrap();
     }
@@ -150,6 +158,7 @@ fn client_reports_refused_and_rejected_connections() {
                 path: "/".into(),
                 tag: 7,
                 not_before: None,
+                headers: Default::default(),
             },
         )
         .unwrap();
@@ -176,6 +185,7 @@ fn client_reports_refused_and_rejected_connections() {
                 path: "/".into(),
                 tag: 8,
                 not_before: None,
+                headers: Default::default(),
             },
         )
         .unwrap();

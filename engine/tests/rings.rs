@@ -82,7 +82,15 @@ fn one_thread_holds_several_rings_worth_of_connections() {
     assert_eq!((client.capacity().shards, client.capacity().rings_per_shard), (1, 8));
     for tag in 0..N as u64 {
         let bind = Some(format!("127.0.0.{}:0", 2 + tag % 4).parse().unwrap());
-        let request = ConnectRequest { addr, bind, host: addr.to_string(), path: "/".into(), tag, not_before: None };
+        let request = ConnectRequest {
+            addr,
+            bind,
+            host: addr.to_string(),
+            path: "/".into(),
+            tag,
+            not_before: None,
+            headers: Default::default(),
+        };
         client.handle().connect(0, request).unwrap();
     }
     let (mut opens, mut echoes, mut rtts) = (Vec::new(), 0, 0);

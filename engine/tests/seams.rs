@@ -65,8 +65,15 @@ impl Clients {
     }
     fn connect(&self, addr: SocketAddr, path: &str, n: u64) {
         for tag in 0..n {
-            let request =
-                ConnectRequest { addr, bind: None, host: addr.to_string(), path: path.into(), tag, not_before: None };
+            let request = ConnectRequest {
+                addr,
+                bind: None,
+                host: addr.to_string(),
+                path: path.into(),
+                tag,
+                not_before: None,
+                headers: Default::default(),
+            };
             self.engine.handle().connect(0, request).unwrap();
         }
     }

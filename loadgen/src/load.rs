@@ -54,6 +54,8 @@ pub struct LoadConfig {
     pub reconnect: bool,
     /// Source addresses to bind, round robin; empty = let the kernel choose.
     pub source_ips: Vec<IpAddr>,
+    /// Extra header lines of every upgrade request (`Name: value`), e.g. a session cookie.
+    pub headers: Vec<String>,
     /// Shard threads; 0 = enough for the connections and at least one per CPU.
     pub shards: usize,
     pub handshake_timeout: Duration,
@@ -79,6 +81,7 @@ impl LoadConfig {
     pub fn new(target: Target) -> LoadConfig {
         LoadConfig {
             source_ips: crate::url::default_source_ips(&target.addr, 1000),
+            headers: Vec::new(),
             target,
             connections: 1000,
             rate: 10_000.0,
@@ -165,6 +168,7 @@ struct Shared {
     phase: AtomicU8,
     target: Target,
     source_ips: Vec<IpAddr>,
+    headers: Arc<[String]>,
     reconnect: bool,
     message_interval: Option<Duration>,
     closed_loop: bool,
@@ -205,6 +209,7 @@ impl Shared {
             path: self.target.path.clone(),
             tag,
             not_before: None,
+            headers: self.headers.clone(),
         }
     }
 }
@@ -907,6 +912,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         phase: AtomicU8::new(PHASE_RAMP),
         target: cfg.target.clone(),
         source_ips: cfg.source_ips.clone(),
+        headers: cfg.headers.clone().into(),
         reconnect: cfg.reconnect || cent_cfg.as_ref().is_some_and(|c| c.reconnect_every.is_some()),
         message_interval: (cfg.message_rate > 0.0 && !cfg.closed_loop)
             .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),

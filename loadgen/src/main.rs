@@ -161,6 +161,9 @@ struct Common {
     /// addresses from 127.0.0.2 up for 12,000 connections each.
     #[arg(long)]
     source_ips: Option<String>,
+    /// An extra header of every upgrade request, `Name: value` (repeatable), e.g. --header 'Cookie: session=x'.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<String>,
     /// Shard threads (default: enough for the connections, at least one per CPU).
     #[arg(long, default_value_t = 0)]
     shards: usize,
@@ -317,6 +320,19 @@ fn centrifugo_config(
     }))
 }
 
+/// `Name: value`: a token name, a colon, a value without line breaks.
+fn parse_header(s: &str) -> Result<String, String> {
+    let (name, value) = s.split_once(':').ok_or("expected Name: value")?;
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("bad header name {name:?}"));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err("a header value cannot contain a line break".into());
+    }
+    Ok(format!("{name}: {}", value.trim()))
+}
+
 fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::Result<LoadConfig> {
     let source_ips = match &c.source_ips {
         Some(spec) => url::parse_source_ips(spec).map_err(anyhow::Error::msg)?,
@@ -337,6 +353,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         message_size: c.message_size,
         reconnect: c.reconnect,
         source_ips,
+        headers: c.headers.clone(),
         shards: c.shards,
         handshake_timeout: c.handshake_timeout,
         tcp_keepalive: c.tcp_keepalive,

@@ -161,7 +161,9 @@ impl<H: Handler> Shard<H> {
         }
         // Connected: send the upgrade request and wait for the 101.
         let Some(client) = s.client.as_ref() else { return };
-        let req = handshake::client_request(&client.request.host, &client.request.path, &client.key, &[]);
+        let headers: Vec<&str> =
+            client.request.headers.iter().map(String::as_str).filter(|h| !h.contains(['\r', '\n'])).collect();
+        let req = handshake::client_request(&client.request.host, &client.request.path, &client.key, &headers);
         s.phase = Phase::Handshake;
         core.lend_out(slot);
         core.slots[slot as usize].out.bytes_mut().extend_from_slice(&req);

@@ -1,0 +1,157 @@
+//! What the axum and hyper examples share: the command line, the echo handler the adopted connections get,
+//! the WebSocket upgrade answer the app's own HTTP stack sends, and the hand-over of the upgraded socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use tether::proto::Role;
+use tether::{Config, ConnId, Ctx, Engine, EngineHandle, Handler, Message};
+
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// Address the app's HTTP server listens on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Server ping cadence of adopted connections.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+    /// A connection that does not answer a ping within this is closed (1011).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub pong_timeout: Duration,
+    /// Connections the engine holds at most (0 = what the limits allow).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Engine shard threads (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub shards: usize,
+}
+
+/// The user the app's own auth found, kept in the connection's slot.
+#[derive(Default)]
+pub struct User(pub String);
+
+/// Echoes every message; greets each adopted connection with the user its cookie named.
+pub struct Echo;
+
+impl Handler for Echo {
+    type Conn = User;
+    type Notice = ();
+
+    fn on_adopt(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, context: Box<dyn std::any::Any + Send>) {
+        if let (Some(state), Ok(user)) = (ctx.state(conn), context.downcast::<String>()) {
+            state.0 = *user;
+        }
+    }
+
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+        let hello = format!("hello {}", ctx.state(conn).map(|u| u.0.clone()).unwrap_or_default());
+        let _ = ctx.send(conn, Message::Text(&hello));
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>) {
+        let _ = ctx.send(conn, message);
+    }
+}
+
+/// The engine the app hands its WebSockets to. It listens on nothing: the app's HTTP stack accepts.
+pub fn start_engine(args: &Args) -> std::io::Result<Engine<Echo>> {
+    let config = Config {
+        listen: None,
+        shards: args.shards,
+        max_connections: args.max_connections,
+        ping_interval: Some(args.ping_interval),
+        pong_timeout: args.pong_timeout,
+        ..Config::default()
+    };
+    Engine::start(config, |_| Echo)
+}
+
+/// The user named by the cookie `session=demo` (the app's auth, standing in for a real session lookup).
+pub fn session_user(headers: &HeaderMap) -> Option<String> {
+    let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    cookies.flat_map(|c| c.split(';')).map(str::trim).any(|c| c == "session=demo").then(|| "demo".to_string())
+}
+
+/// Check a WebSocket upgrade request (RFC 6455 section 4.2.1) and return the Sec-WebSocket-Accept value, or
+/// the status and text to refuse it with.
+pub fn upgrade_accept(method: &hyper::Method, headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if method != hyper::Method::GET {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade is a GET\n"));
+    }
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err((StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade\n"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13\n"));
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if key.len() == 24 => Ok(tether::proto::handshake::accept_key(key.as_bytes())),
+        _ => Err((StatusCode::BAD_REQUEST, "missing or malformed Sec-WebSocket-Key\n")),
+    }
+}
+
+/// Once hyper has sent the 101, take the upgraded socket back from it (the tokio TcpStream the connection
+/// was served on, plus whatever hyper read past the request) and hand it to the engine.
+pub async fn hand_over(engine: EngineHandle, on_upgrade: OnUpgrade, user: String) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => return eprintln!("upgrade failed: {e}"),
+    };
+    let parts = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => return eprintln!("upgraded connection is not a plain TCP stream"),
+    };
+    let stream = match parts.io.into_inner().into_std() {
+        Ok(s) => s,
+        Err(e) => return eprintln!("into_std: {e}"),
+    };
+    if let Err(e) = engine.adopt(stream, Role::Server, parts.read_buf.to_vec(), user).await {
+        // A refused socket comes back; dropping it closes the connection.
+        eprintln!("{e}");
+    }
+}
+
+/// Serve each accepted TCP connection with hyper's HTTP/1 server, upgrades enabled (what hyper's `Upgraded`
+/// needs to be downcast back to the TcpStream).
+pub async fn serve<S, B>(listener: tokio::net::TcpListener, service: S)
+where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let _ = conn.with_upgrades().await;
+        });
+    }
+}
