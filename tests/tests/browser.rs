@@ -53,6 +53,12 @@ struct PageServer {
 
 impl PageServer {
     fn start() -> (PageServer, Receiver<String>) {
+        PageServer::start_with_cookie(None)
+    }
+
+    /// As `start`, the page answer also setting `cookie` (`name=value`) for the host: a browser sends it to
+    /// every port of 127.0.0.1, the WebSocket app's included.
+    fn start_with_cookie(cookie: Option<&'static str>) -> (PageServer, Receiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -65,7 +71,7 @@ impl PageServer {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             let tx = tx.clone();
-                            std::thread::spawn(move || serve(stream, tx));
+                            std::thread::spawn(move || serve(stream, tx, cookie));
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(10))
@@ -89,7 +95,7 @@ impl Drop for PageServer {
 }
 
 /// Answers one request on `stream` and closes it.
-fn serve(mut stream: TcpStream, reports: Sender<String>) {
+fn serve(mut stream: TcpStream, reports: Sender<String>, cookie: Option<&str>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
@@ -107,6 +113,10 @@ fn serve(mut stream: TcpStream, reports: Sender<String>) {
     let head = String::from_utf8_lossy(&head);
     let target = head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("").to_string();
     let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+    let set_cookie = match (path, cookie) {
+        ("/", Some(c)) => format!("Set-Cookie: {c}; Path=/; SameSite=Lax\r\n"),
+        _ => String::new(),
+    };
     let (status, content_type, body) = match path {
         "/" => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
         "/report" => {
@@ -118,7 +128,7 @@ fn serve(mut stream: TcpStream, reports: Sender<String>) {
     let _ = write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
-         Connection: close\r\n\r\n{body}",
+         {set_cookie}Connection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.flush();
@@ -261,6 +271,40 @@ fn pids_with_cmdline_containing(marker: &str) -> Vec<libc::pid_t> {
         .collect()
 }
 
+/// Waits for the page's one report (or the browser dying without one, or `deadline`); `server_log` is shown
+/// on failure.
+fn await_report(
+    browser: &mut Chromium,
+    reports: &Receiver<String>,
+    deadline: Instant,
+    server_log: &dyn Fn() -> String,
+) -> HashMap<String, String> {
+    loop {
+        match reports.recv_timeout(Duration::from_millis(200)) {
+            Ok(query) => return parse_query(&query),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("page server gone: {e}"),
+        }
+        if browser.has_exited() {
+            // One last chance for a report that raced the exit.
+            if let Ok(query) = reports.recv_timeout(Duration::from_millis(500)) {
+                return parse_query(&query);
+            }
+            panic!(
+                "chromium exited without a report from the page; its stderr:\n{}\nserver log:\n{}",
+                browser.output.tail(40),
+                server_log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report from the page within the test's deadline; chromium stderr:\n{}\nserver log:\n{}",
+            browser.output.tail(40),
+            server_log()
+        );
+    }
+}
+
 #[test]
 fn chromium_stays_connected_through_server_pings_and_echoes() {
     // Bound for the whole test: the page reports by itself well before this (about 5 s idle + start-up).
@@ -282,31 +326,7 @@ fn chromium_stays_connected_through_server_pings_and_echoes() {
     );
     let mut browser = Chromium::open(&page_url);
 
-    // Wait for the page's one report (or the browser dying without one).
-    let report = loop {
-        match reports.recv_timeout(Duration::from_millis(200)) {
-            Ok(query) => break parse_query(&query),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(e) => panic!("page server gone: {e}"),
-        }
-        if browser.has_exited() {
-            // One last chance for a report that raced the exit.
-            if let Ok(query) = reports.recv_timeout(Duration::from_millis(500)) {
-                break parse_query(&query);
-            }
-            panic!(
-                "chromium exited without a report from the page; its stderr:\n{}\ntetherd log:\n{}",
-                browser.output.tail(40),
-                server.log.tail(20)
-            );
-        }
-        assert!(
-            Instant::now() < test_deadline,
-            "no report from the page within the test's deadline; chromium stderr:\n{}\ntetherd log:\n{}",
-            browser.output.tail(40),
-            server.log.tail(20)
-        );
-    };
+    let report = await_report(&mut browser, &reports, test_deadline, &|| server.log.tail(20));
     eprintln!("report from the page: {report:?}");
     let field = |k: &str| report.get(k).map(String::as_str).unwrap_or("");
     let ctx = format!("page report: {report:?}\ntetherd log:\n{}", server.log.tail(20));
@@ -355,5 +375,38 @@ fn chromium_stays_connected_through_server_pings_and_echoes() {
     assert!(pings >= 3, "tetherd sent {pings} pings (< 3) during {idle:?} idle at a {ping_interval:?} interval");
     assert!(pongs >= 3, "tetherd got {pongs} pongs (< 3) from the browser for {pings} pings");
     assert_eq!(server.counter("tether_pong_timeouts_total"), 0, "pong timeouts with a browser that answers");
+    drop(pages);
+}
+
+/// The axum example app (engine/examples/axum.rs): the page sets the app's session cookie, Chromium sends it
+/// with the WebSocket upgrade, the app's auth accepts, the engine adopts the socket; the browser answers the
+/// engine's pings (1 s interval, 1 s pong deadline) through 4.5 s of idle, echoes, and closes with 1000.
+#[test]
+fn chromium_reaches_an_axum_app_that_adopts_its_websocket() {
+    let test_deadline = Instant::now() + Duration::from_secs(60);
+    let idle = Duration::from_millis(4500);
+    let app = tether_tests::app::App::start("axum", &["--ping-interval", "1s", "--pong-timeout", "1s"], None);
+    let (pages, reports) = PageServer::start_with_cookie(Some("session=demo"));
+    let message = format!("hello axum app, test {}", std::process::id());
+    let page_url = format!(
+        "http://{}/?ws=ws://{}/ws&idle_ms={}&message={}&deadline_ms=30000",
+        pages.addr,
+        app.addr,
+        idle.as_millis(),
+        message.replace(' ', "+").replace(',', "%2C"),
+    );
+    let mut browser = Chromium::open(&page_url);
+    let report = await_report(&mut browser, &reports, test_deadline, &|| app.log.tail(20));
+    eprintln!("report from the page: {report:?}");
+    let field = |k: &str| report.get(k).map(String::as_str).unwrap_or("");
+    let ctx = format!("page report: {report:?}\napp stderr:\n{}", app.log.tail(20));
+    // The greeting (`hello demo`) arrives while the page has no message handler yet; what it checks is the
+    // echo after the idle time, which only an open, pinged-and-answering connection gets.
+    assert_eq!(field("outcome"), "done", "{ctx}");
+    assert_eq!(field("ready_state_after_idle"), "1", "socket not OPEN after the idle time: {ctx}");
+    assert_eq!(field("echo"), message, "echo shown in the DOM: {ctx}");
+    assert_eq!(field("close_code"), "1000", "close event code: {ctx}");
+    assert_eq!(field("close_clean"), "true", "close event wasClean: {ctx}");
+    drop(browser);
     drop(pages);
 }
