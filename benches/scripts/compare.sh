@@ -2,7 +2,8 @@
 # Side-by-side: Tether (tetherd) and the peer echo servers, each driven by the same tether-load run.
 #
 #   benches/scripts/compare.sh [--connections N] [--message-rate R] [--message-size B] [--duration D]
-#                              [--threads T] [--servers "tether tungstenite fastwebsockets node-ws bun"]
+#                              [--threads T] [--servers "tether tungstenite fastwebsockets node-ws bun
+#                                                        axum-adopt axum-native"]
 #                              [--out DIR] [--no-build] [--load-args "EXTRA tether-load run ARGS"]
 #
 # Defaults: 1000 connections, 1 message/s each, 64 B, 30 s, 1 server thread, all four servers,
@@ -10,7 +11,9 @@
 # <name>.server.log, and a line in summary.md with what the load generator saw (messages/s: echoed over ramp
 # + hold, echo latency), the server's CPU seconds over the run (utime + stime from /proc) and echoed messages
 # per server CPU-second, the server's RSS before the load, its peak RSS (VmHWM) and (peak - before) per
-# connection, and the load average at the start of the run. Node's ws and Bun are single-threaded: with --threads
+# connection, and the load average at the start of the run. `axum-adopt` and `axum-native` are the axum example
+# app (engine/examples/axum.rs, route /ws with its session cookie): its WebSockets adopted by the engine, or
+# served by axum's own WebSocket (tokio-tungstenite, a task and a ping timer per connection). Node's ws and Bun are single-threaded: with --threads
 # above 1 it is skipped. Loopback only; every server is stopped before the next one starts, every process is
 # bounded in time.
 # Environment: BIN_DIR (default target/release): where tetherd, tether-load and the echo-* peers are; when it
@@ -45,6 +48,7 @@ cd "$root"
 [ -n "${BIN_DIR:-}" ] && build=0
 if [ "$build" = 1 ]; then
     cargo build --release -q -p tetherd -p tether-load -p tether-benches --bins
+    case " $servers " in *" axum-"*) cargo build --release -q -p tether --example axum ;; esac
 fi
 case " $servers " in *" node-ws "*) [ -d benches/node/node_modules/ws ] || benches/scripts/setup-node.sh ;; esac
 case " $servers " in *" bun "*) BUN=${BUN:-$(bash benches/bun/setup.sh)} ;; esac
@@ -100,12 +104,17 @@ for name in $servers; do
     port=$((port + 1))
     if { [ "$name" = node-ws ] || [ "$name" = bun ]; } && [ "$threads" != 1 ]; then echo "== $name: skipped (single-threaded, --threads $threads)"; continue; fi
     addr="127.0.0.1:$port"
+    path=/ header=""
     case "$name" in
         tether) cmd=("$bin/tetherd" --listen "$addr" --shards "$threads" --log warn) ;;
         tungstenite) cmd=("$bin/echo-tungstenite" --listen "$addr" --threads "$threads") ;;
         fastwebsockets) cmd=("$bin/echo-fastwebsockets" --listen "$addr" --threads "$threads") ;;
         node-ws) cmd=(node "$root/benches/node/echo-ws.js" --listen "$addr" --threads 1) ;;
         bun) cmd=("$BUN" "$root/benches/bun/echo.js" --listen "$addr" --threads 1) ;;
+        axum-adopt) cmd=("$bin/examples/axum" --listen "$addr" --shards "$threads")
+            path=/ws header="Cookie: session=demo" ;;
+        axum-native) cmd=("$bin/examples/axum" --native --listen "$addr")
+            path=/ws header="Cookie: session=demo" ;;
         *) echo "compare.sh: unknown server $name" >&2; exit 2 ;;
     esac
     echo "== $name: ${cmd[*]}"
@@ -120,7 +129,8 @@ for name in $servers; do
     rss_before=$(rss_mib "$spid")
     cpu_before=$(cpu_seconds "$spid")
     # shellcheck disable=SC2086
-    timeout -s INT -k 10 $((dur_s + connections / 500 + 60)) "$bin/tether-load" run --url "ws://$addr/" \
+    timeout -s INT -k 10 $((dur_s + connections / 500 + 60)) "$bin/tether-load" run --url "ws://$addr$path" \
+        ${header:+--header "$header"} \
         --connections "$connections" --message-rate "$message_rate" --message-size "$message_size" \
         --duration "$duration" --json "$out/$name.json" --quiet $load_args \
         || echo "tether-load exited with $? against $name"
