@@ -71,10 +71,11 @@ bash tests/node/setup.sh
 
 # --- build -----------------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-log "cargo build --release -p tetherd -p tether-load --bins; -p tether --examples"
+log "cargo build --release -p tetherd -p tether-load --bins; -p tether -p tetherd --examples"
 cargo build --release -p tetherd -p tether-load --bins
-# The embedding examples (axum, hyper) run as apps in tests/tests/embed.rs and tests/python/test_embed.py.
-cargo build --release -p tether --examples
+# The embedding examples (axum, hyper; the gateway beside an axum app) run as apps in tests/tests/embed.rs,
+# tests/python/test_embed.py and tests/python/test_embedded_gateway.py.
+cargo build --release -p tether -p tetherd --examples
 export TETHER_EXAMPLES_DIR=${TETHER_EXAMPLES_DIR:-$TARGET_DIR/release/examples}
 export TETHERD_BIN=${TETHERD_BIN:-$TARGET_DIR/release/tetherd}
 export TETHER_LOAD_BIN=${TETHER_LOAD_BIN:-$TARGET_DIR/release/tether-load}

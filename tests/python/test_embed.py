@@ -3,49 +3,13 @@ cookie auth decides who gets a WebSocket, the engine it hands the socket to gree
 connection alive with pings that `websockets` answers by itself, and closes a client that stops answering."""
 
 import asyncio
-import os
-import pathlib
-import select
-import subprocess
 import urllib.request
 
 import pytest
 import websockets
 import websockets.exceptions
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def example_bin(name: str) -> pathlib.Path:
-    env = os.environ.get("TETHER_EXAMPLES_DIR")
-    dirs = [pathlib.Path(env)] if env else []
-    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    dirs += [target / "release" / "examples", target / "debug" / "examples"]
-    for d in dirs:
-        if (d / name).is_file():
-            return d / name
-    raise RuntimeError(f"example {name} not built: cargo build --release -p tether --examples (looked in {dirs})")
-
-
-class App:
-    def __init__(self, name: str, *args: str):
-        self.proc = subprocess.Popen(
-            [str(example_bin(name)), "--listen", "127.0.0.1:0", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else ""
-        if "http://" not in line:
-            self.stop()
-            raise RuntimeError(f"{name} printed no address line (got {line!r})")
-        self.addr = line.split("http://", 1)[1].split()[0]
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait(timeout=10)
+from example_util import App
 
 
 @pytest.fixture(params=["axum", "hyper"])

@@ -12,7 +12,8 @@ use tether::{
 };
 use tracing::debug;
 
-use super::auth::TokenError;
+use super::auth::{ConnectClaims, TokenError};
+use super::authorizer::{ConnectDecision, SubscribeDecision};
 use super::broker::{self, client_text, ClientId, Presence, Publish, Subscribe, Unsubscribe};
 use super::config::NamespaceOptions;
 use super::metrics::Rejection;
@@ -42,6 +43,9 @@ pub struct GatewayHandler {
 pub struct Conn {
     gw: Option<Arc<Gateway>>,
     session: Session,
+    /// Who the embedder's [`Authorizer`](super::authorizer::Authorizer) said this connection is, at the
+    /// upgrade; taken by the connect command.
+    preauth: Option<Box<ConnectClaims>>,
 }
 
 type H = GatewayHandler;
@@ -92,6 +96,15 @@ impl GatewayHandler {
 
     fn send(ctx: &mut Ctx<'_, Self>, conn: ConnId, text: &str) {
         let _ = ctx.send(conn, Message::Text(text));
+    }
+}
+
+/// The embedder's subscribe decision, if it has an opinion: `Some(true)` allow, `Some(false)` deny.
+fn gw_decides(gw: &Gateway, user: &str, channel: &str) -> Option<bool> {
+    match gw.authorizer.as_ref()?.subscribe(user, channel) {
+        SubscribeDecision::Default => None,
+        SubscribeDecision::Allow => Some(true),
+        SubscribeDecision::Deny => Some(false),
     }
 }
 
@@ -235,7 +248,10 @@ impl Gateway {
             return Err(Disconnect::BAD_REQUEST);
         }
         let now_unix = Gateway::now_unix();
-        let claims = if r.token.is_empty() {
+        let preauth = ctx.state(conn).and_then(|c| c.preauth.take());
+        let claims = if let Some(claims) = preauth {
+            *claims
+        } else if r.token.is_empty() {
             if !(cfg.allow_anonymous_connect_without_token || cfg.insecure) {
                 return Err(Disconnect::BAD_REQUEST);
             }
@@ -376,6 +392,11 @@ impl Gateway {
                     self.error(id, ErrorCode::PERMISSION_DENIED, out);
                     return Ok(());
                 }
+            }
+        } else if let Some(decision) = gw_decides(self, &user, channel) {
+            if !decision {
+                self.error(id, ErrorCode::PERMISSION_DENIED, out);
+                return Ok(());
             }
         } else {
             let user_limited = ns.allow_user_limited_channels
@@ -831,9 +852,21 @@ impl Handler for GatewayHandler {
         if offers_json {
             accept = accept.subprotocol("centrifuge-json");
         }
+        let preauth = match gw.authorizer.as_ref().map(|a| a.connect(request)) {
+            None | Some(ConnectDecision::Default) => None,
+            Some(ConnectDecision::Deny(e)) => {
+                gw.metrics.reject(Rejection::Authorizer);
+                return Upgrade::Reject(e);
+            }
+            Some(ConnectDecision::Allow(c)) => {
+                let info = c.info.and_then(|i| serde_json::value::RawValue::from_string(i).ok());
+                Some(Box::new(ConnectClaims { user: c.user, info, channels: c.channels, ..Default::default() }))
+            }
+        };
         let gw = gw.clone();
         if let Some(c) = ctx.state(conn) {
             c.gw = Some(gw);
+            c.preauth = preauth;
         }
         Upgrade::Accept(accept)
     }

@@ -108,9 +108,11 @@ pub enum Rejection {
     CommandRateClose,
     /// `websocket.message_size_limit`: close 1009 (the tenant's own limit, below the engine's).
     MessageSize,
+    /// The embedder's [`Authorizer`](super::authorizer::Authorizer) refused the upgrade.
+    Authorizer,
 }
 
-const REJECTIONS: [(Rejection, &str); 8] = [
+const REJECTIONS: [(Rejection, &str); 9] = [
     (Rejection::Origin, "origin"),
     (Rejection::ConnectionRate, "connection_rate"),
     (Rejection::ConnectionLimit, "connection_limit"),
@@ -119,6 +121,7 @@ const REJECTIONS: [(Rejection, &str); 8] = [
     (Rejection::CommandRate, "command_rate"),
     (Rejection::CommandRateClose, "command_rate_close"),
     (Rejection::MessageSize, "message_size"),
+    (Rejection::Authorizer, "authorizer"),
 ];
 
 impl GatewayMetrics {

@@ -17,6 +17,8 @@
 //! | `admin` | `POST /admin/reload` |
 //! | `metrics` | the gateway's counters for `/metrics` |
 //! | `tenants` | many gateways on one node: routes `/t/NAME/...`, the table shards read, reload |
+//! | `authorizer` | the embedder's connect and subscribe decisions (in-process connect/subscribe proxy) |
+//! | `embed` | [`embed::GatewayServer`]: the gateway as a library, on a port of its own |
 //!
 //! A publication flows: API call or client publish -> [`broker::Broker::publish`] (offset and epoch, history
 //! append, the push encoded once) -> the engine's topic on every shard -> every subscriber's send queue.
@@ -24,9 +26,11 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod authorizer;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod embed;
 pub mod history;
 pub mod metrics;
 pub mod protocol;
@@ -82,6 +86,8 @@ pub struct Gateway {
     /// Set when a reload put a new config of the same gateway in force: connections move to it at their
     /// next event.
     superseded: AtomicBool,
+    /// The embedder's connect and subscribe decisions, asked before the config's rules.
+    pub authorizer: Option<Arc<dyn self::authorizer::Authorizer>>,
 }
 
 impl std::ops::Deref for Gateway {
@@ -119,7 +125,14 @@ impl Gateway {
     /// over; once it is in force, call [`Gateway::supersede`] on this one and connections move to the new
     /// config at their next event.
     pub fn reconfigured(&self, config: GatewayConfig) -> Result<Gateway, String> {
-        Gateway::with_state(self.tenant.clone(), config, self.profile, self.state.clone())
+        let gw = Gateway::with_state(self.tenant.clone(), config, self.profile, self.state.clone())?;
+        Ok(gw.with_authorizer(self.authorizer.clone()))
+    }
+
+    /// The same gateway asking `authorizer` at each upgrade and token-less subscribe.
+    pub fn with_authorizer(mut self, authorizer: Option<Arc<dyn self::authorizer::Authorizer>>) -> Gateway {
+        self.authorizer = authorizer;
+        self
     }
 
     fn with_state(
@@ -150,6 +163,7 @@ impl Gateway {
             timing,
             profile,
             superseded: AtomicBool::new(false),
+            authorizer: None,
         })
     }
 

@@ -116,6 +116,8 @@ fn load(name: &str, path: &Path) -> Result<GatewayConfig, String> {
 pub struct Initial {
     pub default: Option<GatewayConfig>,
     pub named: Vec<(String, GatewayConfig)>,
+    /// Asked by every gateway built from this (embedders; tetherd has none).
+    pub authorizer: Option<Arc<dyn super::authorizer::Authorizer>>,
 }
 
 impl Initial {
@@ -131,7 +133,7 @@ impl Initial {
             }
             named.push((name.clone(), load(name, path)?));
         }
-        Ok(Initial { default, named })
+        Ok(Initial { default, named, authorizer: None })
     }
 
     /// The largest `websocket.message_size_limit` of them: the engine profile's limit.
@@ -158,11 +160,12 @@ impl TenantTable {
     ) -> Result<TenantTable, String> {
         let mut tenants = Tenants::default();
         if let Some(config) = initial.default {
-            tenants.default = Some(Arc::new(Gateway::tenant(None, config, profile)?));
+            let gw = Gateway::tenant(None, config, profile)?.with_authorizer(initial.authorizer.clone());
+            tenants.default = Some(Arc::new(gw));
         }
         for (name, config) in initial.named {
             let gw = Gateway::tenant(Some(&name), config, profile).map_err(|e| format!("tenant {name}: {e}"))?;
-            tenants.named.insert(name, Arc::new(gw));
+            tenants.named.insert(name, Arc::new(gw.with_authorizer(initial.authorizer.clone())));
         }
         Ok(TenantTable {
             current: RwLock::new(Arc::new(tenants)),
