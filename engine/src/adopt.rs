@@ -21,11 +21,14 @@ use crate::proto::Role;
 /// Why a socket was not adopted. The socket comes back in [`AdoptError::socket`] when the engine never took
 /// it (the caller may answer or close it itself); otherwise it is closed.
 pub struct AdoptError {
+    /// Why.
     pub kind: AdoptErrorKind,
     /// The socket, untouched, when the engine did not take it.
     pub socket: Option<OwnedFd>,
 }
 
+/// Why [`EngineHandle::adopt`](crate::EngineHandle::adopt) did not take a socket. Every kind comes with the
+/// socket in [`AdoptError::socket`], except `ShuttingDown` when the shard stopped while holding it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdoptErrorKind {
     /// `max_connections` connections are open already.

@@ -18,7 +18,11 @@ pub struct Capacity {
     pub rings_per_shard: usize,
     /// Registered file table slots per ring.
     pub slots_per_ring: u32,
+    /// Concurrent connections allowed over all shards: `Config::max_connections`, or when that is 0, what the
+    /// tables hold (`shards * (slots_per_ring - 64)`: 64 slots per ring are kept back so that a connection
+    /// past the limit can still be accepted and answered 503).
     pub max_connections: usize,
+    /// The process's RLIMIT_NOFILE (soft limit) at start-up, which caps each ring's file table.
     pub rlimit_nofile: u64,
     /// Provided receive buffers per ring (`Config::recv_buffers`, or what auto chose).
     pub recv_buffers: u16,

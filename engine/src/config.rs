@@ -7,8 +7,12 @@ use std::time::Duration;
 /// TCP keepalive probes set on every socket: first probe after `idle`, then every `interval`, `count` probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpKeepalive {
+    /// Idle time before the first probe (TCP_KEEPIDLE; whole seconds, 1 s to 32767 s). Default 15 s.
     pub idle: Duration,
+    /// Time between probes (TCP_KEEPINTVL; whole seconds, 1 s to 32767 s). Default 5 s.
     pub interval: Duration,
+    /// Unanswered probes before the kernel resets the connection (TCP_KEEPCNT; 1 to 127). Default 3, so a dead
+    /// peer is found after `idle + count * interval` (30 s by default).
     pub count: u32,
 }
 
@@ -91,13 +95,19 @@ pub enum SendQueuePolicy {
 pub struct Config {
     /// Address to listen on; `None` for a client-only engine (the load generator).
     pub listen: Option<SocketAddr>,
-    /// Shard threads; 0 = one per CPU. More are started if `max_connections` needs them.
+    /// Shard threads; 0 = one per CPU. The count never follows `max_connections`: a shard that must hold more
+    /// connections than one ring's file table gets more rings instead (see [`plan_capacity`](crate::plan_capacity)).
+    /// At most 65535.
     pub shards: usize,
-    /// Upper bound on concurrent connections over all shards; 0 = whatever the limits allow.
+    /// Upper bound on concurrent connections over all shards; 0 = whatever the limits allow. Past it an
+    /// upgrade request is answered 503 and [`EngineHandle::adopt`](crate::EngineHandle::adopt) refuses with
+    /// `AtCapacity`.
     pub max_connections: usize,
     /// listen(2) backlog of each shard's SO_REUSEPORT socket.
     pub backlog: i32,
-    /// Timing wheel resolution.
+    /// Timing wheel resolution (at least 1 ms; default 100 ms). Every deadline (keepalive, timeouts,
+    /// [`Ctx::set_timer`](crate::Ctx::set_timer)) fires at the first tick at or after it: up to one tick late,
+    /// never early.
     pub tick: Duration,
     /// Server ping cadence; `None` disables pings.
     pub ping_interval: Option<Duration>,
@@ -105,25 +115,47 @@ pub struct Config {
     /// that open together (a ramp, a mass reconnect) do not ping together for the rest of their lives; `false`:
     /// one whole interval after the open.
     pub ping_jitter: bool,
+    /// After a ping, how long the peer has to send any frame at all (a pong or anything else; 16 KiB of a large
+    /// frame in progress also counts). Past it the connection is closed with 1011 "pong timeout"
+    /// ([`CloseCause::PongTimeout`](crate::CloseCause::PongTimeout)) without waiting for the peer's Close.
+    /// Default 10 s.
     pub pong_timeout: Duration,
+    /// How long a new connection has to send a complete upgrade (or plain HTTP) request: past it it is
+    /// answered 408 and closed ([`CloseCause::HandshakeTimeout`](crate::CloseCause::HandshakeTimeout)). For an
+    /// outbound connection, the time to connect and receive the 101 (past it the connect fails with
+    /// [`ConnectError::Timeout`](crate::ConnectError::Timeout)). Default 10 s.
     pub handshake_timeout: Duration,
+    /// How long to wait for the peer's Close after we sent ours; past it the connection is dropped
+    /// ([`CloseCause::CloseTimeout`](crate::CloseCause::CloseTimeout)). This value is the default profile's;
+    /// for every connection, whatever its profile, it also bounds flushing the last output of a closing
+    /// connection and each step of its teardown. Default 5 s.
     pub close_timeout: Duration,
     /// `None` disables TCP keepalive.
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// `None` leaves the kernel default.
     pub tcp_user_timeout: Option<Duration>,
+    /// Largest message accepted from a peer, in bytes: one frame's payload, or a fragmented message's payloads
+    /// together. Past it the connection is failed with 1009 "message too big", decided at the frame header
+    /// before any of the payload is buffered. Messages sent to the peer are bounded by `max_send_queue`
+    /// instead. Default 16 MiB.
     pub max_message_size: usize,
     /// Largest HTTP upgrade request accepted (431 beyond).
     pub max_handshake_size: usize,
     /// Bytes queued for one connection (written or waiting) before `send_queue_policy` applies.
     pub max_send_queue: usize,
+    /// What a send that finds the queue past `max_send_queue` does: close the connection (default, 1008
+    /// "send queue full") or drop the message.
     pub send_queue_policy: SendQueuePolicy,
-    /// Provided receive buffers per shard (a power of two, at most 32768) and their size. 0 = auto:
-    /// [`AUTO_RECV_BUFFERS`](crate::capacity::AUTO_RECV_BUFFERS) per shard while there are no more shards than cores; when capacity needs more
-    /// shards than cores (20,000 connections per ring), the same total per core is shared out among them, at
-    /// least [`MIN_AUTO_RECV_BUFFERS`](crate::capacity::MIN_AUTO_RECV_BUFFERS) each: the cores can only drain so many receives at once, and every
-    /// buffer ends up resident (4 KiB each), which would otherwise dominate the memory of idle connections.
+    /// Provided receive buffers per ring (a power of two, at most 32768; anything else fails
+    /// [`Engine::start`](crate::Engine::start)), shared by all the ring's connections. 0 = auto:
+    /// [`AUTO_RECV_BUFFERS`](crate::capacity::AUTO_RECV_BUFFERS) per shard thread, shared out among its rings
+    /// when `max_connections` needs several (rounded down to a power of two, at least
+    /// [`MIN_AUTO_RECV_BUFFERS`](crate::capacity::MIN_AUTO_RECV_BUFFERS) each): a core can only drain so many
+    /// receives at once, and every buffer ends up resident (4 KiB each), which would otherwise dominate the
+    /// memory of idle connections. [`Engine::capacity`](crate::Engine::capacity) says what was chosen.
     pub recv_buffers: u16,
+    /// Bytes in each provided receive buffer (at least 256, else [`Engine::start`](crate::Engine::start)
+    /// fails). Default 4096.
     pub recv_buffer_size: u32,
     /// Submission queue entries per ring (the completion queue gets four times as many).
     pub ring_entries: u32,
@@ -206,14 +238,18 @@ impl Config {
 /// gets the default profile (the [`Config`]'s own settings) unless the application picks another at upgrade.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Profile {
-    /// Ping cadence; `None` disables pings.
+    /// Ping cadence; `None` (or zero) disables pings.
     pub ping_interval: Option<Duration>,
+    /// After a ping, how long the peer has to send any frame; past it close 1011 (see [`Config::pong_timeout`]).
     pub pong_timeout: Duration,
+    /// How long to wait for the peer's Close after ours (see [`Config::close_timeout`]).
     pub close_timeout: Duration,
+    /// Largest message accepted from the peer, in bytes; past it close 1009 (see [`Config::max_message_size`]).
     pub max_message_size: usize,
     /// Bytes queued beyond the message being sent before `send_queue_policy` applies (one message of any
     /// size is always accepted into an empty queue).
     pub max_send_queue: usize,
+    /// What a send past `max_send_queue` does: close with `overflow_close` (default) or drop the message.
     pub send_queue_policy: SendQueuePolicy,
     /// The Close sent when the queue overflows under policy `close`: 1008 "send queue full" by default (a
     /// protocol on top may have its own code, e.g. Centrifugo's 3008 "slow", which its clients reconnect on).
@@ -240,8 +276,11 @@ impl Profile {
 pub struct ProfileId(pub(crate) u8);
 
 impl ProfileId {
+    /// The default profile: the [`Config`]'s own settings, which a connection gets unless the application
+    /// picks another at upgrade.
     pub const DEFAULT: ProfileId = ProfileId(0);
 
+    /// The profile's position: 0 for the default, `n` for the `n`th profile [`Config::add_profile`] added.
     pub fn index(self) -> usize {
         self.0 as usize
     }

@@ -5,6 +5,52 @@
 //! connections from anywhere through an [`EngineHandle`]. ARCHITECTURE.md at the repository root describes
 //! the shape of the crate.
 //!
+//! # The model
+//!
+//! - **Shards.** [`Engine::start`] starts one shard thread per core (or [`Config::shards`]). A shard owns its
+//!   connections outright: its io_uring ring(s), its registered file table (connections are direct
+//!   descriptors, not process fds), one timing wheel for every deadline of every connection, and its
+//!   [`Handler`]. Connections never move between shards. With `listen` set, each shard has its own
+//!   SO_REUSEPORT listener and the kernel spreads new connections over them; adopted sockets
+//!   ([`EngineHandle::adopt`]) go to the shards in turn.
+//! - **[`ConnId`]** names one connection for its whole life: (shard, slot, generation). It is `Copy`, cheap to
+//!   store, and a stale id (the connection closed, the slot reused) is refused by every call, never
+//!   delivered to the slot's next occupant.
+//! - **What runs where.** Every [`Handler`] callback runs on its shard's thread, with a [`Ctx`] that acts on
+//!   that shard at once (no locks, no queue). A callback must not block: no blocking I/O, no waiting on locks
+//!   other threads hold for long, no `Adoption::wait` or `block_on`; each blocked millisecond delays every
+//!   connection of the shard (pongs, deadlines). Hand slow work to another thread and come back with a
+//!   [`Notifier`] notice or an [`EngineHandle`] call. [`EngineHandle`] and [`Notifier`] are `Send + Sync +
+//!   Clone` and never block: a full shard inbox returns [`SendError::InboxFull`].
+//! - **A panic** in a callback aborts the process (see [`Handler`]).
+//!
+//! # Limits and their defaults
+//!
+//! Every limit is in [`Config`] (per connection ones also in a [`Profile`]); the defaults work together, so a
+//! legal maximum-size message always fits:
+//!
+//! | limit | default | past it |
+//! | --- | --- | --- |
+//! | `max_message_size` | 16 MiB | close 1009 |
+//! | `max_send_queue` | 4 MiB (an empty queue always takes one message) | `send_queue_policy`: close 1008 (or drop) |
+//! | `max_handshake_size` | 8 KiB | HTTP 431 |
+//! | `max_http_body` | 1 MiB | HTTP 413 |
+//! | `ping_interval` / `pong_timeout` | 20 s / 10 s | close 1011 |
+//! | `handshake_timeout` / `close_timeout` | 10 s / 5 s | HTTP 408 (client role: `ConnectError::Timeout`) / connection dropped |
+//! | `tcp_keepalive` / `tcp_user_timeout` | 15 s, 5 s x 3 / 30 s | kernel resets the connection |
+//! | `max_connections` | what the fd limit and shards allow | HTTP 503 (adopt: `AdoptErrorKind::AtCapacity`) |
+//! | `inbox_capacity` | 65,536 commands per shard | `SendError::InboxFull` |
+//! | `per_ip_max_connections` / `per_ip_handshake_rate` | off | HTTP 503 / 429 with Retry-After |
+//!
+//! # Sizing capacity
+//!
+//! A ring's registered file table is capped by RLIMIT_NOFILE, so [`plan_capacity`] gives a shard as many
+//! rings as `max_connections` needs (threads stay = cores); [`Engine::capacity`] says what was chosen.
+//! Memory: about 300-400 bytes of user space per idle connection in the engine (slot, wheel entry, the
+//! application's `Handler::Conn`), plus the receive buffers (`recv_buffers` x 4 KiB per ring, shared by all
+//! its connections) and the kernel's own socket memory (a few KiB per TCP connection, twice on loopback
+//! where both ends are on the box). BENCHMARKS.md has measured figures up to a million connections.
+//!
 //! # The seams
 //!
 //! **One write path.** Everything written to a connection goes through its protocol writer and its
@@ -115,6 +161,7 @@
 //! **Typed close causes.** [`Closed::info`]`.cause` is a [`CloseCause`] (pong timeout, close timeout,
 //! protocol error, peer, shutdown, slow consumer...), the same enum the metrics count by.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod adopt;
 pub mod capacity;

@@ -28,9 +28,13 @@ pub enum Kind {
 /// One entry of [`COUNTERS`]: the exposition name, kind, help text and how to read it from [`Stats`].
 #[derive(Clone, Copy)]
 pub struct CounterInfo {
+    /// Exposition name, without a prefix (e.g. `connections_open` for [`Stats::open`]).
     pub name: &'static str,
+    /// Counter or gauge.
     pub kind: Kind,
+    /// One line of help text (the same as the [`Stats`] field's doc).
     pub help: &'static str,
+    /// Reads this counter's value from a [`Stats`] (one shard's or a merged total).
     pub get: fn(&Stats) -> u64,
 }
 
@@ -47,6 +51,8 @@ macro_rules! counters {
         /// Counters as plain numbers: one shard's, or the sum over all shards.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         pub struct Stats {
+            /// Shards these numbers cover: 1 for a [`ShardMetrics::snapshot`], the sum after [`Stats::merge`]
+            /// (0 for `Stats::default()`).
             pub shards: usize,
             $( #[doc = $help] pub $field: u64, )*
             /// Commands waiting in the inbox when the stats were read (a gauge).
@@ -56,6 +62,8 @@ macro_rules! counters {
             pub per_ip_addresses: u64,
             /// (code as text, count), codes with a zero count left out; "other" for untracked codes.
             pub closed_by_code: Vec<(String, u64)>,
+            /// (cause, count) for every [`CloseCause`], zero counts included, in [`CloseCause::ALL`] order.
+            /// Counts every close, including connections that never spoke WebSocket.
             pub closed_by_reason: Vec<(CloseCause, u64)>,
         }
 

@@ -24,6 +24,12 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Encodes `payload` as one final, unmasked frame of `kind` (a 2-byte header up to 125 bytes of payload,
+    /// 4 bytes up to 65535, 10 beyond). The payload is copied once, here.
+    ///
+    /// The payload of a `Text` frame is not checked: it must be valid UTF-8, or every peer that receives it
+    /// fails its connection with 1007. [`Prepared::text`] takes a `&str` and cannot get this wrong. Nothing
+    /// bounds the size either: a peer that accepts less closes with 1009.
     pub fn new(kind: MessageKind, payload: &[u8]) -> Prepared {
         let mut frame = Vec::with_capacity(payload.len() + 10);
         write_frame(&mut frame, true, kind.opcode(), None, payload);
@@ -31,23 +37,38 @@ impl Prepared {
         Prepared { frame: frame.into(), header_len, kind }
     }
 
+    /// A Text message.
+    ///
+    /// ```no_run
+    /// use tether::{ConnId, EngineHandle, Prepared};
+    ///
+    /// fn tell(handle: &EngineHandle, conns: &[ConnId]) {
+    ///     let tick = Prepared::text(r#"{"type":"tick"}"#); // encoded once
+    ///     for &conn in conns {
+    ///         let _ = handle.send_prepared(conn, &tick); // the same bytes, shared, in each queue
+    ///     }
+    /// }
+    /// ```
     pub fn text(text: &str) -> Prepared {
         Prepared::new(MessageKind::Text, text.as_bytes())
     }
 
+    /// A Binary message.
     pub fn binary(data: &[u8]) -> Prepared {
         Prepared::new(MessageKind::Binary, data)
     }
 
+    /// Text or Binary.
     pub fn kind(&self) -> MessageKind {
         self.kind
     }
 
+    /// The message's bytes, without the frame header.
     pub fn payload(&self) -> &[u8] {
         &self.frame[self.header_len as usize..]
     }
 
-    /// Bytes on the wire.
+    /// Bytes on the wire (header and payload), as a server-role connection sends them.
     pub fn frame_len(&self) -> usize {
         self.frame.len()
     }

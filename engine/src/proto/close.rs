@@ -12,6 +12,7 @@ pub enum Initiator {
 }
 
 impl Initiator {
+    /// `local`, `peer` or `abnormal`, for logs and labels.
     pub fn as_str(&self) -> &'static str {
         match self {
             Initiator::Local => "local",
@@ -48,6 +49,7 @@ pub enum CloseCause {
 }
 
 impl CloseCause {
+    /// Every cause, in declaration order: `ALL[c.index()] == c`.
     pub const ALL: [CloseCause; 10] = [
         CloseCause::PeerClose,
         CloseCause::LocalClose,
@@ -87,13 +89,20 @@ impl CloseCause {
 /// timed-out upgrade, a failed connect).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CloseInfo {
+    /// The close code: the peer's when it started the close (1005 when its Close had no code), ours when we
+    /// did (including 1011 for a pong timeout and the code a protocol error failed it with), 1006 when TCP
+    /// ended without a close handshake, 0 when it never spoke WebSocket.
     pub code: u16,
+    /// The reason that came with `code` (the peer's text, or ours); may be empty.
     pub reason: String,
+    /// Who ended the connection.
     pub initiator: Initiator,
+    /// Why, as a type to match on.
     pub cause: CloseCause,
 }
 
 impl CloseInfo {
+    /// Builds one from its parts.
     pub fn new(code: u16, reason: impl Into<String>, initiator: Initiator, cause: CloseCause) -> CloseInfo {
         CloseInfo { code, reason: reason.into(), initiator, cause }
     }

@@ -24,9 +24,13 @@ use super::frame::{
     OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
 
+/// Which end of the connection this side is. It decides masking: a client masks every frame it sends and a
+/// server none, and a frame masked the wrong way for the role fails the connection with 1002.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Role {
+    /// Accepted (or adopted) connection: sends unmasked frames, requires masked ones.
     Server,
+    /// Outbound connection: masks every frame it sends, requires unmasked ones.
     Client,
 }
 
@@ -54,9 +58,12 @@ impl Default for ProtoConfig {
     }
 }
 
+/// The type of a data message.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MessageKind {
+    /// UTF-8 text. A received Text message has been checked (invalid UTF-8 fails the connection with 1007).
     Text,
+    /// Arbitrary bytes.
     Binary,
 }
 
@@ -70,14 +77,27 @@ impl MessageKind {
     }
 }
 
+/// What [`Reader::poll_event`] and [`Writer::handle_timeout`] report. Payloads borrow the reader's buffers or
+/// the input, so an event must be handled before the next call.
 #[derive(Debug, PartialEq)]
 pub enum Event<'a> {
     /// One complete (reassembled, unmasked, UTF-8-checked for Text) message.
-    Message { kind: MessageKind, payload: &'a [u8] },
+    Message {
+        /// Text or Binary.
+        kind: MessageKind,
+        /// The whole message, at most `max_message_size` bytes.
+        payload: &'a [u8],
+    },
     /// The peer pinged us; the Pong is already written to `out` (informational).
     Ping(&'a [u8]),
     /// rtt = now - time our outstanding ping was sent, when the payload matches it.
-    Pong { payload: &'a [u8], rtt: Option<Duration> },
+    Pong {
+        /// The Pong's payload (ours are the ping's 8-byte big-endian counter).
+        payload: &'a [u8],
+        /// The round trip of our outstanding ping when this Pong answers it; `None` for an unsolicited Pong
+        /// or one that answers an earlier ping.
+        rtt: Option<Duration>,
+    },
     /// Returned by handle_timeout when it wrote a keepalive ping to `out`.
     PingSent,
     /// The connection is finished: flush `out`, then close TCP. Returned exactly once.
@@ -107,12 +127,15 @@ pub struct Input<'b> {
 }
 
 impl<'b> Input<'b> {
+    /// All of `data`, nothing consumed yet.
     pub fn new(data: &'b mut [u8]) -> Self {
         Input { data, pos: 0 }
     }
+    /// Every byte has been consumed.
     pub fn is_empty(&self) -> bool {
         self.pos >= self.data.len()
     }
+    /// Bytes not consumed yet.
     pub fn remaining(&self) -> usize {
         self.data.len().saturating_sub(self.pos)
     }
@@ -156,7 +179,9 @@ enum Action {
 
 /// Both halves together, for callers that need no split (tests, simple drivers).
 pub struct Connection {
+    /// The receiving half.
     pub reader: Reader,
+    /// The sending half and the connection's state.
     pub writer: Writer,
 }
 
@@ -232,12 +257,13 @@ fn after(t: Instant, d: Duration) -> Option<Instant> {
 }
 
 impl Connection {
-    /// Open state; `seed` feeds the xorshift used for client-role mask keys; the first ping is
-    /// due at `first_ping` after `now` (ping_interval when `None`).
+    /// Open state; `seed` feeds the xorshift used for client-role mask keys; the first ping is due one
+    /// ping_interval after `now` (see [`Writer::new`]; `_cfg` is not kept: every call takes the config).
     pub fn new(role: Role, now: Instant, _cfg: &ProtoConfig, seed: u64) -> Self {
         Connection { reader: Reader::default(), writer: Writer::new(role, now, seed) }
     }
 
+    /// Server or client, fixed at creation.
     pub fn role(&self) -> Role {
         self.writer.role
     }
@@ -253,23 +279,29 @@ impl Connection {
         self.reader.poll_event(&mut self.writer, input, out, now, cfg)
     }
 
+    /// See [`Writer::send_message`].
     pub fn send_message(&mut self, out: &mut Vec<u8>, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
         self.writer.send_message(out, kind, payload)
     }
 
+    /// See [`Writer::send_ping`].
     pub fn send_ping(&mut self, out: &mut Vec<u8>, now: Instant) -> Result<(), SendError> {
         self.writer.send_ping(out, now)
     }
 
+    /// Start the close handshake as the application ([`CloseCause::LocalClose`]) and drop a message in
+    /// progress; see [`Writer::close`].
     pub fn close(&mut self, out: &mut Vec<u8>, code: u16, reason: &str, now: Instant, cfg: &ProtoConfig) {
         self.writer.close(out, code, reason, CloseCause::LocalClose, now, cfg);
         self.reader.on_local_close();
     }
 
+    /// See [`Writer::poll_timeout`].
     pub fn poll_timeout(&self, cfg: &ProtoConfig) -> Option<Instant> {
         self.writer.poll_timeout(cfg)
     }
 
+    /// See [`Writer::handle_timeout`]; frees the reader's buffers when the connection finishes.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>, cfg: &ProtoConfig) -> Option<Event<'static>> {
         let event = self.writer.handle_timeout(now, out, cfg);
         if matches!(event, Some(Event::Closed(_))) {
@@ -278,16 +310,19 @@ impl Connection {
         event
     }
 
+    /// See [`Writer::handle_eof`]; frees the reader's buffers.
     pub fn handle_eof(&mut self, reason: &str) -> Option<CloseInfo> {
         let info = self.writer.handle_eof(reason);
         self.reader.clear();
         info
     }
 
+    /// [`Event::Closed`] was returned (or `handle_eof` reported the end): nothing more happens.
     pub fn is_closed(&self) -> bool {
         self.writer.is_closed()
     }
 
+    /// Data may still be sent: no Close has been sent or received.
     pub fn is_open(&self) -> bool {
         self.writer.is_open()
     }
@@ -486,6 +521,9 @@ impl Reader {
 }
 
 impl Writer {
+    /// An open connection's writer. `seed` feeds the xorshift used for client-role mask keys (0 is replaced
+    /// by a fixed constant); the first keepalive ping is due one ping_interval after `now`
+    /// ([`Writer::schedule_first_ping`] moves it).
     pub fn new(role: Role, now: Instant, seed: u64) -> Writer {
         Writer {
             state: State::Open,
@@ -500,6 +538,7 @@ impl Writer {
         }
     }
 
+    /// Server or client, fixed at creation.
     pub fn role(&self) -> Role {
         self.role
     }

@@ -3,12 +3,19 @@
 //! Parsing never allocates and never panics: every length read from the wire is
 //! checked before it is used. Writing appends to a caller-owned `Vec<u8>`.
 
-/// Opcodes (RFC 6455 section 5.2), as raw 4-bit values.
+// Opcodes (RFC 6455 section 5.2), as raw 4-bit values.
+
+/// Opcode of a continuation frame: the next fragment of a Text or Binary message.
 pub const OP_CONTINUATION: u8 = 0x0;
+/// Opcode of a Text frame (the message's payload must be valid UTF-8).
 pub const OP_TEXT: u8 = 0x1;
+/// Opcode of a Binary frame.
 pub const OP_BINARY: u8 = 0x2;
+/// Opcode of a Close frame (control).
 pub const OP_CLOSE: u8 = 0x8;
+/// Opcode of a Ping frame (control).
 pub const OP_PING: u8 = 0x9;
+/// Opcode of a Pong frame (control).
 pub const OP_PONG: u8 = 0xA;
 
 /// The longest header: 2 bytes + 8-byte extended length + 4-byte mask.
@@ -19,11 +26,15 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// A violation of the protocol: the close code to fail the connection with and a short reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProtocolError {
+    /// The close code to fail the connection with; the protocol uses 1002 (protocol error), 1007 (invalid
+    /// UTF-8) and 1009 (message too big).
     pub code: u16,
+    /// Short reason, sent in the Close frame and reported in the [`CloseInfo`](super::CloseInfo).
     pub reason: &'static str,
 }
 
 impl ProtocolError {
+    /// Fail with `code` and `reason`.
     pub const fn new(code: u16, reason: &'static str) -> Self {
         ProtocolError { code, reason }
     }
@@ -37,20 +48,27 @@ impl std::fmt::Display for ProtocolError {
 
 impl std::error::Error for ProtocolError {}
 
+/// A parsed frame header (RFC 6455 section 5.2), as on the wire: nothing is validated beyond the length
+/// encoding (the connection checks RSV bits, opcodes, masking and sizes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// The final fragment of a message (control frames must have it set).
     pub fin: bool,
     /// The 3 RSV bits, RSV1 as the most significant.
     pub rsv: u8,
     /// Raw 4-bit opcode (unknown values are reported, not rejected, here).
     pub opcode: u8,
+    /// The masking key; frames from a client must have one, frames from a server must not.
     pub mask: Option<[u8; 4]>,
+    /// Payload length in bytes, as the header announces it (at most 2^63 - 1; the payload may not have
+    /// arrived yet).
     pub payload_len: u64,
     /// Bytes taken by the header itself; the payload starts at this offset.
     pub header_len: usize,
 }
 
 impl FrameHeader {
+    /// Close, Ping, Pong or a reserved control opcode (the opcode's high bit is set).
     pub fn is_control(&self) -> bool {
         self.opcode & 0x8 != 0
     }
@@ -112,6 +130,9 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
     }))
 }
 
+/// Append a frame header for a payload of `payload_len` bytes, with the shortest length encoding (2, 4 or
+/// 10 bytes, plus 4 for a mask). `opcode` is truncated to 4 bits; RSV bits are 0. The payload, masked when
+/// `mask` is `Some`, is the caller's to append.
 pub fn write_header(out: &mut Vec<u8>, fin: bool, opcode: u8, mask: Option<[u8; 4]>, payload_len: usize) {
     let b0 = if fin { 0x80 } else { 0 } | (opcode & 0x0F);
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };

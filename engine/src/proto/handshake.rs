@@ -9,6 +9,7 @@ use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use std::net::SocketAddr;
 
+/// The fixed GUID RFC 6455 appends to Sec-WebSocket-Key before hashing it into Sec-WebSocket-Accept.
 pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Headers accepted in one request or response.
 pub const MAX_HEADERS: usize = 64;
@@ -28,7 +29,9 @@ pub struct UpgradeRequest {
     pub path: String,
     /// The query string after `?`, if any (not decoded).
     pub query: Option<String>,
+    /// The Host header (required: a request without one is answered 400).
     pub host: String,
+    /// The Origin header, if sent (browsers always send one).
     pub origin: Option<String>,
     /// Offered subprotocols (Sec-WebSocket-Protocol), in the client's order of preference.
     pub protocols: Vec<String>,
@@ -53,6 +56,7 @@ impl UpgradeRequest {
 /// A complete plain HTTP request (no Upgrade header), with its body when it had a Content-Length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRequest {
+    /// The method as sent (`GET`, `POST`, ...).
     pub method: String,
     /// The request target's path, without the query.
     pub path: String,
@@ -60,6 +64,7 @@ pub struct HttpRequest {
     pub query: Option<String>,
     /// Every header line in order, names as sent.
     pub headers: Vec<(String, String)>,
+    /// The body, exactly Content-Length bytes (at most `max_http_body`; empty without a Content-Length).
     pub body: Vec<u8>,
     /// The peer's address (filled in by the engine).
     pub peer: Option<SocketAddr>,
@@ -88,9 +93,20 @@ fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
     headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string())).collect()
 }
 
+/// An HTTP error answer to a request that will not be upgraded: the engine's own refusals (400, 408, 411,
+/// 413, 426, 431, 500, 503) and an application's [`Upgrade::Reject`](crate::Upgrade::Reject). It is sent as a
+/// `text/plain` response whose body is `message`, with `Connection: close`, and the connection is closed.
+///
+/// ```
+/// use tether::HttpError;
+/// let e = HttpError::new(403, "Forbidden", "origin not allowed");
+/// assert_eq!((e.status, e.reason), (403, "Forbidden"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpError {
+    /// The status code, e.g. 403.
     pub status: u16,
+    /// The reason phrase of the status line, e.g. "Forbidden".
     pub reason: &'static str,
     /// Short body text.
     pub message: String,
@@ -107,14 +123,25 @@ impl HttpError {
     }
 }
 
+/// What [`parse_request`] made of the bytes received so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestParse {
     /// Need more bytes.
     Partial,
     /// Valid upgrade; `consumed` = header bytes (bytes after it are already WebSocket frames).
-    Upgrade { request: UpgradeRequest, consumed: usize },
-    /// Plain HTTP (e.g. GET /healthz), no Upgrade header at all.
-    Http { request: HttpRequest, consumed: usize },
+    Upgrade {
+        /// The request, `peer` not yet filled in.
+        request: UpgradeRequest,
+        /// Length of the request head; the rest of the buffer belongs to the WebSocket connection.
+        consumed: usize,
+    },
+    /// Plain HTTP (e.g. GET /healthz): no Upgrade, Sec-WebSocket-Key or Sec-WebSocket-Version header at all.
+    Http {
+        /// The request with its body, `peer` not yet filled in.
+        request: HttpRequest,
+        /// Length of the request head and body together.
+        consumed: usize,
+    },
     /// Answer with this status and close.
     Reject(HttpError),
 }
@@ -336,6 +363,9 @@ pub fn generate_key(random: [u8; 16]) -> String {
     STANDARD.encode(random)
 }
 
+/// The client's upgrade request: `GET path` with Host, Upgrade, Connection, Sec-WebSocket-Key `key` (from
+/// [`generate_key`]) and Sec-WebSocket-Version 13, then the extra header lines (each "Name: value", not
+/// checked: see [`header_line`]).
 pub fn client_request(host: &str, path: &str, key: &str, extra_headers: &[&str]) -> Vec<u8> {
     let mut s = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
@@ -348,17 +378,25 @@ pub fn client_request(host: &str, path: &str, key: &str, extra_headers: &[&str])
     s.into_bytes()
 }
 
+/// What [`parse_response`] made of the server's answer received so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponseParse {
+    /// Need more bytes.
     Partial,
     /// `consumed` = header bytes; bytes after it are already WebSocket frames.
     Accepted {
+        /// Length of the response head.
         consumed: usize,
     },
+    /// The server answered with another status than 101.
     Rejected {
+        /// The status code.
         status: u16,
+        /// The reason phrase of the status line.
         reason: String,
     },
+    /// Not a valid WebSocket answer: malformed or too large, or a 101 with a missing or wrong Upgrade,
+    /// Connection or Sec-WebSocket-Accept header. The text says which.
     Invalid(String),
 }
 

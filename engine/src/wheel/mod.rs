@@ -46,6 +46,7 @@ pub struct Wheel {
 }
 
 impl Wheel {
+    /// An empty wheel at tick 0; its entry table grows with the highest key scheduled.
     pub fn new() -> Self {
         Self::with_capacity(0)
     }
@@ -177,10 +178,12 @@ impl Wheel {
         Some(earliest)
     }
 
+    /// Keys scheduled (in a slot or pending).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// No key is scheduled.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
