@@ -503,10 +503,7 @@ impl Ring {
         let cell = self.installs[idx].insert(Box::new(fd));
         let ptr = &mut **cell as *mut i32 as *const RawFd;
         // The kernel's update offset is 32 bits: -1 is IORING_FILE_INDEX_ALLOC.
-        let e = opcode::FilesUpdate::new(ptr, 1)
-            .offset(-1)
-            .build()
-            .user_data(Token::new(Op::Install, tag, 0).encode());
+        let e = opcode::FilesUpdate::new(ptr, 1).offset(-1).build().user_data(Token::new(Op::Install, tag, 0).encode());
         self.push(e);
     }
 
