@@ -35,6 +35,10 @@ pub(crate) trait ShardOps {
     fn publish_local(&mut self, topic: &str, prepared: &Prepared) -> usize;
     fn set_timer(&mut self, conn: ConnId, at: Option<Instant>) -> bool;
     fn peer(&self, conn: ConnId) -> Option<SocketAddr>;
+    /// See [`Ctx::send_queue_room`].
+    fn send_queue_room(&self, conn: ConnId) -> Option<usize>;
+    /// See [`Ctx::notify_writable`].
+    fn notify_writable(&mut self, conn: ConnId) -> bool;
 }
 
 /// The handler's view of its shard during a callback: send, close, subscribe, set timers and reach the
@@ -119,6 +123,31 @@ impl<'a, H: Handler> Ctx<'a, H> {
             self.states.resize_with(slot + 1, Default::default);
         }
         self.states.get_mut(slot)
+    }
+
+    /// Whether a message sent to `conn` now would fit its send-queue bound (a connection of this shard):
+    ///
+    /// - `None`: the connection takes no data (not a live open connection of this shard, or our Close is
+    ///   out); a send would return [`SendError::NotOpen`].
+    /// - `Some(0)`: the queue is past the profile's `max_send_queue`; a send now would meet the profile's
+    ///   [`SendQueuePolicy`](crate::SendQueuePolicy) (dropped, or the connection closed with 1008).
+    /// - `Some(n)`, `n > 0`: the next message is accepted whatever its size (an empty queue always takes one
+    ///   message); messages (frames, headers included) of fewer than `n` bytes in total leave room for one
+    ///   more.
+    ///
+    /// A handler that must not lose a message checks this first and, on `Some(0)`, keeps the message and
+    /// calls [`Ctx::notify_writable`].
+    pub fn send_queue_room(&self, conn: ConnId) -> Option<usize> {
+        self.ops.send_queue_room(conn)
+    }
+
+    /// Ask for [`Handler::on_writable`] once `conn`'s send queue has drained to half its bound or less: at
+    /// the end of this batch of callbacks if it is there already, else after the send that brings it there.
+    /// One call, one report (asking again before it came changes nothing); not called for a connection that
+    /// closes meanwhile (`on_close` is). Costs nothing for connections that never ask. False if `conn` is not
+    /// an open connection of this shard.
+    pub fn notify_writable(&mut self, conn: ConnId) -> bool {
+        self.ops.notify_writable(conn)
     }
 
     /// The peer's address, when the kernel told it.

@@ -66,6 +66,10 @@ pub trait Handler: Send + Sized + 'static {
     fn on_ping(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _payload: &[u8]) {}
     /// A pong arrived; `rtt` is set when it answered our latest ping.
     fn on_pong(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _rtt: Option<Duration>) {}
+    /// `conn`'s send queue has drained to half its bound or less, after the handler asked with
+    /// [`Ctx::notify_writable`]: messages held back for want of room ([`Ctx::send_queue_room`] was `Some(0)`)
+    /// can go now. Called once per request, after the shard's completions.
+    fn on_writable(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId) {}
     /// The deadline set with [`Ctx::set_timer`] for this connection has come.
     fn on_timer(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId) {}
     /// The connection is gone and its slot about to be freed; `ctx.state(conn)` still holds its state, and

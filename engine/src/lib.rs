@@ -158,6 +158,11 @@
 //! # let _ = total;
 //! ```
 //!
+//! **An async facade.** Programs that are not written as a [`Handler`] (a tokio service, say) start an
+//! [`AsyncEngine`] instead and get an [`AsyncHandle`] (`send(conn, message).await` waits while the
+//! connection's send queue is full) and one [`Events`] stream (`Opened`, `Message`, `Closed`), in order per
+//! connection and bounded; see [`facade`].
+//!
 //! **Typed close causes.** [`Closed::info`]`.cause` is a [`CloseCause`] (pong timeout, close timeout,
 //! protocol error, peer, shutdown, slow consumer...), the same enum the metrics count by.
 #![deny(unsafe_code)]
@@ -168,6 +173,7 @@ pub mod capacity;
 mod command;
 pub mod config;
 mod context;
+pub mod facade;
 mod handle;
 mod handler;
 mod ids;
@@ -188,6 +194,7 @@ pub use config::{
     TcpKeepalive,
 };
 pub use context::Ctx;
+pub use facade::{AsyncEngine, AsyncHandle, Event, Events, FacadeOptions, FacadeStats, OwnedMessage};
 pub use handle::{Engine, EngineHandle, Notifier, SendError};
 pub use handler::{Accept, Closed, ConnectError, ConnectRequest, Handler, HttpResponse, Message, Upgrade};
 pub use ids::ConnId;

@@ -149,6 +149,9 @@ pub(crate) struct Core {
     client_sockopts: Vec<(i32, i32, SockoptValue)>,
     /// Connects that failed inside a core operation (the shard reports them to the handler).
     failed_connects: Vec<(u64, ConnectError)>,
+    /// Connections (slot, generation) whose send queue drained after the handler asked
+    /// (`Ctx::notify_writable`); the shard calls `on_writable` for them after the completions.
+    writable: Vec<(u32, u32)>,
     rng: u64,
     /// When shard 0 next sweeps the shared per-IP table for expired rate buckets.
     next_ip_sweep: Instant,
@@ -371,6 +374,7 @@ impl Core {
             connect_key_base: slots as u32,
             client_sockopts,
             failed_connects: Vec::new(),
+            writable: Vec::new(),
             rng: seed,
             next_ip_sweep: now,
             cfg,
@@ -505,6 +509,7 @@ impl<H: Handler> Shard<H> {
             self.expire_timers();
             with_ctx!(self, |h, ctx| h.on_tick(&mut ctx));
             self.report_failed_connects();
+            self.report_writable();
             self.core.flush_dirty();
 
             if self.core.drained() {
@@ -546,6 +551,7 @@ impl<H: Handler> Shard<H> {
             }
             self.core.rearm_starved();
             self.report_failed_connects();
+            self.report_writable();
         }
     }
 
@@ -587,6 +593,28 @@ impl<H: Handler> Shard<H> {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// Calls `on_writable` for the connections whose send queue drained after they asked. Only the reports
+    /// waiting now: a handler that asks again from `on_writable` is heard at the next call, not in a loop.
+    fn report_writable(&mut self) {
+        if self.core.writable.is_empty() {
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.core.writable);
+        for &(slot, generation) in &ready {
+            let s = &mut self.core.slots[slot as usize];
+            if s.phase != Phase::Open || s.generation != generation || !s.has(slot::flag::WANT_WRITABLE) {
+                continue;
+            }
+            s.clear(slot::flag::WANT_WRITABLE);
+            let id = self.core.id(slot);
+            with_ctx!(self, |h, ctx| h.on_writable(&mut ctx, id));
+        }
+        ready.clear();
+        if self.core.writable.is_empty() {
+            self.core.writable = ready;
         }
     }
 

@@ -110,6 +110,15 @@ impl ShardOps for Core {
         true
     }
 
+    fn send_queue_room(&self, conn: ConnId) -> Option<usize> {
+        self.send_queue_room(self.resolve(conn)?)
+    }
+
+    fn notify_writable(&mut self, conn: ConnId) -> bool {
+        let Some(slot) = self.resolve(conn) else { return false };
+        self.want_writable(slot)
+    }
+
     fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
         let slot = self.resolve(conn)?;
         if self.slots[slot as usize].has(flag::PEERNAME_PENDING) {

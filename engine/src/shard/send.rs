@@ -8,6 +8,11 @@
 //! drops the message (counted), policy `close` drops what waits (whole frames only: a send in flight is
 //! finished), queues Close 1008 "send queue full" and tears the connection down, bounded by close_timeout.
 //!
+//! Room and writability: `send_queue_room` tells a handler whether the next message fits the bound, and a
+//! handler that found none asks with `notify_writable` (the slot's `WANT_WRITABLE` flag) to hear
+//! `on_writable` once the queue has drained to half the bound (hysteresis: a connection at the bound is not
+//! woken per frame). Only slots that asked pay anything: one flag test per completed send.
+//!
 //! Output accumulates per slot and is flushed once per loop iteration: every frame written during the
 //! iteration goes out in one `send` (or one `sendmsg` when shared frames are spliced in).
 
@@ -61,6 +66,51 @@ impl Core {
         bump(&self.metrics.messages_out);
         self.mark_dirty(slot);
         Ok(())
+    }
+
+    /// Whether the next message to `slot` is accepted, and how much room is left: `None` if the connection
+    /// does not take data (not open, or our Close is out), `Some(0)` if the bound would refuse it,
+    /// `Some(n)` with `n > 0` if it is accepted whatever its size; `n` is `max_send_queue + 1` minus the
+    /// bytes queued, so messages (frames) of fewer than `n` bytes in total still leave room for one more.
+    pub(super) fn send_queue_room(&self, slot: u32) -> Option<usize> {
+        let s = &self.slots[slot as usize];
+        if s.phase != Phase::Open || !s.writer.as_ref().is_some_and(|w| w.is_open()) {
+            return None;
+        }
+        let bound = self.profiles[s.profile as usize].max_send_queue;
+        Some(bound.saturating_add(1).saturating_sub(s.queued()))
+    }
+
+    /// The queue level at or below which a connection that asked is writable again: half the bound.
+    fn writable_level(&self, slot: u32) -> usize {
+        self.profiles[self.slots[slot as usize].profile as usize].max_send_queue / 2
+    }
+
+    /// The handler wants `on_writable` for `slot` once its queue is at or below half the bound: at the next
+    /// report if it is there already, else after the send that brings it there. Asking again before it
+    /// fired changes nothing.
+    pub(super) fn want_writable(&mut self, slot: u32) -> bool {
+        let s = &self.slots[slot as usize];
+        if s.phase != Phase::Open {
+            return false;
+        }
+        if s.has(flag::WANT_WRITABLE) {
+            return true;
+        }
+        let ready = s.queued() <= self.writable_level(slot);
+        let s = &mut self.slots[slot as usize];
+        s.set(flag::WANT_WRITABLE);
+        if ready {
+            self.writable.push((slot, s.generation));
+        }
+        true
+    }
+
+    /// A send completed on a slot that asked for `on_writable`: queue the report if the queue is low enough.
+    fn check_writable(&mut self, slot: u32) {
+        if self.slots[slot as usize].queued() <= self.writable_level(slot) {
+            self.writable.push((slot, self.slots[slot as usize].generation));
+        }
     }
 
     /// The queue overflowed under policy `close`: drop the waiting frames, queue the profile's overflow Close
@@ -195,7 +245,12 @@ impl Core {
         let s = &mut self.slots[slot as usize];
         if s.phase == Phase::Closing {
             self.advance_teardown(slot);
-        } else if !s.out.is_empty() {
+            return;
+        }
+        if s.has(flag::WANT_WRITABLE) {
+            self.check_writable(slot);
+        }
+        if !self.slots[slot as usize].out.is_empty() {
             self.start_send(slot);
         }
     }

@@ -29,6 +29,8 @@ pub(crate) mod flag {
     pub const PEERNAME_PENDING: u16 = 1 << 2;
     /// Closing: the slot's operations were told to end (receive and abandoned send cancelled).
     pub const OPS_ENDED: u16 = 1 << 3;
+    /// The handler asked to hear when the send queue has room again (`Ctx::notify_writable`).
+    pub const WANT_WRITABLE: u16 = 1 << 4;
     pub const CLOSE_SUBMITTED: u16 = 1 << 5;
     /// Past max_connections: answer the upgrade with 503.
     pub const OVER_CAPACITY: u16 = 1 << 6;
