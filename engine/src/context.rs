@@ -112,6 +112,8 @@ impl<'a, H: Handler> Ctx<'a, H> {
         self.ops.set_timer(conn, Some(at))
     }
 
+    /// Remove the timer set with [`Ctx::set_timer`] (the engine's own deadlines stay). False if `conn` is not
+    /// a live connection of this shard.
     pub fn cancel_timer(&mut self, conn: ConnId) -> bool {
         self.ops.set_timer(conn, None)
     }
@@ -160,6 +162,7 @@ impl<'a, H: Handler> Ctx<'a, H> {
         self.notifier.notify(shard, notice)
     }
 
+    /// This shard's index (0-based), as in [`ConnId::shard`].
     pub fn shard(&self) -> usize {
         self.ops.index() as usize
     }
@@ -169,6 +172,7 @@ impl<'a, H: Handler> Ctx<'a, H> {
         self.ops.now()
     }
 
+    /// The engine's handle, to reach other shards or keep for another thread.
     pub fn handle(&self) -> &EngineHandle {
         self.ops.handle()
     }

@@ -96,6 +96,8 @@ impl EngineHandle {
         self.deliver(conn.shard(), Command::SendPrepared { conn, prepared: prepared.clone() })
     }
 
+    /// Close `conn` with a Close frame of `code` and `reason` (the close handshake, then TCP), after what was
+    /// queued before it.
     pub fn close(&self, conn: ConnId, code: u16, reason: &str) -> Result<(), SendError> {
         self.deliver(conn.shard(), Command::Close { conn, code, reason: reason.into() })
     }
@@ -111,6 +113,7 @@ impl EngineHandle {
         self.deliver(conn.shard(), Command::Subscribe { conn, topic: topic.into() })
     }
 
+    /// Remove `conn` from `topic`'s subscribers.
     pub fn unsubscribe(&self, conn: ConnId, topic: &str) -> Result<(), SendError> {
         self.deliver(conn.shard(), Command::Unsubscribe { conn, topic: topic.into() })
     }
@@ -122,6 +125,7 @@ impl EngineHandle {
         self.publish_prepared(topic, &prepared)
     }
 
+    /// [`EngineHandle::publish`] of a frame encoded already.
     pub fn publish_prepared(&self, topic: &str, prepared: &Prepared) -> Result<(), SendError> {
         self.publish_to_others(usize::MAX, &topic.into(), prepared)
     }
@@ -222,6 +226,7 @@ impl EngineHandle {
         self.deliver(shard, Command::Connect(Box::new(request)))
     }
 
+    /// How many shards run.
     pub fn shards(&self) -> usize {
         self.shared.links.len()
     }
@@ -263,6 +268,7 @@ impl EngineHandle {
         }
     }
 
+    /// The connection bound in force (the configured one, or what the limits allowed).
     pub fn max_connections(&self) -> usize {
         self.shared.max_connections
     }
@@ -296,6 +302,7 @@ impl<N: Send + 'static> Notifier<N> {
         }
     }
 
+    /// How many shards there are to notify.
     pub fn shards(&self) -> usize {
         self.links.len()
     }
@@ -321,10 +328,12 @@ impl<H: Handler> Engine<H> {
         crate::shard::start(config, capacity, make_handler)
     }
 
+    /// A handle to reach the shards from any thread.
     pub fn handle(&self) -> EngineHandle {
         self.handle.clone()
     }
 
+    /// A notifier for the handlers' typed notices.
     pub fn notifier(&self) -> Notifier<H::Notice> {
         self.notifier.clone()
     }
@@ -334,6 +343,7 @@ impl<H: Handler> Engine<H> {
         self.local_addr
     }
 
+    /// The threads, rings and slots the engine planned from the limits.
     pub fn capacity(&self) -> &Capacity {
         &self.capacity
     }

@@ -61,6 +61,8 @@ pub trait Handler: Send + Sized + 'static {
     }
     /// The WebSocket is open (server: 101 sent; client: 101 received and checked).
     fn on_open(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId) {}
+    /// A whole message arrived (fragments reassembled, text checked as UTF-8; invalid text closes with 1007
+    /// before this is called). It borrows the receive buffer: copy what must outlive the call.
     fn on_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, message: Message<'_>);
     /// The peer pinged (the pong is already on its way).
     fn on_ping(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, _payload: &[u8]) {}
@@ -98,17 +100,21 @@ pub trait Handler: Send + Sized + 'static {
 /// A complete message as the handler sees it; borrowed from the receive buffer, valid during the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
+    /// A text message, valid UTF-8.
     Text(&'a str),
+    /// A binary message.
     Binary(&'a [u8]),
 }
 
 impl<'a> Message<'a> {
+    /// Text or binary.
     pub fn kind(&self) -> MessageKind {
         match self {
             Message::Text(_) => MessageKind::Text,
             Message::Binary(_) => MessageKind::Binary,
         }
     }
+    /// The payload (a text message's UTF-8 bytes).
     pub fn as_bytes(&self) -> &'a [u8] {
         match self {
             Message::Text(s) => s.as_bytes(),
@@ -120,21 +126,28 @@ impl<'a> Message<'a> {
 /// A plain HTTP answer (for requests without an upgrade, or a refused upgrade).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpResponse {
+    /// Status code (200, 404 ...).
     pub status: u16,
+    /// Reason phrase of the status line ("OK").
     pub reason: &'static str,
+    /// The Content-Type header's value.
     pub content_type: &'static str,
     /// Extra header lines (name, value); lines that could split the response are left out.
     pub headers: Vec<(String, String)>,
+    /// The body; Content-Length is set from it.
     pub body: Vec<u8>,
 }
 
 impl HttpResponse {
+    /// An answer with no extra headers.
     pub fn new(status: u16, reason: &'static str, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
         HttpResponse { status, reason, content_type, headers: Vec::new(), body: body.into() }
     }
+    /// 404, what `on_http` answers by default.
     pub fn not_found() -> Self {
         HttpResponse::new(404, "Not Found", "text/plain", "not found: this is a WebSocket endpoint\n")
     }
+    /// Adds a header line (one with a line break in it is left out when the answer is written).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
@@ -143,7 +156,9 @@ impl HttpResponse {
 
 /// What the handler says about an upgrade request.
 pub enum Upgrade {
+    /// Send the 101 and open the WebSocket, as `Accept` says.
     Accept(Accept),
+    /// Answer with this HTTP error and close.
     Reject(HttpError),
 }
 
@@ -163,23 +178,30 @@ impl From<Accept> for Upgrade {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Accept {
+    /// The subprotocol to answer with; it must be one the client offered (500 otherwise).
     pub subprotocol: Option<String>,
+    /// Extra header lines of the 101 answer.
     pub headers: Vec<(String, String)>,
+    /// The connection's profile (keepalive, limits); the default profile unless set.
     pub profile: ProfileId,
 }
 
 impl Accept {
+    /// Accept with no subprotocol, no extra headers, the default profile.
     pub fn new() -> Accept {
         Accept::default()
     }
+    /// Answer with `protocol` (one of `UpgradeRequest::protocols`).
     pub fn subprotocol(mut self, protocol: impl Into<String>) -> Accept {
         self.subprotocol = Some(protocol.into());
         self
     }
+    /// Add a header line to the 101 answer.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Accept {
         self.headers.push((name.into(), value.into()));
         self
     }
+    /// Use `profile` (from [`Config::add_profile`](crate::Config::add_profile)) for this connection.
     pub fn profile(mut self, profile: ProfileId) -> Accept {
         self.profile = profile;
         self
@@ -189,8 +211,11 @@ impl Accept {
 /// Details of a finished connection, for `on_close` and the close log line.
 #[derive(Clone, Debug)]
 pub struct Closed {
+    /// How it ended: code, reason, who started it and the typed cause.
     pub info: CloseInfo,
+    /// The peer's address, when it was known.
     pub peer: Option<SocketAddr>,
+    /// From the accept (or connect) to the end.
     pub duration: Duration,
     /// Whether the WebSocket upgrade had completed (false for refused or timed-out handshakes).
     pub was_open: bool,
@@ -202,7 +227,12 @@ pub enum ConnectError {
     /// socket/bind/connect failed (errno text).
     Io(String),
     /// The server answered the upgrade with another status.
-    Rejected { status: u16, reason: String },
+    Rejected {
+        /// The HTTP status it answered with.
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
     /// The server's answer broke the handshake rules (e.g. wrong Sec-WebSocket-Accept).
     Invalid(String),
     /// No answer within handshake_timeout.
@@ -231,11 +261,13 @@ impl fmt::Display for ConnectError {
 /// An outbound WebSocket connection to open (client role).
 #[derive(Clone, Debug)]
 pub struct ConnectRequest {
+    /// The server's address.
     pub addr: SocketAddr,
     /// Local address to bind first (port 0 picks one), to spread over source addresses.
     pub bind: Option<SocketAddr>,
     /// Host header value.
     pub host: String,
+    /// The request target: path and query (`/chat?room=1`).
     pub path: String,
     /// Returned in `on_connected` / `on_connect_failed`.
     pub tag: u64,

@@ -166,7 +166,7 @@
 //! **Typed close causes.** [`Closed::info`]`.cause` is a [`CloseCause`] (pong timeout, close timeout,
 //! protocol error, peer, shutdown, slow consumer...), the same enum the metrics count by.
 #![deny(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod adopt;
 pub mod capacity;
