@@ -56,7 +56,7 @@
 //!
 //! Counters: [`AsyncHandle::stats`] ([`FacadeStats`]); the engine's own through
 //! [`AsyncHandle::engine`].
-#![warn(missing_docs)]
+
 
 mod events;
 mod handle;
