@@ -12,6 +12,10 @@ use hyper_util::rt::TokioIo;
 use tether::proto::Role;
 use tether::{Config, ConnId, Ctx, Engine, EngineHandle, Handler, Message};
 
+/// The allocator tetherd uses too, so the adopted path and axum's own WebSocket are measured alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 pub struct Args {
     /// Address the app's HTTP server listens on.
