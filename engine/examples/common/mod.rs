@@ -27,8 +27,9 @@ pub struct Args {
     /// A connection that does not answer a ping within this is closed (1011).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub pong_timeout: Duration,
-    /// Connections the engine holds at most (0 = what the limits allow).
-    #[arg(long, default_value_t = 100_000)]
+    /// Connections the engine holds at most (0 = one registered file table per shard, as tetherd; more
+    /// adds rings per shard).
+    #[arg(long, default_value_t = 0)]
     pub max_connections: usize,
     /// Engine shard threads (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
