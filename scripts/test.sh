@@ -107,6 +107,10 @@ if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
     fi
 fi
 
+# The crates' documentation builds without a warning (broken links, undocumented public items of `tether`).
+log "cargo doc --no-deps --workspace (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace -q || failed+=("cargo doc")
+
 bash scripts/fuzz-smoke.sh || failed+=("scripts/fuzz-smoke.sh")   # each cargo-fuzz target for 8 s (fuzz/)
 
 if [ ${#failed[@]} -gt 0 ]; then

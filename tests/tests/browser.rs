@@ -378,16 +378,16 @@ fn chromium_stays_connected_through_server_pings_and_echoes() {
     drop(pages);
 }
 
-/// The axum example app (engine/examples/axum.rs): the page sets the app's session cookie, Chromium sends it
-/// with the WebSocket upgrade, the app's auth accepts, the engine adopts the socket; the browser answers the
-/// engine's pings (1 s interval, 1 s pong deadline) through 4.5 s of idle, echoes, and closes with 1000.
-#[test]
-fn chromium_reaches_an_axum_app_that_adopts_its_websocket() {
+/// The example apps (engine/examples/axum.rs and hyper.rs): the page sets the app's session cookie, Chromium
+/// sends it with the WebSocket upgrade, the app's auth accepts, the engine adopts the socket; the browser
+/// answers the engine's pings (1 s interval, 1 s pong deadline) through 4.5 s of idle, echoes, and closes
+/// with 1000.
+fn chromium_through_app(name: &str) {
     let test_deadline = Instant::now() + Duration::from_secs(60);
     let idle = Duration::from_millis(4500);
-    let app = tether_tests::app::App::start("axum", &["--ping-interval", "1s", "--pong-timeout", "1s"], None);
+    let app = tether_tests::app::App::start(name, &["--ping-interval", "1s", "--pong-timeout", "1s"], None);
     let (pages, reports) = PageServer::start_with_cookie(Some("session=demo"));
-    let message = format!("hello axum app, test {}", std::process::id());
+    let message = format!("hello {name} app, test {}", std::process::id());
     let page_url = format!(
         "http://{}/?ws=ws://{}/ws&idle_ms={}&message={}&deadline_ms=30000",
         pages.addr,
@@ -397,9 +397,9 @@ fn chromium_reaches_an_axum_app_that_adopts_its_websocket() {
     );
     let mut browser = Chromium::open(&page_url);
     let report = await_report(&mut browser, &reports, test_deadline, &|| app.log.tail(20));
-    eprintln!("report from the page: {report:?}");
+    eprintln!("{name}: report from the page: {report:?}");
     let field = |k: &str| report.get(k).map(String::as_str).unwrap_or("");
-    let ctx = format!("page report: {report:?}\napp stderr:\n{}", app.log.tail(20));
+    let ctx = format!("{name}: page report: {report:?}\napp stderr:\n{}", app.log.tail(20));
     // The greeting (`hello demo`) arrives while the page has no message handler yet; what it checks is the
     // echo after the idle time, which only an open, pinged-and-answering connection gets.
     assert_eq!(field("outcome"), "done", "{ctx}");
@@ -409,4 +409,14 @@ fn chromium_reaches_an_axum_app_that_adopts_its_websocket() {
     assert_eq!(field("close_clean"), "true", "close event wasClean: {ctx}");
     drop(browser);
     drop(pages);
+}
+
+#[test]
+fn chromium_reaches_an_axum_app_that_adopts_its_websocket() {
+    chromium_through_app("axum");
+}
+
+#[test]
+fn chromium_reaches_a_hyper_app_that_adopts_its_websocket() {
+    chromium_through_app("hyper");
 }

@@ -333,7 +333,8 @@ impl<H: Handler> Shard<H> {
                         return;
                     }
                 }
-                let profile = accept.profile.index().min(core.profiles.len() - 1);
+                // A ProfileId this engine never registered falls back to the default profile, as Config::profile.
+                let profile = Some(accept.profile.index()).filter(|p| *p < core.profiles.len()).unwrap_or(0);
                 let headers: Vec<String> =
                     accept.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
                 let key = handshake::accept_key(request.key.as_bytes());

@@ -1,7 +1,7 @@
 //! The client protocol on a shard: [`GatewayHandler`] takes each command of a connection in order, answers
 //! it, keeps the session's deadlines on the shard's wheel, and cleans up (presence, leave, registry) when
 //! the connection goes. Work for a connection sent by the API from another thread arrives as a
-//! [`Notice`](super::Notice).
+//! [`Notice`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
