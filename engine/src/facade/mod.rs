@@ -57,7 +57,6 @@
 //! Counters: [`AsyncHandle::stats`] ([`FacadeStats`]); the engine's own through
 //! [`AsyncHandle::engine`].
 
-
 mod events;
 mod handle;
 mod handler;
