@@ -174,6 +174,8 @@ pub(crate) struct AdoptJob {
     pub role: Role,
     pub leftover: Vec<u8>,
     pub peer: Option<SocketAddr>,
+    /// Index of the connection's profile (checked against the shard's profiles there).
+    pub profile: usize,
     pub context: Box<dyn Any + Send>,
     pub reply: Reply,
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::adopt::{AdoptError, AdoptErrorKind, AdoptJob, Adoption};
 use crate::capacity::Capacity;
 use crate::command::Command;
+use crate::config::ProfileId;
 use crate::handler::{ConnectRequest, Handler};
 use crate::ids::ConnId;
 use crate::mailbox::MailboxTx;
@@ -195,6 +196,20 @@ impl EngineHandle {
         leftover: Vec<u8>,
         context: impl Any + Send,
     ) -> Adoption {
+        self.adopt_with_profile(socket, role, leftover, ProfileId::DEFAULT, context)
+    }
+
+    /// [`EngineHandle::adopt`] with the connection's [`Profile`](crate::Profile) (keepalive, message size and
+    /// send-queue limits) chosen, as [`Accept::profile`](crate::Accept::profile) does for accepted ones. An id
+    /// this engine never registered means the default profile.
+    pub fn adopt_with_profile(
+        &self,
+        socket: impl Into<OwnedFd>,
+        role: Role,
+        leftover: Vec<u8>,
+        profile: ProfileId,
+        context: impl Any + Send,
+    ) -> Adoption {
         let socket: OwnedFd = socket.into();
         let shared = &self.shared;
         if shared.shutting_down.load(Ordering::Relaxed) {
@@ -210,7 +225,8 @@ impl EngineHandle {
         let shards = shared.links.len().max(1);
         let shard = shared.next_adopt.fetch_add(1, Ordering::Relaxed) % shards;
         let (adoption, reply) = Adoption::pending();
-        let job = AdoptJob { socket, role, leftover, peer, context: Box::new(context), reply };
+        let profile = profile.index();
+        let job = AdoptJob { socket, role, leftover, peer, profile, context: Box::new(context), reply };
         let Some(link) = shared.links.get(shard) else {
             job.refuse(AdoptErrorKind::ShuttingDown);
             return adoption;

@@ -143,3 +143,43 @@ fn a_descriptor_that_is_not_a_connected_tcp_socket_is_refused_and_handed_back() 
     engine.handle().shutdown(Duration::ZERO);
     engine.wait();
 }
+
+#[test]
+fn an_adopted_socket_gets_the_profile_it_was_adopted_with() {
+    // The engine's default profile never pings; the adopted connection's profile pings every 100 ms.
+    let (tx, _seen) = mpsc::channel();
+    let mut config = Config { listen: None, shards: 1, ping_interval: None, ..Config::default() };
+    let pinging = config.add_profile(tether::Profile {
+        ping_interval: Some(Duration::from_millis(100)),
+        ..tether::Profile::of(&config)
+    });
+    let engine = Engine::start(config, move |_| Adopter { tx: tx.clone() }).expect("engine starts");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (ours, _) = listener.accept().unwrap();
+    let (plain_ours, plain_peer) = {
+        let mut p = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        p.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        (listener.accept().unwrap().0, p)
+    };
+    let handle = engine.handle();
+    handle.adopt_with_profile(ours, Role::Server, Vec::new(), pinging, String::from("p")).wait().expect("adopted");
+    handle.adopt(plain_ours, Role::Server, Vec::new(), String::from("d")).wait().expect("adopted");
+
+    // Each peer first gets the greeting (unmasked text frame "from p" / "from d"), then: pings only on the
+    // profiled one.
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut frame = [0u8; 8];
+    peer.read_exact(&mut frame).unwrap();
+    assert_eq!(&frame, b"\x81\x06from p");
+    let mut ping = [0u8; 2];
+    peer.read_exact(&mut ping).unwrap();
+    assert_eq!(ping[0], 0x89, "a ping from the adopted connection's profile");
+    let mut plain_peer = plain_peer;
+    plain_peer.read_exact(&mut frame).unwrap();
+    assert_eq!(&frame, b"\x81\x06from d");
+    let quiet = plain_peer.read(&mut ping);
+    assert!(quiet.is_err(), "the default profile (no pings) sent {quiet:?}");
+    handle.shutdown(Duration::ZERO);
+    engine.wait();
+}

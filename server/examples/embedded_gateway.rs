@@ -1,23 +1,30 @@
 //! The gateway inside a program that has its own HTTP app: `GatewayServer` serves the Centrifugo-compatible
-//! protocol on a port of its own, the program's axum app serves its routes on another, the program's own
-//! session cookie decides who connects (an `Authorizer`), and the app publishes through the gateway's API in
-//! process.
+//! protocol on a port of its own, and the program's axum app serves its routes on another, where it also
+//! mounts the gateway's endpoint itself (its route answers the upgrade, the gateway adopts the socket). The
+//! program's own session cookie decides who connects (an `Authorizer`), and the app publishes through the
+//! gateway's API in process.
 //!
 //! `cargo run --release -p tetherd --example embedded_gateway -- [APP_ADDR] [GATEWAY_ADDR]`
 //! (defaults 127.0.0.1:3000 and 127.0.0.1:8000).
 //!
 //! - `GET /hello` on the app: plain axum.
 //! - `POST /publish/{channel}` on the app, body = JSON data: published to the channel (the API's answer).
-//! - `ws://GATEWAY_ADDR/connection/websocket` with the cookie `session=<user>`: a Centrifugo client of user
-//!   `<user>` (401 without); it may subscribe to `news` and to `user:<user>`, no other channel (error 103).
+//! - `ws://GATEWAY_ADDR/connection/websocket` and `ws://APP_ADDR/connection/websocket`, with the cookie
+//!   `session=<user>`: a Centrifugo client of user `<user>` (401 without); it may subscribe to `news` and to
+//!   `user:<user>`, no other channel (error 103).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tether::{HttpError, UpgradeRequest};
+use tetherd::gateway::admission::Admission;
 use tetherd::gateway::authorizer::{Authorizer, ConnectDecision, Credentials, SubscribeDecision};
 use tetherd::gateway::config::GatewayConfig;
 use tetherd::gateway::embed::{GatewayServer, GatewayServerConfig};
@@ -52,13 +59,90 @@ async fn publish(
     Path(channel): Path<String>,
     body: String,
 ) -> (StatusCode, String) {
-    let request = serde_json::json!({ "channel": channel, "data": serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::String(body)) });
+    let data = serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::String(body));
+    let request = serde_json::json!({ "channel": channel, "data": data });
     match gateway.api("publish", &request.to_string()) {
         Ok(result) => (StatusCode::OK, result + "\n"),
         Err((code, message)) => {
             (StatusCode::BAD_REQUEST, format!("{{\"code\":{code},\"message\":{}}}\n", serde_json::json!(message)))
         }
     }
+}
+
+/// The request as the gateway's checks see it (the engine builds the same from requests it parses itself).
+fn upgrade_request(req: &Request) -> UpgradeRequest {
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let list = |name: header::HeaderName| -> Vec<String> {
+        let values = req.headers().get_all(name).into_iter().filter_map(|v| v.to_str().ok());
+        values.flat_map(|v| v.split(',')).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    };
+    let text = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    UpgradeRequest {
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(String::from),
+        host: text(header::HOST).unwrap_or_default(),
+        origin: text(header::ORIGIN),
+        protocols: list(header::SEC_WEBSOCKET_PROTOCOL),
+        extensions: list(header::SEC_WEBSOCKET_EXTENSIONS),
+        key: text(header::SEC_WEBSOCKET_KEY).unwrap_or_default(),
+        headers,
+        // The app's own server could put the peer in the request's extensions; this one does not.
+        peer: None,
+    }
+}
+
+/// Sec-WebSocket-Accept for a well-formed upgrade request, `None` otherwise.
+fn accept_key(headers: &HeaderMap) -> Option<String> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
+    (has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade") && version_ok && key.len() == 24)
+        .then(|| tether::proto::handshake::accept_key(key.as_bytes()))
+}
+
+/// The gateway's endpoint on the app's own port: the gateway admits the upgrade, the app answers the 101,
+/// the gateway adopts the socket.
+async fn connection(State(gateway): State<Arc<GatewayServer>>, mut req: Request) -> Response {
+    let Some(accept) = accept_key(req.headers()) else {
+        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n").into_response();
+    };
+    let admission: Admission = match gateway.admit(&upgrade_request(&req)) {
+        Ok(a) => a,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::FORBIDDEN);
+            return (status, format!("{}\n", e.message)).into_response();
+        }
+    };
+    let subprotocol = admission.subprotocol;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let Ok(parts) = upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() else { return };
+        let Ok(stream) = parts.io.into_inner().into_std() else { return };
+        if let Err(e) = gateway.adopt(stream, parts.read_buf.to_vec(), admission).await {
+            eprintln!("{e}");
+        }
+    });
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = subprotocol {
+        resp = resp.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    resp.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[tokio::main]
@@ -82,12 +166,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/hello", get(|| async { "hello from the app\n" }))
         .route("/publish/{channel}", post(publish))
+        .route("/connection/websocket", get(connection))
         .with_state(server.clone());
     let listener = tokio::net::TcpListener::bind(&app_addr).await?;
     println!(
-        "app on http://{} (GET /hello, POST /publish/CHANNEL), gateway on ws://{gateway_addr}/connection/websocket",
+        "app on http://{} (GET /hello, POST /publish/CHANNEL, /connection/websocket), gateway on ws://{gateway_addr}/connection/websocket",
         listener.local_addr()?
     );
-    axum::serve(listener, app).await?;
-    Ok(())
+    // hyper's HTTP/1 server with upgrades, so the upgraded connection downcasts back to its TcpStream
+    // (`axum::serve` wraps the stream in a type of its own).
+    loop {
+        let (stream, _peer) = listener.accept().await?;
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let _ = conn.with_upgrades().await;
+        });
+    }
 }

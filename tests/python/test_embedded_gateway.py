@@ -1,7 +1,9 @@
 """The gateway as a library (server/examples/embedded_gateway.rs): a program runs `GatewayServer` on a port
-of its own beside its axum app, its `Authorizer` reads the program's session cookie at the upgrade and
-decides subscriptions, and the app publishes through the gateway's API in process. Driven by the stock
-Centrifugo Python SDK (centrifuge-python), which sends the cookie as an upgrade header."""
+of its own beside its axum app, and also mounts the gateway's endpoint on the app's own port (the app answers
+the upgrade, `GatewayServer::admit` checks it, `adopt` takes the socket); its `Authorizer` reads the
+program's session cookie at the upgrade and decides subscriptions, and the app publishes through the
+gateway's API in process. Driven by the stock Centrifugo Python SDK (centrifuge-python), which sends the
+cookie as an upgrade header."""
 
 import asyncio
 import json
@@ -29,19 +31,21 @@ def post(app, path, body):
         return r.status, json.loads(r.read())
 
 
-def test_app_routes_cookie_auth_subscribe_decisions_and_in_process_publish(app):
+@pytest.mark.parametrize("endpoint", ["gateway port", "app port"])
+def test_app_routes_cookie_auth_subscribe_decisions_and_in_process_publish(app, endpoint):
     assert app.ws_url and app.ws_url.endswith("/connection/websocket"), app.ws_url
+    ws_url = app.ws_url if endpoint == "gateway port" else f"ws://{app.addr}/connection/websocket"
     with urllib.request.urlopen(f"http://{app.addr}/hello", timeout=10) as r:
         assert r.read() == b"hello from the app\n"
 
     async def run():
         # No session cookie: the Authorizer refuses the upgrade itself (HTTP 401).
         with pytest.raises(websockets.exceptions.InvalidStatus) as e:
-            await websockets.connect(app.ws_url, open_timeout=10)
+            await websockets.connect(ws_url, open_timeout=10)
         assert e.value.response.status_code == 401
 
         rec = Recorder("alice")
-        c = Client(app.ws_url, events=ClientEvents(rec), headers={"Cookie": "session=alice"})
+        c = Client(ws_url, events=ClientEvents(rec), headers={"Cookie": "session=alice"})
         try:
             # No token: the cookie made the connection alice's.
             await asyncio.wait_for(c.connect(), 10)

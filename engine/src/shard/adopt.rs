@@ -52,7 +52,9 @@ impl<H: Handler> Shard<H> {
             job.refuse(kind);
             return;
         };
-        let AdoptJob { socket, role, leftover, peer, context, reply } = *job;
+        let AdoptJob { socket, role, leftover, peer, profile, context, reply } = *job;
+        // An id this engine never registered falls back to the default profile (as for accepted sockets).
+        let profile = if profile < core.profiles.len() { profile as u8 } else { 0 };
         // The table holds its own reference to the socket now: the process descriptor goes.
         drop(socket);
         core.take_slot(slot, role == Role::Client);
@@ -62,8 +64,9 @@ impl<H: Handler> Shard<H> {
         }
         let seed = core.next_random();
         let now = core.now;
-        let writer = core.new_writer(0, role, now, seed);
+        let writer = core.new_writer(profile, role, now, seed);
         let s = &mut core.slots[slot as usize];
+        s.profile = profile;
         s.writer = Some(writer);
         s.phase = Phase::Open;
         s.set(flag::WAS_OPEN);

@@ -12,8 +12,9 @@ use tether::{
 };
 use tracing::debug;
 
+use super::admission::{admit, Admission};
 use super::auth::{ConnectClaims, TokenError};
-use super::authorizer::{ConnectDecision, SubscribeDecision};
+use super::authorizer::SubscribeDecision;
 use super::broker::{self, client_text, ClientId, Presence, Publish, Subscribe, Unsubscribe};
 use super::config::NamespaceOptions;
 use super::metrics::Rejection;
@@ -824,51 +825,34 @@ impl Handler for GatewayHandler {
                 format!("no WebSocket endpoint at {}", request.path),
             ));
         }
-        if !origin_allowed(&gw.config.allowed_origins, request.origin.as_deref()) {
-            gw.metrics.origin_refused();
-            gw.metrics.reject(Rejection::Origin);
-            return Upgrade::Reject(HttpError::new(403, "Forbidden", "origin not allowed (client.allowed_origins)"));
-        }
-        let query = request.query.as_deref().unwrap_or("");
-        let protobuf_query = query.split('&').any(|kv| kv == "format=protobuf" || kv == "cf_protocol=protobuf");
-        let offers_json = request.protocols.iter().any(|p| p == "centrifuge-json");
-        let offers_protobuf = request.protocols.iter().any(|p| p == "centrifuge-protobuf");
-        if protobuf_query || (offers_protobuf && !offers_json) {
-            return Upgrade::Reject(HttpError::new(
-                501,
-                "Not Implemented",
-                "the protobuf encoding (centrifuge-protobuf) is not served yet; use the JSON protocol",
-            ));
-        }
-        if !gw.admit_connection(ctx.now()) {
-            gw.metrics.reject(Rejection::ConnectionRate);
-            return Upgrade::Reject(HttpError::new(
-                503,
-                "Service Unavailable",
-                "too many new connections (client.connection_rate_limit); retry with backoff",
-            ));
-        }
-        let mut accept = Accept::new().profile(gw.profile);
-        if offers_json {
-            accept = accept.subprotocol("centrifuge-json");
-        }
-        let preauth = match gw.authorizer.as_ref().map(|a| a.connect(request)) {
-            None | Some(ConnectDecision::Default) => None,
-            Some(ConnectDecision::Deny(e)) => {
-                gw.metrics.reject(Rejection::Authorizer);
-                return Upgrade::Reject(e);
-            }
-            Some(ConnectDecision::Allow(c)) => {
-                let info = c.info.and_then(|i| serde_json::value::RawValue::from_string(i).ok());
-                Some(Box::new(ConnectClaims { user: c.user, info, channels: c.channels, ..Default::default() }))
-            }
+        let admission = match admit(gw, ctx.now(), request) {
+            Ok(a) => a,
+            Err(e) => return Upgrade::Reject(e),
         };
-        let gw = gw.clone();
+        let mut accept = Accept::new().profile(gw.profile);
+        if let Some(p) = admission.subprotocol {
+            accept = accept.subprotocol(p);
+        }
         if let Some(c) = ctx.state(conn) {
-            c.gw = Some(gw);
-            c.preauth = preauth;
+            c.gw = Some(admission.gw);
+            c.preauth = admission.preauth;
         }
         Upgrade::Accept(accept)
+    }
+
+    /// A socket the embedder upgraded itself and adopted into the engine with an [`Admission`] from
+    /// [`admit`] (see [`GatewayServer::adopt`](super::embed::GatewayServer::adopt)): the same state as after
+    /// `on_upgrade`. Anything else is closed (1008).
+    fn on_adopt(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, context: Box<dyn std::any::Any + Send>) {
+        match context.downcast::<Admission>() {
+            Ok(admission) => {
+                if let Some(c) = ctx.state(conn) {
+                    c.gw = Some(admission.gw);
+                    c.preauth = admission.preauth;
+                }
+            }
+            Err(_) => ctx.close(conn, 1008, "adopted without a gateway admission"),
+        }
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {

@@ -2,6 +2,8 @@
 //! on an engine of its own, on a port of its own, beside a program's own routes (its axum or hyper app on
 //! another port), built from a config struct rather than a file, with the program's own [`Authorizer`]
 //! deciding who connects and subscribes, and the server API callable in process ([`GatewayServer::api`]).
+//! The program may also serve the endpoint on its own port and routes: it checks the upgrade with
+//! [`GatewayServer::admit`], answers the 101 itself and hands the socket over with [`GatewayServer::adopt`].
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -27,10 +29,14 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tether::{Engine, EngineHandle};
+use tether::proto::Role;
+use tether::{Adoption, Engine, EngineHandle, HttpError, UpgradeRequest};
+
+use super::admission::{admit, Admission};
 
 use super::authorizer::Authorizer;
 use super::client::GatewayHandler;
@@ -95,6 +101,27 @@ impl GatewayServer {
         let notifier = self.engine.notifier();
         let notify = |shard: usize, notice: Notice| notifier.notify(shard, notice);
         super::api::call(gw, &self.engine.handle(), &notify, method, body.as_bytes()).map_err(|e| (e.0 .0, e.1))
+    }
+
+    /// Checks an upgrade the program received on its own HTTP server (its own port and routes) as the
+    /// gateway's endpoint would: Origin, encoding, connection rate, the [`Authorizer`]. On `Ok`, answer the
+    /// 101 with [`Admission::subprotocol`] and hand the upgraded socket to [`GatewayServer::adopt`]; on `Err`,
+    /// answer with that HTTP status and message. Never blocks.
+    pub fn admit(&self, request: &UpgradeRequest) -> Result<Admission, HttpError> {
+        let tenants = self.table.snapshot();
+        let Some(gw) = tenants.default.as_ref() else {
+            return Err(HttpError::new(503, "Service Unavailable", "no gateway"));
+        };
+        admit(gw, Instant::now(), request)
+    }
+
+    /// Hands a socket the program upgraded itself (after [`GatewayServer::admit`]) to the gateway's engine:
+    /// from then on it is a gateway client like one that connected to the gateway's own port (the gateway's
+    /// connection profile, its protocol pings, limits and close codes). `leftover`: the bytes the program's
+    /// HTTP server read past the request. See [`EngineHandle::adopt`].
+    pub fn adopt(&self, socket: impl Into<OwnedFd>, leftover: Vec<u8>, admission: Admission) -> Adoption {
+        let profile = admission.gw.profile;
+        self.engine.handle().adopt_with_profile(socket, Role::Server, leftover, profile, admission)
     }
 
     /// Stop accepting, close every client (they reconnect elsewhere) and let the shards exit within `drain`.

@@ -17,6 +17,7 @@
 //! | `admin` | `POST /admin/reload` |
 //! | `metrics` | the gateway's counters for `/metrics` |
 //! | `tenants` | many gateways on one node: routes `/t/NAME/...`, the table shards read, reload |
+//! | `admission` | whether an upgrade may open (origin, encoding, connection rate, the embedder's say) |
 //! | `authorizer` | the embedder's connect and subscribe decisions (in-process connect/subscribe proxy) |
 //! | `embed` | [`embed::GatewayServer`]: the gateway as a library, on a port of its own |
 //!
@@ -24,6 +25,7 @@
 //! append, the push encoded once) -> the engine's topic on every shard -> every subscriber's send queue.
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod authorizer;
