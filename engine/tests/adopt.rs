@@ -158,7 +158,7 @@ fn an_adopted_socket_gets_the_profile_it_was_adopted_with() {
     let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (ours, _) = listener.accept().unwrap();
     let (plain_ours, plain_peer) = {
-        let mut p = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let p = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         p.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
         (listener.accept().unwrap().0, p)
     };
