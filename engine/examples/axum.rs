@@ -58,7 +58,7 @@ async fn ws(State(app): State<AppState>, req: Request) -> Response {
 
 /// The adopted path: answer the upgrade, then hand the socket to the engine once hyper lets go of it.
 fn adopt(engine: EngineHandle, user: String, mut req: Request) -> Response {
-    let accept = match common::upgrade_accept(req.method(), req.headers()) {
+    let accept = match common::upgrade_accept(&req) {
         Ok(accept) => accept,
         Err((status, why)) => return (status, why).into_response(),
     };

@@ -18,8 +18,8 @@ use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use tether::EngineHandle;
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
@@ -32,7 +32,7 @@ async fn route(engine: EngineHandle, mut req: Request<Incoming>) -> Result<Respo
             let Some(user) = common::session_user(req.headers()) else {
                 return Ok(text(StatusCode::UNAUTHORIZED, "log in first (cookie session=demo)\n"));
             };
-            match common::upgrade_accept(req.method(), req.headers()) {
+            match common::upgrade_accept(&req) {
                 Err((status, why)) => text(status, why),
                 Ok(accept) => {
                     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -195,7 +195,18 @@ pub(crate) fn prepare(socket: &OwnedFd, cfg: &AdoptSockopts) -> std::io::Result<
     let s = socket2::SockRef::from(socket);
     s.set_nonblocking(false)?;
     s.set_nodelay(true)?;
-    match cfg.keepalive {
+    set_tcp_timeouts(&s, cfg.keepalive, cfg.user_timeout)?;
+    Ok(s.peer_addr()?.as_socket())
+}
+
+/// TCP keepalive (on with its timing, or off) and TCP_USER_TIMEOUT (when set): what listeners pass on to
+/// accepted sockets and adopted sockets get directly.
+pub(crate) fn set_tcp_timeouts(
+    s: &socket2::Socket,
+    keepalive: Option<crate::config::TcpKeepalive>,
+    user_timeout: Option<std::time::Duration>,
+) -> std::io::Result<()> {
+    match keepalive {
         Some(ka) => {
             s.set_keepalive(true)?;
             let params =
@@ -204,10 +215,10 @@ pub(crate) fn prepare(socket: &OwnedFd, cfg: &AdoptSockopts) -> std::io::Result<
         }
         None => s.set_keepalive(false)?,
     }
-    if let Some(t) = cfg.user_timeout {
+    if let Some(t) = user_timeout {
         s.set_tcp_user_timeout(Some(t))?;
     }
-    Ok(s.peer_addr()?.as_socket())
+    Ok(())
 }
 
 /// The socket options every adopted socket gets (from the engine's config).

@@ -17,12 +17,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use tether::proto::handshake::upgrade_from_parts;
 use tether::{HttpError, UpgradeRequest};
 use tetherd::gateway::admission::Admission;
 use tetherd::gateway::authorizer::{Authorizer, ConnectDecision, Credentials, SubscribeDecision};
@@ -69,58 +70,18 @@ async fn publish(
     }
 }
 
-/// The request as the gateway's checks see it (the engine builds the same from requests it parses itself).
-fn upgrade_request(req: &Request) -> UpgradeRequest {
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
-    let list = |name: header::HeaderName| -> Vec<String> {
-        let values = req.headers().get_all(name).into_iter().filter_map(|v| v.to_str().ok());
-        values.flat_map(|v| v.split(',')).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
-    };
-    let text = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
-    UpgradeRequest {
-        path: req.uri().path().to_string(),
-        query: req.uri().query().map(String::from),
-        host: text(header::HOST).unwrap_or_default(),
-        origin: text(header::ORIGIN),
-        protocols: list(header::SEC_WEBSOCKET_PROTOCOL),
-        extensions: list(header::SEC_WEBSOCKET_EXTENSIONS),
-        key: text(header::SEC_WEBSOCKET_KEY).unwrap_or_default(),
-        headers,
-        // The app's own server could put the peer in the request's extensions; this one does not.
-        peer: None,
-    }
-}
-
-/// Sec-WebSocket-Accept for a well-formed upgrade request, `None` otherwise.
-fn accept_key(headers: &HeaderMap) -> Option<String> {
-    let has = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
-    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
-    (has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade") && version_ok && key.len() == 24)
-        .then(|| tether::proto::handshake::accept_key(key.as_bytes()))
-}
-
 /// The gateway's endpoint on the app's own port: the gateway admits the upgrade, the app answers the 101,
 /// the gateway adopts the socket.
 async fn connection(State(gateway): State<Arc<GatewayServer>>, mut req: Request) -> Response {
-    let Some(accept) = accept_key(req.headers()) else {
-        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n").into_response();
-    };
-    let admission: Admission = match gateway.admit(&upgrade_request(&req)) {
-        Ok(a) => a,
+    // The upgrade checked as the engine checks its own (400 / 426), then as the gateway's endpoint would.
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_string();
+    let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    let checked = upgrade_from_parts(req.method().as_str(), &target, headers)
+        .and_then(|(request, accept)| gateway.admit(&request).map(|admission| (admission, accept)));
+    let (admission, accept): (Admission, String) = match checked {
+        Ok(ok) => ok,
         Err(e) => {
-            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::FORBIDDEN);
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
             return (status, format!("{}\n", e.message)).into_response();
         }
     };

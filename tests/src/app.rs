@@ -1,14 +1,13 @@
 //! The embedding examples (`engine/examples/axum.rs`, `hyper.rs`) run as the apps they are: an HTTP server
 //! of the app's own that hands its WebSockets to the engine.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{die_with_parent, workspace_root, LogBuffer};
+use crate::{die_with_parent, first_stdout_line, workspace_root, LogBuffer};
 
 /// An example binary: `$TETHER_EXAMPLES_DIR/NAME`, else `target/{release,debug}/examples/NAME`.
 pub fn example_bin(name: &str) -> PathBuf {
@@ -65,21 +64,11 @@ impl App {
         }
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
         let log = LogBuffer::capture(child.stderr.take().unwrap());
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
+        let line = first_stdout_line(&mut child, Duration::from_secs(30)).unwrap_or_else(|got| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} printed no address line (got {got}); stderr:\n{}", bin.display(), log.tail(30));
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{} printed no address line (got {other:?}); stderr:\n{}", bin.display(), log.tail(30));
-            }
-        };
         let addr = line
             .split_once("http://")
             .and_then(|(_, rest)| rest.split_whitespace().next())

@@ -85,6 +85,22 @@ pub fn swarm_bin() -> PathBuf {
     dir.join("ws-swarm")
 }
 
+/// The first line a child writes to its (piped) stdout, within `timeout`; the rest is drained by a thread
+/// so the child never blocks on a full pipe. `Err` says what came instead.
+pub fn first_stdout_line(child: &mut Child, timeout: Duration) -> Result<String, String> {
+    let stdout = child.stdout.take().ok_or("stdout is not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Some(Ok(line))) => Ok(line),
+        other => Err(format!("{other:?}")),
+    }
+}
+
 /// Asks the kernel to SIGKILL the child when the thread that spawned it dies, so that a test killed
 /// from outside (or a harness that aborts) never leaves a server or a swarm behind.
 ///
@@ -210,24 +226,12 @@ impl Server {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"));
         let log = LogBuffer::capture(child.stderr.take().unwrap());
 
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            // Keep draining so the server can never block on a full stdout pipe.
-            for _ in lines {}
+        let line = first_stdout_line(&mut child, Duration::from_secs(30)).unwrap_or_else(|got| {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+            panic!("{what} did not print its listening line (got {got}); stderr:\n{}", log.tail(50));
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(200));
-                panic!("{what} did not print its listening line (got {other:?}); stderr:\n{}", log.tail(50));
-            }
-        };
         let addr: SocketAddr =
             line.trim().strip_prefix("tetherd listening on ").and_then(|a| a.trim().parse().ok()).unwrap_or_else(
                 || {

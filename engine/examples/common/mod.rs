@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap};
 use hyper::upgrade::OnUpgrade;
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
@@ -82,29 +82,14 @@ pub fn session_user(headers: &HeaderMap) -> Option<String> {
     cookies.flat_map(|c| c.split(';')).map(str::trim).any(|c| c == "session=demo").then(|| "demo".to_string())
 }
 
-/// Check a WebSocket upgrade request (RFC 6455 section 4.2.1) and return the Sec-WebSocket-Accept value, or
-/// the status and text to refuse it with.
-pub fn upgrade_accept(method: &hyper::Method, headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if method != hyper::Method::GET {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade is a GET\n"));
-    }
-    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return Err((StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade\n"));
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13\n"));
-    }
-    match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) if key.len() == 24 => Ok(tether::proto::handshake::accept_key(key.as_bytes())),
-        _ => Err((StatusCode::BAD_REQUEST, "missing or malformed Sec-WebSocket-Key\n")),
+/// Check a WebSocket upgrade request as the engine checks the ones it parses (RFC 6455 section 4.2.1) and
+/// return the Sec-WebSocket-Accept value, or the status and text to refuse it with.
+pub fn upgrade_accept<B>(req: &hyper::Request<B>) -> Result<String, (StatusCode, String)> {
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    match tether::proto::handshake::upgrade_from_parts(req.method().as_str(), target, headers) {
+        Ok((_request, accept)) => Ok(accept),
+        Err(e) => Err((StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), e.message + "\n")),
     }
 }
 

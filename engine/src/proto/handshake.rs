@@ -236,6 +236,41 @@ pub fn parse_request(buf: &[u8], max_size: usize, max_body: usize) -> RequestPar
     }
 }
 
+/// For a program that answers WebSocket upgrades with its own HTTP server and then adopts the socket
+/// ([`EngineHandle::adopt`](crate::EngineHandle::adopt)): validates the request exactly as the engine
+/// validates the ones it parses itself (RFC 6455 section 4.2.1: GET, Host, `Upgrade: websocket`,
+/// `Connection: upgrade`, `Sec-WebSocket-Version: 13` (426 otherwise), a 16-byte base64 key; 400 for the
+/// rest) and returns it as an [`UpgradeRequest`] (for the program's own checks, or a gateway's admission)
+/// together with the `Sec-WebSocket-Accept` value its 101 answer must carry. `target` is the request target
+/// (path and query); `peer` is left `None` for the caller to fill.
+///
+/// ```
+/// use tether::proto::handshake::upgrade_from_parts;
+/// let headers = [
+///     ("Host", &b"example.com"[..]),
+///     ("Upgrade", b"websocket"),
+///     ("Connection", b"keep-alive, Upgrade"),
+///     ("Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+///     ("Sec-WebSocket-Version", b"13"),
+/// ];
+/// let (request, accept) = upgrade_from_parts("GET", "/ws?room=1", headers).unwrap();
+/// assert_eq!((request.path.as_str(), request.query.as_deref()), ("/ws", Some("room=1")));
+/// assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+/// let refused = upgrade_from_parts("GET", "/ws", [("Host", &b"example.com"[..])]).unwrap_err();
+/// assert_eq!(refused.status, 400);
+/// ```
+pub fn upgrade_from_parts<'a>(
+    method: &str,
+    target: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<(UpgradeRequest, String), HttpError> {
+    let headers: Vec<httparse::Header<'a>> =
+        headers.into_iter().map(|(name, value)| httparse::Header { name, value }).collect();
+    let request = validate_upgrade(method, 1, target, &headers)?;
+    let accept = accept_key(request.key.as_bytes());
+    Ok((request, accept))
+}
+
 fn validate_upgrade(
     method: &str,
     version: u8,

@@ -52,19 +52,7 @@ pub(super) fn bind_listeners(cfg: &Config, addr: SocketAddr, shards: usize) -> i
 }
 
 fn apply_keepalive(s: &socket2::Socket, cfg: &Config) -> io::Result<()> {
-    match cfg.tcp_keepalive {
-        Some(ka) => {
-            s.set_keepalive(true)?;
-            let params =
-                socket2::TcpKeepalive::new().with_time(ka.idle).with_interval(ka.interval).with_retries(ka.count);
-            s.set_tcp_keepalive(&params)?;
-        }
-        None => s.set_keepalive(false)?,
-    }
-    if let Some(t) = cfg.tcp_user_timeout {
-        s.set_tcp_user_timeout(Some(t))?;
-    }
-    Ok(())
+    crate::adopt::set_tcp_timeouts(s, cfg.tcp_keepalive, cfg.tcp_user_timeout)
 }
 
 /// How long a connection refused by the per-IP limits may take to send its request before it is answered

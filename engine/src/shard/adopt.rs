@@ -20,18 +20,8 @@ impl Core {
             return;
         }
         let fd = job.socket.as_raw_fd();
-        let index = match self.pending_adopts.iter().position(Option::is_none) {
-            Some(i) => {
-                self.pending_adopts[i] = Some(job);
-                i
-            }
-            None => {
-                self.pending_adopts.push(Some(job));
-                self.pending_adopts.len() - 1
-            }
-        } as u32;
-        let r = (0..self.rings.len()).min_by_key(|r| self.ring_open[*r] + self.ring_sockets[*r]).unwrap_or(0);
-        self.ring_sockets[r] += 1;
+        let index = super::park(&mut self.pending_adopts, job);
+        let r = self.claim_emptiest_ring();
         self.rings[r].install_fd(fd, index);
     }
 }

@@ -41,16 +41,7 @@ impl Core {
             return;
         }
         let later = request.not_before.filter(|t| *t > self.now);
-        let index = match self.pending_connects.iter().position(Option::is_none) {
-            Some(i) => {
-                self.pending_connects[i] = Some(request);
-                i
-            }
-            None => {
-                self.pending_connects.push(Some(request));
-                self.pending_connects.len() - 1
-            }
-        } as u32;
+        let index = super::park(&mut self.pending_connects, request);
         match later {
             Some(at) => {
                 let tick = self.tick_at(at);
@@ -66,13 +57,20 @@ impl Core {
         }
     }
 
+    /// The ring with the most free slots, counting the sockets on their way into each (socket ops and
+    /// adopted sockets' installs in flight); counts one more on its way in.
+    pub(super) fn claim_emptiest_ring(&mut self) -> usize {
+        let r = (0..self.rings.len()).min_by_key(|r| self.ring_open[*r] + self.ring_sockets[*r]).unwrap_or(0);
+        self.ring_sockets[r] += 1;
+        r
+    }
+
     /// Open the socket on the ring with the most free slots (its table may be full: the socket op then
     /// fails with ENFILE and the connect reports NoCapacity).
     fn issue_socket(&mut self, index: u32) {
         let Some(Some(request)) = self.pending_connects.get(index as usize) else { return };
         let ipv6 = request.addr.is_ipv6();
-        let r = (0..self.rings.len()).min_by_key(|r| self.ring_open[*r] + self.ring_sockets[*r]).unwrap_or(0);
-        self.ring_sockets[r] += 1;
+        let r = self.claim_emptiest_ring();
         self.rings[r].socket(ipv6, index);
     }
 }

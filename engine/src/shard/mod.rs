@@ -171,6 +171,21 @@ pub(crate) struct Shard<H: Handler> {
     waker: Waker,
 }
 
+/// Puts `item` in the first free entry of `table` (or a new one at the end) and returns its index: the tag
+/// of a pending operation (a connect waiting for its socket, an adopted socket waiting for its install).
+fn park<T>(table: &mut Vec<Option<T>>, item: T) -> u32 {
+    match table.iter().position(Option::is_none) {
+        Some(i) => {
+            table[i] = Some(item);
+            i as u32
+        }
+        None => {
+            table.push(Some(item));
+            (table.len() - 1) as u32
+        }
+    }
+}
+
 /// Runs a handler callback with a `Ctx` over the shard's core.
 macro_rules! with_ctx {
     ($shard:expr, |$h:ident, $ctx:ident| $body:expr) => {{
