@@ -67,6 +67,11 @@ def test_a_subscriber_that_stops_reading_is_closed_3008_and_the_others_get_every
 
         reader = asyncio.create_task(read_fast())
         for i in range(publications):
+            # Pace the publisher to the reading subscriber (at most 3 publications, ~180 KB, ahead of it,
+            # inside its 256 KiB queue), so that on a loaded machine a Python reader that falls behind is not
+            # itself the slow consumer; the one that reads nothing still gets all 18 MB queued.
+            while got < i - 3 and not reader.done():
+                await asyncio.sleep(0.001)
             await asyncio.to_thread(api.publish, PublishRequest(channel="feed:1", data={"i": i, "p": payload}))
         await reader
         assert got == publications, f"the reading subscriber got {got} of {publications}"
