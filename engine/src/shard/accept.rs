@@ -321,24 +321,14 @@ impl<H: Handler> Shard<H> {
                         return;
                     }
                 }
-                // A ProfileId this engine never registered falls back to the default profile, as Config::profile.
-                let profile = Some(accept.profile.index()).filter(|p| *p < core.profiles.len()).unwrap_or(0);
+                let profile = core.profile_or_default(accept.profile.index());
                 let headers: Vec<String> =
                     accept.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
                 let key = handshake::accept_key(request.key.as_bytes());
                 let resp = handshake::upgrade_response(&key, accept.subprotocol.as_deref(), &headers);
-                let seed = core.next_random();
                 core.lend_out(slot);
-                let now = core.now;
-                let s = &mut core.slots[slot as usize];
-                s.out.bytes_mut().extend_from_slice(&resp);
-                s.profile = profile as u8;
-                let writer = core.new_writer(profile as u8, Role::Server, now, seed);
-                let s = &mut core.slots[slot as usize];
-                s.writer = Some(writer);
-                s.phase = Phase::Open;
-                s.set(flag::WAS_OPEN);
-                bump(&core.metrics.websocket_open);
+                core.slots[slot as usize].out.bytes_mut().extend_from_slice(&resp);
+                core.open_slot(slot, profile, Role::Server);
                 self.opened(slot, consumed);
             }
         }

@@ -43,8 +43,7 @@ impl<H: Handler> Shard<H> {
             return;
         };
         let AdoptJob { socket, role, leftover, peer, profile, context, reply } = *job;
-        // An id this engine never registered falls back to the default profile (as for accepted sockets).
-        let profile = if profile < core.profiles.len() { profile as u8 } else { 0 };
+        let profile = core.profile_or_default(profile);
         // The table holds its own reference to the socket now: the process descriptor goes.
         drop(socket);
         core.take_slot(slot, role == Role::Client);
@@ -52,17 +51,9 @@ impl<H: Handler> Shard<H> {
             core.ring(slot).set_peer(slot, peer);
             core.slots[slot as usize].set(flag::PEER_KNOWN);
         }
-        let seed = core.next_random();
-        let now = core.now;
-        let writer = core.new_writer(profile, role, now, seed);
-        let s = &mut core.slots[slot as usize];
-        s.profile = profile;
-        s.writer = Some(writer);
-        s.phase = Phase::Open;
-        s.set(flag::WAS_OPEN);
-        *s.reader.handshake_buf() = leftover;
+        core.open_slot(slot, profile, role);
+        *core.slots[slot as usize].reader.handshake_buf() = leftover;
         bump(&core.metrics.adopted);
-        bump(&core.metrics.websocket_open);
         core.arm_recv(slot);
         let id = core.id(slot);
         with_ctx!(self, |h, ctx| h.on_adopt(&mut ctx, id, context));

@@ -180,15 +180,8 @@ impl<H: Handler> Shard<H> {
             }
             ResponseParse::Invalid(why) => self.fail_connect(slot, ConnectError::Invalid(why)),
             ResponseParse::Accepted { consumed } => {
-                let seed = core.next_random();
-                let now = core.now;
-                let writer = core.new_writer(core.slots[slot as usize].profile, Role::Client, now, seed);
-                let s = &mut core.slots[slot as usize];
-                s.writer = Some(writer);
-                s.phase = Phase::Open;
-                s.set(flag::WAS_OPEN);
-                let tag = s.client.take().map_or(0, |c| c.request.tag);
-                bump(&core.metrics.websocket_open);
+                core.open_slot(slot, core.slots[slot as usize].profile, Role::Client);
+                let tag = core.slots[slot as usize].client.take().map_or(0, |c| c.request.tag);
                 bump(&core.metrics.connected);
                 let id = core.id(slot);
                 with_ctx!(self, |h, ctx| h.on_connected(&mut ctx, id, tag));

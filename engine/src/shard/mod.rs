@@ -397,17 +397,35 @@ impl Core {
         Ok((core, bufs))
     }
 
-    /// The protocol writer of a connection that just opened. Its first ping comes at a random point of the
-    /// first interval (`ping_jitter`): connections that open together (a ramp, a mass reconnect) do not ping
-    /// together for the rest of their lives.
-    fn new_writer(&self, profile: u8, role: Role, now: Instant, seed: u64) -> Writer {
+    /// The slot's WebSocket is open (server: the 101 is queued; client: the 101 was checked; or adopted):
+    /// its profile, its protocol writer in `role`, phase `Open`, counted. The first ping comes at a random
+    /// point of the first interval (`ping_jitter`): connections that open together (a ramp, a mass
+    /// reconnect) do not ping together for the rest of their lives.
+    fn open_slot(&mut self, slot: u32, profile: u8, role: Role) {
+        let seed = self.next_random();
+        let now = self.now;
         let mut writer = Writer::new(role, now, seed);
         let cfg = &self.profiles[profile as usize].proto;
         if let Some(interval) = cfg.ping_interval.filter(|_| self.cfg.ping_jitter) {
             let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
             writer.schedule_first_ping(now + interval.mul_f64(fraction), cfg);
         }
-        writer
+        let s = &mut self.slots[slot as usize];
+        s.profile = profile;
+        s.writer = Some(writer);
+        s.phase = Phase::Open;
+        s.set(slot::flag::WAS_OPEN);
+        crate::metrics::bump(&self.metrics.websocket_open);
+    }
+
+    /// The profile index for `ProfileId` index `index`: one this engine never registered means the default
+    /// profile (as `Config::profile` reads it).
+    fn profile_or_default(&self, index: usize) -> u8 {
+        if index < self.profiles.len() {
+            index as u8
+        } else {
+            0
+        }
     }
 
     /// The ring that holds `slot`.

@@ -97,12 +97,8 @@ impl Core {
         if s.has(flag::WANT_WRITABLE) {
             return true;
         }
-        let ready = s.queued() <= self.writable_level(slot);
-        let s = &mut self.slots[slot as usize];
-        s.set(flag::WANT_WRITABLE);
-        if ready {
-            self.writable.push((slot, s.generation));
-        }
+        self.slots[slot as usize].set(flag::WANT_WRITABLE);
+        self.check_writable(slot);
         true
     }
 

@@ -95,6 +95,15 @@ impl GatewayHandler {
         }
     }
 
+    /// The connection belongs to the admission's gateway from now on (after `on_upgrade`, or `on_adopt` for
+    /// a socket the embedder upgraded).
+    fn admitted(ctx: &mut Ctx<'_, Self>, conn: ConnId, admission: Admission) {
+        if let Some(c) = ctx.state(conn) {
+            c.gw = Some(admission.gw);
+            c.preauth = admission.preauth;
+        }
+    }
+
     fn send(ctx: &mut Ctx<'_, Self>, conn: ConnId, text: &str) {
         let _ = ctx.send(conn, Message::Text(text));
     }
@@ -833,10 +842,7 @@ impl Handler for GatewayHandler {
         if let Some(p) = admission.subprotocol {
             accept = accept.subprotocol(p);
         }
-        if let Some(c) = ctx.state(conn) {
-            c.gw = Some(admission.gw);
-            c.preauth = admission.preauth;
-        }
+        H::admitted(ctx, conn, admission);
         Upgrade::Accept(accept)
     }
 
@@ -845,12 +851,7 @@ impl Handler for GatewayHandler {
     /// `on_upgrade`. Anything else is closed (1008).
     fn on_adopt(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, context: Box<dyn std::any::Any + Send>) {
         match context.downcast::<Admission>() {
-            Ok(admission) => {
-                if let Some(c) = ctx.state(conn) {
-                    c.gw = Some(admission.gw);
-                    c.preauth = admission.preauth;
-                }
-            }
+            Ok(admission) => H::admitted(ctx, conn, *admission),
             Err(_) => ctx.close(conn, 1008, "adopted without a gateway admission"),
         }
     }
