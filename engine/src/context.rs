@@ -39,6 +39,10 @@ pub(crate) trait ShardOps {
     fn send_queue_room(&self, conn: ConnId) -> Option<usize>;
     /// See [`Ctx::notify_writable`].
     fn notify_writable(&mut self, conn: ConnId) -> bool;
+    /// See [`Ctx::defer_http`].
+    fn defer_http(&mut self, conn: ConnId) -> bool;
+    /// See [`Ctx::answer_http`].
+    fn answer_http(&mut self, conn: ConnId, response: &crate::handler::HttpResponse) -> bool;
 }
 
 /// The handler's view of its shard during a callback: send, close, subscribe, set timers and reach the
@@ -155,6 +159,21 @@ impl<'a, H: Handler> Ctx<'a, H> {
     /// The peer's address, when the kernel told it.
     pub fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
         self.ops.peer(conn)
+    }
+
+    /// Inside [`Handler::on_http`]: the answer to `request` comes later, from any thread through
+    /// [`EngineHandle::answer_http`](crate::EngineHandle::answer_http) (or [`Ctx::answer_http`] on this
+    /// shard) with `request.conn`; what `on_http` returns is then ignored. Until the answer comes the
+    /// connection's further input is ignored; if it has not come by the handshake deadline the engine answers
+    /// 504 itself. False (and nothing deferred) outside `on_http`.
+    pub fn defer_http(&mut self, request: &crate::HttpRequest) -> bool {
+        request.conn.is_some_and(|conn| self.ops.defer_http(conn))
+    }
+
+    /// Answers a deferred HTTP request of this shard (see [`Ctx::defer_http`]); false if its connection is
+    /// gone or was not waiting.
+    pub fn answer_http(&mut self, conn: ConnId, response: &crate::handler::HttpResponse) -> bool {
+        self.ops.answer_http(conn, response)
     }
 
     /// Send `notice` to `shard`'s handler ([`Handler::on_notice`]).

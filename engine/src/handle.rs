@@ -119,6 +119,22 @@ impl EngineHandle {
         self.deliver(conn.shard(), Command::Unsubscribe { conn, topic: topic.into() })
     }
 
+    /// Answer a plain HTTP request that the handler deferred with [`Ctx::defer_http`](crate::Ctx::defer_http):
+    /// the response is written and the connection closed. `Err(NotOpen)` when that request's connection is
+    /// gone (the client left, or the handshake deadline answered 504 first).
+    pub fn answer_http(&self, conn: ConnId, response: crate::handler::HttpResponse) -> Result<(), SendError> {
+        self.deliver(conn.shard(), Command::HttpAnswer { conn, response: Box::new(response) })
+    }
+
+    /// Hand `notice` to `shard`'s handler ([`Handler::on_notice`](crate::Handler::on_notice)) in order with
+    /// the commands this thread queued to that shard (sends, subscribes, publications): a notice queued
+    /// before a publication is handled before the publication is delivered. (Notices sent through a
+    /// [`Notifier`] travel in a queue of their own and may overtake commands.) `notice` must be the
+    /// handler's `Notice` type; one of another type is dropped with an error log.
+    pub fn notify_in_order<N: Send + 'static>(&self, shard: usize, notice: N) -> Result<(), SendError> {
+        self.deliver(shard, Command::Notice(Box::new(notice)))
+    }
+
     /// Publish to every subscriber of `topic` on every shard: encoded once, the same bytes queued to each.
     /// `Err` if some shard's inbox was full (its subscribers miss this publication).
     pub fn publish(&self, topic: &str, kind: MessageKind, data: &[u8]) -> Result<(), SendError> {

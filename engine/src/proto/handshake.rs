@@ -68,6 +68,12 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
     /// The peer's address (filled in by the engine).
     pub peer: Option<SocketAddr>,
+    /// The connection the request came on (filled in by the engine): what [`Ctx::defer_http`] and
+    /// [`EngineHandle::answer_http`] take.
+    ///
+    /// [`Ctx::defer_http`]: crate::Ctx::defer_http
+    /// [`EngineHandle::answer_http`]: crate::EngineHandle::answer_http
+    pub conn: Option<crate::ids::ConnId>,
 }
 
 impl HttpRequest {
@@ -227,6 +233,7 @@ pub fn parse_request(buf: &[u8], max_size: usize, max_body: usize) -> RequestPar
             headers: owned_headers(headers),
             body: buf[consumed..consumed + length].to_vec(),
             peer: None,
+            conn: None,
         };
         return RequestParse::Http { request, consumed: consumed + length };
     }
@@ -632,7 +639,8 @@ mod tests {
                     query: None,
                     headers: vec![("Host".into(), "x".into())],
                     body: Vec::new(),
-                    peer: None
+                    peer: None,
+                    conn: None
                 },
                 consumed: buf.len()
             }

@@ -176,6 +176,34 @@ impl Core {
         self.teardown(slot, info, true);
     }
 
+    /// Writes `resp` as the answer to the slot's plain HTTP request and closes the connection.
+    pub(super) fn answer_http(&mut self, slot: u32, resp: &crate::handler::HttpResponse) {
+        let headers: Vec<String> = resp.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let bytes = handshake::http_response(resp.status, resp.reason, resp.content_type, &headers, &resp.body);
+        self.http_answer(slot, bytes, resp.status);
+    }
+
+    /// The deferred answer to the slot's request came (ignored if the slot is not waiting for one).
+    pub(super) fn answer_deferred(&mut self, slot: u32, resp: &crate::handler::HttpResponse) {
+        let s = &mut self.slots[slot as usize];
+        if s.phase != Phase::Handshake || !s.has(flag::HTTP_DEFERRED) {
+            return;
+        }
+        s.clear(flag::HTTP_DEFERRED);
+        self.answer_http(slot, resp);
+    }
+
+    /// The handler defers the answer to the slot's plain HTTP request (only during `on_http`).
+    pub(super) fn defer_http(&mut self, slot: u32) -> bool {
+        let s = &mut self.slots[slot as usize];
+        if s.phase != Phase::Handshake || s.has(flag::CLIENT) {
+            return false;
+        }
+        s.set(flag::HTTP_DEFERRED);
+        true
+    }
+
     fn reject(&mut self, slot: u32, err: &HttpError) {
         let resp = handshake::reject_response(err);
         self.http_answer(slot, resp, err.status);
@@ -278,12 +306,12 @@ impl<H: Handler> Shard<H> {
             }
             RequestParse::Http { mut request, .. } => {
                 request.peer = peer;
+                request.conn = Some(id);
                 let resp = with_ctx!(self, |h, ctx| h.on_http(&mut ctx, &request));
-                let headers: Vec<String> =
-                    resp.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
-                let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-                let bytes = handshake::http_response(resp.status, resp.reason, resp.content_type, &headers, &resp.body);
-                self.core.http_answer(slot, bytes, resp.status);
+                if self.core.slots[slot as usize].has(flag::HTTP_DEFERRED) {
+                    return; // answered later through EngineHandle::answer_http
+                }
+                self.core.answer_http(slot, &resp);
             }
             RequestParse::Upgrade { mut request, consumed } => {
                 if core.slots[slot as usize].has(flag::OVER_CAPACITY) {

@@ -30,7 +30,13 @@ impl<H: Handler> Shard<H> {
     pub(super) fn drain_inbox(&mut self) {
         for _ in 0..self.inbox.len() {
             let Some(cmd) = self.inbox.try_recv() else { break };
-            self.core.command(cmd);
+            match cmd {
+                Command::Notice(any) => match any.downcast::<H::Notice>() {
+                    Ok(notice) => with_ctx!(self, |h, ctx| h.on_notice(&mut ctx, *notice)),
+                    Err(_) => tracing::error!("notify_in_order: a notice of another type than the handler's; dropped"),
+                },
+                cmd => self.core.command(cmd),
+            }
         }
         for _ in 0..self.notices.len() {
             let Some(notice) = self.notices.try_recv() else { break };
@@ -86,6 +92,12 @@ impl Core {
             }
             Command::Connect(request) => self.connect(request),
             Command::Adopt(job) => self.adopt(job),
+            Command::HttpAnswer { conn, response } => {
+                if let Some(slot) = self.resolve(conn) {
+                    self.answer_deferred(slot, &response);
+                }
+            }
+            Command::Notice(_) => unreachable!("notices are taken in drain_inbox"),
         }
     }
 

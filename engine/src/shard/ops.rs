@@ -119,6 +119,20 @@ impl ShardOps for Core {
         self.want_writable(slot)
     }
 
+    fn defer_http(&mut self, conn: ConnId) -> bool {
+        let Some(slot) = self.resolve(conn) else { return false };
+        Core::defer_http(self, slot)
+    }
+
+    fn answer_http(&mut self, conn: ConnId, response: &crate::handler::HttpResponse) -> bool {
+        let Some(slot) = self.resolve(conn) else { return false };
+        if !self.slots[slot as usize].has(super::slot::flag::HTTP_DEFERRED) {
+            return false;
+        }
+        self.answer_deferred(slot, response);
+        true
+    }
+
     fn peer(&self, conn: ConnId) -> Option<SocketAddr> {
         let slot = self.resolve(conn)?;
         if self.slots[slot as usize].has(flag::PEERNAME_PENDING) {

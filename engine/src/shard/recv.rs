@@ -80,7 +80,7 @@ impl<H: Handler> Shard<H> {
                 s.reader.handshake_buf().extend_from_slice(data);
                 if s.has(flag::CLIENT) {
                     self.client_handshake(slot);
-                } else if !s.has(flag::REQUEST_WAITING) {
+                } else if !s.has(flag::REQUEST_WAITING | flag::HTTP_DEFERRED) {
                     self.server_handshake(slot);
                 }
             }

@@ -45,6 +45,9 @@ pub(crate) mod flag {
     pub const PEER_KNOWN: u16 = 1 << 12;
     /// A complete request arrived before the peer address: handled when SO_PEERNAME completes.
     pub const REQUEST_WAITING: u16 = 1 << 13;
+    /// A plain HTTP request whose answer the handler deferred (`Ctx::defer_http`): input is ignored until
+    /// the answer comes (`EngineHandle::answer_http`) or the handshake deadline answers 504.
+    pub const HTTP_DEFERRED: u16 = 1 << 14;
     /// Operations whose completions must all arrive before the descriptor is closed.
     pub const BUSY: u16 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
 }

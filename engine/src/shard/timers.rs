@@ -75,10 +75,22 @@ impl Core {
     /// A handshake that did not complete in time: 408 and close (a connection the per-IP limits refused gets
     /// its 503 or 429 instead, at its shorter deadline).
     fn handshake_timeout(&mut self, slot: u32) {
+        let id = self.id(slot);
+        if self.slots[slot as usize].has(flag::HTTP_DEFERRED) {
+            info!("deferred HTTP answer not given in time conn={id}");
+            self.slots[slot as usize].clear(flag::HTTP_DEFERRED);
+            let resp = crate::handler::HttpResponse::new(
+                504,
+                "Gateway Timeout",
+                "text/plain; charset=utf-8",
+                "the answer did not come in time\n",
+            );
+            self.answer_http(slot, &resp);
+            return;
+        }
         if self.refuse_per_ip(slot) {
             return;
         }
-        let id = self.id(slot);
         info!("handshake timeout conn={id}");
         bump(&self.metrics.handshake_timeouts);
         let err = HttpError {
