@@ -10,9 +10,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tether::{EngineHandle, HttpRequest, HttpResponse, SendError};
 
-use super::broker::{parse_client, ClientId, Publish};
-use super::client::{history_json, presence_json, presence_stats_json};
+use super::broker::{parse_client, ClientId, Position, Publish};
+use super::client::{
+    history_body, history_job, history_json, history_opts, presence_json, presence_stats_json, redis_presence_body,
+};
 use super::protocol::{push_str, Disconnect, ErrorCode, Obj};
+use super::redis_engine::{ApiMethod, Job, Outcome, ReplyTo};
 use super::{Gateway, Notice};
 
 /// Where the API is mounted (Centrifugo's `http_api.handler_prefix` default).
@@ -63,17 +66,137 @@ pub fn authorized(gw: &Gateway, request: &HttpRequest) -> bool {
 
 /// Answers one API request; `path` is the request's path within its gateway (`/api/publish`, also for
 /// `/t/NAME/api/publish`).
-pub fn handle(
-    gw: &Gateway,
-    handle: &EngineHandle,
-    notify: Notify<'_>,
-    request: &HttpRequest,
-    path: &str,
-) -> HttpResponse {
+pub fn handle(gw: &Gateway, handle: &EngineHandle, notify: Notify<'_>, request: &HttpRequest, path: &str) -> ApiReply {
     let method = path.strip_prefix("/api/").unwrap_or("");
+    if let (Some(_), Some(conn)) = (&gw.redis, request.conn) {
+        if request.method == "POST" && authorized(gw, request) {
+            let body = if request.body.is_empty() { &b"{}"[..] } else { &request.body[..] };
+            match redis_job(gw, method, body, conn) {
+                Some(Ok(job)) => {
+                    gw.metrics.api_call(method, 200);
+                    return ApiReply::Later(job);
+                }
+                Some(Err(e)) => {
+                    gw.metrics.api_call(method, 200);
+                    return ApiReply::Now(HttpResponse::new(200, "OK", JSON, error_json(&e)));
+                }
+                None => {}
+            }
+        }
+    }
     let response = respond(gw, handle, notify, request, method);
     gw.metrics.api_call(if method.is_empty() { "-" } else { method }, response.status);
-    response
+    ApiReply::Now(response)
+}
+
+/// An API answer now, or a Redis engine job whose outcome is the answer (see [`redis_answer`]).
+pub enum ApiReply {
+    Now(HttpResponse),
+    Later(Job),
+}
+
+/// The Redis engine's job for a method that reads or writes what Redis holds; `None` for the others.
+fn redis_job(gw: &Gateway, method: &str, body: &[u8], conn: tether::ConnId) -> Option<Result<Job, ApiError>> {
+    let m = match method {
+        "publish" => ApiMethod::Publish,
+        "broadcast" => ApiMethod::Broadcast,
+        "presence" => ApiMethod::Presence,
+        "presence_stats" => ApiMethod::PresenceStats,
+        "history" => ApiMethod::History,
+        "history_remove" => ApiMethod::HistoryRemove,
+        _ => return None,
+    };
+    let reply = ReplyTo::Api { conn, method: m };
+    Some((|| match m {
+        ApiMethod::Publish | ApiMethod::Broadcast => {
+            let b: PublishBody = parse(body)?;
+            let names: Vec<&str> = if m == ApiMethod::Publish {
+                vec![b.channel.as_str()]
+            } else {
+                if b.channels.is_empty() {
+                    return Err(bad("channels required"));
+                }
+                b.channels.iter().map(String::as_str).collect()
+            };
+            let mut channels = Vec::with_capacity(names.len());
+            for name in names {
+                let ns = namespace(gw, name)?;
+                let history = (!b.skip_history && ns.history_enabled()).then(|| history_opts(gw, ns));
+                channels.push((Arc::from(name), history));
+            }
+            let (data, tags) = publication_parts(&b)?;
+            let publication = super::protocol::publication(data, None, 0, tags.as_deref()).into();
+            gw.metrics.publication(true);
+            Ok(Job::Publish { channels, publication, reply })
+        }
+        ApiMethod::Presence | ApiMethod::PresenceStats => {
+            let b: ChannelBody = parse(body)?;
+            if !namespace(gw, &b.channel)?.presence {
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            }
+            Ok(Job::Presence { channel: b.channel.as_str().into(), stats: m == ApiMethod::PresenceStats, reply })
+        }
+        ApiMethod::History => {
+            let b: ChannelBody = parse(body)?;
+            let ns = namespace(gw, &b.channel)?;
+            let since = b.since.as_ref().map(|p| (p.offset, p.epoch.as_str()));
+            Ok(history_job(gw, &b.channel, ns, b.limit, since, b.reverse, reply)?)
+        }
+        ApiMethod::HistoryRemove => {
+            let b: ChannelBody = parse(body)?;
+            if !namespace(gw, &b.channel)?.history_enabled() {
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            }
+            Ok(Job::HistoryRemove { channel: b.channel.as_str().into(), reply })
+        }
+    })())
+}
+
+fn redis_error(e: &str) -> String {
+    tracing::warn!(error = %e, "API call through Redis failed");
+    error_json(&ApiError(ErrorCode::INTERNAL, format!("internal server error: {e}")))
+}
+
+fn position_json(p: &Option<Position>) -> String {
+    match p {
+        Some(p) => Obj::new().num("offset", p.offset).str("epoch", &p.epoch).finish(),
+        None => "{}".into(),
+    }
+}
+
+/// The API answer for a Redis engine outcome.
+pub fn redis_answer(method: ApiMethod, outcome: Outcome) -> HttpResponse {
+    let result = |r: String| format!("{{\"result\":{r}}}");
+    let body = match outcome {
+        Outcome::Published(results) if method == ApiMethod::Broadcast => {
+            let mut out = String::from("{\"responses\":[");
+            for (i, r) in results.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match r {
+                    Ok(p) => out.push_str(&result(position_json(p))),
+                    Err(e) => out.push_str(&redis_error(e)),
+                }
+            }
+            out.push_str("]}");
+            result(out)
+        }
+        Outcome::Published(results) => match results.first() {
+            Some(Ok(p)) => result(position_json(p)),
+            Some(Err(e)) => redis_error(e),
+            None => redis_error("no result"),
+        },
+        Outcome::Presence { stats, result: Ok(entries) } => result(redis_presence_body(&entries, stats)),
+        Outcome::History(Ok((pubs, position))) => result(history_body(&pubs, &position)),
+        Outcome::History(Err(None)) => error_json(&ErrorCode::UNRECOVERABLE_POSITION.into()),
+        Outcome::Removed(Ok(())) => result("{}".into()),
+        Outcome::Presence { result: Err(e), .. } | Outcome::History(Err(Some(e))) | Outcome::Removed(Err(e)) => {
+            redis_error(&e)
+        }
+        Outcome::Subscribed { .. } => redis_error("unexpected outcome"),
+    };
+    HttpResponse::new(200, "OK", JSON, body)
 }
 
 fn respond(
@@ -389,6 +512,18 @@ fn select(gw: &Gateway, user: &str, client: &str) -> Result<Vec<(tether::ConnId,
 
 fn publish(gw: &Gateway, handle: &EngineHandle, channel: &str, b: &PublishBody) -> Result<String, ApiError> {
     let ns = namespace(gw, channel)?;
+    let (data, tags) = publication_parts(b)?;
+    let publish = Publish { channel, ns, data, info: None, tags: tags.as_deref(), skip_history: b.skip_history };
+    let position = gw.broker.publish(handle, publish)?;
+    gw.metrics.publication(true);
+    Ok(match position {
+        Some(p) => Obj::new().num("offset", p.offset).str("epoch", &p.epoch).finish(),
+        None => "{}".into(),
+    })
+}
+
+/// A publish body's data (raw JSON) and tags (a JSON object of strings).
+fn publication_parts(b: &PublishBody) -> Result<(&str, Option<String>), ApiError> {
     let data = match (&b.data, b.b64data.is_empty()) {
         (Some(d), _) => d.get(),
         (None, false) => return Err(bad("b64data is not served: JSON clients take data as JSON")),
@@ -398,13 +533,7 @@ fn publish(gw: &Gateway, handle: &EngineHandle, channel: &str, b: &PublishBody) 
         Some(t) if !t.is_empty() => Some(serde_json::to_string(t).expect("a map of strings serializes")),
         _ => None,
     };
-    let publish = Publish { channel, ns, data, info: None, tags: tags.as_deref(), skip_history: b.skip_history };
-    let position = gw.broker.publish(handle, publish)?;
-    gw.metrics.publication(true);
-    Ok(match position {
-        Some(p) => Obj::new().num("offset", p.offset).str("epoch", &p.epoch).finish(),
-        None => "{}".into(),
-    })
+    Ok((data, tags))
 }
 
 fn info(gw: &Gateway, handle: &EngineHandle) -> String {

@@ -108,7 +108,7 @@ impl Channel {
 
 /// The join and leave pushes of a channel travel on this topic (after the channel's own topic name), which
 /// only the subscribers that get them are members of.
-fn join_leave_topic(topic: &str) -> String {
+pub fn join_leave_topic(topic: &str) -> String {
     format!("{topic}\u{0}jl")
 }
 
@@ -200,7 +200,7 @@ impl Broker {
 
     /// The engine topic of `channel`: the name itself (one copy shared by session, broker and engine) unless
     /// this broker serves a tenant.
-    fn topic(&self, channel: &Arc<str>) -> Arc<str> {
+    pub fn topic(&self, channel: &Arc<str>) -> Arc<str> {
         if self.topic_prefix.is_empty() {
             channel.clone()
         } else {
@@ -213,7 +213,12 @@ impl Broker {
         self.deliveries.load(Relaxed)
     }
 
-    fn topic_str<'c>(&self, channel: &'c str) -> std::borrow::Cow<'c, str> {
+    /// What [`Broker::topic`] puts before a channel's name.
+    pub fn topic_prefix(&self) -> &str {
+        &self.topic_prefix
+    }
+
+    pub fn topic_str<'c>(&self, channel: &'c str) -> std::borrow::Cow<'c, str> {
         if self.topic_prefix.is_empty() {
             channel.into()
         } else {

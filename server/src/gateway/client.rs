@@ -15,10 +15,13 @@ use tracing::debug;
 use super::admission::{admit, Admission};
 use super::auth::{ConnectClaims, TokenError};
 use super::authorizer::SubscribeDecision;
-use super::broker::{self, client_text, ClientId, Presence, Publish, Subscribe, Unsubscribe};
+use super::broker::{
+    self, client_text, join_leave_topic, ClientId, Presence, Publish, Subscribe, Subscribed, Unsubscribe,
+};
 use super::config::NamespaceOptions;
 use super::metrics::Rejection;
 use super::protocol::{self, lines, parse_command, Disconnect, ErrorCode, Obj, Replies, Request};
+use super::redis_engine::{self as redis, Done, HistoryOpts, Job, ReplyTo, SubAnswer, SubscribeJob};
 use super::session::{sub_flag, Due, Ms, Phase, Rate, Session, Sub};
 use super::tenants::{TenantTable, Tenants};
 use super::{Gateway, Notice};
@@ -135,6 +138,23 @@ struct SubArgs<'a> {
     expires_at: Option<(Instant, u64)>,
 }
 
+/// A token for a subscription the Redis engine is taking (never 0).
+fn next_token() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    loop {
+        let t = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if t != 0 {
+            return t;
+        }
+    }
+}
+
+/// A namespace's history options, as the Redis engine needs them.
+pub fn history_opts(gw: &Gateway, ns: &NamespaceOptions) -> HistoryOpts {
+    let meta_ttl = if ns.history_meta_ttl.is_zero() { gw.config.history_meta_ttl } else { ns.history_meta_ttl };
+    HistoryOpts { size: ns.history_size, ttl: ns.history_ttl, meta_ttl }
+}
+
 /// The client protocol, for the gateway a connection came in through.
 impl Gateway {
     /// The shard-clock deadline of an expiry given in unix seconds (`None`: never).
@@ -204,22 +224,22 @@ impl Gateway {
             }
             Request::Publish(r) => {
                 m.command("publish");
-                self.publish(ctx, s, id, r, out);
+                self.publish(ctx, conn, s, id, r, out);
                 Ok(())
             }
             Request::Presence(r) => {
                 m.command("presence");
-                self.presence(s, id, &r.channel, false, out);
+                self.presence(ctx, conn, s, id, &r.channel, false, out);
                 Ok(())
             }
             Request::PresenceStats(r) => {
                 m.command("presence_stats");
-                self.presence(s, id, &r.channel, true, out);
+                self.presence(ctx, conn, s, id, &r.channel, true, out);
                 Ok(())
             }
             Request::History(r) => {
                 m.command("history");
-                self.history(s, id, r, out);
+                self.history(ctx, conn, s, id, r, out);
                 Ok(())
             }
             Request::Send(_) => Ok(()),
@@ -333,7 +353,8 @@ impl Gateway {
                 data: None,
                 expires_at: None,
             };
-            if let Ok(result) = self.take_sub(ctx, conn, s, args) {
+            // With the Redis engine the result comes later, as a `subscribe` push.
+            if let Ok(Some(result)) = self.take_sub(ctx, conn, s, args, ReplyTo::Push { conn }) {
                 subs = subs.raw(&json_key(channel), &result);
                 any_sub = true;
             }
@@ -435,21 +456,24 @@ impl Gateway {
             data,
             expires_at,
         };
-        match self.take_sub(ctx, conn, s, args) {
-            Ok(result) => out.result(id, "subscribe", &result),
+        match self.take_sub(ctx, conn, s, args, ReplyTo::Command { conn, id }) {
+            Ok(Some(result)) => out.result(id, "subscribe", &result),
+            Ok(None) => {}
             Err(code) => self.error(id, code, out),
         }
         Ok(())
     }
 
-    /// Takes a subscription for `s` and builds its result (the `subscribe` reply body or push body).
+    /// Takes a subscription for `s` and builds its result (the `subscribe` reply body or push body); `None`
+    /// when the Redis engine takes it and the reply (to `reply`) comes later ([`Gateway::redis_done`]).
     fn take_sub(
         &self,
         ctx: &mut Ctx<'_, H>,
         conn: ConnId,
         s: &mut Session,
         a: SubArgs<'_>,
-    ) -> Result<String, ErrorCode> {
+        reply: ReplyTo,
+    ) -> Result<Option<String>, ErrorCode> {
         let cfg = &self.config;
         if s.sub(a.channel).is_some() {
             return Err(ErrorCode::ALREADY_SUBSCRIBED);
@@ -470,22 +494,15 @@ impl Gateway {
             chan_info: a.chan_info.clone(),
         });
         let recover = if recoverable { a.recover } else { None };
+        let answer = SubAnswer {
+            ttl: a.expires_at.map(|e| e.1),
+            recoverable,
+            positioned,
+            recover_offset: a.recover.map(|r| r.1),
+            data: a.data.clone(),
+        };
         // One copy of the name, shared by the session, the broker and the engine's topic table.
         let channel: Arc<str> = a.channel.into();
-        let done = self.broker.subscribe(
-            ctx.handle(),
-            Subscribe {
-                conn,
-                channel: &channel,
-                ns,
-                positioned,
-                recover,
-                recovery_limit: cfg.recovery_max_publication_limit,
-                join_leave,
-                client: s.client,
-                presence,
-            },
-        )?;
         let mut flags = 0;
         if keeps_presence {
             flags |= sub_flag::PRESENCE;
@@ -500,19 +517,56 @@ impl Gateway {
             flags |= sub_flag::SERVER_SIDE;
         }
         let expires_at = a.expires_at.map_or(Ms::NONE, |e| self.timing.ms(e.0));
-        s.subs.push(Sub { channel, flags, expires_at });
+        if let Some(link) = &self.redis {
+            let token = next_token();
+            let job = SubscribeJob {
+                conn,
+                channel: channel.clone(),
+                history: history.then(|| history_opts(self, ns)),
+                recover: recover.map(|(e, o)| (e.to_string(), o)),
+                recovery_limit: cfg.recovery_max_publication_limit,
+                presence: presence.as_ref().map(|p| (s.client, p.info_json(&s.client))),
+                positioned,
+                join: presence.as_ref().filter(|_| ns.join_leave).map(|p| p.info_json(&s.client)),
+                token,
+                reply,
+                answer,
+            };
+            link.submit(ctx.handle(), Job::Subscribe(Box::new(job)));
+            s.subs.push(Sub { channel, flags, expires_at, pending: token });
+            return Ok(None);
+        }
+        let done = self.broker.subscribe(
+            ctx.handle(),
+            Subscribe {
+                conn,
+                channel: &channel,
+                ns,
+                positioned,
+                recover,
+                recovery_limit: cfg.recovery_max_publication_limit,
+                join_leave,
+                client: s.client,
+                presence,
+            },
+        )?;
+        s.subs.push(Sub { channel, flags, expires_at, pending: 0 });
+        Ok(Some(self.sub_result(&answer, &done)))
+    }
 
+    /// The `subscribe` reply (or push) body.
+    fn sub_result(&self, a: &SubAnswer, done: &Subscribed) -> String {
         let mut result = Obj::new();
-        if let Some((_, ttl)) = a.expires_at {
+        if let Some(ttl) = a.ttl {
             result = result.bool_if("expires", true).num("ttl", ttl);
         }
-        result = result.bool_if("recoverable", recoverable).bool_if("positioned", positioned);
+        result = result.bool_if("recoverable", a.recoverable).bool_if("positioned", a.positioned);
         let mut offset = 0;
         if let Some(p) = &done.position {
             result = result.str("epoch", &p.epoch);
             offset = p.offset;
         }
-        if a.recover.is_some() {
+        if a.recover_offset.is_some() {
             result = result.bool_if("was_recovering", true);
         }
         if let Some(rec) = &done.recovery {
@@ -520,7 +574,7 @@ impl Gateway {
             if rec.recovered {
                 result = result.bool_if("recovered", true);
                 // The client's own offset: the SDK advances it over the publications that follow.
-                offset = a.recover.map_or(offset, |r| r.1);
+                offset = a.recover_offset.unwrap_or(offset);
                 if !rec.publications.is_empty() {
                     let mut list = String::from("[");
                     for (i, p) in rec.publications.iter().enumerate() {
@@ -535,12 +589,35 @@ impl Gateway {
             }
         }
         result = result.num_if("offset", offset).raw_opt("data", a.data.as_deref());
-        Ok(result.finish())
+        result.finish()
     }
 
     /// Ends `s`'s subscription to `channel` (if any): topics, presence, leave.
     fn end_sub(&self, ctx: &mut Ctx<'_, H>, conn: Option<ConnId>, s: &mut Session, channel: &str) -> bool {
         let Some(sub) = s.take_sub(channel) else { return false };
+        if let Some(link) = &self.redis {
+            if let Some(conn) = conn {
+                let topic = self.broker.topic_str(channel);
+                ctx.unsubscribe(conn, &topic);
+                if sub.has(sub_flag::JOIN_LEAVE) {
+                    ctx.unsubscribe(conn, &join_leave_topic(&topic));
+                }
+            }
+            let had_presence = sub.has(sub_flag::PRESENCE);
+            let leave = (had_presence && sub.has(sub_flag::EMIT_LEAVE)).then(|| {
+                let mut info = String::new();
+                protocol::client_info(&mut info, s.user(), &client_text(&s.client), s.conn_info.as_deref(), None);
+                info
+            });
+            let job = Job::Unsubscribe {
+                shard: ctx.shard(),
+                channel: sub.channel.clone(),
+                presence: had_presence.then_some(s.client),
+                leave,
+            };
+            link.submit(ctx.handle(), job);
+            return true;
+        }
         self.broker.unsubscribe(
             ctx.handle(),
             Unsubscribe {
@@ -556,7 +633,15 @@ impl Gateway {
         true
     }
 
-    fn publish(&self, ctx: &mut Ctx<'_, H>, s: &Session, id: u32, r: protocol::PublishRequest, out: &mut Replies) {
+    fn publish(
+        &self,
+        ctx: &mut Ctx<'_, H>,
+        conn: ConnId,
+        s: &Session,
+        id: u32,
+        r: protocol::PublishRequest,
+        out: &mut Replies,
+    ) {
         let cfg = &self.config;
         let channel = r.channel.as_str();
         if !self.valid_channel(channel) {
@@ -575,6 +660,14 @@ impl Gateway {
         // The publisher's ClientInfo (chan_info is kept in presence only, not per subscription).
         let mut info = String::new();
         protocol::client_info(&mut info, s.user(), &client_text(&s.client), s.conn_info.as_deref(), None);
+        if let Some(link) = &self.redis {
+            let history = ns.history_enabled().then(|| history_opts(self, ns));
+            let publication: Arc<str> = protocol::publication(data.get(), Some(&info), 0, None).into();
+            let reply = ReplyTo::Command { conn, id };
+            link.submit(ctx.handle(), Job::Publish { channels: vec![(channel.into(), history)], publication, reply });
+            self.metrics.publication(false);
+            return;
+        }
         let publish = Publish { channel, ns, data: data.get(), info: Some(&info), tags: None, skip_history: false };
         match self.broker.publish(ctx.handle(), publish) {
             Ok(_) => {
@@ -606,7 +699,17 @@ impl Gateway {
             && !channel.contains(['\0', '\n'])
     }
 
-    fn presence(&self, s: &Session, id: u32, channel: &str, stats: bool, out: &mut Replies) {
+    #[allow(clippy::too_many_arguments)]
+    fn presence(
+        &self,
+        ctx: &mut Ctx<'_, H>,
+        conn: ConnId,
+        s: &Session,
+        id: u32,
+        channel: &str,
+        stats: bool,
+        out: &mut Replies,
+    ) {
         if !self.valid_channel(channel) {
             return self.error(id, ErrorCode::BAD_REQUEST, out);
         }
@@ -619,6 +722,10 @@ impl Gateway {
         if !self.presence_permission(ns, s.sub(channel).is_some(), s.user().is_empty()) {
             return self.error(id, ErrorCode::PERMISSION_DENIED, out);
         }
+        if let Some(link) = &self.redis {
+            let job = Job::Presence { channel: channel.into(), stats, reply: ReplyTo::Command { conn, id } };
+            return link.submit(ctx.handle(), job);
+        }
         if stats {
             out.result(id, "presence_stats", &presence_stats_json(self, channel));
         } else {
@@ -626,7 +733,15 @@ impl Gateway {
         }
     }
 
-    fn history(&self, s: &Session, id: u32, r: protocol::HistoryRequest, out: &mut Replies) {
+    fn history(
+        &self,
+        ctx: &mut Ctx<'_, H>,
+        conn: ConnId,
+        s: &Session,
+        id: u32,
+        r: protocol::HistoryRequest,
+        out: &mut Replies,
+    ) {
         let channel = r.channel.as_str();
         if !self.valid_channel(channel) {
             return self.error(id, ErrorCode::BAD_REQUEST, out);
@@ -639,6 +754,14 @@ impl Gateway {
         }
         if !self.history_permission(ns, s.sub(channel).is_some(), s.user().is_empty()) {
             return self.error(id, ErrorCode::PERMISSION_DENIED, out);
+        }
+        if let Some(link) = &self.redis {
+            let since = r.since.as_ref().map(|p| (p.offset, p.epoch.as_str()));
+            match history_job(self, channel, ns, r.limit, since, r.reverse, ReplyTo::Command { conn, id }) {
+                Ok(job) => link.submit(ctx.handle(), job),
+                Err(code) => self.error(id, code, out),
+            }
+            return;
         }
         match history_json(
             self,
@@ -716,6 +839,7 @@ impl Gateway {
         }
         let mut close = None;
         match notice {
+            Notice::Redis(done) => self.redis_done(ctx, conn, s, *done),
             Notice::Subscribe { channel, info, data, .. } => {
                 if let Some(ns) = self.config.namespace_for(&channel) {
                     let args = SubArgs {
@@ -730,7 +854,7 @@ impl Gateway {
                         data,
                         expires_at: None,
                     };
-                    if let Ok(body) = self.take_sub(ctx, conn, s, args) {
+                    if let Ok(Some(body)) = self.take_sub(ctx, conn, s, args, ReplyTo::Push { conn }) {
                         H::send(ctx, conn, &protocol::push(&channel, "subscribe", &body));
                     }
                 }
@@ -751,6 +875,75 @@ impl Gateway {
         }
         self.arm(ctx, conn, s);
         close
+    }
+}
+
+impl Gateway {
+    /// A Redis engine job of this connection finished: reply, or complete the pending subscription (its
+    /// topics, its reply, then the publications that came meanwhile, in that order).
+    fn redis_done(&self, ctx: &mut Ctx<'_, H>, conn: ConnId, s: &mut Session, done: Done) {
+        let id = match done.reply {
+            ReplyTo::Command { id, .. } => Some(id),
+            _ => None,
+        };
+        let mut out = Replies::default();
+        let mut extra = Vec::new();
+        match done.outcome {
+            redis::Outcome::Subscribed { channel, token, answer, result } => {
+                let Some(i) = s.subs.iter().position(|x| x.channel == channel && x.pending == token) else {
+                    return; // unsubscribed (or closed) meanwhile: its Unsubscribe job went already
+                };
+                match result {
+                    Ok((subscribed, pubs)) => {
+                        s.subs[i].pending = 0;
+                        let topic = self.broker.topic(&s.subs[i].channel);
+                        ctx.subscribe(conn, &topic);
+                        if s.subs[i].has(sub_flag::JOIN_LEAVE) {
+                            ctx.subscribe(conn, &join_leave_topic(&topic));
+                        }
+                        let body = self.sub_result(&answer, &subscribed);
+                        match id {
+                            Some(id) => out.result(id, "subscribe", &body),
+                            None => H::send(ctx, conn, &protocol::push(&channel, "subscribe", &body)),
+                        }
+                        extra = pubs.iter().map(|p| protocol::push(&channel, "pub", p)).collect();
+                    }
+                    Err(e) => {
+                        tracing::warn!(conn = %conn, channel = %channel, error = %e, "subscribe through Redis failed");
+                        self.end_sub(ctx, Some(conn), s, &channel);
+                        if let Some(id) = id {
+                            self.error(id, ErrorCode::INTERNAL, &mut out);
+                        }
+                    }
+                }
+            }
+            redis::Outcome::Published(results) => match (id, results.first()) {
+                (Some(id), Some(Ok(_))) => out.result(id, "publish", "{}"),
+                (Some(id), _) => self.error(id, ErrorCode::INTERNAL, &mut out),
+                _ => {}
+            },
+            redis::Outcome::Presence { stats, result } => match (id, result) {
+                (Some(id), Ok(entries)) => {
+                    let kind = if stats { "presence_stats" } else { "presence" };
+                    out.result(id, kind, &redis_presence_body(&entries, stats))
+                }
+                (Some(id), Err(_)) => self.error(id, ErrorCode::INTERNAL, &mut out),
+                _ => {}
+            },
+            redis::Outcome::History(result) => match (id, result) {
+                (Some(id), Ok((pubs, position))) => out.result(id, "history", &history_body(&pubs, &position)),
+                (Some(id), Err(None)) => self.error(id, ErrorCode::UNRECOVERABLE_POSITION, &mut out),
+                (Some(id), Err(Some(_))) => self.error(id, ErrorCode::INTERNAL, &mut out),
+                _ => {}
+            },
+            redis::Outcome::Removed(_) => {}
+        }
+        if !out.is_empty() {
+            H::send(ctx, conn, &out.out);
+        }
+        for frame in extra {
+            H::send(ctx, conn, &frame);
+        }
     }
 }
 
@@ -791,15 +984,50 @@ pub fn history_json(
     since: Option<(u64, &str)>,
     reverse: bool,
 ) -> Result<String, ErrorCode> {
+    let limit = history_limit(gw, limit, since, reverse)?;
+    let (pubs, position) = gw.broker.history(channel, ns, since, limit, reverse)?;
+    Ok(history_body(&pubs, &position))
+}
+
+/// A history request's limit (-1 = all, capped by `client.history_max_publication_limit`); a reverse page
+/// since offset 0 is error 107.
+fn history_limit(gw: &Gateway, limit: i32, since: Option<(u64, &str)>, reverse: bool) -> Result<usize, ErrorCode> {
     let max = gw.config.history_max_publication_limit;
-    let limit = match limit {
-        l if l < 0 => max,
-        l => (l as usize).min(max),
-    };
     if reverse && since.is_some_and(|s| s.0 == 0) {
         return Err(ErrorCode::BAD_REQUEST);
     }
-    let (pubs, position) = gw.broker.history(channel, ns, since, limit, reverse)?;
+    Ok(match limit {
+        l if l < 0 => max,
+        l => (l as usize).min(max),
+    })
+}
+
+/// The Redis engine's job for a history request (shared with the API).
+pub fn history_job(
+    gw: &Gateway,
+    channel: &str,
+    ns: &NamespaceOptions,
+    limit: i32,
+    since: Option<(u64, &str)>,
+    reverse: bool,
+    reply: ReplyTo,
+) -> Result<Job, ErrorCode> {
+    if !ns.history_enabled() {
+        return Err(ErrorCode::NOT_AVAILABLE);
+    }
+    let limit = history_limit(gw, limit, since, reverse)?;
+    Ok(Job::History {
+        channel: channel.into(),
+        history: history_opts(gw, ns),
+        since: since.map(|(o, e)| (o, e.to_string())),
+        limit,
+        reverse,
+        reply,
+    })
+}
+
+/// `{"publications":[..],"epoch":"..","offset":N}`.
+pub fn history_body(pubs: &[Arc<str>], position: &broker::Position) -> String {
     let mut list = String::from("[");
     for (i, p) in pubs.iter().enumerate() {
         if i > 0 {
@@ -808,7 +1036,33 @@ pub fn history_json(
         list.push_str(p);
     }
     list.push(']');
-    Ok(Obj::new().raw("publications", &list).str("epoch", &position.epoch).num("offset", position.offset).finish())
+    Obj::new().raw("publications", &list).str("epoch", &position.epoch).num("offset", position.offset).finish()
+}
+
+/// `{"presence":{..}}` or `{"num_clients":N,"num_users":M}` from the Redis engine's (client, ClientInfo)
+/// pairs (shared with the API).
+pub fn redis_presence_body(entries: &[(String, String)], stats: bool) -> String {
+    if stats {
+        let mut users: Vec<String> = entries
+            .iter()
+            .filter_map(|(_, info)| serde_json::from_str::<serde_json::Value>(info).ok())
+            .map(|v| v.get("user").and_then(|u| u.as_str()).unwrap_or("").to_string())
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        return Obj::new().num("num_clients", entries.len() as u64).num("num_users", users.len() as u64).finish();
+    }
+    let mut out = String::from("{\"presence\":{");
+    for (i, (client, info)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        protocol::push_str(&mut out, client);
+        out.push(':');
+        out.push_str(info);
+    }
+    out.push_str("}}");
+    out
 }
 
 /// `Origin` against `client.allowed_origins` (patterns with `*`): no Origin header is always allowed
@@ -992,7 +1246,16 @@ impl Handler for GatewayHandler {
         if let Some((gw, path)) = tenants.route(&request.path) {
             if path == super::api::PREFIX || path.starts_with("/api/") {
                 let notify = |shard: usize, notice: Notice| ctx.notify(shard, notice);
-                return super::api::handle(gw, ctx.handle(), &notify, request, path);
+                match super::api::handle(gw, ctx.handle(), &notify, request, path) {
+                    super::api::ApiReply::Now(response) => return response,
+                    super::api::ApiReply::Later(job) => {
+                        if let Some(link) = gw.redis.as_ref().filter(|_| ctx.defer_http(request)) {
+                            link.submit(ctx.handle(), job);
+                            return HttpResponse::new(200, "OK", "text/plain", "");
+                        }
+                        return HttpResponse::new(500, "Internal Server Error", "text/plain", "not deferred\n");
+                    }
+                }
             }
         }
         // `/healthz`, and `/metrics` with the engine's and every gateway's metrics in one exposition.
@@ -1022,6 +1285,16 @@ impl Handler for GatewayHandler {
     fn on_notice(&mut self, ctx: &mut Ctx<'_, Self>, notice: Notice) {
         let conn = match &notice {
             Notice::Subscribe { conn, .. } | Notice::Unsubscribe { conn, .. } | Notice::Refresh { conn, .. } => *conn,
+            Notice::Redis(done) => match &done.reply {
+                ReplyTo::Command { conn, .. } | ReplyTo::Push { conn } => *conn,
+                ReplyTo::Api { conn, method } => {
+                    let (conn, method) = (*conn, *method);
+                    let Notice::Redis(done) = notice else { unreachable!() };
+                    ctx.answer_http(conn, &super::api::redis_answer(method, done.outcome));
+                    return;
+                }
+                ReplyTo::Nobody => return,
+            },
         };
         let Some((gw, mut s)) = self.take(ctx, conn) else { return };
         let close = gw.notice(ctx, conn, &mut s, notice);

@@ -224,6 +224,9 @@ pub struct GatewayConfig {
     pub without_namespace: NamespaceOptions,
     /// `channel.namespaces`.
     pub namespaces: Vec<Namespace>,
+    /// `engine.type = "redis"` and `engine.redis.*`: channels, history and presence shared with other nodes
+    /// through Redis; `None` = the memory engine (one node).
+    pub redis: Option<RedisOptions>,
     /// Dotted paths of options present in the file that tetherd does not implement, e.g. `engine.type`,
     /// `channel.namespaces[chat].subscribe_proxy_enabled`.
     pub unknown: Vec<String>,
@@ -258,6 +261,7 @@ impl Default for GatewayConfig {
             message_size_limit: 65536,
             without_namespace: NamespaceOptions::default(),
             namespaces: Vec::new(),
+            redis: None,
             unknown: Vec::new(),
         }
     }
@@ -327,7 +331,10 @@ impl GatewayConfig {
             return Ok(cfg);
         };
         let mut unknown = Vec::new();
-        report_unknown(root, "", &["client", "channel", "http_api", "websocket"], &[], &mut unknown);
+        report_unknown(root, "", &["client", "channel", "http_api", "websocket", "engine"], &[], &mut unknown);
+        if let Some(engine) = object(root.get("engine"), "engine")? {
+            cfg.redis = read_engine(engine, &mut unknown)?;
+        }
 
         if let Some(client) = object(root.get("client"), "client")? {
             read_client(client, &mut cfg, &mut unknown)?;
@@ -380,6 +387,86 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+/// `engine.redis.*` (Centrifugo's names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// `engine.redis.address`: one `redis://host:port[/db]` (or `host:port`), or a list: channels are then
+    /// spread over the instances by name (client-side sharding), as Centrifugo does.
+    pub addresses: Vec<String>,
+    /// `engine.redis.prefix`, default `"centrifugo"`: the start of every key and PUB/SUB channel name.
+    pub prefix: String,
+    /// `engine.redis.presence_ttl`, default 60s: a node's presence entries expire this long after its last
+    /// refresh (a node that dies leaves none behind for longer).
+    pub presence_ttl: Duration,
+    /// `engine.redis.presence_update_interval` (Centrifugo's `client.presence_update_interval`), default 27s.
+    pub presence_update_interval: Duration,
+    /// `engine.redis.connect_timeout`, default 1s; also the answer timeout of one Redis command.
+    pub timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> RedisOptions {
+        RedisOptions {
+            addresses: vec!["redis://127.0.0.1:6379".into()],
+            prefix: "centrifugo".into(),
+            presence_ttl: Duration::from_secs(60),
+            presence_update_interval: Duration::from_secs(27),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Reads the `engine` section: `None` for the memory engine.
+fn read_engine(engine: &Map<String, Value>, unknown: &mut Vec<String>) -> Result<Option<RedisOptions>, String> {
+    report_unknown(engine, "engine", &["type", "redis"], &[], unknown);
+    let mut kind = String::from("memory");
+    read_string(engine, "engine", "type", &mut kind)?;
+    match kind.as_str() {
+        "memory" => return Ok(None),
+        "redis" => {}
+        other => return Err(format!("engine.type: {other:?} is not supported (\"memory\" or \"redis\")")),
+    }
+    let mut o = RedisOptions::default();
+    let Some(redis) = object(engine.get("redis"), "engine.redis")? else { return Ok(Some(o)) };
+    const KNOWN: [&str; 6] =
+        ["address", "prefix", "presence_ttl", "presence_update_interval", "connect_timeout", "cluster_address"];
+    report_unknown(redis, "engine.redis", &KNOWN, &[], unknown);
+    if redis.get("cluster_address").is_some_and(|v| !v.is_null()) {
+        return Err("engine.redis.cluster_address: Redis Cluster is not supported yet (use a list of addresses in \
+                    engine.redis.address for client-side sharding)"
+            .into());
+    }
+    match redis.get("address") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(a)) => o.addresses = vec![a.clone()],
+        Some(Value::Array(_)) => {
+            let mut list = Vec::new();
+            read_string_list(redis, "engine.redis", "address", &mut list)?;
+            if list.is_empty() {
+                return Err("engine.redis.address: an empty list".into());
+            }
+            o.addresses = list;
+        }
+        Some(_) => return Err("engine.redis.address: expected a string or a list of strings".into()),
+    }
+    for a in &mut o.addresses {
+        if !a.contains("://") {
+            *a = format!("redis://{a}");
+        }
+    }
+    read_string(redis, "engine.redis", "prefix", &mut o.prefix)?;
+    read_duration(redis, "engine.redis", "presence_ttl", false, &mut o.presence_ttl)?;
+    read_duration(redis, "engine.redis", "presence_update_interval", false, &mut o.presence_update_interval)?;
+    read_duration(redis, "engine.redis", "connect_timeout", false, &mut o.timeout)?;
+    if o.presence_update_interval >= o.presence_ttl {
+        return Err(format!(
+            "engine.redis.presence_update_interval ({:?}) must be less than engine.redis.presence_ttl ({:?})",
+            o.presence_update_interval, o.presence_ttl
+        ));
+    }
+    Ok(Some(o))
 }
 
 /// Reads the `client` section.
@@ -982,7 +1069,7 @@ websocket:
     fn unknown_keys_reported() {
         let c = GatewayConfig::from_json(
             r#"{
-                "engine": {"type": "redis", "redis": {"address": "localhost:6379"}},
+                "engine": {"type": "redis", "redis": {"address": "localhost:6379", "sentinel_address": "x"}},
                 "log": {},
                 "proxies": [],
                 "consumers": [{"name": "a"}],
@@ -1010,13 +1097,15 @@ websocket:
                 "client.subscription_token.issuer_regex",
                 "client.token.jwks_public_endpoint",
                 "consumers",
-                "engine.redis.address",
-                "engine.type",
+                "engine.redis.sentinel_address",
                 "http_api.external",
             ]
         );
         assert_eq!(c.api_key, "k");
         assert!(c.subscription_token.is_some());
+        let redis = c.redis.expect("the redis engine");
+        assert_eq!(redis.addresses, ["redis://localhost:6379"]);
+        assert_eq!(redis.prefix, "centrifugo");
     }
 
     #[test]

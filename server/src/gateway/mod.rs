@@ -13,6 +13,7 @@
 //! | `broker` | channels: history streams, presence, subscriber counts; where a publication gets its offset |
 //! | `history` | one channel's stream and the recovery decision |
 //! | `registry` | user -> connections, client id -> connection |
+//! | `redis_engine` | `engine.type = "redis"`: channels, history and presence shared by nodes through Redis |
 //! | `api` | the server HTTP API |
 //! | `admin` | `POST /admin/reload` |
 //! | `metrics` | the gateway's counters for `/metrics` |
@@ -36,6 +37,7 @@ pub mod embed;
 pub mod history;
 pub mod metrics;
 pub mod protocol;
+pub mod redis_engine;
 pub mod registry;
 pub mod session;
 pub mod tenants;
@@ -57,6 +59,9 @@ use self::session::Timing;
 /// What a gateway keeps across a reload of its config: channels, connections, counters.
 pub struct State {
     pub broker: Broker,
+    /// The Redis engine's thread when `engine.type = "redis"`: channels, history and presence then live in
+    /// Redis, shared with the other nodes (the broker keeps only what it must on this node).
+    pub redis: Option<redis_engine::RedisLink>,
     pub registry: Registry,
     pub metrics: GatewayMetrics,
     /// Connected clients (past `connect`), for `client.connection_limit`.
@@ -109,7 +114,19 @@ impl Gateway {
 
     pub fn tenant(tenant: Option<&str>, config: GatewayConfig, profile: tether::ProfileId) -> Result<Gateway, String> {
         let prefix = tenant.map_or_else(String::new, |t| format!("\u{1}{t}\u{0}"));
+        let redis = match &config.redis {
+            Some(options) => {
+                // Tenants' keys never meet: `{prefix}.t:NAME.client.{channel}` beside `{prefix}.client.{channel}`.
+                let keys = match tenant {
+                    Some(t) => format!("{}.t:{t}", options.prefix),
+                    None => options.prefix.clone(),
+                };
+                Some(redis_engine::RedisLink::start(options, keys, prefix.clone())?)
+            }
+            None => None,
+        };
         let state = State {
+            redis,
             broker: Broker::new(config.history_meta_ttl, prefix),
             registry: Registry::default(),
             metrics: GatewayMetrics::default(),
@@ -259,6 +276,8 @@ pub enum Notice {
     Unsubscribe { conn: ConnId, channel: Arc<str> },
     /// Refresh the connection's expiry (`expire_at` unix seconds; `None`: never), or expire it now.
     Refresh { conn: ConnId, expired: bool, expire_at: Option<u64> },
+    /// A job of the Redis engine finished: its reply, or its API answer.
+    Redis(Box<redis_engine::Done>),
 }
 
 pub use client::GatewayHandler;

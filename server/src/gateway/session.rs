@@ -77,6 +77,8 @@ pub struct Sub {
     /// When its subscription token expires (refreshed by `sub_refresh`).
     pub expires_at: Ms,
     pub flags: u8,
+    /// Non-zero while the Redis engine is taking the subscription: the token its outcome must carry.
+    pub pending: u32,
 }
 
 impl Sub {
@@ -289,7 +291,7 @@ mod tests {
         let mut s = Session {
             phase: Phase::Connected,
             expires_at: t.ms(now + 60 * S),
-            subs: smallvec::smallvec![Sub { channel: "a".into(), flags: 0, expires_at: t.ms(now + 5 * S) }],
+            subs: smallvec::smallvec![Sub { channel: "a".into(), flags: 0, expires_at: t.ms(now + 5 * S), pending: 0 }],
             ..Session::default()
         };
         assert_eq!(s.next_deadline(&t), Some(now + 30 * S));

@@ -1,0 +1,130 @@
+//! Key names and the Lua scripts of the Redis engine (each runs atomically in Redis).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Keys and PUB/SUB channel names of one gateway, under its prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: String) -> Keys {
+        Keys { prefix }
+    }
+
+    /// The PUB/SUB channel of `channel`.
+    pub fn pubsub(&self, channel: &str) -> String {
+        format!("{}.client.{channel}", self.prefix)
+    }
+
+    /// The app channel a PUB/SUB channel name belongs to.
+    pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        pubsub.strip_prefix(&self.prefix)?.strip_prefix(".client.")
+    }
+
+    pub fn stream(&self, channel: &str) -> String {
+        format!("{}.stream.{channel}", self.prefix)
+    }
+
+    pub fn meta(&self, channel: &str) -> String {
+        format!("{}.stream.meta.{channel}", self.prefix)
+    }
+
+    pub fn presence_data(&self, channel: &str) -> String {
+        format!("{}.presence.data.{channel}", self.prefix)
+    }
+
+    pub fn presence_expire(&self, channel: &str) -> String {
+        format!("{}.presence.expire.{channel}", self.prefix)
+    }
+}
+
+/// KEYS: stream, meta. ARGV: payload (without offset), history size, history ttl (s), meta ttl (s, 0 =
+/// none), an epoch to use if the stream has none, the PUB/SUB channel. Appends with the next offset and
+/// publishes `__p1:{offset}:{epoch}__{payload}` in the same step, so offsets and delivery order agree.
+/// Returns {offset, epoch}.
+pub static PUBLISH_WITH_HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call("hget", KEYS[2], "e")
+if not epoch then
+  epoch = ARGV[5]
+  redis.call("hset", KEYS[2], "e", epoch)
+end
+local offset = redis.call("hincrby", KEYS[2], "s", 1)
+if ARGV[4] ~= "0" then redis.call("expire", KEYS[2], ARGV[4]) end
+redis.call("xadd", KEYS[1], "MAXLEN", ARGV[2], offset, "d", ARGV[1])
+redis.call("expire", KEYS[1], ARGV[3])
+redis.call("publish", ARGV[6], "__p1:" .. offset .. ":" .. epoch .. "__" .. ARGV[1])
+return {offset, epoch}
+"#,
+    )
+});
+
+/// KEYS: stream, meta. ARGV: an epoch to create if there is none, meta ttl (s, 0 = none), op ("" = position
+/// only, "fwd" = XRANGE, "rev" = XREVRANGE), start, end, count. Returns {top, epoch, entries}.
+pub static READ_STREAM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call("hget", KEYS[2], "e")
+if not epoch then
+  epoch = ARGV[1]
+  redis.call("hset", KEYS[2], "e", epoch)
+  if ARGV[2] ~= "0" then redis.call("expire", KEYS[2], ARGV[2]) end
+end
+local top = redis.call("hget", KEYS[2], "s")
+if not top then top = "0" end
+local entries = {}
+if ARGV[3] == "fwd" then
+  entries = redis.call("xrange", KEYS[1], ARGV[4], ARGV[5], "COUNT", ARGV[6])
+elseif ARGV[3] == "rev" then
+  entries = redis.call("xrevrange", KEYS[1], ARGV[4], ARGV[5], "COUNT", ARGV[6])
+end
+return {top, epoch, entries}
+"#,
+    )
+});
+
+/// KEYS: presence data, presence expire. ARGV: ttl (s), expire-at (unix s), then client, info pairs.
+pub static PRESENCE_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for i = 3, #ARGV, 2 do
+  redis.call("hset", KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call("zadd", KEYS[2], ARGV[2], ARGV[i])
+end
+redis.call("expire", KEYS[1], ARGV[1])
+redis.call("expire", KEYS[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// KEYS: presence data, presence expire. ARGV: client.
+pub static PRESENCE_REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call("hdel", KEYS[1], ARGV[1])
+redis.call("zrem", KEYS[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// KEYS: presence data, presence expire. ARGV: now (unix s). Drops expired entries (a dead node's), then
+/// returns the rest as a flat client, info list.
+pub static PRESENCE_GET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local expired = redis.call("zrangebyscore", KEYS[2], "0", ARGV[1])
+if #expired > 0 then
+  for _, c in ipairs(expired) do redis.call("hdel", KEYS[1], c) end
+  redis.call("zremrangebyscore", KEYS[2], "0", ARGV[1])
+end
+return redis.call("hgetall", KEYS[1])
+"#,
+    )
+});
