@@ -37,6 +37,7 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v chromium >/dev/null || need+=(chromium)
+command -v redis-server >/dev/null || need+=(redis-server)   # the Redis engine's tests (test_gateway_redis.py)
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # --- Python test dependencies: websockets >= 13, pytest, and the gateway tests' stock clients ------------
@@ -105,6 +106,23 @@ if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
     if ! "$PY" -m pytest -q -p no:cacheprovider tests/python; then
         failed+=("pytest tests/python")
     fi
+fi
+
+# The gateway suites again on the Redis engine (one redis-server for all; each gateway its own key prefix):
+# every behaviour the SDKs, the API and hostile clients see must be the same as on the memory engine.
+if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
+    redis_port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir /tmp >/dev/null &
+    redis_pid=$!
+    for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    log "$PY -m pytest (gateway suites on the Redis engine, redis-server on port $redis_port)"
+    if ! TETHER_TEST_REDIS="127.0.0.1:$redis_port" "$PY" -m pytest -q -p no:cacheprovider \
+        tests/python/test_gateway_sdk.py tests/python/test_gateway_api.py \
+        tests/python/test_gateway_hostile.py tests/python/test_gateway_tenants.py; then
+        failed+=("pytest gateway suites on the Redis engine")
+    fi
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
 fi
 
 # The crates' documentation builds without a warning (broken links, undocumented public items of `tether`).

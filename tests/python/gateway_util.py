@@ -142,13 +142,21 @@ def is_canonical_uuid(text: str) -> bool:
 class Gateway:
     """tetherd running the gateway with a config written to a temporary file."""
 
-    def __init__(self, config: Optional[dict] = None):
+    def __init__(self, config: Optional[dict] = None, listen: str = "127.0.0.1:0"):
         self.config = copy.deepcopy(config if config is not None else BASE_CONFIG)
+        # TETHER_TEST_REDIS=ADDRESS runs the same tests on the Redis engine (one key prefix per gateway,
+        # so tests never see each other's channels).
+        redis_address = os.environ.get("TETHER_TEST_REDIS")
+        if redis_address and "engine" not in self.config:
+            self.config["engine"] = {
+                "type": "redis",
+                "redis": {"address": redis_address, "prefix": unique("t")},
+            }
         fd, self.config_path = tempfile.mkstemp(prefix="tetherd-gw-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self.config, f)
         try:
-            self.proc = Tetherd("--gateway", self.config_path)
+            self.proc = Tetherd("--gateway", self.config_path, listen=listen)
         except BaseException:
             os.unlink(self.config_path)
             raise

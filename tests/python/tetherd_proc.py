@@ -34,12 +34,12 @@ def tetherd_bin() -> pathlib.Path:
 class Tetherd:
     """A running tetherd on an ephemeral loopback port; stderr collected in `self.log`."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, listen: str = "127.0.0.1:0"):
         # A developer's TETHER_* settings must not change what the tests run against.
         env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
         env.update(RUST_LOG=os.environ.get("TETHERD_LOG", "info"), NO_COLOR="1")
         self.proc = subprocess.Popen(
-            [str(tetherd_bin()), "--listen", "127.0.0.1:0", *args],
+            [str(tetherd_bin()), "--listen", listen, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

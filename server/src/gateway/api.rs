@@ -15,7 +15,7 @@ use super::client::{
     history_body, history_job, history_json, history_opts, presence_json, presence_stats_json, redis_presence_body,
 };
 use super::protocol::{push_str, Disconnect, ErrorCode, Obj};
-use super::redis_engine::{ApiMethod, Job, Outcome, ReplyTo};
+use super::redis_engine::{ApiMethod, BatchDone, BatchItem, Job, Outcome, ReplyTo};
 use super::{Gateway, Notice};
 
 /// Where the API is mounted (Centrifugo's `http_api.handler_prefix` default).
@@ -71,7 +71,7 @@ pub fn handle(gw: &Gateway, handle: &EngineHandle, notify: Notify<'_>, request: 
     if let (Some(_), Some(conn)) = (&gw.redis, request.conn) {
         if request.method == "POST" && authorized(gw, request) {
             let body = if request.body.is_empty() { &b"{}"[..] } else { &request.body[..] };
-            match redis_job(gw, method, body, conn) {
+            match redis_job(gw, handle, notify, method, body, ReplyTo::Api { conn, method: ApiMethod::Publish }) {
                 Some(Ok(job)) => {
                     gw.metrics.api_call(method, 200);
                     return ApiReply::Later(job);
@@ -96,17 +96,20 @@ pub enum ApiReply {
 }
 
 /// The Redis engine's job for a method that reads or writes what Redis holds; `None` for the others.
-fn redis_job(gw: &Gateway, method: &str, body: &[u8], conn: tether::ConnId) -> Option<Result<Job, ApiError>> {
-    let m = match method {
-        "publish" => ApiMethod::Publish,
-        "broadcast" => ApiMethod::Broadcast,
-        "presence" => ApiMethod::Presence,
-        "presence_stats" => ApiMethod::PresenceStats,
-        "history" => ApiMethod::History,
-        "history_remove" => ApiMethod::HistoryRemove,
-        _ => return None,
+/// `reply` names the request (its method is set here).
+fn redis_job(
+    gw: &Gateway,
+    handle: &EngineHandle,
+    notify: Notify<'_>,
+    method: &str,
+    body: &[u8],
+    reply: ReplyTo,
+) -> Option<Result<Job, ApiError>> {
+    let m = method_of(method)?;
+    let reply = match reply {
+        ReplyTo::Api { conn, .. } => ReplyTo::Api { conn, method: m },
+        other => other,
     };
-    let reply = ReplyTo::Api { conn, method: m };
     Some((|| match m {
         ApiMethod::Publish | ApiMethod::Broadcast => {
             let b: PublishBody = parse(body)?;
@@ -149,7 +152,61 @@ fn redis_job(gw: &Gateway, method: &str, body: &[u8], conn: tether::ConnId) -> O
             }
             Ok(Job::HistoryRemove { channel: b.channel.as_str().into(), reply })
         }
+        ApiMethod::Channels => {
+            let b: ChannelBody = parse(body)?;
+            Ok(Job::Channels { pattern: b.pattern, reply })
+        }
+        ApiMethod::Batch => {
+            let b: BatchBody = parse(body)?;
+            let mut items = Vec::with_capacity(b.commands.len());
+            for command in &b.commands {
+                let Some((name, params)) = command.iter().next() else {
+                    items.push(BatchItem::Ready(error_json(&bad("empty command"))));
+                    continue;
+                };
+                let params = serde_json::to_vec(params).expect("a Value serializes");
+                let item = match redis_job(gw, handle, notify, name, &params, ReplyTo::Nobody) {
+                    Some(Ok(Job::Batch { .. })) => BatchItem::Ready(error_json(&bad("a batch inside a batch"))),
+                    Some(Ok(job)) => {
+                        let method = method_of(name).expect("redis_job knows it");
+                        BatchItem::Run { name: name.clone(), method, job: Box::new(job) }
+                    }
+                    Some(Err(e)) => BatchItem::Ready(error_json(&e)),
+                    None => BatchItem::Ready(match call(gw, handle, notify, name, &params) {
+                        Ok(r) => named(name, &r),
+                        Err(e) => error_json(&e),
+                    }),
+                };
+                items.push(item);
+            }
+            Ok(Job::Batch { items, reply })
+        }
     })())
+}
+
+/// The methods the Redis engine answers.
+fn method_of(name: &str) -> Option<ApiMethod> {
+    Some(match name {
+        "publish" => ApiMethod::Publish,
+        "broadcast" => ApiMethod::Broadcast,
+        "presence" => ApiMethod::Presence,
+        "presence_stats" => ApiMethod::PresenceStats,
+        "history" => ApiMethod::History,
+        "history_remove" => ApiMethod::HistoryRemove,
+        "channels" => ApiMethod::Channels,
+        "batch" => ApiMethod::Batch,
+        _ => return None,
+    })
+}
+
+/// `{"NAME":RESULT}`, a batch reply.
+fn named(name: &str, result: &str) -> String {
+    let mut out = String::from("{");
+    push_str(&mut out, name);
+    out.push(':');
+    out.push_str(result);
+    out.push('}');
+    out
 }
 
 fn redis_error(e: &str) -> String {
@@ -166,8 +223,17 @@ fn position_json(p: &Option<Position>) -> String {
 
 /// The API answer for a Redis engine outcome.
 pub fn redis_answer(method: ApiMethod, outcome: Outcome) -> HttpResponse {
-    let result = |r: String| format!("{{\"result\":{r}}}");
-    let body = match outcome {
+    let body = match redis_result(method, outcome) {
+        Ok(r) if method == ApiMethod::Batch => r,
+        Ok(r) => format!("{{\"result\":{r}}}"),
+        Err(e) => e,
+    };
+    HttpResponse::new(200, "OK", JSON, body)
+}
+
+/// A Redis engine outcome as the method's result JSON, or an error's JSON.
+fn redis_result(method: ApiMethod, outcome: Outcome) -> Result<String, String> {
+    match outcome {
         Outcome::Published(results) if method == ApiMethod::Broadcast => {
             let mut out = String::from("{\"responses\":[");
             for (i, r) in results.iter().enumerate() {
@@ -175,28 +241,59 @@ pub fn redis_answer(method: ApiMethod, outcome: Outcome) -> HttpResponse {
                     out.push(',');
                 }
                 match r {
-                    Ok(p) => out.push_str(&result(position_json(p))),
+                    Ok(p) => out.push_str(&format!("{{\"result\":{}}}", position_json(p))),
                     Err(e) => out.push_str(&redis_error(e)),
                 }
             }
             out.push_str("]}");
-            result(out)
+            Ok(out)
         }
         Outcome::Published(results) => match results.first() {
-            Some(Ok(p)) => result(position_json(p)),
-            Some(Err(e)) => redis_error(e),
-            None => redis_error("no result"),
+            Some(Ok(p)) => Ok(position_json(p)),
+            Some(Err(e)) => Err(redis_error(e)),
+            None => Err(redis_error("no result")),
         },
-        Outcome::Presence { stats, result: Ok(entries) } => result(redis_presence_body(&entries, stats)),
-        Outcome::History(Ok((pubs, position))) => result(history_body(&pubs, &position)),
-        Outcome::History(Err(None)) => error_json(&ErrorCode::UNRECOVERABLE_POSITION.into()),
-        Outcome::Removed(Ok(())) => result("{}".into()),
+        Outcome::Presence { stats, result: Ok(entries) } => Ok(redis_presence_body(&entries, stats)),
+        Outcome::History(Ok((pubs, position))) => Ok(history_body(&pubs, &position)),
+        Outcome::History(Err(None)) => Err(error_json(&ErrorCode::UNRECOVERABLE_POSITION.into())),
+        Outcome::Removed(Ok(())) => Ok("{}".into()),
         Outcome::Presence { result: Err(e), .. } | Outcome::History(Err(Some(e))) | Outcome::Removed(Err(e)) => {
-            redis_error(&e)
+            Err(redis_error(&e))
         }
-        Outcome::Subscribed { .. } => redis_error("unexpected outcome"),
-    };
-    HttpResponse::new(200, "OK", JSON, body)
+        Outcome::Channels(list) => Ok(channels_json(&list)),
+        Outcome::Batch(items) => {
+            let mut out = String::from("{\"replies\":[");
+            for (i, item) in items.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match item {
+                    BatchDone::Ready(json) => out.push_str(&json),
+                    BatchDone::Done { name, method, outcome } => match redis_result(method, outcome) {
+                        Ok(r) => out.push_str(&named(&name, &r)),
+                        Err(e) => out.push_str(&e),
+                    },
+                }
+            }
+            out.push_str("]}");
+            Ok(out)
+        }
+        Outcome::Subscribed { .. } => Err(redis_error("unexpected outcome")),
+    }
+}
+
+/// `{"channels":{NAME:{"num_clients":N}}}`.
+fn channels_json(list: &[(Arc<str>, u32)]) -> String {
+    let mut out = String::from("{\"channels\":{");
+    for (i, (name, n)) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(&mut out, name);
+        out.push_str(&format!(":{{\"num_clients\":{n}}}"));
+    }
+    out.push_str("}}");
+    out
 }
 
 fn respond(
@@ -453,16 +550,7 @@ pub fn call(
         }
         "channels" => {
             let b: ChannelBody = parse(body)?;
-            let mut out = String::from("{\"channels\":{");
-            for (i, (name, n)) in gw.broker.channels(&b.pattern).iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_str(&mut out, name);
-                out.push_str(&format!(":{{\"num_clients\":{n}}}"));
-            }
-            out.push_str("}}");
-            Ok(out)
+            Ok(channels_json(&gw.broker.channels(&b.pattern)))
         }
         "info" => Ok(info(gw, handle)),
         "batch" => {
@@ -478,13 +566,7 @@ pub fn call(
                 };
                 let params = serde_json::to_vec(params).expect("a Value serializes");
                 match call(gw, handle, notify, name, &params) {
-                    Ok(r) => {
-                        out.push('{');
-                        push_str(&mut out, name);
-                        out.push(':');
-                        out.push_str(&r);
-                        out.push('}');
-                    }
+                    Ok(r) => out.push_str(&named(name, &r)),
                     Err(e) => out.push_str(&error_json(&e)),
                 }
             }
@@ -538,7 +620,13 @@ fn publication_parts(b: &PublishBody) -> Result<(&str, Option<String>), ApiError
 
 fn info(gw: &Gateway, handle: &EngineHandle) -> String {
     let (clients, users) = gw.registry.counts();
-    let (channels, subs, _, _) = gw.broker.totals();
+    let (channels, subs) = match &gw.redis {
+        Some(link) => link.totals(),
+        None => {
+            let (channels, subs, _, _) = gw.broker.totals();
+            (channels, subs)
+        }
+    };
     let stats = handle.stats();
     let node = Obj::new()
         .str("uid", &gw.node_id)

@@ -13,7 +13,7 @@ use tether::{
 use tracing::debug;
 
 use super::admission::{admit, Admission};
-use super::auth::{ConnectClaims, TokenError};
+use super::auth::TokenError;
 use super::authorizer::SubscribeDecision;
 use super::broker::{
     self, client_text, join_leave_topic, ClientId, Presence, Publish, Subscribe, Subscribed, Unsubscribe,
@@ -22,7 +22,7 @@ use super::config::NamespaceOptions;
 use super::metrics::Rejection;
 use super::protocol::{self, lines, parse_command, Disconnect, ErrorCode, Obj, Replies, Request};
 use super::redis_engine::{self as redis, Done, HistoryOpts, Job, ReplyTo, SubAnswer, SubscribeJob};
-use super::session::{sub_flag, Due, Ms, Phase, Rate, Session, Sub};
+use super::session::{sub_flag, Due, Ms, PendingConnect, Phase, Rate, Session, Sub};
 use super::tenants::{TenantTable, Tenants};
 use super::{Gateway, Notice};
 
@@ -47,9 +47,6 @@ pub struct GatewayHandler {
 pub struct Conn {
     gw: Option<Arc<Gateway>>,
     session: Session,
-    /// Who the embedder's [`Authorizer`](super::authorizer::Authorizer) said this connection is, at the
-    /// upgrade; taken by the connect command.
-    preauth: Option<Box<ConnectClaims>>,
 }
 
 type H = GatewayHandler;
@@ -103,7 +100,7 @@ impl GatewayHandler {
     fn admitted(ctx: &mut Ctx<'_, Self>, conn: ConnId, admission: Admission) {
         if let Some(c) = ctx.state(conn) {
             c.gw = Some(admission.gw);
-            c.preauth = admission.preauth;
+            c.session.set_preauth(admission.preauth);
         }
     }
 
@@ -278,9 +275,8 @@ impl Gateway {
             return Err(Disconnect::BAD_REQUEST);
         }
         let now_unix = Gateway::now_unix();
-        let preauth = ctx.state(conn).and_then(|c| c.preauth.take());
-        let claims = if let Some(claims) = preauth {
-            *claims
+        let claims = if let Some(claims) = s.take_preauth() {
+            claims
         } else if r.token.is_empty() {
             if !(cfg.allow_anonymous_connect_without_token || cfg.insecure) {
                 return Err(Disconnect::BAD_REQUEST);
@@ -338,6 +334,7 @@ impl Gateway {
 
         let mut subs = Obj::new();
         let mut any_sub = false;
+        let mut later = Vec::new();
         for channel in &claims.channels {
             let Some(ns) = cfg.namespace_for(channel) else { continue };
             let wanted = r.subs.get(channel.as_str());
@@ -353,10 +350,14 @@ impl Gateway {
                 data: None,
                 expires_at: None,
             };
-            // With the Redis engine the result comes later, as a `subscribe` push.
-            if let Ok(Some(result)) = self.take_sub(ctx, conn, s, args, ReplyTo::Push { conn }) {
-                subs = subs.raw(&json_key(channel), &result);
-                any_sub = true;
+            match self.take_sub(ctx, conn, s, args, ReplyTo::ConnectSub { conn }) {
+                Ok(Some(result)) => {
+                    subs = subs.raw(&json_key(channel), &result);
+                    any_sub = true;
+                }
+                // The Redis engine answers later: the connect reply waits for it.
+                Ok(None) => later.push((Arc::from(channel.as_str()), None)),
+                Err(_) => {}
             }
         }
         let mut result = Obj::new().str("client", &client_text(&client)).str("version", env!("CARGO_PKG_VERSION"));
@@ -366,6 +367,13 @@ impl Gateway {
         if !interval.is_zero() {
             // The SDKs expect a ping at most `ping` seconds apart and answer with a pong when `pong` is set.
             result = result.num("ping", interval.as_secs().max(1)).bool_if("pong", !cfg.pong_timeout.is_zero());
+        }
+        if !later.is_empty() {
+            let mut head = result.finish();
+            head.pop();
+            let waiting = s.wait();
+            waiting.connect = Some(PendingConnect { id, head, subs: later });
+            return Ok(());
         }
         if any_sub {
             result = result.raw("subs", &subs.finish());
@@ -532,6 +540,9 @@ impl Gateway {
                 reply,
                 answer,
             };
+            if matches!(job.reply, ReplyTo::Command { .. }) {
+                s.wait();
+            }
             link.submit(ctx.handle(), Job::Subscribe(Box::new(job)));
             s.subs.push(Sub { channel, flags, expires_at, pending: token });
             return Ok(None);
@@ -637,7 +648,7 @@ impl Gateway {
         &self,
         ctx: &mut Ctx<'_, H>,
         conn: ConnId,
-        s: &Session,
+        s: &mut Session,
         id: u32,
         r: protocol::PublishRequest,
         out: &mut Replies,
@@ -665,6 +676,7 @@ impl Gateway {
             let publication: Arc<str> = protocol::publication(data.get(), Some(&info), 0, None).into();
             let reply = ReplyTo::Command { conn, id };
             link.submit(ctx.handle(), Job::Publish { channels: vec![(channel.into(), history)], publication, reply });
+            s.wait();
             self.metrics.publication(false);
             return;
         }
@@ -704,7 +716,7 @@ impl Gateway {
         &self,
         ctx: &mut Ctx<'_, H>,
         conn: ConnId,
-        s: &Session,
+        s: &mut Session,
         id: u32,
         channel: &str,
         stats: bool,
@@ -724,6 +736,7 @@ impl Gateway {
         }
         if let Some(link) = &self.redis {
             let job = Job::Presence { channel: channel.into(), stats, reply: ReplyTo::Command { conn, id } };
+            s.wait();
             return link.submit(ctx.handle(), job);
         }
         if stats {
@@ -737,7 +750,7 @@ impl Gateway {
         &self,
         ctx: &mut Ctx<'_, H>,
         conn: ConnId,
-        s: &Session,
+        s: &mut Session,
         id: u32,
         r: protocol::HistoryRequest,
         out: &mut Replies,
@@ -758,7 +771,10 @@ impl Gateway {
         if let Some(link) = &self.redis {
             let since = r.since.as_ref().map(|p| (p.offset, p.epoch.as_str()));
             match history_job(self, channel, ns, r.limit, since, r.reverse, ReplyTo::Command { conn, id }) {
-                Ok(job) => link.submit(ctx.handle(), job),
+                Ok(job) => {
+                    s.wait();
+                    link.submit(ctx.handle(), job)
+                }
                 Err(code) => self.error(id, code, out),
             }
             return;
@@ -886,15 +902,25 @@ impl Gateway {
             ReplyTo::Command { id, .. } => Some(id),
             _ => None,
         };
+        let connect_sub = matches!(done.reply, ReplyTo::ConnectSub { .. });
         let mut out = Replies::default();
         let mut extra = Vec::new();
         match done.outcome {
             redis::Outcome::Subscribed { channel, token, answer, result } => {
-                let Some(i) = s.subs.iter().position(|x| x.channel == channel && x.pending == token) else {
-                    return; // unsubscribed (or closed) meanwhile: its Unsubscribe job went already
-                };
-                match result {
-                    Ok((subscribed, pubs)) => {
+                let found = s.subs.iter().position(|x| x.channel == channel && x.pending == token);
+                match (found, result) {
+                    // Unsubscribed meanwhile (the API's unsubscribe): its Unsubscribe job went already.
+                    (None, _) => {
+                        if let Some(id) = id {
+                            self.error(id, ErrorCode::INTERNAL, &mut out);
+                        }
+                        if connect_sub {
+                            if let Some(c) = s.waiting_mut().and_then(|w| w.connect.as_mut()) {
+                                c.subs.retain(|(ch, _)| *ch != channel);
+                            }
+                        }
+                    }
+                    (Some(i), Ok((subscribed, pubs))) => {
                         s.subs[i].pending = 0;
                         let topic = self.broker.topic(&s.subs[i].channel);
                         ctx.subscribe(conn, &topic);
@@ -904,15 +930,22 @@ impl Gateway {
                         let body = self.sub_result(&answer, &subscribed);
                         match id {
                             Some(id) => out.result(id, "subscribe", &body),
+                            None if connect_sub => connect_result(s, &channel, body),
                             None => H::send(ctx, conn, &protocol::push(&channel, "subscribe", &body)),
                         }
                         extra = pubs.iter().map(|p| protocol::push(&channel, "pub", p)).collect();
                     }
-                    Err(e) => {
+                    (Some(_), Err(e)) => {
                         tracing::warn!(conn = %conn, channel = %channel, error = %e, "subscribe through Redis failed");
                         self.end_sub(ctx, Some(conn), s, &channel);
                         if let Some(id) = id {
                             self.error(id, ErrorCode::INTERNAL, &mut out);
+                        }
+                        if connect_sub {
+                            // The connect reply goes without it (as a refused server-side subscription).
+                            if let Some(c) = s.waiting_mut().and_then(|w| w.connect.as_mut()) {
+                                c.subs.retain(|(ch, _)| *ch != channel);
+                            }
                         }
                     }
                 }
@@ -936,13 +969,75 @@ impl Gateway {
                 (Some(id), Err(Some(_))) => self.error(id, ErrorCode::INTERNAL, &mut out),
                 _ => {}
             },
-            redis::Outcome::Removed(_) => {}
+            redis::Outcome::Removed(_) | redis::Outcome::Channels(_) | redis::Outcome::Batch(_) => {}
+        }
+        // The connect reply, once every server-side subscription has its result.
+        let connect_done =
+            s.waiting().and_then(|w| w.connect.as_ref()).is_some_and(|c| c.subs.iter().all(|x| x.1.is_some()));
+        if connect_done {
+            let c = s.waiting_mut().and_then(|w| w.connect.take()).expect("checked");
+            let mut subs = Obj::new();
+            for (channel, result) in &c.subs {
+                subs = subs.raw(&json_key(channel), result.as_deref().unwrap_or("{}"));
+            }
+            let mut body = c.head;
+            if !c.subs.is_empty() {
+                body.push_str(",\"subs\":");
+                body.push_str(&subs.finish());
+            }
+            body.push('}');
+            out.result(c.id, "connect", &body);
+        }
+        for frame in extra {
+            out.push_raw(&frame);
+        }
+        // A command's answer (or the connect's) came: the commands that waited behind it run now.
+        let released = id.is_some() || connect_done;
+        let mut outcome = Ok(());
+        if released && s.waiting().is_some_and(|w| w.connect.is_none()) {
+            let waiting = s.take_waiting().expect("checked");
+            for line in waiting.backlog.iter() {
+                outcome = self.run_line(ctx, conn, s, line, &mut out);
+                if outcome.is_err() {
+                    break;
+                }
+            }
         }
         if !out.is_empty() {
             H::send(ctx, conn, &out.out);
         }
-        for frame in extra {
-            H::send(ctx, conn, &frame);
+        if let Err(d) = outcome {
+            self.close(ctx, conn, d, "command");
+        }
+    }
+
+    /// One command line: run now, or queued behind a command the Redis engine is answering.
+    fn run_line(&self, ctx: &mut Ctx<'_, H>, conn: ConnId, s: &mut Session, line: &str, out: &mut Replies) -> Outcome {
+        if let Some(w) = s.waiting_mut() {
+            w.bytes += line.len();
+            if w.bytes > 4 * self.config.message_size_limit {
+                self.metrics.reject(Rejection::CommandRateClose);
+                return Err(Disconnect::TOO_MANY_REQUESTS);
+            }
+            w.backlog.push_back(line.into());
+            s.alive();
+            return Ok(());
+        }
+        match parse_command(line) {
+            Ok((id, request)) => self.command(ctx, conn, s, id, request, out),
+            Err(bad) => {
+                debug!(conn = %conn, error = %bad.0, "bad command");
+                Err(Disconnect::BAD_REQUEST)
+            }
+        }
+    }
+}
+
+/// A server-side subscription's result for the connect reply waiting for it.
+fn connect_result(s: &mut Session, channel: &Arc<str>, body: String) {
+    if let Some(c) = s.waiting_mut().and_then(|w| w.connect.as_mut()) {
+        if let Some(entry) = c.subs.iter_mut().find(|(ch, r)| ch == channel && r.is_none()) {
+            entry.1 = Some(body);
         }
     }
 }
@@ -1139,13 +1234,7 @@ impl Handler for GatewayHandler {
         let mut out = Replies::default();
         let mut outcome = Ok(());
         for line in lines(text) {
-            outcome = match parse_command(line) {
-                Ok((id, request)) => gw.command(ctx, conn, &mut s, id, request, &mut out),
-                Err(bad) => {
-                    debug!(conn = %conn, error = %bad.0, "bad command");
-                    Err(Disconnect::BAD_REQUEST)
-                }
-            };
+            outcome = gw.run_line(ctx, conn, &mut s, line, &mut out);
             if outcome.is_err() {
                 break;
             }
@@ -1286,7 +1375,7 @@ impl Handler for GatewayHandler {
         let conn = match &notice {
             Notice::Subscribe { conn, .. } | Notice::Unsubscribe { conn, .. } | Notice::Refresh { conn, .. } => *conn,
             Notice::Redis(done) => match &done.reply {
-                ReplyTo::Command { conn, .. } | ReplyTo::Push { conn } => *conn,
+                ReplyTo::Command { conn, .. } | ReplyTo::Push { conn } | ReplyTo::ConnectSub { conn } => *conn,
                 ReplyTo::Api { conn, method } => {
                     let (conn, method) = (*conn, *method);
                     let Notice::Redis(done) = notice else { unreachable!() };
@@ -1311,6 +1400,12 @@ impl Handler for GatewayHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_state_stays_small() {
+        // What the engine keeps per connection for the gateway: the gateway's Arc and the session.
+        assert!(std::mem::size_of::<Conn>() <= 152, "{}", std::mem::size_of::<Conn>());
+    }
 
     #[test]
     fn origins() {

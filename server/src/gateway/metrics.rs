@@ -202,8 +202,17 @@ pub fn register(tenants: &Tenants, r: &mut Registry) {
         ]
     });
     rows.gauge(r, "users", "Distinct authenticated users connected", |gw| one(gw.registry.counts().1));
-    rows.gauge(r, "channels", "Channels with at least one subscriber", |gw| one(gw.broker.totals().0));
-    rows.gauge(r, "subscriptions", "Client subscriptions to channels", |gw| one(gw.broker.totals().1));
+    // With the Redis engine, the node's channels and subscriptions are counted by its Redis thread (history
+    // lives in Redis: the history gauges stay 0).
+    let node = |gw: &Gateway| match &gw.redis {
+        Some(link) => link.totals(),
+        None => {
+            let t = gw.broker.totals();
+            (t.0, t.1)
+        }
+    };
+    rows.gauge(r, "channels", "Channels with at least one subscriber", move |gw| one(node(gw).0));
+    rows.gauge(r, "subscriptions", "Client subscriptions to channels", move |gw| one(node(gw).1));
     rows.gauge(r, "history_publications", "Publications held in history streams", |gw| one(gw.broker.totals().2));
     rows.gauge(r, "history_streams", "Channels with a history stream", |gw| one(gw.broker.totals().3));
     rows.counter(r, "connects", "Successful connect commands", |gw| one(gw.metrics.connects.load(Relaxed)));

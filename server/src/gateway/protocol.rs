@@ -405,6 +405,12 @@ impl Replies {
         }
     }
 
+    /// A frame as it is (a push).
+    pub fn push_raw(&mut self, frame: &str) {
+        self.start();
+        self.out.push_str(frame);
+    }
+
     /// `{"id":N,"<method>":<body>}`.
     pub fn result(&mut self, id: u32, method: &str, body: &str) {
         self.start();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
+use super::auth::ConnectClaims;
 use super::broker::ClientId;
 use super::protocol::Disconnect;
 
@@ -106,6 +107,40 @@ pub struct Session {
     /// may find its bucket refilled less than full, never more).
     pub tokens: f32,
     pub bucket_at: u32,
+    /// What few connections need, boxed (8 bytes for the rest): the embedder's say until `connect`, and the
+    /// commands waiting behind one the Redis engine answers.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
+    /// Who the embedder's [`Authorizer`](super::authorizer::Authorizer) said this connection is, at the
+    /// upgrade; taken by the connect command.
+    preauth: Option<ConnectClaims>,
+    /// Set while the Redis engine answers one of this connection's commands: the commands that come meanwhile
+    /// wait, so replies (and the pushes of a new subscription) keep the order of the commands, as Centrifugo
+    /// answers them.
+    waiting: Option<Waiting>,
+}
+
+/// Commands waiting behind one the Redis engine is answering.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    pub backlog: std::collections::VecDeque<Box<str>>,
+    /// Bytes in `backlog`.
+    pub bytes: usize,
+    /// A connect reply waiting for its server-side subscriptions' results.
+    pub connect: Option<PendingConnect>,
+}
+
+/// A connect reply whose `subs` the Redis engine is filling.
+#[derive(Debug)]
+pub struct PendingConnect {
+    pub id: u32,
+    /// The result object's JSON without its closing brace.
+    pub head: String,
+    /// Each server-side subscription and its result once known.
+    pub subs: Vec<(Arc<str>, Option<String>)>,
 }
 
 /// What the command bucket says.
@@ -146,6 +181,45 @@ pub enum Due {
 }
 
 impl Session {
+    pub fn set_preauth(&mut self, claims: Option<Box<ConnectClaims>>) {
+        if let Some(c) = claims {
+            self.extra.get_or_insert_with(Default::default).preauth = Some(*c);
+        }
+    }
+
+    pub fn take_preauth(&mut self) -> Option<ConnectClaims> {
+        let c = self.extra.as_mut()?.preauth.take();
+        self.tidy();
+        c
+    }
+
+    /// The commands waiting behind a Redis answer, if one is awaited.
+    pub fn waiting(&self) -> Option<&Waiting> {
+        self.extra.as_ref()?.waiting.as_ref()
+    }
+
+    pub fn waiting_mut(&mut self) -> Option<&mut Waiting> {
+        self.extra.as_mut()?.waiting.as_mut()
+    }
+
+    /// A Redis answer is awaited from now on (if it was not already).
+    pub fn wait(&mut self) -> &mut Waiting {
+        self.extra.get_or_insert_with(Default::default).waiting.get_or_insert_with(Default::default)
+    }
+
+    /// The answer came: what waited behind it.
+    pub fn take_waiting(&mut self) -> Option<Waiting> {
+        let w = self.extra.as_mut()?.waiting.take();
+        self.tidy();
+        w
+    }
+
+    fn tidy(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| e.preauth.is_none() && e.waiting.is_none()) {
+            self.extra = None;
+        }
+    }
+
     pub fn user(&self) -> &str {
         self.user.as_deref().unwrap_or("")
     }
@@ -322,8 +396,9 @@ mod tests {
     #[test]
     fn a_session_stays_small() {
         // Slot state for every connection of the node: keep it in check (was 144 bytes with Instants and a Vec;
-        // 128 before the command bucket's 8 bytes).
-        assert!(std::mem::size_of::<Session>() <= 136, "{}", std::mem::size_of::<Session>());
+        // 128 before the command bucket's 8 bytes; 136 before the boxed `extra`, which took the embedder's
+        // `preauth` box over from the slot's `Conn`, so the slot did not grow).
+        assert!(std::mem::size_of::<Session>() <= 144, "{}", std::mem::size_of::<Session>());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 mod scripts;
 mod worker;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -40,8 +41,10 @@ pub struct HistoryOpts {
 pub enum ReplyTo {
     /// A client command: reply to command `id` of `conn`.
     Command { conn: ConnId, id: u32 },
-    /// A server-side subscription (connect token `channels`, API `subscribe`): a `subscribe` push.
+    /// A server-side subscription (API `subscribe`): a `subscribe` push.
     Push { conn: ConnId },
+    /// A server-side subscription of a connect (token `channels`): its result goes in the connect reply.
+    ConnectSub { conn: ConnId },
     /// A deferred server API request on connection `conn` (answered with `EngineHandle::answer_http`).
     Api { conn: ConnId, method: ApiMethod },
     /// Nobody waits.
@@ -52,7 +55,10 @@ impl ReplyTo {
     /// The shard whose handler finishes the job.
     pub fn shard(&self) -> Option<usize> {
         match self {
-            ReplyTo::Command { conn, .. } | ReplyTo::Push { conn } | ReplyTo::Api { conn, .. } => Some(conn.shard()),
+            ReplyTo::Command { conn, .. }
+            | ReplyTo::Push { conn }
+            | ReplyTo::ConnectSub { conn }
+            | ReplyTo::Api { conn, .. } => Some(conn.shard()),
             ReplyTo::Nobody => None,
         }
     }
@@ -67,6 +73,8 @@ pub enum ApiMethod {
     PresenceStats,
     History,
     HistoryRemove,
+    Channels,
+    Batch,
 }
 
 /// What a subscribe's reply says besides the broker's answer (built by the shard, carried through Redis
@@ -143,6 +151,49 @@ pub enum Job {
         channel: Arc<str>,
         reply: ReplyTo,
     },
+    /// This node's channels with subscribers whose names match `pattern` (empty: all).
+    Channels {
+        pattern: String,
+        reply: ReplyTo,
+    },
+    /// An API batch: its items run one after another; the answers come back together.
+    Batch {
+        items: Vec<BatchItem>,
+        reply: ReplyTo,
+    },
+}
+
+impl Job {
+    /// Where the job's outcome goes.
+    pub fn reply(&self) -> &ReplyTo {
+        const NOBODY: ReplyTo = ReplyTo::Nobody;
+        match self {
+            Job::Publish { reply, .. }
+            | Job::Presence { reply, .. }
+            | Job::History { reply, .. }
+            | Job::HistoryRemove { reply, .. }
+            | Job::Channels { reply, .. }
+            | Job::Batch { reply, .. } => reply,
+            Job::Subscribe(job) => &job.reply,
+            Job::Unsubscribe { .. } => &NOBODY,
+        }
+    }
+}
+
+/// One command of an API batch.
+#[derive(Debug)]
+pub enum BatchItem {
+    /// Answered already (a method that needs no Redis, or an error): its reply JSON.
+    Ready(String),
+    /// A method that Redis answers, under its name.
+    Run { name: String, method: ApiMethod, job: Box<Job> },
+}
+
+/// One answer of an API batch.
+#[derive(Debug)]
+pub enum BatchDone {
+    Ready(String),
+    Done { name: String, method: ApiMethod, outcome: Outcome },
 }
 
 /// A failed Redis operation, in words for logs and API errors.
@@ -169,6 +220,9 @@ pub enum Outcome {
     /// Publications (push bodies) and the stream position, or `Err(None)` for error 112 (another epoch).
     History(Result<(Vec<Arc<str>>, Position), Option<RedisError>>),
     Removed(Result<(), RedisError>),
+    /// (channel, subscribers on this node).
+    Channels(Vec<(Arc<str>, u32)>),
+    Batch(Vec<BatchDone>),
 }
 
 /// A finished job: what the shard's handler gets back (as `Notice::Redis`).
@@ -178,10 +232,18 @@ pub struct Done {
     pub outcome: Outcome,
 }
 
+/// What the Redis thread counts for `info` and `/metrics`.
+#[derive(Default)]
+pub struct Totals {
+    pub channels: AtomicUsize,
+    pub subscriptions: AtomicU64,
+}
+
 /// A gateway's link to its Redis thread. Jobs never block the caller.
 pub struct RedisLink {
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
     engine: Arc<OnceLock<EngineHandle>>,
+    totals: Arc<Totals>,
     _thread: std::thread::JoinHandle<()>,
 }
 
@@ -198,12 +260,18 @@ impl RedisLink {
     pub fn start(options: &RedisOptions, key_prefix: String, topic_prefix: String) -> Result<RedisLink, String> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let engine = Arc::new(OnceLock::new());
-        let w = worker::Worker::new(options, key_prefix, topic_prefix, engine.clone())?;
+        let totals = Arc::new(Totals::default());
+        let w = worker::Worker::new(options, key_prefix, topic_prefix, engine.clone(), totals.clone())?;
         let thread = std::thread::Builder::new()
             .name("tetherd-redis".into())
             .spawn(move || w.run(rx))
             .map_err(|e| format!("the Redis thread: {e}"))?;
-        Ok(RedisLink { jobs: tx, engine, _thread: thread })
+        Ok(RedisLink { jobs: tx, engine, totals, _thread: thread })
+    }
+
+    /// (channels with subscribers on this node, their subscriptions).
+    pub fn totals(&self) -> (usize, u64) {
+        (self.totals.channels.load(Relaxed), self.totals.subscriptions.load(Relaxed))
     }
 
     /// Queues `job`. The first job tells the thread the engine to deliver through.

@@ -9,6 +9,7 @@
 //! (or its recovered publications). The reply, the extras and every later publication then reach the shard in
 //! one ordered queue (`EngineHandle::notify_in_order`, `publish_on`): no gap, no duplicate.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -20,8 +21,10 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use super::scripts::{self, Keys};
-use super::{with_offset, Done, HistoryOpts, Job, Outcome, RedisError, ReplyTo, SubscribeJob};
-use crate::gateway::broker::{client_text, join_leave_topic, ClientId, Position, Subscribed};
+use super::{
+    with_offset, BatchDone, BatchItem, Done, HistoryOpts, Job, Outcome, RedisError, ReplyTo, SubscribeJob, Totals,
+};
+use crate::gateway::broker::{client_text, glob, join_leave_topic, ClientId, Position, Subscribed};
 use crate::gateway::history::{new_epoch, Recovery};
 use crate::gateway::protocol;
 use crate::gateway::Notice;
@@ -30,6 +33,7 @@ pub struct Worker {
     keys: Keys,
     topic_prefix: Box<str>,
     engine: Arc<OnceLock<EngineHandle>>,
+    totals: Arc<Totals>,
     clients: Vec<redis::Client>,
     timeout: Duration,
     presence_ttl: Duration,
@@ -68,6 +72,7 @@ impl Worker {
         key_prefix: String,
         topic_prefix: String,
         engine: Arc<OnceLock<EngineHandle>>,
+        totals: Arc<Totals>,
     ) -> Result<Worker, String> {
         let mut clients = Vec::new();
         for address in &options.addresses {
@@ -82,6 +87,7 @@ impl Worker {
             keys: Keys::new(key_prefix),
             topic_prefix: topic_prefix.into(),
             engine,
+            totals,
             clients,
             timeout: options.timeout,
             presence_ttl: options.presence_ttl,
@@ -124,6 +130,7 @@ impl Worker {
             keys: self.keys.clone(),
             topic_prefix: self.topic_prefix.clone(),
             engine: self.engine.clone(),
+            totals: self.totals.clone(),
             conns,
             channels: HashMap::new(),
             presence: HashMap::new(),
@@ -174,6 +181,7 @@ struct State {
     keys: Keys,
     topic_prefix: Box<str>,
     engine: Arc<OnceLock<EngineHandle>>,
+    totals: Arc<Totals>,
     conns: Vec<ConnectionManager>,
     channels: HashMap<Arc<str>, Local>,
     /// This node's presence entries, refreshed every `presence_update_interval`.
@@ -237,12 +245,17 @@ fn secs(d: Duration) -> u64 {
 }
 
 impl State {
-    fn conn(&self, channel: &str) -> ConnectionManager {
+    /// The Redis instance that holds `channel` (client-side sharding by name).
+    fn instance(&self, channel: &str) -> usize {
         let mut h: u64 = 0xcbf29ce484222325;
         for b in channel.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x100000001b3);
         }
-        self.conns[(h % self.conns.len() as u64) as usize].clone()
+        (h % self.conns.len() as u64) as usize
+    }
+
+    fn conn(&self, channel: &str) -> ConnectionManager {
+        self.conns[self.instance(channel)].clone()
     }
 
     fn topic(&self, channel: &str) -> Arc<str> {
@@ -253,6 +266,19 @@ impl State {
         if self.up[i] != ok {
             if ok {
                 info!(instance = i, "Redis is reachable again");
+                // A Redis that restarted knows none of this node's PUB/SUB subscriptions or presence entries:
+                // make them again (both idempotent).
+                let channels: Vec<String> =
+                    self.channels.keys().filter(|ch| self.instance(ch) == i).map(|ch| self.keys.pubsub(ch)).collect();
+                if !channels.is_empty() {
+                    let mut c = self.conns[i].clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = c.subscribe(&channels).await {
+                            warn!(error = %e, "resubscribing after a reconnect");
+                        }
+                    });
+                }
+                self.refresh_presence();
             } else {
                 warn!(instance = i, "Redis unreachable; reconnecting with backoff");
             }
@@ -270,14 +296,58 @@ impl State {
 
     fn job(&mut self, job: Job) {
         match job {
-            Job::Publish { channels, publication, reply } => self.publish(channels, publication, reply),
             Job::Subscribe(job) => self.subscribe(job),
             Job::Unsubscribe { shard, channel, presence, leave } => self.unsubscribe(shard, channel, presence, leave),
-            Job::Presence { channel, stats, reply } => {
-                let mut c = self.conn(&channel);
-                let (data, expire) = (self.keys.presence_data(&channel), self.keys.presence_expire(&channel));
+            Job::Channels { pattern, reply } => {
+                let mut list: Vec<(Arc<str>, u32)> = self
+                    .channels
+                    .iter()
+                    .filter(|(name, l)| l.total > 0 && (pattern.is_empty() || glob(&pattern, name)))
+                    .map(|(name, l)| (name.clone(), l.total))
+                    .collect();
+                list.sort();
+                Self::finish(&self.engine, reply, Outcome::Channels(list));
+            }
+            Job::Batch { items, reply } => {
+                let mut runs = Vec::with_capacity(items.len());
+                for item in items {
+                    runs.push(match item {
+                        BatchItem::Ready(json) => Err(json),
+                        BatchItem::Run { name, method, job } => Ok((name, method, self.request(*job))),
+                    });
+                }
                 let engine = self.engine.clone();
                 tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(runs.len());
+                    // In order: a batch's publications get their offsets in the order they were listed.
+                    for run in runs {
+                        out.push(match run {
+                            Err(json) => BatchDone::Ready(json),
+                            Ok((name, method, Some(fut))) => BatchDone::Done { name, method, outcome: fut.await },
+                            Ok((name, _, None)) => BatchDone::Ready(format!("{{\"{name}\":{{}}}}")),
+                        });
+                    }
+                    Self::finish(&engine, reply, Outcome::Batch(out));
+                });
+            }
+            job => {
+                let reply = job.reply().clone();
+                if let Some(fut) = self.request(job) {
+                    let engine = self.engine.clone();
+                    tokio::spawn(async move { Self::finish(&engine, reply, fut.await) });
+                }
+            }
+        }
+    }
+
+    /// The Redis work of a request-style job (publish, presence, history), to await for its outcome.
+    fn request(&mut self, job: Job) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>> {
+        Some(match job {
+            Job::Publish { channels, publication, .. } => Box::pin(self.publish(channels, publication)),
+            Job::Presence { channel, stats, .. } => {
+                let mut c = self.conn(&channel);
+                let (data, expire) = (self.keys.presence_data(&channel), self.keys.presence_expire(&channel));
+                Box::pin(async move {
                     let result = scripts::PRESENCE_GET
                         .key(data)
                         .key(expire)
@@ -289,56 +359,55 @@ impl State {
                             let flat: Vec<String> = items(v).iter().filter_map(text).collect();
                             flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect()
                         });
-                    Self::finish(&engine, reply, Outcome::Presence { stats, result });
-                });
+                    Outcome::Presence { stats, result }
+                })
             }
-            Job::History { channel, history, since, limit, reverse, reply } => {
+            Job::History { channel, history, since, limit, reverse, .. } => {
                 let mut c = self.conn(&channel);
                 let (stream, meta) = (self.keys.stream(&channel), self.keys.meta(&channel));
-                let engine = self.engine.clone();
-                tokio::spawn(async move {
+                Box::pin(async move {
                     let (op, start, end) = match (limit, reverse, &since) {
                         (0, _, _) => ("", String::new(), String::new()),
                         (_, false, Some((o, _))) => ("fwd", (o + 1).to_string(), "+".into()),
                         (_, false, None) => ("fwd", "-".into(), "+".into()),
-                        (_, true, Some((o, _))) => ("rev", o.saturating_sub(1).max(0).to_string(), "-".into()),
+                        (_, true, Some((o, _))) => ("rev", o.saturating_sub(1).to_string(), "-".into()),
                         (_, true, None) => ("rev", "+".into(), "-".into()),
                     };
                     let read = read_stream(&mut c, stream, meta, &history, op, start, end, limit).await;
-                    let result = match read {
+                    Outcome::History(match read {
                         Err(e) => Err(Some(e)),
+                        Ok(read) if since.as_ref().is_some_and(|(_, e)| !e.is_empty() && *e != read.epoch) => Err(None),
                         Ok(read) => {
-                            if since.as_ref().is_some_and(|(_, e)| !e.is_empty() && *e != read.epoch) {
-                                Err(None)
+                            // A reverse page since offset 1 asks for offsets below 1: none.
+                            let none = reverse && since.as_ref().is_some_and(|(o, _)| *o <= 1);
+                            let pubs = if none {
+                                Vec::new()
                             } else {
-                                // A reverse page since offset 1 asks for offsets below 1: none.
-                                let none = reverse && since.as_ref().is_some_and(|(o, _)| *o <= 1);
-                                let pubs = if none {
-                                    Vec::new()
-                                } else {
-                                    read.entries.iter().map(|(o, d)| with_offset(d, *o)).collect()
-                                };
-                                Ok((pubs, Position { offset: read.top, epoch: read.epoch.into() }))
-                            }
+                                read.entries.iter().map(|(o, d)| with_offset(d, *o)).collect()
+                            };
+                            Ok((pubs, Position { offset: read.top, epoch: read.epoch.into() }))
                         }
-                    };
-                    Self::finish(&engine, reply, Outcome::History(result));
-                });
+                    })
+                })
             }
-            Job::HistoryRemove { channel, reply } => {
+            Job::HistoryRemove { channel, .. } => {
                 let mut c = self.conn(&channel);
                 let stream = self.keys.stream(&channel);
-                let engine = self.engine.clone();
-                tokio::spawn(async move {
+                Box::pin(async move {
                     let result =
                         redis::cmd("DEL").arg(stream).query_async::<Value>(&mut c).await.map(|_| ()).map_err(err);
-                    Self::finish(&engine, reply, Outcome::Removed(result));
-                });
+                    Outcome::Removed(result)
+                })
             }
-        }
+            Job::Subscribe(_) | Job::Unsubscribe { .. } | Job::Channels { .. } | Job::Batch { .. } => return None,
+        })
     }
 
-    fn publish(&mut self, channels: Vec<(Arc<str>, Option<HistoryOpts>)>, publication: Arc<str>, reply: ReplyTo) {
+    fn publish(
+        &mut self,
+        channels: Vec<(Arc<str>, Option<HistoryOpts>)>,
+        publication: Arc<str>,
+    ) -> impl std::future::Future<Output = Outcome> + Send + 'static {
         let targets: Vec<_> = channels
             .into_iter()
             .map(|(ch, h)| {
@@ -347,8 +416,7 @@ impl State {
                 (c, h, keys)
             })
             .collect();
-        let engine = self.engine.clone();
-        tokio::spawn(async move {
+        async move {
             let mut results = Vec::with_capacity(targets.len());
             for (mut c, history, (stream, meta, pubsub)) in targets {
                 let result = match history {
@@ -375,8 +443,8 @@ impl State {
                 };
                 results.push(result);
             }
-            Self::finish(&engine, reply, Outcome::Published(results));
-        });
+            Outcome::Published(results)
+        }
     }
 
     fn subscribe(&mut self, job: Box<SubscribeJob>) {
@@ -388,6 +456,10 @@ impl State {
         }
         local.by_shard[shard] += 1;
         local.total += 1;
+        self.totals.subscriptions.fetch_add(1, Relaxed);
+        if local.total == 1 {
+            self.totals.channels.fetch_add(1, Relaxed);
+        }
         let need_subscribe = !local.confirmed;
         if let Some((client, info)) = &job.presence {
             self.presence.entry_ref(&*channel).or_default().insert(*client, info.clone());
@@ -504,7 +576,9 @@ impl State {
                 *n = n.saturating_sub(1);
             }
             local.total = local.total.saturating_sub(1);
+            self.totals.subscriptions.fetch_sub(1, Relaxed);
             if local.total == 0 {
+                self.totals.channels.fetch_sub(1, Relaxed);
                 self.channels.remove(&*channel);
                 let mut c = self.conn(&channel);
                 let pubsub = self.keys.pubsub(&channel);

@@ -1,0 +1,90 @@
+"""A real redis-server (Debian's package) for the Redis engine tests: on a free loopback port, without
+persistence (a restart loses everything, as a Redis without AOF/RDB does), stopped with the test."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_bin() -> str:
+    path = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.isfile(path):
+        raise RuntimeError("redis-server not found: apt-get install -y redis-server (or set REDIS_SERVER_BIN)")
+    return path
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1:`port` (a free one unless given); `stop()` kills it, `start()` starts a
+    fresh empty one on the same port."""
+
+    def __init__(self, port: int = 0, *extra: str):
+        self.port = port or free_port()
+        self.extra = extra
+        self.dir = tempfile.mkdtemp(prefix="tether-redis-")
+        self.proc = None
+        self.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [
+                redis_server_bin(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self.dir,
+                *self.extra,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited at start-up ({self.proc.returncode})")
+            if self.ping():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer PING on port {self.port} within 15 s")
+
+    def command(self, *args: str) -> bytes:
+        """One command over RESP2 (inline, for tests): its raw reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            parts = [f"*{len(args)}\r\n".encode()]
+            for a in args:
+                b = a.encode()
+                parts.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
+            s.sendall(b"".join(parts))
+            s.settimeout(2)
+            return s.recv(65536)
+
+    def ping(self) -> bool:
+        try:
+            return self.command("PING").startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
