@@ -125,6 +125,13 @@ if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
     wait "$redis_pid" 2>/dev/null || true
 fi
 
+# The Autobahn|Testsuite fuzzingclient (all 517 cases; tests/autobahn/: the PyPI sdist on Python 3) against the
+# engine's echo example: no FAILED case (compression cases are UNIMPLEMENTED until the echo offers deflate).
+log "Autobahn|Testsuite fuzzingclient against target/release/examples/echo"
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+python3 tests/autobahn/run.py --agent tether -- "$TETHER_EXAMPLES_DIR/echo" '127.0.0.1:{port}' \
+    || failed+=("autobahn fuzzingclient")
+
 # The crates' documentation builds without a warning (broken links, undocumented public items of `tether`).
 log "cargo doc --no-deps --workspace (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace -q || failed+=("cargo doc")
