@@ -118,7 +118,7 @@ fn publish_loop(
         let channels: Vec<u32> = (0..batch as u32).map(|i| (next_channel + i) % cfg.channels).collect();
         next_channel = ((next_channel as u64 + step as u64) % cfg.channels as u64) as u32;
         data.clear();
-        let sent_ns = epoch.elapsed().as_nanos() as u64;
+        let sent_ns = super::stamp_ns(epoch, Instant::now());
         publication_data(&mut data, sent_ns, seq.fetch_add(1, Relaxed), cfg.publication_size);
         body.clear();
         let method = if batch == 1 {

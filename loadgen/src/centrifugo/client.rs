@@ -108,7 +108,7 @@ impl CentShard {
     }
 
     fn now_ns(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_nanos() as u64
+        super::stamp_ns(self.epoch, now)
     }
 
     fn send(ctx: &mut Ctx<'_, LoadHandler>, conn: ConnId, text: &str) -> bool {

@@ -4,8 +4,11 @@
 //! Each connection connects with a JWT (HS256, `sub` = `u<index>`), subscribes to K of N channels (connection
 //! `i` takes channels `(i*K + j) % N`), answers the server's `{}` pings, and with `--reconnect-every` closes
 //! itself at a random point of every such period and resubscribes with `recover` from the last offset it saw.
-//! Publications carry `{"t":<ns since the run's start>,"s":<sequence>}`; publisher and receivers share the
-//! process's clock, so the latency needs no clock sync.
+//! Publications carry `{"t":<ns>,"s":<sequence>}`, `t` on a clock that reads the wall clock once per process
+//! (ns since 2026-01-01 UTC) and the monotonic clock after that: publisher and receivers in one process share
+//! it exactly, and several tether-load processes on one machine (one per gateway node, with the publisher in
+//! one of them) agree to within the wall clock's reading error (microseconds), so the latency needs no clock
+//! sync.
 //!
 //! ```text
 //! codec.rs   commands out, replies and pushes in (a scanner for publications, serde for the rest)
@@ -21,9 +24,23 @@ pub mod codec;
 pub mod stats;
 pub mod track;
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 pub use api::ApiTarget;
+
+/// The run's time stamp of `at` (see the module docs): ns since 2026-01-01 UTC, read once from the wall clock
+/// at `epoch` and advanced by the monotonic clock.
+pub fn stamp_ns(epoch: Instant, at: Instant) -> u64 {
+    const REF_UNIX_S: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+    static BASE: OnceLock<u64> = OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let since_ref = wall.saturating_sub(Duration::from_secs(REF_UNIX_S)).as_nanos() as u64;
+        since_ref.saturating_sub(epoch.elapsed().as_nanos() as u64)
+    });
+    base + at.saturating_duration_since(epoch).as_nanos() as u64
+}
 
 /// Where publications come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
