@@ -29,23 +29,20 @@ from cent import (
 from centrifuge import ClientState
 
 from gateway_util import BASE_CONFIG, Gateway, Harness, call_api, run_bounded, subscribed, unique, until
-from redis_util import RedisServer, free_port
+from redis_util import RedisCluster, RedisServer, free_port
 
 LIMIT = 90
 PRESENCE_TTL = 3
 
 
-def node_config(redis: RedisServer, prefix: str) -> dict:
+def node_config(redis, prefix: str) -> dict:
     cfg = copy.deepcopy(BASE_CONFIG)
-    cfg["engine"] = {
-        "type": "redis",
-        "redis": {
-            "address": f"redis://{redis.address}",
-            "prefix": prefix,
-            "presence_ttl": f"{PRESENCE_TTL}s",
-            "presence_update_interval": "1s",
-        },
-    }
+    redis_cfg = {"prefix": prefix, "presence_ttl": f"{PRESENCE_TTL}s", "presence_update_interval": "1s"}
+    if isinstance(redis, RedisCluster):
+        redis_cfg["cluster_address"] = redis.addresses
+    else:
+        redis_cfg["address"] = f"redis://{redis.address}"
+    cfg["engine"] = {"type": "redis", "redis": redis_cfg}
     return cfg
 
 
@@ -88,9 +85,17 @@ def redis():
     r.close()
 
 
-@pytest.fixture
-def cluster(redis):
-    c = Cluster(redis)
+@pytest.fixture(scope="module")
+def redis_cluster():
+    r = RedisCluster()
+    yield r
+    r.close()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def cluster(request):
+    """Three nodes on one Redis, and (the same tests again) on a Redis Cluster of three masters."""
+    c = Cluster(request.getfixturevalue("redis" if request.param == "redis" else "redis_cluster"))
     yield c
     c.stop()
 
@@ -156,6 +161,19 @@ def test_publications_presence_history_and_join_leave_cross_nodes(cluster):
 
             await until(users, ["alice"], what="presence after bob left")
             assert offsets(rec_a, ch) == [1, 2, 3], "every publication once, in order"
+
+            if isinstance(cluster.redis, RedisCluster):
+                # Many channels: their keys spread over the three masters' slots, and each still works.
+                names = [unique(f"chat:spread{i}-") for i in range(12)]
+                for name in names:
+                    await call_api(c.api(), PublishRequest(channel=name, data={"x": 1}))
+                counts = cluster.redis.slots_in_use()
+                assert all(n > 0 for n in counts), f"keys per master: {counts}"
+                for name in names[:3]:
+                    await subscribed(alice, rec_a, name)
+                    await call_api(b.api(), PublishRequest(channel=name, data={"x": 2}))
+                    pubs = await rec_a.wait("publication", name)
+                    assert pubs[0].pub.offset == 2
 
     cluster.run(go())
 

@@ -404,6 +404,9 @@ pub struct RedisOptions {
     pub presence_update_interval: Duration,
     /// `engine.redis.connect_timeout`, default 1s; also the answer timeout of one Redis command.
     pub timeout: Duration,
+    /// `engine.redis.cluster_address` was given: `addresses` are a Redis Cluster's seed nodes (sharded
+    /// PUB/SUB, keys with the channel as hash tag).
+    pub cluster: bool,
 }
 
 impl Default for RedisOptions {
@@ -414,6 +417,7 @@ impl Default for RedisOptions {
             presence_ttl: Duration::from_secs(60),
             presence_update_interval: Duration::from_secs(27),
             timeout: Duration::from_secs(1),
+            cluster: false,
         }
     }
 }
@@ -433,23 +437,27 @@ fn read_engine(engine: &Map<String, Value>, unknown: &mut Vec<String>) -> Result
     const KNOWN: [&str; 6] =
         ["address", "prefix", "presence_ttl", "presence_update_interval", "connect_timeout", "cluster_address"];
     report_unknown(redis, "engine.redis", &KNOWN, &[], unknown);
-    if redis.get("cluster_address").is_some_and(|v| !v.is_null()) {
-        return Err("engine.redis.cluster_address: Redis Cluster is not supported yet (use a list of addresses in \
-                    engine.redis.address for client-side sharding)"
-            .into());
-    }
-    match redis.get("address") {
+    let key = if redis.get("cluster_address").is_some_and(|v| !v.is_null()) {
+        if redis.get("address").is_some_and(|v| !v.is_null()) {
+            return Err("engine.redis: give address or cluster_address, not both".into());
+        }
+        o.cluster = true;
+        "cluster_address"
+    } else {
+        "address"
+    };
+    match redis.get(key) {
         None | Some(Value::Null) => {}
         Some(Value::String(a)) => o.addresses = vec![a.clone()],
         Some(Value::Array(_)) => {
             let mut list = Vec::new();
-            read_string_list(redis, "engine.redis", "address", &mut list)?;
+            read_string_list(redis, "engine.redis", key, &mut list)?;
             if list.is_empty() {
-                return Err("engine.redis.address: an empty list".into());
+                return Err(format!("engine.redis.{key}: an empty list"));
             }
             o.addresses = list;
         }
-        Some(_) => return Err("engine.redis.address: expected a string or a list of strings".into()),
+        Some(_) => return Err(format!("engine.redis.{key}: expected a string or a list of strings")),
     }
     for a in &mut o.addresses {
         if !a.contains("://") {
@@ -1106,6 +1114,19 @@ websocket:
         let redis = c.redis.expect("the redis engine");
         assert_eq!(redis.addresses, ["redis://localhost:6379"]);
         assert_eq!(redis.prefix, "centrifugo");
+        assert!(!redis.cluster);
+        let cluster = GatewayConfig::from_json(
+            r#"{"engine": {"type": "redis", "redis": {"cluster_address": ["10.0.0.1:7000", "redis://10.0.0.2:7000"]}}}"#,
+        )
+        .unwrap()
+        .redis
+        .unwrap();
+        assert!(cluster.cluster);
+        assert_eq!(cluster.addresses, ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+        let both = r#"{"engine": {"type": "redis", "redis": {"address": "a:1", "cluster_address": "b:1"}}}"#;
+        assert!(GatewayConfig::from_json(both).unwrap_err().contains("not both"));
+        let bad = r#"{"engine": {"type": "nats"}}"#;
+        assert!(GatewayConfig::from_json(bad).unwrap_err().contains("engine.type"));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! publications it fans out, so a subscriber's reply, its recovered publications and the live ones arrive
 //! exactly in offset order (see `worker`).
 
+mod link;
 mod scripts;
 mod worker;
 

@@ -8,42 +8,59 @@ use redis::Script;
 #[derive(Clone, Debug)]
 pub struct Keys {
     prefix: String,
+    /// In a Redis Cluster the channel part is a hash tag (`{channel}`), as Centrifugo writes it: a channel's
+    /// stream, meta, presence keys and PUB/SUB channel then share one slot, which its Lua scripts need.
+    cluster: bool,
 }
 
 impl Keys {
-    pub fn new(prefix: String) -> Keys {
-        Keys { prefix }
+    pub fn new(prefix: String, cluster: bool) -> Keys {
+        Keys { prefix, cluster }
+    }
+
+    fn key(&self, kind: &str, channel: &str) -> String {
+        if self.cluster {
+            format!("{}.{kind}.{{{channel}}}", self.prefix)
+        } else {
+            format!("{}.{kind}.{channel}", self.prefix)
+        }
     }
 
     /// The PUB/SUB channel of `channel`.
     pub fn pubsub(&self, channel: &str) -> String {
-        format!("{}.client.{channel}", self.prefix)
+        self.key("client", channel)
     }
 
     /// The app channel a PUB/SUB channel name belongs to.
     pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
-        pubsub.strip_prefix(&self.prefix)?.strip_prefix(".client.")
+        let rest = pubsub.strip_prefix(&self.prefix)?.strip_prefix(".client.")?;
+        if self.cluster {
+            rest.strip_prefix('{')?.strip_suffix('}')
+        } else {
+            Some(rest)
+        }
     }
 
     pub fn stream(&self, channel: &str) -> String {
-        format!("{}.stream.{channel}", self.prefix)
+        self.key("stream", channel)
     }
 
     pub fn meta(&self, channel: &str) -> String {
-        format!("{}.stream.meta.{channel}", self.prefix)
+        self.key("stream.meta", channel)
     }
 
     pub fn presence_data(&self, channel: &str) -> String {
-        format!("{}.presence.data.{channel}", self.prefix)
+        self.key("presence.data", channel)
     }
 
     pub fn presence_expire(&self, channel: &str) -> String {
-        format!("{}.presence.expire.{channel}", self.prefix)
+        self.key("presence.expire", channel)
     }
 }
 
 /// KEYS: stream, meta. ARGV: payload (without offset), history size, history ttl (s), meta ttl (s, 0 =
-/// none), an epoch to use if the stream has none, the PUB/SUB channel. Appends with the next offset and
+/// none), an epoch to use if the stream has none, the PUB/SUB channel, the publish command (`publish`, or
+/// `spublish` in a cluster). Appends with the next offset and
 /// publishes `__p1:{offset}:{epoch}__{payload}` in the same step, so offsets and delivery order agree.
 /// Returns {offset, epoch}.
 pub static PUBLISH_WITH_HISTORY: LazyLock<Script> = LazyLock::new(|| {
@@ -58,7 +75,7 @@ local offset = redis.call("hincrby", KEYS[2], "s", 1)
 if ARGV[4] ~= "0" then redis.call("expire", KEYS[2], ARGV[4]) end
 redis.call("xadd", KEYS[1], "MAXLEN", ARGV[2], offset, "d", ARGV[1])
 redis.call("expire", KEYS[1], ARGV[3])
-redis.call("publish", ARGV[6], "__p1:" .. offset .. ":" .. epoch .. "__" .. ARGV[1])
+redis.call(ARGV[7], ARGV[6], "__p1:" .. offset .. ":" .. epoch .. "__" .. ARGV[1])
 return {offset, epoch}
 "#,
     )
@@ -128,3 +145,23 @@ return redis.call("hgetall", KEYS[1])
 "#,
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_are_centrifugos_and_hash_tagged_in_a_cluster() {
+        let k = Keys::new("centrifugo".into(), false);
+        assert_eq!(k.pubsub("chat:1"), "centrifugo.client.chat:1");
+        assert_eq!(k.stream("chat:1"), "centrifugo.stream.chat:1");
+        assert_eq!(k.meta("chat:1"), "centrifugo.stream.meta.chat:1");
+        assert_eq!(k.presence_data("chat:1"), "centrifugo.presence.data.chat:1");
+        assert_eq!(k.channel_of("centrifugo.client.chat:1"), Some("chat:1"));
+        assert_eq!(k.channel_of("other.client.chat:1"), None);
+        let c = Keys::new("centrifugo".into(), true);
+        assert_eq!(c.pubsub("chat:1"), "centrifugo.client.{chat:1}");
+        assert_eq!(c.presence_expire("chat:1"), "centrifugo.presence.expire.{chat:1}");
+        assert_eq!(c.channel_of("centrifugo.client.{chat:1}"), Some("chat:1"));
+    }
+}

@@ -20,6 +20,7 @@ use tether::{EngineHandle, Prepared};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
+use super::link::Link;
 use super::scripts::{self, Keys};
 use super::{
     with_offset, BatchDone, BatchItem, Done, HistoryOpts, Job, Outcome, RedisError, ReplyTo, SubscribeJob, Totals,
@@ -34,7 +35,7 @@ pub struct Worker {
     topic_prefix: Box<str>,
     engine: Arc<OnceLock<EngineHandle>>,
     totals: Arc<Totals>,
-    clients: Vec<redis::Client>,
+    target: Target,
     timeout: Duration,
     presence_ttl: Duration,
     presence_every: Duration,
@@ -83,12 +84,20 @@ impl Worker {
             clients
                 .push(redis::Client::open(url.as_str()).map_err(|e| format!("engine.redis.address {address}: {e}"))?);
         }
+        let target = if options.cluster {
+            // Checked here so that a bad seed is one error line at start-up.
+            redis::cluster::ClusterClient::new(options.addresses.iter().map(String::as_str).collect::<Vec<_>>())
+                .map_err(|e| format!("engine.redis.cluster_address: {e}"))?;
+            Target::Cluster(options.addresses.clone())
+        } else {
+            Target::Single(clients)
+        };
         Ok(Worker {
-            keys: Keys::new(key_prefix),
+            keys: Keys::new(key_prefix, options.cluster),
             topic_prefix: topic_prefix.into(),
             engine,
             totals,
-            clients,
+            target,
             timeout: options.timeout,
             presence_ttl: options.presence_ttl,
             presence_every: options.presence_update_interval,
@@ -109,22 +118,58 @@ impl Worker {
     async fn main(self, mut jobs: UnboundedReceiver<Job>) {
         let (push_tx, mut push_rx) = unbounded_channel::<PushInfo>();
         let mut conns = Vec::new();
-        for client in &self.clients {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_push_sender(push_tx.clone())
-                .set_automatic_resubscription()
-                .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(self.timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(1));
-            match ConnectionManager::new_lazy_with_config(client.clone(), config) {
-                Ok(c) => conns.push(c),
-                Err(e) => {
-                    tracing::error!(error = %e, "Redis connection manager");
-                    return;
+        match &self.target {
+            Target::Single(clients) => {
+                for client in clients {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_push_sender(push_tx.clone())
+                        .set_automatic_resubscription()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(2)
+                        .set_max_delay(Duration::from_secs(1));
+                    match ConnectionManager::new_lazy_with_config(client.clone(), config) {
+                        Ok(c) => conns.push(Link::Single(c)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "Redis connection manager");
+                            return;
+                        }
+                    }
                 }
             }
+            Target::Cluster(seeds) => {
+                let cell = Arc::new(tokio::sync::OnceCell::new());
+                conns.push(Link::Cluster(cell.clone()));
+                let (seeds, timeout, push_tx) = (seeds.clone(), self.timeout, push_tx.clone());
+                // The cluster may not be up yet: keep trying, a second apart.
+                tokio::spawn(async move {
+                    loop {
+                        let client = redis::cluster::ClusterClient::builder(seeds.clone())
+                            .use_protocol(redis::ProtocolVersion::RESP3)
+                            .push_sender(push_tx.clone())
+                            .connection_timeout(timeout)
+                            .response_timeout(timeout)
+                            .build();
+                        match client {
+                            Ok(client) => match client.get_async_connection().await {
+                                Ok(c) => {
+                                    let _ = cell.set(c);
+                                    info!("connected to the Redis Cluster");
+                                    return;
+                                }
+                                Err(e) => warn!(error = %e, "Redis Cluster not reachable; retrying"),
+                            },
+                            Err(e) => {
+                                tracing::error!(error = %e, "Redis Cluster client");
+                                return;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+            }
         }
+        let instances = conns.len();
         let (done_tx, mut done_rx) = unbounded_channel();
         let mut st = State {
             keys: self.keys.clone(),
@@ -139,7 +184,7 @@ impl Worker {
             next_id: 1,
             done_tx,
             presence_ttl: self.presence_ttl,
-            up: vec![true; self.clients.len()],
+            up: vec![true; instances],
         };
         let mut refresh = tokio::time::interval(self.presence_every);
         // A PING a second keeps each connection checked (and remade, with its PUB/SUB subscriptions, after
@@ -177,12 +222,20 @@ impl Worker {
     }
 }
 
+/// Where the connections go.
+enum Target {
+    /// One instance per address (channels spread over them by name).
+    Single(Vec<redis::Client>),
+    /// A Redis Cluster, from these seed addresses.
+    Cluster(Vec<String>),
+}
+
 struct State {
     keys: Keys,
     topic_prefix: Box<str>,
     engine: Arc<OnceLock<EngineHandle>>,
     totals: Arc<Totals>,
-    conns: Vec<ConnectionManager>,
+    conns: Vec<Link>,
     channels: HashMap<Arc<str>, Local>,
     /// This node's presence entries, refreshed every `presence_update_interval`.
     presence: HashMap<Arc<str>, HashMap<ClientId, String>>,
@@ -254,7 +307,7 @@ impl State {
         (h % self.conns.len() as u64) as usize
     }
 
-    fn conn(&self, channel: &str) -> ConnectionManager {
+    fn conn(&self, channel: &str) -> Link {
         self.conns[self.instance(channel)].clone()
     }
 
@@ -273,8 +326,11 @@ impl State {
                 if !channels.is_empty() {
                     let mut c = self.conns[i].clone();
                     tokio::spawn(async move {
-                        if let Err(e) = c.subscribe(&channels).await {
-                            warn!(error = %e, "resubscribing after a reconnect");
+                        for channel in channels {
+                            if let Err(e) = c.subscribe(&channel).await {
+                                warn!(error = %e, "resubscribing after a reconnect");
+                                break;
+                            }
                         }
                     });
                 }
@@ -429,11 +485,12 @@ impl State {
                         .arg(h.meta_ttl.as_secs())
                         .arg(&*new_epoch())
                         .arg(pubsub)
+                        .arg(c.publish_command())
                         .invoke_async::<(u64, String)>(&mut c)
                         .await
                         .map(|(offset, epoch)| Some(Position { offset, epoch: epoch.into() }))
                         .map_err(err),
-                    None => redis::cmd("PUBLISH")
+                    None => redis::cmd(c.publish_command())
                         .arg(pubsub)
                         .arg(format!("__p1:0:__{publication}"))
                         .query_async::<Value>(&mut c)
@@ -564,7 +621,8 @@ impl State {
         let mut c = self.conn(channel);
         let pubsub = self.keys.pubsub(channel);
         tokio::spawn(async move {
-            if let Err(e) = redis::cmd("PUBLISH").arg(pubsub).arg(payload).query_async::<Value>(&mut c).await {
+            if let Err(e) = redis::cmd(c.publish_command()).arg(pubsub).arg(payload).query_async::<Value>(&mut c).await
+            {
                 debug!(error = %e, "join/leave publish failed");
             }
         });
@@ -630,7 +688,7 @@ impl State {
     /// A PUB/SUB message: to this node's subscribers of the channel, and to the subscribes in flight.
     fn push(&mut self, p: PushInfo) {
         match p.kind {
-            PushKind::Message => {}
+            PushKind::Message | PushKind::SMessage => {}
             PushKind::Disconnection => {
                 warn!("Redis connection lost; publications until it is back are not delivered to this node");
                 return;
@@ -677,7 +735,7 @@ impl State {
 
 #[allow(clippy::too_many_arguments)]
 async fn read_stream(
-    c: &mut ConnectionManager,
+    c: &mut Link,
     stream: String,
     meta: String,
     h: &HistoryOpts,
