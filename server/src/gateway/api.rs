@@ -184,6 +184,36 @@ fn redis_job(
     })())
 }
 
+/// A method the Redis engine answers, called in process (`GatewayServer::api`): the calling thread waits for
+/// Redis (at most `timeout`). `None` for a method Redis has no part in (or without the Redis engine).
+pub fn redis_call(
+    gw: &Gateway,
+    handle: &EngineHandle,
+    notify: Notify<'_>,
+    method: &str,
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> Option<Result<String, ApiError>> {
+    let link = gw.redis.as_ref()?;
+    let m = method_of(method)?;
+    let body = if body.is_empty() { &b"{}"[..] } else { body };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job = match redis_job(gw, handle, notify, method, body, ReplyTo::Caller(tx))? {
+        Ok(job) => job,
+        Err(e) => return Some(Err(e)),
+    };
+    link.submit(handle, job);
+    let Ok(outcome) = rx.recv_timeout(timeout) else {
+        return Some(Err(ApiError(ErrorCode::INTERNAL, "internal server error: no answer from Redis in time".into())));
+    };
+    Some(redis_result(m, outcome).map_err(|json| {
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        let code = v["error"]["code"].as_u64().unwrap_or(100) as u32;
+        let message = v["error"]["message"].as_str().unwrap_or("internal server error").to_string();
+        ApiError(ErrorCode(code), message)
+    }))
+}
+
 /// The methods the Redis engine answers.
 fn method_of(name: &str) -> Option<ApiMethod> {
     Some(match name {

@@ -1382,7 +1382,7 @@ impl Handler for GatewayHandler {
                     ctx.answer_http(conn, &super::api::redis_answer(method, done.outcome));
                     return;
                 }
-                ReplyTo::Nobody => return,
+                ReplyTo::Caller(_) | ReplyTo::Nobody => return,
             },
         };
         let Some((gw, mut s)) = self.take(ctx, conn) else { return };

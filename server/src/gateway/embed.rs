@@ -94,13 +94,20 @@ impl GatewayServer {
     /// Calls a server API method in process, as `POST /api/<method>` with `body` would (no API key needed):
     /// `publish`, `broadcast`, `presence`, `presence_stats`, `history`, `history_remove`, `subscribe`,
     /// `unsubscribe`, `disconnect`, `refresh`, `channels`, `info`, `batch`. Returns the `result` object's
-    /// JSON, or the API error's code and message. Callable from any thread; never blocks on a shard.
+    /// JSON, or the API error's code and message. Callable from any thread; never blocks on a shard. With the
+    /// Redis engine (`engine.type = "redis"`), a method that reads or writes Redis waits for its answer (at
+    /// most 5 s; error 100 beyond).
     pub fn api(&self, method: &str, body: &str) -> Result<String, (u32, String)> {
         let tenants = self.table.snapshot();
         let Some(gw) = tenants.default.as_ref() else { return Err((0, "no gateway".into())) };
         let notifier = self.engine.notifier();
         let notify = |shard: usize, notice: Notice| notifier.notify(shard, notice);
-        super::api::call(gw, &self.engine.handle(), &notify, method, body.as_bytes()).map_err(|e| (e.0 .0, e.1))
+        let handle = self.engine.handle();
+        let timeout = Duration::from_secs(5);
+        if let Some(r) = super::api::redis_call(gw, &handle, &notify, method, body.as_bytes(), timeout) {
+            return r.map_err(|e| (e.0 .0, e.1));
+        }
+        super::api::call(gw, &handle, &notify, method, body.as_bytes()).map_err(|e| (e.0 .0, e.1))
     }
 
     /// Checks an upgrade the program received on its own HTTP server (its own port and routes) as the

@@ -144,6 +144,12 @@ impl Gateway {
     /// over; once it is in force, call [`Gateway::supersede`] on this one and connections move to the new
     /// config at their next event.
     pub fn reconfigured(&self, config: GatewayConfig) -> Result<Gateway, String> {
+        if config.redis != self.config.redis {
+            tracing::warn!(
+                tenant = self.tenant.as_deref().unwrap_or("(gateway)"),
+                "engine options changed in a reload: they take effect at the next restart"
+            );
+        }
         let gw = Gateway::with_state(self.tenant.clone(), config, self.profile, self.state.clone())?;
         Ok(gw.with_authorizer(self.authorizer.clone()))
     }

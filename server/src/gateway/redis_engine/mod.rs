@@ -48,6 +48,8 @@ pub enum ReplyTo {
     ConnectSub { conn: ConnId },
     /// A deferred server API request on connection `conn` (answered with `EngineHandle::answer_http`).
     Api { conn: ConnId, method: ApiMethod },
+    /// A thread waiting on this channel (`GatewayServer::api` of an embedder).
+    Caller(std::sync::mpsc::Sender<Outcome>),
     /// Nobody waits.
     Nobody,
 }
@@ -60,7 +62,7 @@ impl ReplyTo {
             | ReplyTo::Push { conn }
             | ReplyTo::ConnectSub { conn }
             | ReplyTo::Api { conn, .. } => Some(conn.shard()),
-            ReplyTo::Nobody => None,
+            ReplyTo::Caller(_) | ReplyTo::Nobody => None,
         }
     }
 }

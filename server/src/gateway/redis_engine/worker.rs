@@ -344,6 +344,10 @@ impl State {
 
     /// Hands `outcome` to the shard that waits for it, in order with the publications queued after it.
     fn finish(engine: &OnceLock<EngineHandle>, reply: ReplyTo, outcome: Outcome) {
+        if let ReplyTo::Caller(tx) = reply {
+            let _ = tx.send(outcome);
+            return;
+        }
         let (Some(shard), Some(engine)) = (reply.shard(), engine.get()) else { return };
         if engine.notify_in_order(shard, Notice::Redis(Box::new(Done { reply, outcome }))).is_err() {
             warn!(shard, "a Redis outcome could not be queued (inbox full)");
