@@ -96,3 +96,23 @@ impl Prepared {
         deflated.clone().unwrap_or_else(|| self.frame.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressed_once_for_every_shard_and_subscriber() {
+        let text = r#"{"push":{"channel":"news","pub":{"data":{"text":"hello hello hello hello"}}}}"#.repeat(4);
+        let p = Prepared::text(&text);
+        let (mut shard_a, mut shard_b) = (Codec::new(64), Codec::new(64));
+        let a = p.deflated_frame(&mut shard_a);
+        let b = p.clone().deflated_frame(&mut shard_b);
+        assert!(Arc::ptr_eq(&a, &b), "compressed twice");
+        assert_eq!(a[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, Text");
+        assert!(a.len() < p.frame_len() / 4, "{} vs {}", a.len(), p.frame_len());
+        // Below the threshold, the plain frame itself.
+        let small = Prepared::text("hi");
+        assert!(Arc::ptr_eq(&small.deflated_frame(&mut shard_a), small.frame()));
+    }
+}
