@@ -178,8 +178,14 @@ pub fn compresses(bits: u8) -> bool {
     bits >= MIN_ZLIB_BITS
 }
 
-/// A connection's own streams (dedicated mode, where the peer allowed context takeover).
+/// A connection's own streams (dedicated mode, where the peer allowed context takeover), each made when
+/// the connection first needs it: zlib's state is hundreds of KB, and a connection that never sends (or
+/// never receives) a compressed message should not pay for it.
 pub struct Own {
+    /// Window of the own compressor; 0: none (the shard's is used).
+    compress_bits: u8,
+    /// Window of the own inflater; 0: none (the shard's is used).
+    inflate_bits: u8,
     compress: Option<Compress>,
     inflate: Option<Decompress>,
 }
@@ -187,7 +193,19 @@ pub struct Own {
 impl Own {
     /// This connection compresses with a context of its own (its messages cannot share a frame).
     pub fn compresses(&self) -> bool {
-        self.compress.is_some()
+        self.compress_bits != 0
+    }
+
+    fn compressor(&mut self) -> Option<&mut Compress> {
+        let bits = self.compress_bits;
+        (bits != 0).then(|| {
+            self.compress.get_or_insert_with(|| Compress::new_with_window_bits(Compression::default(), false, bits))
+        })
+    }
+
+    fn inflater(&mut self) -> Option<&mut Decompress> {
+        let bits = self.inflate_bits;
+        (bits != 0).then(|| self.inflate.get_or_insert_with(|| Decompress::new_with_window_bits(false, bits)))
     }
 }
 
@@ -200,11 +218,10 @@ impl PerConn {
     /// Negotiated; `compress_bits` / `inflate_bits`: this connection's own streams (context takeover), with
     /// those windows (`None`: that direction has no context takeover and uses the shard's).
     fn with_own(send_bits: u8, compress_bits: Option<u8>, inflate_bits: Option<u8>) -> PerConn {
-        let compress = compress_bits
-            .filter(|_| send_bits != 0)
-            .map(|b| Compress::new_with_window_bits(Compression::default(), false, b.clamp(MIN_ZLIB_BITS, MAX_BITS)));
-        let inflate = inflate_bits.map(|b| Decompress::new_with_window_bits(false, b.clamp(MIN_ZLIB_BITS, MAX_BITS)));
-        let own = (compress.is_some() || inflate.is_some()).then(|| Box::new(Own { compress, inflate }));
+        let compress_bits = compress_bits.filter(|_| send_bits != 0).map_or(0, |b| b.clamp(MIN_ZLIB_BITS, MAX_BITS));
+        let inflate_bits = inflate_bits.map_or(0, |b| b.clamp(MIN_ZLIB_BITS, MAX_BITS));
+        let own = (compress_bits != 0 || inflate_bits != 0)
+            .then(|| Box::new(Own { compress_bits, inflate_bits, compress: None, inflate: None }));
         PerConn { bits: send_bits.max(NEVER_COMPRESS), own }
     }
 
@@ -382,7 +399,7 @@ impl Codec {
         if !compresses(bits) || payload.len() < self.threshold {
             return None;
         }
-        let own = own.and_then(|o| o.compress.as_mut());
+        let own = own.and_then(Own::compressor);
         let takeover = own.is_some();
         let c: &mut Compress = match own {
             Some(c) => c,
@@ -445,7 +462,7 @@ impl Codec {
         max: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), ProtocolError> {
-        let own = own.and_then(|o| o.inflate.as_mut());
+        let own = own.and_then(Own::inflater);
         let d: &mut Decompress = match own {
             Some(d) => d,
             None => {
