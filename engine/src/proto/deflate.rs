@@ -271,7 +271,7 @@ pub fn accept_offer(offers: &[String], mode: Deflate) -> Option<(PerConn, String
     let send_bits = if limit < MIN_ZLIB_BITS { 0 } else { ours.min(limit) };
     let announced = if send_bits == 0 { limit } else { send_bits };
     match mode {
-        Deflate::Off => return None,
+        Deflate::Off => None,
         Deflate::Shared => {
             response.push_str("; server_no_context_takeover; client_no_context_takeover");
             if offer.server_max_window_bits.is_some() || announced < MAX_BITS {
@@ -358,8 +358,7 @@ pub fn accept_response(elements: &[String], mode: Deflate) -> Result<Option<PerC
             let limit = p.client_max_window_bits.unwrap_or(MAX_BITS);
             let send_bits = if limit < MIN_ZLIB_BITS { 0 } else { bits.min(limit) };
             let compress_bits = (!p.client_no_context_takeover).then_some(send_bits);
-            let inflate_bits =
-                (!p.server_no_context_takeover).then_some(p.server_max_window_bits.unwrap_or(MAX_BITS));
+            let inflate_bits = (!p.server_no_context_takeover).then_some(p.server_max_window_bits.unwrap_or(MAX_BITS));
             Ok(Some(PerConn::with_own(send_bits, compress_bits, inflate_bits)))
         }
     }
@@ -405,8 +404,9 @@ impl Codec {
             Some(c) => c,
             None => {
                 let bits = bits.clamp(MIN_ZLIB_BITS, MAX_BITS);
-                let c = self.compressors[(bits - MIN_ZLIB_BITS) as usize]
-                    .get_or_insert_with(|| Box::new(Compress::new_with_window_bits(Compression::default(), false, bits)));
+                let c = self.compressors[(bits - MIN_ZLIB_BITS) as usize].get_or_insert_with(|| {
+                    Box::new(Compress::new_with_window_bits(Compression::default(), false, bits))
+                });
                 c.reset();
                 c
             }
@@ -466,9 +466,8 @@ impl Codec {
         let d: &mut Decompress = match own {
             Some(d) => d,
             None => {
-                let d = self
-                    .inflater
-                    .get_or_insert_with(|| Box::new(Decompress::new_with_window_bits(false, MAX_BITS)));
+                let d =
+                    self.inflater.get_or_insert_with(|| Box::new(Decompress::new_with_window_bits(false, MAX_BITS)));
                 d.reset(false);
                 d
             }
@@ -482,7 +481,8 @@ impl Codec {
             let mut pos = 0;
             loop {
                 if out.len() == out.capacity() {
-                    let want = if out.capacity() == 0 { compressed.len().saturating_mul(4).max(256) } else { out.capacity() };
+                    let want =
+                        if out.capacity() == 0 { compressed.len().saturating_mul(4).max(256) } else { out.capacity() };
                     let room = cap.saturating_sub(out.len());
                     if room == 0 {
                         return Err(too_big);
@@ -526,7 +526,13 @@ mod tests {
         fn compress_pc(&mut self, pc: &mut PerConn, payload: &[u8]) -> Option<&[u8]> {
             self.compress(pc.bits, pc.own.as_deref_mut(), payload)
         }
-        fn inflate_pc(&mut self, pc: &mut PerConn, c: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        fn inflate_pc(
+            &mut self,
+            pc: &mut PerConn,
+            c: &[u8],
+            max: usize,
+            out: &mut Vec<u8>,
+        ) -> Result<(), ProtocolError> {
             self.inflate(pc.own.as_deref_mut(), c, max, out)
         }
     }
@@ -598,7 +604,11 @@ mod tests {
         assert!(ok.unwrap().unwrap().compresses());
         assert!(accept_response(&[], Deflate::Shared).unwrap().is_none());
         assert!(accept_response(&offers(&["permessage-deflate"]), Deflate::Shared).is_err());
-        assert!(accept_response(&offers(&["permessage-deflate; server_no_context_takeover; client_max_window_bits=9"]), Deflate::Shared).is_err());
+        assert!(accept_response(
+            &offers(&["permessage-deflate; server_no_context_takeover; client_max_window_bits=9"]),
+            Deflate::Shared
+        )
+        .is_err());
         assert!(accept_response(&offers(&["x-foo"]), Deflate::Shared).is_err());
         assert!(accept_response(&offers(&["permessage-deflate"]), Deflate::Off).is_err());
         // Our server's answer to our offer.

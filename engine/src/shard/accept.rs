@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::handler::{Handler, Upgrade};
 use crate::metrics::bump;
 use crate::per_ip::Verdict;
-use crate::proto::handshake::{self, HttpError, RequestParse};
 use crate::proto::deflate;
+use crate::proto::handshake::{self, HttpError, RequestParse};
 use crate::proto::{CloseCause, CloseInfo, Initiator, Role};
 use crate::ring::Completion;
 
