@@ -852,6 +852,8 @@ mod tests {
         let e = with_env(&[], || load_args(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(e.0.contains("key `max_message_size` in"), "{e}");
         assert!(!e.0.contains('\n'), "one line: {e}");
+        let e = with_env(&[], || load_args(&["--deflate", "dedicated:16"])).unwrap_err();
+        assert!(e.0.contains("--deflate"), "{e}");
         let e = with_env(&[], || load_args(&["--send-queue-policy", "block"])).unwrap_err();
         assert!(e.0.contains("expected close or drop"), "{e}");
         let e = with_env(&[], || load_args(&["--log", "info,tether=loud"])).unwrap_err();
@@ -998,6 +1000,8 @@ mod tests {
                 "1MB",
                 "--send-queue-policy",
                 "drop",
+                "--deflate",
+                "dedicated:12",
                 "--drain-timeout",
                 "0",
                 "--log",
@@ -1017,11 +1021,13 @@ mod tests {
         assert_eq!(again.to_toml(), text);
         assert_eq!(again.engine.listen, Some("0.0.0.0:8080".parse().unwrap()));
         assert_eq!(again.engine.send_queue_policy, SendQueuePolicy::Drop);
+        assert_eq!(again.engine.deflate, Deflate::Dedicated { window_bits: 12 });
         assert_eq!(again.drain_timeout, Duration::ZERO);
 
         let defaults = with_env(&[], || load_args(&[])).unwrap().to_toml();
         assert_eq!(parse_file(&defaults).map(|_| ()), Ok(()));
         assert!(defaults.contains("tick = \"100ms\"\n"), "{defaults}");
+        assert!(defaults.contains("deflate = \"shared\"\n"), "{defaults}");
         assert!(defaults.contains("tcp_keepalive = \"15s,5s,3\"\n"), "{defaults}");
     }
 }
