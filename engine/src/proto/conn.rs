@@ -14,7 +14,9 @@
 //! Memory: an idle connection owns no heap memory. The `partial` buffer holds only the tail of
 //! a frame split across inputs and the `message` buffer only a fragmented message being
 //! reassembled; both are replaced by `Vec::new()` as soon as their content has been consumed
-//! (at the next `poll_event` call when an event still borrowed them).
+//! (at the next `poll_event` call when an event still borrowed them). permessage-deflate adds nothing in
+//! shared mode (a byte of the writer); a dedicated connection's own streams live in `State::Open`, made at
+//! its first compressed message (see `deflate.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -86,7 +88,7 @@ impl MessageKind {
 /// the input, so an event must be handled before the next call.
 #[derive(Debug, PartialEq)]
 pub enum Event<'a> {
-    /// One complete (reassembled, unmasked, UTF-8-checked for Text) message.
+    /// One complete (reassembled, unmasked, inflated when compressed, UTF-8-checked for Text) message.
     Message {
         /// Text or Binary.
         kind: MessageKind,
@@ -350,7 +352,9 @@ impl Connection {
 
 impl Reader {
     /// Consume bytes from `input` and return the next event, or None when input is exhausted.
-    /// Call in a loop until None. Control replies are appended to `out` through `writer`.
+    /// Call in a loop until None. Control replies are appended to `out` through `writer`. `codec` is the
+    /// shard's permessage-deflate state: compressed messages (when `writer` negotiated deflate) are inflated
+    /// with it, capped at `cfg.max_message_size`.
     pub fn poll_event<'a>(
         &'a mut self,
         writer: &mut Writer,
