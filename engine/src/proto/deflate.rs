@@ -440,7 +440,7 @@ impl Codec {
         Some(&self.scratch)
     }
 
-    /// Compress `payload` as for a connection whose frames can be shared ([`PerConn::shares_frames`]).
+    /// Compress `payload` as for a connection whose frames can be shared ([`shares_frames`]).
     pub fn compress_shared(&mut self, payload: &[u8]) -> Option<&[u8]> {
         self.compress(MAX_BITS, None, payload)
     }
