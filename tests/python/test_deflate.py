@@ -316,8 +316,9 @@ def test_decompression_bomb_is_1009_without_memory_growth(shared):
         one(i % 2 == 1)
     time.sleep(0.2)
     growth = rss_kib(pid) - before
-    # 20 bombs of 10 MB each: had any been inflated whole, the growth would be 10+ MB.
-    assert growth < 4096, f"RSS grew by {growth} KiB"
+    # 20 bombs of 10 MB each: had any been inflated whole, the growth would be 10+ MB; capped, each costs at
+    # most the 1 MiB limit, transiently (the allocator may keep a few such buffers per shard).
+    assert growth < 8192, f"RSS grew by {growth} KiB"
     # The connections after it still work.
     sock, _, _, rest = handshake(shared.addr, "permessage-deflate")
     try:
