@@ -201,3 +201,28 @@ write("jwt", "rs256-disabled", case(0, False, 0, token({"sub": "42"}, "RS256")))
 write("jwt", "none-alg", case(0, False, 0, b64(b'{"alg":"none"}') + "." + b64(b'{"sub":"1"}') + "."))
 write("jwt", "signed-text", case(3, True, 2, '{"alg":"HS256","typ":"JWT"}\n{"sub":"x","channel":"c","exp":1e300}'))
 write("jwt", "garbage", case(0, False, 0, "a.b.c"))
+
+
+# ---- deflate: mode byte, offer length, offer, compressed message --------------------------------------------
+def raw_deflate(data):
+    import zlib
+    c = zlib.compressobj(wbits=-15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    return out[:-4]
+
+
+def deflate_case(mode, offer, body):
+    offer = offer.encode()
+    return bytes([mode, len(offer)]) + offer + body
+
+
+doc = json.dumps({"channel": "news", "data": [{"id": i, "text": "lorem ipsum"} for i in range(20)]}).encode()
+write("deflate", "shared-websockets", deflate_case(1, "permessage-deflate; client_max_window_bits", raw_deflate(doc)))
+write("deflate", "dedicated-10", deflate_case(2 | (2 << 2), "permessage-deflate; client_max_window_bits=12",
+                                              raw_deflate(b"hello " * 50)))
+write("deflate", "window-8", deflate_case(1, "permessage-deflate; server_max_window_bits=8", raw_deflate(b"abc" * 40)))
+write("deflate", "junk-offers", deflate_case(3, "permessage-deflate; foo=1, permessage-deflate; server_max_window_bits=7",
+                                             b"\xff\xff\x00\x01"))
+write("deflate", "bomb", deflate_case(1, "permessage-deflate", raw_deflate(bytes(1 << 20))))
+write("deflate", "final-block", deflate_case(1, "permessage-deflate", __import__("zlib").compress(b"x" * 100)[2:-4]))
+write("deflate", "off", deflate_case(0, "permessage-deflate", b"plain"))

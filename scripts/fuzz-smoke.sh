@@ -29,7 +29,7 @@ unset CARGO_TARGET_DIR
 CARGO_FUZZ_VERSION=0.12.0
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(http_upgrade frame conn_server conn_client gateway_command jwt)
+    TARGETS=(http_upgrade frame conn_server conn_client gateway_command jwt deflate)
 fi
 
 # --- toolchain: cargo-fuzz needs nightly (-Zsanitizer); without one, stable with RUSTC_BOOTSTRAP=1 ----------

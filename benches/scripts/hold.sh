@@ -6,7 +6,8 @@
 #   are and nothing is built), ADDRS_PER (12000: connections per source address; above ~14,000 connect()
 #   slows down, see BENCHMARKS.md section 3), SRC_NET (127.0.10: source addresses are SRC_NET.1, .2, ...).
 #   tetherd closes first, so each run leaves its connections in TIME_WAIT on the server side for 60 s:
-#   back-to-back runs should use another PORT or SRC_NET (or wait a minute).
+#   back-to-back runs should use another PORT or SRC_NET (or wait a minute). TD_ARGS / TL_ARGS: extra
+#   arguments for tetherd / tether-load (word-split), e.g. TD_ARGS="--deflate dedicated:15" TL_ARGS=--deflate.
 # tetherd runs with MIMALLOC_SHOW_STATS=1: its allocator statistics (peak committed) land in OUT/tetherd.err.
 # Reports: connect rate during the ramp, tetherd and tether-load user-space memory per idle connection
 # (RSS growth / N, split by mapping from smaps: heap arena, receive-buffer pools, io_uring rings, other),
@@ -73,7 +74,7 @@ SRC="$SRC_NET.1-$SRC_NET.$addrs"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/loadavg.txt"
 # tetherd gets the whole run plus a margin; it is stopped by the trap long before that in a normal run.
 MIMALLOC_SHOW_STATS=1 timeout -s KILL $((hold_s + N / 1000 + 300)) "$TD" --listen "127.0.0.1:$PORT" --max-connections $((N + 1000)) \
-    --ping-interval "$SERVER_PING" --pong-timeout 10s --log warn >"$OUT/tetherd.out" 2>"$OUT/tetherd.err" &
+    --ping-interval "$SERVER_PING" --pong-timeout 10s --log warn ${TD_ARGS:-} >"$OUT/tetherd.out" 2>"$OUT/tetherd.err" &
 tdwrap=$!
 tlwrap="" tlpid="" tdpid=""
 cleanup() {
@@ -99,7 +100,7 @@ slab0=$(slab_kib); sock0=$(tcp_inuse); tcpmem0=$(tcp_pages)
 timeout -s INT -k 30 $((hold_s + N / 1000 + 120)) "$TL" run --url "ws://127.0.0.1:$PORT/" --connections "$N" \
     --rate "$RATE" --duration "$HOLD" --ping-interval "$CLIENT_PING" --pong-timeout 20s --source-ips "$SRC" \
     --final-echo --close-wait 30s --json "$OUT/report.json" --hgrm "$OUT/ping.hgrm" --plot "$OUT/run.svg" \
-    --quiet >"$OUT/load.txt" 2>"$OUT/load.err" &
+    --quiet ${TL_ARGS:-} >"$OUT/load.txt" 2>"$OUT/load.err" &
 tlwrap=$!
 for _ in $(seq 50); do tlpid=$(pgrep -P "$tlwrap" -x tether-load || true); [ -n "$tlpid" ] && break; sleep 0.1; done
 t_start=$(date +%s.%N)

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::proto::Deflate;
+
 /// TCP keepalive probes set on every socket: first probe after `idle`, then every `interval`, `count` probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpKeepalive {
@@ -181,6 +183,13 @@ pub struct Config {
     /// Wake each shard at least this often to call [`Handler::on_tick`](crate::Handler::on_tick) (for applications with their own
     /// timers, such as the load generator's message rate); `None` = only when the loop wakes anyway.
     pub handler_tick: Option<Duration>,
+    /// permessage-deflate (RFC 7692): [`Deflate::Shared`] (default) accepts offers without context takeover
+    /// either way, so a connection keeps no compression state (one compressor and one inflater per shard);
+    /// [`Deflate::Dedicated`] keeps context takeover with its own streams per connection (costly: see
+    /// README); [`Deflate::Off`] declines every offer. The client role offers it unless `Off`.
+    pub deflate: Deflate,
+    /// Messages shorter than this (bytes) are sent uncompressed even where deflate was negotiated. Default 64.
+    pub deflate_threshold: usize,
 }
 
 impl Default for Config {
@@ -212,6 +221,8 @@ impl Default for Config {
             per_ip_max_connections: 0,
             per_ip_handshake_rate: 0.0,
             handler_tick: None,
+            deflate: Deflate::Shared,
+            deflate_threshold: crate::proto::deflate::DEFAULT_THRESHOLD,
         }
     }
 }

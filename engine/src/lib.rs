@@ -190,8 +190,8 @@ pub mod wheel;
 pub use adopt::{AdoptError, AdoptErrorKind, Adoption};
 pub use capacity::{auto_recv_buffers, plan_capacity, Capacity};
 pub use config::{
-    parse_optional_duration, parse_tcp_keepalive, parse_tcp_user_timeout, Config, Profile, ProfileId, SendQueuePolicy,
-    TcpKeepalive,
+    parse_optional_duration, parse_tcp_keepalive, parse_tcp_user_timeout, Config, Deflate, Profile, ProfileId,
+    SendQueuePolicy, TcpKeepalive,
 };
 pub use context::Ctx;
 pub use facade::{AsyncEngine, AsyncHandle, Event, Events, FacadeOptions, FacadeStats, OwnedMessage};

@@ -57,7 +57,7 @@ fn check_request(data: &[u8], max_size: usize, max_body: usize) {
             if protocol.is_none_or(|p| p.chars().all(|c| c == '\t' || !c.is_control())) {
                 let answer = upgrade_response(&accept, protocol, &extra);
                 match parse_response(&answer, &request.key, usize::MAX) {
-                    ResponseParse::Accepted { consumed } => assert_eq!(consumed, answer.len()),
+                    ResponseParse::Accepted { consumed, .. } => assert_eq!(consumed, answer.len()),
                     other => panic!("our own 101 was refused: {other:?}"),
                 }
             }
@@ -68,7 +68,7 @@ fn check_request(data: &[u8], max_size: usize, max_body: usize) {
 fn check_response(data: &[u8]) {
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
     match parse_response(data, KEY, MAX_SIZE) {
-        ResponseParse::Accepted { consumed } => assert!(consumed <= data.len() && consumed <= MAX_SIZE),
+        ResponseParse::Accepted { consumed, .. } => assert!(consumed <= data.len() && consumed <= MAX_SIZE),
         ResponseParse::Partial => assert!(data.len() < MAX_SIZE),
         ResponseParse::Rejected { status, .. } => assert_ne!(status, 101),
         ResponseParse::Invalid(_) => {}

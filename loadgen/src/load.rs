@@ -70,6 +70,8 @@ pub struct LoadConfig {
     pub progress: ProgressMode,
     /// `--protocol centrifugo`: speak the Centrifugo client protocol and publish; `None` = echo.
     pub centrifugo: Option<CentrifugoConfig>,
+    /// permessage-deflate offered in every upgrade request (`Off`: none, the default).
+    pub deflate: tether::Deflate,
 }
 
 /// The default bound on first connects in flight: the accept queues of a server of a few cores (4,096
@@ -102,6 +104,7 @@ impl LoadConfig {
             final_echo: false,
             progress: ProgressMode::Auto,
             centrifugo: None,
+            deflate: tether::Deflate::Off,
         }
     }
 }
@@ -901,6 +904,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         tcp_user_timeout: cfg.tcp_user_timeout,
         // Echo messages are paced by the wheel: a fine tick keeps their cadence.
         tick: Duration::from_millis(10),
+        deflate: cfg.deflate,
         ..Config::default()
     };
     let planned_shards =

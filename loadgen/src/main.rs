@@ -161,6 +161,11 @@ struct Common {
     /// addresses from 127.0.0.2 up for 12,000 connections each.
     #[arg(long)]
     source_ips: Option<String>,
+    /// Offer permessage-deflate in every upgrade request: `--deflate` (shared: no context takeover either
+    /// way, nothing kept per connection), `--deflate dedicated:BITS` (context takeover, own streams per
+    /// connection) or `--deflate off` (the default: no offer).
+    #[arg(long, num_args = 0..=1, default_missing_value = "shared", value_parser = tether::Deflate::parse)]
+    deflate: Option<tether::Deflate>,
     /// An extra header of every upgrade request, `Name: value` (repeatable), e.g. --header 'Cookie: session=x'.
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<String>,
@@ -362,6 +367,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         final_echo: c.final_echo,
         progress: if c.quiet { ProgressMode::Off } else { ProgressMode::Auto },
         centrifugo: None,
+        deflate: c.deflate.unwrap_or(tether::Deflate::Off),
     })
 }
 

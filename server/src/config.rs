@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tether::{
     parse_optional_duration, parse_tcp_keepalive as parse_keepalive, parse_tcp_user_timeout as parse_user_timeout,
 };
-use tether::{Config, SendQueuePolicy};
+use tether::{Config, Deflate, SendQueuePolicy};
 use tetherd::gateway::tenants::{parse_tenant_arg, scan_dir};
 
 /// Defaults that are tetherd's own (the engine's come from `tether::Config::default()`).
@@ -84,6 +84,8 @@ settings! {
     max_handshake_size: "TETHER_MAX_HANDSHAKE_SIZE", "BYTES", "Largest upgrade request accepted (431 beyond)";
     max_send_queue: "TETHER_MAX_SEND_QUEUE", "BYTES", "Bytes queued per connection before the policy applies";
     send_queue_policy: "TETHER_SEND_QUEUE_POLICY", "close|drop", "What to do when a send queue is full";
+    deflate: "TETHER_DEFLATE", "shared|dedicated:BITS|off", "permessage-deflate: shared (no context takeover, nothing kept per connection), dedicated:BITS (context takeover with a 2^BITS window, 9-15, its own compressor and inflater per connection) or off";
+    deflate_threshold: "TETHER_DEFLATE_THRESHOLD", "BYTES", "Messages shorter than this are sent uncompressed";
     recv_buffers: "TETHER_RECV_BUFFERS", "N", "Provided receive buffers per shard, a power of two <= 32768; 0 = auto (2048, fewer each when there are more shards than cores)";
     recv_buffer_size: "TETHER_RECV_BUFFER_SIZE", "BYTES", "Size of each receive buffer";
     ring_entries: "TETHER_RING_ENTRIES", "N", "Submission queue entries per ring";
@@ -320,6 +322,9 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         max_send_queue: pick!(r, cli, max_send_queue, size_in(1, u32::MAX.into()))
             .map_or(d.max_send_queue, |n| n as usize),
         send_queue_policy: pick!(r, cli, send_queue_policy, parse_policy).unwrap_or(d.send_queue_policy),
+        deflate: pick!(r, cli, deflate, Deflate::parse).unwrap_or(d.deflate),
+        deflate_threshold: pick!(r, cli, deflate_threshold, size_in(0, u32::MAX.into()))
+            .map_or(d.deflate_threshold, |n| n as usize),
         recv_buffers: pick!(r, cli, recv_buffers, parse_recv_buffers).unwrap_or(d.recv_buffers),
         recv_buffer_size: pick!(r, cli, recv_buffer_size, size_in(64, 1 << 20))
             .map_or(d.recv_buffer_size, |n| n as u32),
@@ -653,6 +658,8 @@ impl Settings {
         line("max_handshake_size", quoted(&format_size(c.max_handshake_size as u64)));
         line("max_send_queue", quoted(&format_size(c.max_send_queue as u64)));
         line("send_queue_policy", quoted(policy));
+        line("deflate", quoted(&c.deflate.to_string()));
+        line("deflate_threshold", quoted(&format_size(c.deflate_threshold as u64)));
         line("recv_buffers", c.recv_buffers.to_string());
         line("recv_buffer_size", quoted(&format_size(c.recv_buffer_size as u64)));
         line("ring_entries", c.ring_entries.to_string());
@@ -845,6 +852,8 @@ mod tests {
         let e = with_env(&[], || load_args(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(e.0.contains("key `max_message_size` in"), "{e}");
         assert!(!e.0.contains('\n'), "one line: {e}");
+        let e = with_env(&[], || load_args(&["--deflate", "dedicated:16"])).unwrap_err();
+        assert!(e.0.contains("--deflate"), "{e}");
         let e = with_env(&[], || load_args(&["--send-queue-policy", "block"])).unwrap_err();
         assert!(e.0.contains("expected close or drop"), "{e}");
         let e = with_env(&[], || load_args(&["--log", "info,tether=loud"])).unwrap_err();
@@ -991,6 +1000,8 @@ mod tests {
                 "1MB",
                 "--send-queue-policy",
                 "drop",
+                "--deflate",
+                "dedicated:12",
                 "--drain-timeout",
                 "0",
                 "--log",
@@ -1010,11 +1021,13 @@ mod tests {
         assert_eq!(again.to_toml(), text);
         assert_eq!(again.engine.listen, Some("0.0.0.0:8080".parse().unwrap()));
         assert_eq!(again.engine.send_queue_policy, SendQueuePolicy::Drop);
+        assert_eq!(again.engine.deflate, Deflate::Dedicated { window_bits: 12 });
         assert_eq!(again.drain_timeout, Duration::ZERO);
 
         let defaults = with_env(&[], || load_args(&[])).unwrap().to_toml();
         assert_eq!(parse_file(&defaults).map(|_| ()), Ok(()));
         assert!(defaults.contains("tick = \"100ms\"\n"), "{defaults}");
+        assert!(defaults.contains("deflate = \"shared\"\n"), "{defaults}");
         assert!(defaults.contains("tcp_keepalive = \"15s,5s,3\"\n"), "{defaults}");
     }
 }

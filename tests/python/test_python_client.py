@@ -60,8 +60,8 @@ def test_text_and_binary_echo(server):
 
 
 def test_permessage_deflate_offer_is_declined_or_works(server):
-    # websockets offers permessage-deflate by default; tetherd does not implement it, so it must not
-    # accept the offer (or, if it ever does, messages must still round-trip).
+    # websockets offers permessage-deflate by default; tetherd accepts it (shared mode): messages must
+    # round-trip either way (test_deflate.py tests the extension itself).
     async def go():
         async with client(server.url(), compression="deflate") as ws:
             await ws.send("compressible " * 100)

@@ -14,15 +14,22 @@
 //! Memory: an idle connection owns no heap memory. The `partial` buffer holds only the tail of
 //! a frame split across inputs and the `message` buffer only a fragmented message being
 //! reassembled; both are replaced by `Vec::new()` as soon as their content has been consumed
-//! (at the next `poll_event` call when an event still borrowed them).
+//! (at the next `poll_event` call when an event still borrowed them). permessage-deflate adds nothing in
+//! shared mode (a byte of the writer); a dedicated connection's own streams live in `State::Open`, made at
+//! its first compressed message (see `deflate.rs`).
 
 use std::time::{Duration, Instant};
 
 pub use super::close::{CloseCause, CloseInfo, Initiator};
+use super::deflate::{self, Codec, Own, PerConn};
 use super::frame::{
     parse_header, valid_close_code, write_close, write_frame, FrameHeader, ProtocolError, MAX_CONTROL_PAYLOAD,
     OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
+
+/// RSV1 in a frame header's `rsv` (bits 6..4 of the first byte, shifted down): permessage-deflate's "this
+/// message is compressed", on the first frame of a data message only.
+const RSV1: u8 = 0b100;
 
 /// Which end of the connection this side is. It decides masking: a client masks every frame it sends and a
 /// server none, and a frame masked the wrong way for the role fails the connection with 1002.
@@ -81,7 +88,7 @@ impl MessageKind {
 /// the input, so an event must be handled before the next call.
 #[derive(Debug, PartialEq)]
 pub enum Event<'a> {
-    /// One complete (reassembled, unmasked, UTF-8-checked for Text) message.
+    /// One complete (reassembled, unmasked, inflated when compressed, UTF-8-checked for Text) message.
     Message {
         /// Text or Binary.
         kind: MessageKind,
@@ -146,7 +153,9 @@ impl<'b> Input<'b> {
 }
 
 enum State {
-    Open,
+    /// Open. In dedicated deflate mode the connection's own compression streams live here (the enum had
+    /// room for a pointer): they serve no purpose once our Close is out.
+    Open(Option<Box<Own>>),
     /// We sent Close(code, reason); waiting for the peer's Close until `deadline`. Boxed: a connection spends
     /// little time here, and the boxed form keeps every idle connection 24 bytes smaller.
     CloseSent(Box<CloseSent>),
@@ -183,6 +192,8 @@ pub struct Connection {
     pub reader: Reader,
     /// The sending half and the connection's state.
     pub writer: Writer,
+    /// The compression state a shard would share (this connection's own, here; boxed, it is 96 bytes).
+    pub codec: Box<Codec>,
 }
 
 /// The receiving half: what a frame or message in progress needs. `Default` is the empty reader of a
@@ -207,6 +218,9 @@ struct Rx {
     utf8_valid_to: u32,
     /// Kind of the fragmented message in progress.
     fragment: Option<MessageKind>,
+    /// The fragmented message in progress is compressed (RSV1 on its first frame): `message` holds the
+    /// compressed bytes until its last frame.
+    compressed: bool,
     /// The last event borrowed `message`; free it on the next call.
     release_message: bool,
 }
@@ -233,6 +247,9 @@ pub struct Writer {
     role: Role,
     /// The outstanding ping (`ping_counter`) has not been answered yet: its pong yields an rtt.
     rtt_pending: bool,
+    /// permessage-deflate as negotiated: [`deflate::OFF`] (the default), [`deflate::NEVER_COMPRESS`] or the
+    /// window this side compresses with; dedicated mode's own streams are in `State::Open`.
+    deflate: u8,
 }
 
 /// Payload bytes of one frame, arriving after a ping, that count as a sign of life in place of a pong (the
@@ -260,7 +277,7 @@ impl Connection {
     /// Open state; `seed` feeds the xorshift used for client-role mask keys; the first ping is due one
     /// ping_interval after `now` (see [`Writer::new`]; `_cfg` is not kept: every call takes the config).
     pub fn new(role: Role, now: Instant, _cfg: &ProtoConfig, seed: u64) -> Self {
-        Connection { reader: Reader::default(), writer: Writer::new(role, now, seed) }
+        Connection { reader: Reader::default(), writer: Writer::new(role, now, seed), codec: Box::default() }
     }
 
     /// Server or client, fixed at creation.
@@ -276,12 +293,12 @@ impl Connection {
         now: Instant,
         cfg: &ProtoConfig,
     ) -> Option<Event<'a>> {
-        self.reader.poll_event(&mut self.writer, input, out, now, cfg)
+        self.reader.poll_event(&mut self.writer, &mut self.codec, input, out, now, cfg)
     }
 
     /// See [`Writer::send_message`].
     pub fn send_message(&mut self, out: &mut Vec<u8>, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
-        self.writer.send_message(out, kind, payload)
+        self.writer.send_message(out, kind, payload, &mut self.codec)
     }
 
     /// See [`Writer::send_ping`].
@@ -335,10 +352,13 @@ impl Connection {
 
 impl Reader {
     /// Consume bytes from `input` and return the next event, or None when input is exhausted.
-    /// Call in a loop until None. Control replies are appended to `out` through `writer`.
+    /// Call in a loop until None. Control replies are appended to `out` through `writer`. `codec` is the
+    /// shard's permessage-deflate state: compressed messages (when `writer` negotiated deflate) are inflated
+    /// with it, capped at `cfg.max_message_size`.
     pub fn poll_event<'a>(
         &'a mut self,
         writer: &mut Writer,
+        codec: &mut Codec,
         input: &'a mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -358,9 +378,9 @@ impl Reader {
                 return None;
             }
             let action = if self.partial.is_empty() {
-                self.step_input(writer, input, out, now, cfg)?
+                self.step_input(writer, codec, input, out, now, cfg)?
             } else {
-                self.step_partial(writer, input, out, now, cfg)?
+                self.step_partial(writer, codec, input, out, now, cfg)?
             };
             if matches!(action, Action::Closed(_)) {
                 self.release_partial = true;
@@ -395,6 +415,7 @@ impl Reader {
     fn step_input(
         &mut self,
         w: &mut Writer,
+        z: &mut Codec,
         input: &mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -402,7 +423,7 @@ impl Reader {
     ) -> Option<Action> {
         let start = input.pos;
         let buf = input.data.get_mut(start..).filter(|b| !b.is_empty())?;
-        let mut sm = Machine { rx: &mut self.rx, w };
+        let mut sm = Machine { rx: &mut self.rx, w, z, max: cfg.max_message_size };
         let header = match parse_header(buf) {
             Err(e) => return Some(sm.fail(out, e)),
             Ok(None) => {
@@ -436,6 +457,7 @@ impl Reader {
     fn step_partial(
         &mut self,
         w: &mut Writer,
+        z: &mut Codec,
         input: &mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -444,7 +466,7 @@ impl Reader {
         if input.is_empty() {
             return None;
         }
-        let mut sm = Machine { rx: &mut self.rx, w };
+        let mut sm = Machine { rx: &mut self.rx, w, z, max: cfg.max_message_size };
         // Whether the header completes with this input (a frame starting) or came with an earlier one.
         let mut fresh = false;
         let header = loop {
@@ -526,7 +548,7 @@ impl Writer {
     /// ([`Writer::schedule_first_ping`] moves it).
     pub fn new(role: Role, now: Instant, seed: u64) -> Writer {
         Writer {
-            state: State::Open,
+            state: State::Open(None),
             last_ping_at: now,
             ping_sent_at: now,
             pong_wait_since: None,
@@ -535,6 +557,7 @@ impl Writer {
             rng: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
             role,
             rtt_pending: false,
+            deflate: deflate::OFF,
         }
     }
 
@@ -551,15 +574,67 @@ impl Writer {
         }
     }
 
-    /// Append a data message (a single frame, masked in client role) to out.
+    /// Append a data message (a single frame, masked in client role) to out, compressed (RSV1 set) when
+    /// permessage-deflate is in use and `codec` says it is worth it.
     /// Err if the connection is closing or closed: nothing is written after our Close.
-    pub fn send_message(&mut self, out: &mut Vec<u8>, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
+    pub fn send_message(
+        &mut self,
+        out: &mut Vec<u8>,
+        kind: MessageKind,
+        payload: &[u8],
+        codec: &mut Codec,
+    ) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::Closed);
         }
         let mask = self.out_mask();
-        write_frame(out, true, kind.opcode(), mask, payload);
+        let bits = self.deflate;
+        match codec.compress(bits, self.own_streams(), payload) {
+            Some(compressed) => {
+                let start = out.len();
+                write_frame(out, true, kind.opcode(), mask, compressed);
+                out[start] |= RSV1 << 4;
+            }
+            None => write_frame(out, true, kind.opcode(), mask, payload),
+        }
         Ok(())
+    }
+
+    /// Use permessage-deflate as negotiated at the upgrade (call while open).
+    pub fn set_deflate(&mut self, negotiated: PerConn) {
+        let (bits, own) = negotiated.into_parts();
+        self.deflate = bits;
+        if let State::Open(slot) = &mut self.state {
+            *slot = own;
+        }
+    }
+
+    /// permessage-deflate was negotiated: RSV1 may mark a received message compressed.
+    pub fn deflate_on(&self) -> bool {
+        self.deflate != deflate::OFF
+    }
+
+    /// Messages to this connection may go out compressed: a frame encoded once without compression cannot
+    /// simply be shared with it when a compressed form exists.
+    pub fn compresses(&self) -> bool {
+        deflate::compresses(self.deflate)
+    }
+
+    /// Messages to this connection are compressed the way a shared, compressed-once frame is (the shard's
+    /// compressor, 15-bit window, no context).
+    pub fn shares_compressed_frames(&self) -> bool {
+        let own = match &self.state {
+            State::Open(own) => own.as_deref(),
+            _ => None,
+        };
+        deflate::shares_frames(self.deflate, own)
+    }
+
+    fn own_streams(&mut self) -> Option<&mut Own> {
+        match &mut self.state {
+            State::Open(own) => own.as_deref_mut(),
+            _ => None,
+        }
     }
 
     /// Frames written by this side are masked (client role): a frame encoded once for many connections can
@@ -605,7 +680,7 @@ impl Writer {
         match &self.state {
             State::Closed => None,
             State::CloseSent(c) => Some(c.deadline),
-            State::Open => {
+            State::Open(_) => {
                 let ping = cfg.ping_interval.and_then(|i| after(self.last_ping_at, i));
                 let pong = self.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
                 match (ping, pong) {
@@ -627,7 +702,7 @@ impl Writer {
                 }
                 CloseInfo::new(c.code, "close timeout", Initiator::Local, CloseCause::CloseTimeout)
             }
-            State::Open => {
+            State::Open(_) => {
                 let pong_due = self.pong_wait_since.and_then(|t| after(t, cfg.pong_timeout));
                 if pong_due.is_some_and(|d| d <= now) {
                     let mask = self.out_mask();
@@ -670,7 +745,7 @@ impl Writer {
 
     /// Data may still be sent.
     pub fn is_open(&self) -> bool {
-        matches!(self.state, State::Open)
+        matches!(self.state, State::Open(_))
     }
 
     fn out_mask(&mut self) -> Option<[u8; 4]> {
@@ -724,24 +799,31 @@ impl Writer {
 struct Machine<'s> {
     rx: &'s mut Rx,
     w: &'s mut Writer,
+    z: &'s mut Codec,
+    /// The profile's max_message_size: the bound on an inflated message.
+    max: usize,
 }
 
 impl Machine<'_> {
     /// Fail the connection: send Close(code, reason) (unless we already sent one) and finish.
     fn fail(&mut self, out: &mut Vec<u8>, e: ProtocolError) -> Action {
-        if matches!(self.w.state, State::Open) {
+        if matches!(self.w.state, State::Open(_)) {
             let mask = self.w.out_mask();
             write_close(out, mask, e.code, e.reason);
         }
         self.w.state = State::Closed;
         self.rx.fragment = None;
+        self.rx.compressed = false;
         self.rx.release_message = true;
         Action::Closed(CloseInfo::new(e.code, e.reason, Initiator::Local, CloseCause::ProtocolError))
     }
 
     /// Validate a header before any of its payload is buffered; returns the frame's total length.
     fn check_header(&mut self, h: &FrameHeader, cfg: &ProtoConfig) -> Result<usize, ProtocolError> {
-        if h.rsv != 0 {
+        // RSV2 and RSV3 mean nothing to us; RSV1 only with permessage-deflate, on the first frame of a data
+        // message.
+        let compressed_ok = self.w.deflate_on() && matches!(h.opcode, OP_TEXT | OP_BINARY);
+        if h.rsv & !RSV1 != 0 || (h.rsv & RSV1 != 0 && !compressed_ok) {
             return Err(ProtocolError::new(1002, "reserved bits set"));
         }
         if !matches!(h.opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
@@ -782,10 +864,14 @@ impl Machine<'_> {
     fn on_frame(&mut self, h: &FrameHeader, payload: &[u8], src: Src, out: &mut Vec<u8>, now: Instant) -> Action {
         // A whole frame is a sign of life (also one whose header came before the ping).
         self.w.alive();
-        let open = matches!(self.w.state, State::Open);
+        let open = matches!(self.w.state, State::Open(_));
         match h.opcode {
             OP_TEXT | OP_BINARY => {
                 let kind = if h.opcode == OP_TEXT { MessageKind::Text } else { MessageKind::Binary };
+                let compressed = h.rsv & RSV1 != 0;
+                if compressed {
+                    return self.on_compressed_start(kind, h.fin, payload, open, out);
+                }
                 if h.fin {
                     if !open {
                         return Action::Nothing;
@@ -811,9 +897,18 @@ impl Machine<'_> {
                     self.rx.fragment = None;
                 }
                 if !open {
+                    self.rx.compressed &= !h.fin;
                     return Action::Nothing;
                 }
                 self.rx.message.extend_from_slice(payload);
+                if self.rx.compressed {
+                    if !h.fin {
+                        return Action::Nothing;
+                    }
+                    self.rx.compressed = false;
+                    let compressed = std::mem::take(&mut self.rx.message);
+                    return self.inflate(kind, &compressed, out);
+                }
                 self.continue_message(kind, h.fin, out)
             }
             OP_PING => {
@@ -836,6 +931,47 @@ impl Machine<'_> {
             OP_CLOSE => self.on_close(payload, out),
             _ => Action::Nothing, // excluded by check_header
         }
+    }
+
+    /// The first frame of a compressed message: inflate it now if it is the only one, else keep its
+    /// compressed bytes until the last frame (a shared inflater cannot hold one connection's half-inflated
+    /// message while others use it; the compressed bytes count against max_message_size as they arrive).
+    fn on_compressed_start(
+        &mut self,
+        kind: MessageKind,
+        fin: bool,
+        payload: &[u8],
+        open: bool,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        if !fin {
+            self.rx.fragment = Some(kind);
+            self.rx.compressed = true;
+            if open {
+                self.rx.message.extend_from_slice(payload);
+            }
+            return Action::Nothing;
+        }
+        if !open {
+            return Action::Nothing;
+        }
+        self.inflate(kind, payload, out)
+    }
+
+    /// Inflate a whole compressed message into `message` (capped at max_message_size: 1009 past it),
+    /// check a Text message's UTF-8, deliver it.
+    fn inflate(&mut self, kind: MessageKind, compressed: &[u8], out: &mut Vec<u8>) -> Action {
+        let mut inflated = std::mem::take(&mut self.rx.message);
+        if let Err(e) = self.z.inflate(self.w.own_streams(), compressed, self.max, &mut inflated) {
+            return self.fail(out, e);
+        }
+        if kind == MessageKind::Text && simdutf8::basic::from_utf8(&inflated).is_err() {
+            return self.fail(out, ProtocolError::new(1007, "invalid UTF-8 in text message"));
+        }
+        self.rx.message = inflated;
+        self.rx.utf8_valid_to = 0;
+        self.rx.release_message = true;
+        Action::Message(kind, Src::Message)
     }
 
     /// After appending a fragment to `message`: check UTF-8 so far, deliver on the final one.
@@ -863,12 +999,13 @@ impl Machine<'_> {
         match std::mem::replace(&mut self.w.state, State::Closed) {
             State::CloseSent(c) => {
                 self.rx.fragment = None;
+                self.rx.compressed = false;
                 self.rx.release_message = true;
                 Action::Closed(CloseInfo::new(c.code, c.reason, Initiator::Local, c.cause))
             }
             State::Closed => Action::Nothing,
-            State::Open => {
-                self.w.state = State::Open; // so fail() still sends its Close
+            State::Open(own) => {
+                self.w.state = State::Open(own); // so fail() still sends its Close
                 let (code, reason) = match payload {
                     [] => (1005, String::new()),
                     [_] => return self.fail(out, ProtocolError::new(1002, "invalid close payload")),
@@ -888,6 +1025,7 @@ impl Machine<'_> {
                 write_close(out, mask, code, "");
                 self.w.state = State::Closed;
                 self.rx.fragment = None;
+                self.rx.compressed = false;
                 self.rx.release_message = true;
                 Action::Closed(CloseInfo::new(code, reason, Initiator::Peer, CloseCause::PeerClose))
             }
@@ -1677,6 +1815,116 @@ mod tests {
             let mut c = server(t0);
             let cuts: Vec<usize> = (1..).map(|i| i * 13).take_while(|&c| c < bytes.len()).collect();
             feed_chunks(&mut c, &bytes, &cuts, &mut Vec::new(), t0);
+        }
+    }
+
+    // --- permessage-deflate ------------------------------------------------------------------------------
+
+    fn deflate_server(now: Instant) -> Connection {
+        let mut c = server(now);
+        c.writer.set_deflate(PerConn::shared(15));
+        c
+    }
+
+    /// `payload` compressed the way a peer would (no trailing 00 00 ff ff).
+    fn deflated(payload: &[u8]) -> Vec<u8> {
+        let mut codec = Codec::new(0);
+        codec.compress_shared(payload).unwrap().to_vec()
+    }
+
+    /// A client frame with RSV1 set.
+    fn cframe_rsv1(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = cframe(fin, opcode, payload);
+        v[0] |= 0x40;
+        v
+    }
+
+    fn feed_deflate(bytes: &[u8], cfg: &ProtoConfig) -> (Vec<Ev>, Vec<u8>) {
+        let now = Instant::now();
+        let mut c = deflate_server(now);
+        let mut out = Vec::new();
+        let evs = feed(&mut c, bytes, &mut out, now, cfg);
+        (evs, out)
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated() {
+        let text = "deflate me ".repeat(20);
+        let z = deflated(text.as_bytes());
+        // One frame, and the same message in three fragments (RSV1 on the first only).
+        let mut bytes = cframe_rsv1(true, OP_TEXT, &z);
+        let (a, b) = z.split_at(z.len() / 3);
+        let (b, c) = b.split_at(b.len() / 2);
+        bytes.extend(cframe_rsv1(false, OP_TEXT, a));
+        bytes.extend(cframe(false, OP_CONTINUATION, b));
+        bytes.extend(cframe(true, OP_CONTINUATION, c));
+        // An uncompressed message between them is fine too.
+        bytes.extend(cframe(true, OP_BINARY, b"plain"));
+        let (evs, _) = feed_deflate(&bytes, &cfg());
+        let msg = Ev::Msg(MessageKind::Text, text.clone().into_bytes());
+        assert_eq!(evs, vec![msg.clone(), msg, Ev::Msg(MessageKind::Binary, b"plain".to_vec())]);
+        // Split anywhere.
+        let now = Instant::now();
+        let mut conn = deflate_server(now);
+        let evs = feed_chunks(&mut conn, &bytes, &[1, 5, 30, 31, 60], &mut Vec::new(), now);
+        assert_eq!(evs.len(), 3);
+    }
+
+    #[test]
+    fn rsv1_rules() {
+        let z = deflated(b"hello hello hello hello hello hello hello hello hello hello hello");
+        // Not negotiated: 1002.
+        expect_fail(&cframe_rsv1(true, OP_TEXT, &z), 1002);
+        let fail_with = |bytes: &[u8], code: u16| {
+            let (evs, _) = feed_deflate(bytes, &cfg());
+            assert!(evs.last().is_some_and(closed(code, Initiator::Local)), "{evs:?}");
+        };
+        // Negotiated: not on control frames, not on continuations, never RSV2 / RSV3.
+        fail_with(&cframe_rsv1(true, OP_PING, b""), 1002);
+        let mut cont = cframe_rsv1(false, OP_TEXT, &z[..3]);
+        cont.extend(cframe_rsv1(true, OP_CONTINUATION, &z[3..]));
+        fail_with(&cont, 1002);
+        let mut rsv2 = cframe(true, OP_TEXT, b"x");
+        rsv2[0] |= 0x20;
+        fail_with(&rsv2, 1002);
+        // Invalid UTF-8 after inflating: 1007; garbage: 1007.
+        fail_with(&cframe_rsv1(true, OP_TEXT, &deflated(&[0xff; 100])), 1007);
+        fail_with(&cframe_rsv1(true, OP_BINARY, &[0xff; 20]), 1007);
+    }
+
+    #[test]
+    fn inflating_past_the_limit_is_1009() {
+        let bomb = deflated(&vec![b'a'; 8 << 20]);
+        assert!(bomb.len() < 20_000, "{}", bomb.len());
+        let small = ProtoConfig { max_message_size: 1 << 20, ..cfg() };
+        let (evs, out) = feed_deflate(&cframe_rsv1(true, OP_BINARY, &bomb), &small);
+        assert!(evs.last().is_some_and(closed(1009, Initiator::Local)), "{evs:?}");
+        assert_eq!(&frames(&out)[0].2[..2], &1009u16.to_be_bytes());
+    }
+
+    #[test]
+    fn sent_messages_are_compressed_and_masked() {
+        let now = Instant::now();
+        let text = "compress me please ".repeat(10);
+        for role in [Role::Server, Role::Client] {
+            let mut c = Connection::new(role, now, &cfg(), 7);
+            c.writer.set_deflate(PerConn::shared(15));
+            let mut out = Vec::new();
+            c.send_message(&mut out, MessageKind::Text, text.as_bytes()).unwrap();
+            c.send_message(&mut out, MessageKind::Text, b"short").unwrap();
+            let h = parse_header(&out).unwrap().unwrap();
+            assert_eq!(h.rsv, RSV1);
+            assert_eq!(h.mask.is_some(), role == Role::Client);
+            let mut payload = out[h.header_len..h.header_len + h.payload_len as usize].to_vec();
+            if let Some(m) = h.mask {
+                fastwebsockets::unmask(&mut payload, m);
+            }
+            let mut inflated = Vec::new();
+            Codec::new(0).inflate(None, &payload, 1 << 20, &mut inflated).unwrap();
+            assert_eq!(inflated, text.as_bytes());
+            // Below the threshold: plain.
+            let rest = &out[h.header_len + h.payload_len as usize..];
+            assert_eq!(parse_header(rest).unwrap().unwrap().rsv, 0);
         }
     }
 }

@@ -327,11 +327,7 @@ fn validate_upgrade(
         let v = std::str::from_utf8(v).map_err(|_| HttpError::bad_request("invalid Sec-WebSocket-Protocol"))?;
         protocols.extend(v.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from));
     }
-    let mut extensions = Vec::new();
-    for v in values(headers, "sec-websocket-extensions") {
-        let v = std::str::from_utf8(v).map_err(|_| HttpError::bad_request("invalid Sec-WebSocket-Extensions"))?;
-        extensions.extend(v.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from));
-    }
+    let extensions = extension_list(headers)?;
     let (path, query) = split_target(path);
     Ok(UpgradeRequest {
         path,
@@ -344,6 +340,16 @@ fn validate_upgrade(
         headers: owned_headers(headers),
         peer: None,
     })
+}
+
+/// Every Sec-WebSocket-Extensions header's elements, in order (`a; x=1, b` -> `a; x=1`, `b`).
+fn extension_list(headers: &[httparse::Header<'_>]) -> Result<Vec<String>, HttpError> {
+    let mut extensions = Vec::new();
+    for v in values(headers, "sec-websocket-extensions") {
+        let v = std::str::from_utf8(v).map_err(|_| HttpError::bad_request("invalid Sec-WebSocket-Extensions"))?;
+        extensions.extend(v.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from));
+    }
+    Ok(extensions)
 }
 
 /// "HTTP/1.1 101 Switching Protocols" + Upgrade/Connection/Sec-WebSocket-Accept
@@ -429,6 +435,9 @@ pub enum ResponseParse {
     Accepted {
         /// Length of the response head.
         consumed: usize,
+        /// The extensions the server accepted (Sec-WebSocket-Extensions), one entry per extension with its
+        /// parameters as written.
+        extensions: Vec<String>,
     },
     /// The server answered with another status than 101.
     Rejected {
@@ -477,7 +486,10 @@ pub fn parse_response(buf: &[u8], key: &str, max_size: usize) -> ResponseParse {
     let expected = accept_key(key.as_bytes());
     let accept = values(headers, "sec-websocket-accept").next();
     match accept {
-        Some(v) if v.trim_ascii() == expected.as_bytes() => ResponseParse::Accepted { consumed },
+        Some(v) if v.trim_ascii() == expected.as_bytes() => match extension_list(headers) {
+            Ok(extensions) => ResponseParse::Accepted { consumed, extensions },
+            Err(e) => ResponseParse::Invalid(e.message),
+        },
         Some(_) => ResponseParse::Invalid("wrong Sec-WebSocket-Accept".to_string()),
         None => ResponseParse::Invalid("missing Sec-WebSocket-Accept".to_string()),
     }
@@ -729,7 +741,7 @@ mod tests {
             assert_eq!(parse_response(&resp[..cut], &key, 4096), ResponseParse::Partial);
         }
         resp.extend_from_slice(&[0x81, 0]);
-        assert_eq!(parse_response(&resp, &key, 4096), ResponseParse::Accepted { consumed: n });
+        assert_eq!(parse_response(&resp, &key, 4096), ResponseParse::Accepted { consumed: n, extensions: Vec::new() });
 
         let wrong = upgrade_response(&accept_key(b"other"), None, &[]);
         assert_eq!(parse_response(&wrong, &key, 4096), ResponseParse::Invalid("wrong Sec-WebSocket-Accept".into()));

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::handler::{Handler, Upgrade};
 use crate::metrics::bump;
 use crate::per_ip::Verdict;
+use crate::proto::deflate;
 use crate::proto::handshake::{self, HttpError, RequestParse};
 use crate::proto::{CloseCause, CloseInfo, Initiator, Role};
 use crate::ring::Completion;
@@ -350,13 +351,21 @@ impl<H: Handler> Shard<H> {
                     }
                 }
                 let profile = core.profile_or_default(accept.profile.index());
-                let headers: Vec<String> =
+                let mut headers: Vec<String> =
                     accept.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
+                // permessage-deflate, unless the application answered the extensions itself.
+                let mut deflate = Default::default();
+                if !accept.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions")) {
+                    if let Some((negotiated, answer)) = deflate::accept_offer(&request.extensions, core.cfg.deflate) {
+                        headers.extend(handshake::header_line("Sec-WebSocket-Extensions", &answer));
+                        deflate = negotiated;
+                    }
+                }
                 let key = handshake::accept_key(request.key.as_bytes());
                 let resp = handshake::upgrade_response(&key, accept.subprotocol.as_deref(), &headers);
                 core.lend_out(slot);
                 core.slots[slot as usize].out.bytes_mut().extend_from_slice(&resp);
-                core.open_slot(slot, profile, Role::Server);
+                core.open_slot(slot, profile, Role::Server, deflate);
                 self.opened(slot, consumed);
             }
         }

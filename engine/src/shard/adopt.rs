@@ -51,7 +51,8 @@ impl<H: Handler> Shard<H> {
             core.ring(slot).set_peer(slot, peer);
             core.slots[slot as usize].set(flag::PEER_KNOWN);
         }
-        core.open_slot(slot, profile, role);
+        // The other stack answered the upgrade: no extension was negotiated with us.
+        core.open_slot(slot, profile, role, Default::default());
         *core.slots[slot as usize].reader.handshake_buf() = leftover;
         bump(&core.metrics.adopted);
         core.arm_recv(slot);

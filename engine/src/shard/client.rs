@@ -12,6 +12,7 @@ use super::{with_ctx, Core, Shard};
 use crate::config::Config;
 use crate::handler::{ConnectError, ConnectRequest, Handler};
 use crate::metrics::bump;
+use crate::proto::deflate;
 use crate::proto::handshake::{self, ResponseParse};
 use crate::proto::{CloseCause, CloseInfo, Initiator, Role};
 use crate::ring::{self, Completion, Op, Token};
@@ -159,8 +160,12 @@ impl<H: Handler> Shard<H> {
         }
         // Connected: send the upgrade request and wait for the 101.
         let Some(client) = s.client.as_ref() else { return };
-        let headers: Vec<&str> =
+        let mut headers: Vec<&str> =
             client.request.headers.iter().map(String::as_str).filter(|h| !h.contains(['\r', '\n'])).collect();
+        let offer = deflate_offer(&core.cfg, &client.request.headers);
+        if let Some(offer) = &offer {
+            headers.push(offer);
+        }
         let req = handshake::client_request(&client.request.host, &client.request.path, &client.key, &headers);
         s.phase = Phase::Handshake;
         core.lend_out(slot);
@@ -179,16 +184,32 @@ impl<H: Handler> Shard<H> {
                 self.fail_connect(slot, ConnectError::Rejected { status, reason })
             }
             ResponseParse::Invalid(why) => self.fail_connect(slot, ConnectError::Invalid(why)),
-            ResponseParse::Accepted { consumed } => {
-                core.open_slot(slot, core.slots[slot as usize].profile, Role::Client);
-                let tag = core.slots[slot as usize].client.take().map_or(0, |c| c.request.tag);
-                bump(&core.metrics.connected);
-                let id = core.id(slot);
-                with_ctx!(self, |h, ctx| h.on_connected(&mut ctx, id, tag));
-                if self.core.slots[slot as usize].phase == Phase::Open {
-                    self.opened(slot, consumed);
+            ResponseParse::Accepted { consumed, extensions } => {
+                // What we offered decides what the answer may hold (nothing, when the request's own headers
+                // carried the extensions: then they are the application's business).
+                let mode = match deflate_offer(&core.cfg, &client.request.headers) {
+                    Some(_) => core.cfg.deflate,
+                    None if own_extensions(&client.request.headers) => return self.open_client(slot, consumed, None),
+                    None => deflate::Deflate::Off,
+                };
+                match deflate::accept_response(&extensions, mode) {
+                    Ok(negotiated) => self.open_client(slot, consumed, negotiated),
+                    Err(why) => self.fail_connect(slot, ConnectError::Invalid(why)),
                 }
             }
+        }
+    }
+
+    /// The 101 was checked: open, tell the handler, then handle what came after the 101.
+    fn open_client(&mut self, slot: u32, consumed: usize, deflate: Option<deflate::PerConn>) {
+        let core = &mut self.core;
+        core.open_slot(slot, core.slots[slot as usize].profile, Role::Client, deflate.unwrap_or_default());
+        let tag = core.slots[slot as usize].client.take().map_or(0, |c| c.request.tag);
+        bump(&core.metrics.connected);
+        let id = core.id(slot);
+        with_ctx!(self, |h, ctx| h.on_connected(&mut ctx, id, tag));
+        if self.core.slots[slot as usize].phase == Phase::Open {
+            self.opened(slot, consumed);
         }
     }
 
@@ -205,4 +226,18 @@ impl<H: Handler> Shard<H> {
         with_ctx!(self, |h, ctx| h.on_connect_failed(&mut ctx, tag, &err));
         self.core.teardown(slot, info, false);
     }
+}
+
+/// The request's headers name extensions themselves (the application's own negotiation).
+fn own_extensions(headers: &[String]) -> bool {
+    headers.iter().any(|h| h.get(..25).is_some_and(|n| n.eq_ignore_ascii_case("sec-websocket-extensions:")))
+}
+
+/// The Sec-WebSocket-Extensions line the client role adds: permessage-deflate as configured, unless the
+/// request carries its own.
+fn deflate_offer(cfg: &Config, headers: &[String]) -> Option<String> {
+    if own_extensions(headers) {
+        return None;
+    }
+    deflate::client_offer(cfg.deflate).map(|offer| format!("Sec-WebSocket-Extensions: {offer}"))
 }

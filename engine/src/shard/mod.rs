@@ -107,6 +107,9 @@ pub(crate) struct Core {
     index: u16,
     cfg: Config,
     profiles: Vec<ProfileRt>,
+    /// permessage-deflate's compressors and inflater, shared by every connection of the shard that negotiated
+    /// it without context takeover (see proto/deflate.rs); allocated on first use.
+    codec: crate::proto::Codec,
     /// The thread's rings; ring `r` holds slots `r * table .. (r + 1) * table`. Ring 0 is the one the thread
     /// sleeps on; the others signal it through `child_wake`.
     rings: Vec<Ring>,
@@ -392,6 +395,7 @@ impl Core {
             writable: Vec::new(),
             rng: seed,
             next_ip_sweep: now,
+            codec: crate::proto::Codec::new(cfg.deflate_threshold),
             cfg,
         };
         Ok((core, bufs))
@@ -401,10 +405,11 @@ impl Core {
     /// its profile, its protocol writer in `role`, phase `Open`, counted. The first ping comes at a random
     /// point of the first interval (`ping_jitter`): connections that open together (a ramp, a mass
     /// reconnect) do not ping together for the rest of their lives.
-    fn open_slot(&mut self, slot: u32, profile: u8, role: Role) {
+    fn open_slot(&mut self, slot: u32, profile: u8, role: Role, deflate: crate::proto::PerConn) {
         let seed = self.next_random();
         let now = self.now;
         let mut writer = Writer::new(role, now, seed);
+        writer.set_deflate(deflate);
         let cfg = &self.profiles[profile as usize].proto;
         if let Some(interval) = cfg.ping_interval.filter(|_| self.cfg.ping_jitter) {
             let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;

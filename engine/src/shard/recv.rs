@@ -131,7 +131,8 @@ fn dispatch<H: Handler>(
         }
         let Some(writer) = s.writer.as_mut() else { break None };
         let cfg = &core.profiles[s.profile as usize].proto;
-        let Some(event) = reader.poll_event(writer, input, s.out.bytes_mut(), now, cfg) else { break None };
+        let codec = &mut core.codec;
+        let Some(event) = reader.poll_event(writer, codec, input, s.out.bytes_mut(), now, cfg) else { break None };
         let mut ctx = crate::context::Ctx::<H> { ops: &mut *core, states: &mut *states, notifier };
         match event {
             Event::Message { kind, payload } => {

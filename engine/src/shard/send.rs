@@ -54,13 +54,18 @@ impl Core {
         self.lend_out(slot);
         let s = &mut self.slots[slot as usize];
         let Some(writer) = s.writer.as_mut() else { return Err(SendError::NotOpen) };
+        let codec = &mut self.codec;
         match payload {
             Payload::Bytes(kind, data) => {
-                writer.send_message(s.out.bytes_mut(), kind, data).map_err(|_| SendError::NotOpen)?
+                writer.send_message(s.out.bytes_mut(), kind, data, codec).map_err(|_| SendError::NotOpen)?
             }
-            Payload::Prepared(p) if writer.masks() => {
-                writer.send_message(s.out.bytes_mut(), p.kind(), p.payload()).map_err(|_| SendError::NotOpen)?
+            // Masked (client role), or compressed with a window or a context of its own: its own frame.
+            Payload::Prepared(p) if writer.masks() || (writer.compresses() && !writer.shares_compressed_frames()) => {
+                writer.send_message(s.out.bytes_mut(), p.kind(), p.payload(), codec).map_err(|_| SendError::NotOpen)?
             }
+            // The compressed form, made once (by the first connection that needs it) and shared like the
+            // plain one.
+            Payload::Prepared(p) if writer.compresses() => s.out.push_shared(p.deflated_frame(codec)),
             Payload::Prepared(p) => s.out.push_shared(p.frame().clone()),
         }
         bump(&self.metrics.messages_out);
