@@ -510,7 +510,7 @@ impl State {
 
     fn subscribe(&mut self, job: Box<SubscribeJob>) {
         let channel = job.channel.clone();
-        let local = self.channels.entry_ref(&*channel).or_insert_with(Local::default);
+        let local = self.channels.entry_ref(&*channel).or_default();
         let shard = job.conn.shard();
         if local.by_shard.len() <= shard {
             local.by_shard.resize(shard + 1, 0);
