@@ -25,6 +25,9 @@ CONFIG = {
 
 
 async def connect_and_subscribe(url: str, user: str, channel: str, **kwargs):
+    # No permessage-deflate: the send-queue bound counts bytes on the wire, and the test's repetitive payloads
+    # would compress to almost nothing (tetherd negotiates deflate when offered, as websockets does by default).
+    kwargs.setdefault("compression", None)
     ws = await websockets.connect(url, **kwargs)
     await ws.send(
         json.dumps({"id": 1, "connect": {"token": make_token(user)}})
