@@ -410,7 +410,11 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             write(node.tdir / "b.json", "{ this is not json")
             r = node.reload()
             assert r.status_code == 422 and "b" in r.json()["failed"], r.text
-            assert any("reload: config rejected" in line and "tenant=b" in line for line in node.proc.log)
+            # The line reaches the test through tetherd's stderr and a reader thread: wait for it (bounded).
+            await until(
+                lambda: any("reload: config rejected" in line and "tenant=b" in line for line in node.proc.log),
+                what="the reload's error line",
+            )
             assert not bpeer.closed.is_set()
             assert "subscribe" in await bpeer.call("subscribe", {"channel": "chat:b"})
             b2 = await Peer(node.ws_url("b")).open()
