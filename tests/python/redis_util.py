@@ -2,6 +2,7 @@
 persistence (a restart loses everything, as a Redis without AOF/RDB does), stopped with the test."""
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -11,9 +12,16 @@ import time
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the ephemeral range (so that no outgoing connection of nginx, redis-rs or
+    the cluster bus takes it while a server restarts on it), with its +10000 (a cluster node's bus port) also
+    below it: 10000-21999."""
+    low, _ = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    top = min(22000, low - 10000)
+    for _ in range(1000):
+        port = random.randrange(10000, top)
+        if _port_free(port) and _port_free(port + 10000):
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def redis_server_bin() -> str:
@@ -97,10 +105,7 @@ class RedisCluster:
     def __init__(self, masters: int = 3):
         self.nodes = []
         for _ in range(masters):
-            for _attempt in range(20):
-                port = free_port()
-                if port + 10000 < 65536 and _port_free(port + 10000):
-                    break
+            port = free_port()
             self.nodes.append(RedisServer(port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                                           "--cluster-node-timeout", "2000"))
         try:
@@ -117,6 +122,24 @@ class RedisCluster:
         except BaseException:
             self.close()
             raise
+
+    def stop(self):
+        """Every master down (their data lost: no persistence)."""
+        for n in self.nodes:
+            n.stop()
+
+    def start(self):
+        """Every master up again on its port, with its cluster config (nodes-PORT.conf): the same slots, empty."""
+        for n in self.nodes:
+            n.start()
+        deadline = time.monotonic() + 30
+        while not all(b"cluster_state:ok" in n.command("CLUSTER", "INFO") for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the restarted Redis Cluster did not reach cluster_state:ok within 30 s")
+            time.sleep(0.1)
+
+    def ping(self) -> bool:
+        return all(n.ping() for n in self.nodes)
 
     @property
     def addresses(self) -> list:
