@@ -909,17 +909,6 @@ impl Gateway {
             redis::Outcome::Subscribed { channel, token, answer, result } => {
                 let found = s.subs.iter().position(|x| x.channel == channel && x.pending == token);
                 match (found, result) {
-                    // Unsubscribed meanwhile (the API's unsubscribe): its Unsubscribe job went already.
-                    (None, _) => {
-                        if let Some(id) = id {
-                            self.error(id, ErrorCode::INTERNAL, &mut out);
-                        }
-                        if connect_sub {
-                            if let Some(c) = s.waiting_mut().and_then(|w| w.connect.as_mut()) {
-                                c.subs.retain(|(ch, _)| *ch != channel);
-                            }
-                        }
-                    }
                     (Some(i), Ok((subscribed, pubs))) => {
                         s.subs[i].pending = 0;
                         let topic = self.broker.topic(&s.subs[i].channel);
@@ -930,22 +919,23 @@ impl Gateway {
                         let body = self.sub_result(&answer, &subscribed);
                         match id {
                             Some(id) => out.result(id, "subscribe", &body),
-                            None if connect_sub => connect_result(s, &channel, body),
+                            None if connect_sub => connect_result(s, &channel, Some(body)),
                             None => H::send(ctx, conn, &protocol::push(&channel, "subscribe", &body)),
                         }
                         extra = pubs.iter().map(|p| protocol::push(&channel, "pub", p)).collect();
                     }
-                    (Some(_), Err(e)) => {
-                        tracing::warn!(conn = %conn, channel = %channel, error = %e, "subscribe through Redis failed");
-                        self.end_sub(ctx, Some(conn), s, &channel);
+                    // Redis failed, or the subscription was ended meanwhile (the API's unsubscribe: its
+                    // Unsubscribe job went already): an error reply; a connect's reply goes without it.
+                    (found, result) => {
+                        if let (Some(_), Err(e)) = (found, &result) {
+                            tracing::warn!(conn = %conn, channel = %channel, error = %e, "subscribe through Redis failed");
+                            self.end_sub(ctx, Some(conn), s, &channel);
+                        }
                         if let Some(id) = id {
                             self.error(id, ErrorCode::INTERNAL, &mut out);
                         }
                         if connect_sub {
-                            // The connect reply goes without it (as a refused server-side subscription).
-                            if let Some(c) = s.waiting_mut().and_then(|w| w.connect.as_mut()) {
-                                c.subs.retain(|(ch, _)| *ch != channel);
-                            }
+                            connect_result(s, &channel, None);
                         }
                     }
                 }
@@ -1033,12 +1023,17 @@ impl Gateway {
     }
 }
 
-/// A server-side subscription's result for the connect reply waiting for it.
-fn connect_result(s: &mut Session, channel: &Arc<str>, body: String) {
-    if let Some(c) = s.waiting_mut().and_then(|w| w.connect.as_mut()) {
-        if let Some(entry) = c.subs.iter_mut().find(|(ch, r)| ch == channel && r.is_none()) {
-            entry.1 = Some(body);
+/// A server-side subscription's result for the connect reply waiting for it; `None`: it failed, and the
+/// reply goes without it (as for a refused server-side subscription).
+fn connect_result(s: &mut Session, channel: &Arc<str>, body: Option<String>) {
+    let Some(c) = s.waiting_mut().and_then(|w| w.connect.as_mut()) else { return };
+    match body {
+        Some(body) => {
+            if let Some(entry) = c.subs.iter_mut().find(|(ch, r)| ch == channel && r.is_none()) {
+                entry.1 = Some(body);
+            }
         }
+        None => c.subs.retain(|(ch, _)| ch != channel),
     }
 }
 
