@@ -190,6 +190,13 @@ pub struct Config {
     pub deflate: Deflate,
     /// Messages shorter than this (bytes) are sent uncompressed even where deflate was negotiated. Default 64.
     pub deflate_threshold: usize,
+    /// TLS on the listener (wss:// and https://): every accepted connection must speak it; a plaintext HTTP
+    /// request gets 400 and a close. `None` (the default): plaintext. See [`TlsServer`](crate::TlsServer).
+    pub tls: Option<crate::tls::TlsServer>,
+    /// TLS handshake steps (a ClientHello answered, a Finished checked) a shard takes per loop iteration at
+    /// most; the rest wait for the next iteration, so a flood of new TLS clients (a ClientHello costs a key
+    /// exchange and a signature) cannot starve open connections' pongs and messages. Default 64.
+    pub tls_handshakes_per_loop: usize,
 }
 
 impl Default for Config {
@@ -223,6 +230,8 @@ impl Default for Config {
             handler_tick: None,
             deflate: Deflate::Shared,
             deflate_threshold: crate::proto::deflate::DEFAULT_THRESHOLD,
+            tls: None,
+            tls_handshakes_per_loop: 64,
         }
     }
 }

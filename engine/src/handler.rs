@@ -276,4 +276,6 @@ pub struct ConnectRequest {
     /// Extra header lines of the upgrade request (`Name: value`, no line breaks; lines with one are left
     /// out), shared by every connection given the same list.
     pub headers: std::sync::Arc<[String]>,
+    /// Speak TLS (wss://) with this client config and server name; `None`: plaintext (ws://).
+    pub tls: Option<crate::tls::ClientTls>,
 }

@@ -185,6 +185,7 @@ pub mod proto;
 #[allow(unsafe_code)]
 mod ring;
 mod shard;
+pub mod tls;
 pub mod wheel;
 
 pub use adopt::{AdoptError, AdoptErrorKind, Adoption};
@@ -202,3 +203,4 @@ pub use metrics::{ShardMetrics, Stats};
 pub use prepared::Prepared;
 pub use proto::handshake::{HttpError, HttpRequest, UpgradeRequest};
 pub use proto::{CloseCause, CloseInfo, Initiator, MessageKind};
+pub use tls::{ClientTls, TlsError, TlsServer};

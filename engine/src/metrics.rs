@@ -114,6 +114,10 @@ counters! {
     pings_received => "pings_received", Counter, "Ping frames received from peers";
     pong_timeouts => "pong_timeouts", Counter, "Connections closed because no frame came within pong_timeout";
     handshake_timeouts => "handshake_timeouts", Counter, "Connections closed because the upgrade did not finish within handshake_timeout";
+    tls_handshakes => "tls_handshakes", Counter, "TLS handshakes completed (both roles)";
+    tls_failures => "tls_failures", Counter, "Connections whose TLS failed (a handshake refused or broken, a bad record)";
+    tls_plain_http => "tls_plain_http", Counter, "Plaintext HTTP requests that came to a TLS listener (answered 400)";
+    tls_handshakes_deferred => "tls_handshakes_deferred", Counter, "TLS handshake steps put off to the next loop iteration by tls_handshakes_per_loop";
     messages_in => "messages_in", Counter, "Messages received";
     messages_out => "messages_out", Counter, "Messages queued to connections";
     bytes_in => "bytes_in", Counter, "Bytes received";

@@ -84,6 +84,7 @@ fn client_connects_echoes_pings_and_closes() {
                     tag,
                     not_before: None,
                     headers: Default::default(),
+                    tls: None,
                 },
             )
             .unwrap();
@@ -159,6 +160,7 @@ fn client_reports_refused_and_rejected_connections() {
                 tag: 7,
                 not_before: None,
                 headers: Default::default(),
+                tls: None,
             },
         )
         .unwrap();
@@ -186,6 +188,7 @@ fn client_reports_refused_and_rejected_connections() {
                 tag: 8,
                 not_before: None,
                 headers: Default::default(),
+                tls: None,
             },
         )
         .unwrap();

@@ -90,6 +90,7 @@ fn one_thread_holds_several_rings_worth_of_connections() {
             tag,
             not_before: None,
             headers: Default::default(),
+            tls: None,
         };
         client.handle().connect(0, request).unwrap();
     }

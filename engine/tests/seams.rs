@@ -73,6 +73,7 @@ impl Clients {
                 tag,
                 not_before: None,
                 headers: Default::default(),
+                tls: None,
             };
             self.engine.handle().connect(0, request).unwrap();
         }

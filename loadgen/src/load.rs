@@ -72,6 +72,8 @@ pub struct LoadConfig {
     pub centrifugo: Option<CentrifugoConfig>,
     /// permessage-deflate offered in every upgrade request (`Off`: none, the default).
     pub deflate: tether::Deflate,
+    /// TLS for a wss:// target (`None`: plaintext).
+    pub tls: Option<tether::ClientTls>,
 }
 
 /// The default bound on first connects in flight: the accept queues of a server of a few cores (4,096
@@ -105,6 +107,7 @@ impl LoadConfig {
             progress: ProgressMode::Auto,
             centrifugo: None,
             deflate: tether::Deflate::Off,
+            tls: None,
         }
     }
 }
@@ -172,6 +175,7 @@ struct Shared {
     target: Target,
     source_ips: Vec<IpAddr>,
     headers: Arc<[String]>,
+    tls: Option<tether::ClientTls>,
     reconnect: bool,
     message_interval: Option<Duration>,
     closed_loop: bool,
@@ -213,6 +217,7 @@ impl Shared {
             tag,
             not_before: None,
             headers: self.headers.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -917,6 +922,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         target: cfg.target.clone(),
         source_ips: cfg.source_ips.clone(),
         headers: cfg.headers.clone().into(),
+        tls: cfg.tls.clone(),
         reconnect: cfg.reconnect || cent_cfg.as_ref().is_some_and(|c| c.reconnect_every.is_some()),
         message_interval: (cfg.message_rate > 0.0 && !cfg.closed_loop)
             .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),

@@ -36,7 +36,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Target, ws://HOST:PORT/PATH (wss is not supported). With --protocol centrifugo a URL without a path
+    /// Target, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (with --tls-ca or --tls-insecure). With --protocol centrifugo a URL without a path
     /// gets /connection/websocket.
     #[arg(long)]
     url: String,
@@ -166,6 +166,12 @@ struct Common {
     /// connection) or `--deflate off` (the default: no offer).
     #[arg(long, num_args = 0..=1, default_missing_value = "shared", value_parser = tether::Deflate::parse)]
     deflate: Option<tether::Deflate>,
+    /// wss:// targets: trust the CA certificate(s) in this PEM file (and nothing else).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// wss:// targets: accept any server certificate (signatures still checked); for self-signed test servers.
+    #[arg(long)]
+    tls_insecure: bool,
     /// An extra header of every upgrade request, `Name: value` (repeatable), e.g. --header 'Cookie: session=x'.
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<String>,
@@ -344,7 +350,21 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         None => url::default_source_ips(&target.addr, connections),
     };
     anyhow::ensure!(c.message_rate >= 0.0 && c.message_rate.is_finite(), "--message-rate must be 0 or more");
+    let tls = match (target.tls, &c.tls_ca, c.tls_insecure) {
+        (false, None, false) => None,
+        (false, _, _) => anyhow::bail!("--tls-ca / --tls-insecure need a wss:// URL"),
+        (true, Some(_), true) => anyhow::bail!("give --tls-ca or --tls-insecure, not both"),
+        (true, Some(ca), false) => Some(
+            tether::ClientTls::with_ca_file(ca, &target.server_name)
+                .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?,
+        ),
+        (true, None, true) => Some(tether::ClientTls::insecure(&target.server_name).map_err(anyhow::Error::msg)?),
+        (true, None, false) => anyhow::bail!(
+            "wss:// needs --tls-ca FILE (the CA that signed the server's certificate) or --tls-insecure"
+        ),
+    };
     Ok(LoadConfig {
+        tls,
         target,
         connections,
         rate: c.rate,

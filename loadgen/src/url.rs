@@ -1,4 +1,4 @@
-//! `ws://host[:port][/path][?query]` targets and source address lists.
+//! `ws://` and `wss://host[:port][/path][?query]` targets and source address lists.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
@@ -12,17 +12,25 @@ pub struct Target {
     /// Path plus query, starting with `/`.
     pub path: String,
     pub addr: SocketAddr,
+    /// `wss://`: speak TLS (the client config comes from `--tls-ca` / `--tls-insecure`).
+    pub tls: bool,
+    /// The host without port or brackets: the name the server's certificate must carry (and SNI).
+    pub server_name: String,
 }
 
-/// Parses a `ws://` URL and resolves its host (IPv4 preferred). Errors are one line, ready to print after
-/// `error: `.
+/// Parses a `ws://` or `wss://` URL and resolves its host (IPv4 preferred). Errors are one line, ready to
+/// print after `error: `.
 pub fn parse_target(url: &str) -> Result<Target, String> {
     let lower = url.to_ascii_lowercase();
-    if lower.starts_with("wss://") {
-        return Err(format!("wss:// is not supported (no TLS in tether-load); use a ws:// URL: {url}"));
-    }
-    let Some(rest) = url.get(5..).filter(|_| lower.starts_with("ws://")) else {
-        return Err(format!("not a ws:// URL: {url}"));
+    let (tls, rest) = if lower.starts_with("wss://") {
+        (true, url.get(6..))
+    } else if lower.starts_with("ws://") {
+        (false, url.get(5..))
+    } else {
+        (false, None)
+    };
+    let Some(rest) = rest else {
+        return Err(format!("not a ws:// or wss:// URL: {url}"));
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
@@ -36,7 +44,9 @@ pub fn parse_target(url: &str) -> Result<Target, String> {
     if authority.is_empty() || authority.contains('@') {
         return Err(format!("not a ws:// URL (no usable host): {url}"));
     }
-    let (host, port) = split_host_port(authority).ok_or_else(|| format!("not a ws:// URL (bad port): {url}"))?;
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) =
+        split_host_port(authority, default_port).ok_or_else(|| format!("not a ws:// URL (bad port): {url}"))?;
     let addrs: Vec<SocketAddr> =
         (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
     let addr = addrs
@@ -45,23 +55,24 @@ pub fn parse_target(url: &str) -> Result<Target, String> {
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| format!("cannot resolve {host}: no addresses"))?;
-    Ok(Target { url: url.to_string(), host: authority.to_string(), path, addr })
+    Ok(Target { url: url.to_string(), host: authority.to_string(), path, addr, tls, server_name: host })
 }
 
-/// Splits `host[:port]` / `[v6][:port]`; the host comes back without brackets, the port defaults to 80.
-fn split_host_port(authority: &str) -> Option<(String, u16)> {
+/// Splits `host[:port]` / `[v6][:port]`; the host comes back without brackets, the port defaults to
+/// `default_port`.
+fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let end = rest.find(']')?;
         let host = rest[..end].to_string();
         let port = match &rest[end + 1..] {
-            "" => 80,
+            "" => default_port,
             p => p.strip_prefix(':')?.parse().ok()?,
         };
         return Some((host, port));
     }
     match authority.rsplit_once(':') {
         Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((authority.to_string(), 80)),
+        None => Some((authority.to_string(), default_port)),
     }
 }
 
@@ -126,8 +137,13 @@ mod tests {
         assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
         let t = parse_target("WS://localhost:81?q").unwrap();
         assert_eq!((t.addr.port(), t.path.as_str()), (81, "/?q"));
-        assert!(parse_target("http://127.0.0.1/").unwrap_err().starts_with("not a ws:// URL: http://"));
-        assert!(parse_target("wss://127.0.0.1/").unwrap_err().contains("not supported"));
+        assert!(parse_target("http://127.0.0.1/").unwrap_err().starts_with("not a ws:// or wss:// URL: http://"));
+        let t = parse_target("wss://localhost/x").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.addr.port(), t.server_name.as_str(), t.path.as_str()), (443, "localhost", "/x"));
+        let t = parse_target("wss://[::1]:9443").unwrap();
+        assert_eq!((t.addr.port(), t.server_name.as_str()), (9443, "::1"));
+        assert!(!parse_target("ws://127.0.0.1:1/").unwrap().tls);
         assert!(parse_target("ws://127.0.0.1:99999/").is_err());
         assert!(parse_target("ws:///x").is_err());
     }

@@ -86,6 +86,9 @@ settings! {
     send_queue_policy: "TETHER_SEND_QUEUE_POLICY", "close|drop", "What to do when a send queue is full";
     deflate: "TETHER_DEFLATE", "shared|dedicated:BITS|off", "permessage-deflate: shared (no context takeover, nothing kept per connection), dedicated:BITS (context takeover with a 2^BITS window, 9-15, its own compressor and inflater per connection) or off";
     deflate_threshold: "TETHER_DEFLATE_THRESHOLD", "BYTES", "Messages shorter than this are sent uncompressed";
+    tls_cert: "TETHER_TLS_CERT", "FILE", "Serve wss:// and https:// with this certificate chain (PEM, leaf first; re-read on SIGHUP); needs --tls-key";
+    tls_key: "TETHER_TLS_KEY", "FILE", "The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)";
+    tls_handshakes_per_loop: "TETHER_TLS_HANDSHAKES_PER_LOOP", "N", "TLS handshake steps a shard takes per loop iteration at most (the rest wait, so a handshake flood cannot starve open connections)";
     recv_buffers: "TETHER_RECV_BUFFERS", "N", "Provided receive buffers per shard, a power of two <= 32768; 0 = auto (2048, fewer each when there are more shards than cores)";
     recv_buffer_size: "TETHER_RECV_BUFFER_SIZE", "BYTES", "Size of each receive buffer";
     ring_entries: "TETHER_RING_ENTRIES", "N", "Submission queue entries per ring";
@@ -150,6 +153,8 @@ impl fmt::Display for Raw {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub engine: Config,
+    /// `--tls-cert`, `--tls-key` (the engine's `tls` was made from them; SIGHUP re-reads them).
+    pub tls_files: Option<(PathBuf, PathBuf)>,
     pub drain_timeout: Duration,
     /// An EnvFilter directive string (already checked to parse).
     pub log: String,
@@ -336,10 +341,23 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         per_ip_max_connections: pick!(r, cli, per_ip_max_connections, int_in(0, u32::MAX.into()))
             .map_or(d.per_ip_max_connections, |n| n as u32),
         per_ip_handshake_rate: pick!(r, cli, per_ip_handshake_rate, parse_rate).unwrap_or(d.per_ip_handshake_rate),
+        tls_handshakes_per_loop: pick!(r, cli, tls_handshakes_per_loop, int_in(1, 1 << 20))
+            .map_or(d.tls_handshakes_per_loop, |n| n as usize),
         // Settings the binary does not expose (the handler tick) keep the engine default.
         ..Config::default()
     };
     let drain_timeout = pick!(r, cli, drain_timeout, parse_duration).unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+    let tls_cert = pick!(r, cli, tls_cert, parse_path);
+    let tls_key = pick!(r, cli, tls_key, parse_path);
+    let mut engine = engine;
+    engine.tls = match (&tls_cert, &tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tether::TlsServer::from_pem_files(cert, key).map_err(|e| ConfigError(format!("--tls-cert / --tls-key: {e}")))?,
+        ),
+        (None, None) => None,
+        (Some(_), None) => return Err(ConfigError("--tls-cert needs --tls-key".into())),
+        (None, Some(_)) => return Err(ConfigError("--tls-key needs --tls-cert".into())),
+    };
 
     // --log / TETHER_LOG, then RUST_LOG, then the file, then "info".
     let log_given = match (&cli.log, matches.value_source("log")) {
@@ -376,6 +394,7 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
 
     Ok(Settings {
         engine,
+        tls_files: tls_cert.zip(tls_key),
         drain_timeout,
         log,
         print_config: cli.print_config,
@@ -611,6 +630,7 @@ impl Settings {
     pub fn defaults() -> Settings {
         Settings {
             engine: Config::default(),
+            tls_files: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log: DEFAULT_LOG.to_string(),
             print_config: false,
@@ -668,6 +688,11 @@ impl Settings {
         line("inbox_capacity", c.inbox_capacity.to_string());
         line("per_ip_max_connections", c.per_ip_max_connections.to_string());
         line("per_ip_handshake_rate", quoted(&fmt_rate(c.per_ip_handshake_rate)));
+        if let Some((cert, key)) = &self.tls_files {
+            line("tls_cert", quoted(&cert.display().to_string()));
+            line("tls_key", quoted(&key.display().to_string()));
+        }
+        line("tls_handshakes_per_loop", c.tls_handshakes_per_loop.to_string());
         line("log", quoted(&self.log));
         if let Some(path) = &self.gateway {
             line("gateway", quoted(&path.display().to_string()));
@@ -696,8 +721,11 @@ mod tests {
     /// variables never leak into another's run.
     static ENV: Mutex<()> = Mutex::new(());
 
-    const ALL_ENV: [&str; 26] = [
+    const ALL_ENV: [&str; 29] = [
         "TETHER_CONFIG",
+        "TETHER_TLS_CERT",
+        "TETHER_TLS_KEY",
+        "TETHER_TLS_HANDSHAKES_PER_LOOP",
         "TETHER_GATEWAY",
         "TETHER_TENANTS_DIR",
         "TETHER_ADMIN_KEY",

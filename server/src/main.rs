@@ -102,9 +102,10 @@ fn main() -> ExitCode {
     }
 
     let drain = settings.drain_timeout;
+    let tls = settings.engine.tls.clone();
     std::thread::Builder::new()
         .name("tetherd-signals".into())
-        .spawn(move || watch_signals(signals, handle, drain, tenants))
+        .spawn(move || watch_signals(signals, handle, drain, tenants, tls))
         .expect("spawn the signal thread");
 
     engine.wait();
@@ -205,22 +206,32 @@ fn gateway_setup(settings: &config::Settings) -> Result<(tether::Config, Arc<Ten
     Ok((engine, Arc::new(table)))
 }
 
-/// First SIGINT/SIGTERM: drain. Second: leave at once. SIGHUP: reload the gateway and tenant files.
+/// First SIGINT/SIGTERM: drain. Second: leave at once. SIGHUP: reload the TLS certificate and the gateway
+/// and tenant files.
 fn watch_signals(
     mut signals: Signals,
     handle: tether::EngineHandle,
     drain: std::time::Duration,
     tenants: Option<Arc<TenantTable>>,
+    tls: Option<tether::TlsServer>,
 ) {
     let mut draining = false;
     for signal in signals.forever() {
         if signal == SIGHUP {
+            if let Some(tls) = &tls {
+                // New connections get the new certificate; open ones keep theirs. A bad file keeps the old one.
+                match tls.reload() {
+                    Ok(()) => info!(signal = "SIGHUP", "TLS certificate reloaded"),
+                    Err(e) => error!(signal = "SIGHUP", error = %e, "TLS certificate not reloaded; the old one stays"),
+                }
+            }
             match &tenants {
                 Some(table) => {
                     info!(signal = "SIGHUP", "reloading the gateway and tenant files");
                     table.reload(&handle);
                 }
-                None => info!(signal = "SIGHUP", "nothing to reload (no gateway)"),
+                None if tls.is_none() => info!(signal = "SIGHUP", "nothing to reload (no gateway, no TLS)"),
+                None => {}
             }
             continue;
         }

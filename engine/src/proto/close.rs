@@ -46,11 +46,14 @@ pub enum CloseCause {
     SlowConsumer,
     /// The engine was shutting down.
     Shutdown,
+    /// TLS failed: a handshake that did not complete (a bad ClientHello, an untrusted certificate, plaintext
+    /// on the TLS port) or a record that did not decrypt.
+    TlsError,
 }
 
 impl CloseCause {
     /// Every cause, in declaration order: `ALL[c.index()] == c`.
-    pub const ALL: [CloseCause; 10] = [
+    pub const ALL: [CloseCause; 11] = [
         CloseCause::PeerClose,
         CloseCause::LocalClose,
         CloseCause::PongTimeout,
@@ -61,6 +64,7 @@ impl CloseCause {
         CloseCause::HttpRejected,
         CloseCause::SlowConsumer,
         CloseCause::Shutdown,
+        CloseCause::TlsError,
     ];
 
     /// The metric label.
@@ -76,6 +80,7 @@ impl CloseCause {
             CloseCause::HttpRejected => "http_rejected",
             CloseCause::SlowConsumer => "slow_consumer",
             CloseCause::Shutdown => "shutdown",
+            CloseCause::TlsError => "tls_error",
         }
     }
 

@@ -30,6 +30,24 @@ impl SendBuf {
         SendBuf { bytes, spliced: None }
     }
 
+    /// A buffer that sends `bytes` as they are.
+    pub fn from_vec(bytes: Vec<u8>) -> SendBuf {
+        SendBuf { bytes, spliced: None }
+    }
+
+    /// Append every queued byte, in order, to `out` (TLS encrypts the queue as one piece).
+    pub(crate) fn append_to(&self, out: &mut Vec<u8>) {
+        let mut from = 0;
+        if let Some(s) = &self.spliced {
+            for (at, frame) in &s.frames {
+                out.extend_from_slice(&self.bytes[from..*at]);
+                out.extend_from_slice(frame);
+                from = *at;
+            }
+        }
+        out.extend_from_slice(&self.bytes[from..]);
+    }
+
     /// Bytes queued in all.
     pub fn len(&self) -> usize {
         self.bytes.len() + self.spliced.as_ref().map_or(0, |s| s.len)

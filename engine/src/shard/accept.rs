@@ -132,6 +132,9 @@ impl Core {
             if open_total > self.shared.max_connections {
                 self.slots[slot as usize].set(flag::OVER_CAPACITY);
             }
+            if self.cfg.tls.is_some() {
+                self.mark_tls(slot);
+            }
             let (generation, ipv6) = (self.slots[slot as usize].generation, self.listener_ipv6);
             self.ring(slot).peer_name(slot, generation, ipv6);
             self.slots[slot as usize].set(flag::PEERNAME_PENDING);

@@ -158,7 +158,16 @@ impl<H: Handler> Shard<H> {
             }
             return;
         }
-        // Connected: send the upgrade request and wait for the 101.
+        // Connected: send the upgrade request and wait for the 101 (with TLS, the ClientHello goes first and
+        // the request waits in the queue until the handshake is done).
+        let tls = s.client.as_ref().and_then(|c| c.request.tls.clone());
+        if let Some(tls) = tls {
+            if let Err(e) = core.start_client_tls(slot, &tls) {
+                self.fail_connect(slot, ConnectError::Io(format!("tls: {e}")));
+                return;
+            }
+        }
+        let s = &mut core.slots[slot as usize];
         let Some(client) = s.client.as_ref() else { return };
         let mut headers: Vec<&str> =
             client.request.headers.iter().map(String::as_str).filter(|h| !h.contains(['\r', '\n'])).collect();

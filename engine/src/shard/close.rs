@@ -61,7 +61,9 @@ impl Core {
             drop_one(&self.metrics.websocket_open);
         }
         s.phase = Phase::Closing;
-        if flush && (!s.out.is_empty() || s.has(flag::SEND_INFLIGHT)) {
+        let inflight = s.has(flag::SEND_INFLIGHT);
+        if flush && (inflight || self.has_output(slot) || self.owes_close_notify(slot)) {
+            let s = &mut self.slots[slot as usize];
             s.set(flag::FLUSH_FIRST);
             // A peer that never reads must not hold the slot: bound the flush.
             let deadline = self.now + self.cfg.close_timeout;
@@ -73,11 +75,12 @@ impl Core {
     /// Take every teardown step that can be taken now (see `lifecycle.rs`).
     pub(super) fn advance_teardown(&mut self, slot: u32) {
         loop {
-            let s = &mut self.slots[slot as usize];
-            if s.phase != Phase::Closing {
+            if self.slots[slot as usize].phase != Phase::Closing {
                 return;
             }
-            match next_step(s.flags, !s.out.is_empty()) {
+            let queued = self.has_output(slot);
+            let s = &mut self.slots[slot as usize];
+            match next_step(s.flags, queued) {
                 Step::Wait => return,
                 Step::Send => self.start_send(slot),
                 Step::EndOps => {
@@ -105,6 +108,7 @@ impl Core {
             // Give up on the output: shut down now.
             s.clear(flag::FLUSH_FIRST);
             s.out.clear();
+            self.abandon_tls(slot);
             self.advance_teardown(slot);
         } else {
             self.cancel_inflight(slot);
@@ -201,6 +205,9 @@ impl Core {
         *s.reader.handshake_buf() = Vec::new();
         s.client = None;
         s.app_tick = 0;
+        if let Some(t) = self.tls.get_mut(slot as usize) {
+            *t = None;
+        }
         let out = s.out.take_bytes();
         self.give_back(out);
         self.wheel.cancel(slot);

@@ -17,6 +17,7 @@
 //! | `adopt.rs` | sockets another HTTP stack upgraded, moved into a ring's table |
 //! | `inbox.rs` | commands from other threads |
 //! | `ops.rs` | what a handler's `Ctx` can do (`ShardOps` for the core) |
+//! | `tls.rs` | TLS between the ring and the protocol: decrypt received bytes, encrypt at send, the handshake cap |
 //! | `topics.rs` | topic subscriptions |
 //!
 //! Each slot has at most one entry in the wheel: its next deadline (handshake, ping, pong, close, teardown or
@@ -33,6 +34,7 @@ mod recv;
 mod send;
 mod slot;
 mod timers;
+mod tls;
 mod topics;
 
 use std::io;
@@ -158,6 +160,14 @@ pub(crate) struct Core {
     rng: u64,
     /// When shard 0 next sweeps the shared per-IP table for expired rate buckets.
     next_ip_sweep: Instant,
+    /// Per-slot TLS state (slots with `flag::TLS`), indexed like `slots`; `None` for plaintext connections.
+    tls: Vec<Option<Box<crate::tls::conn::TlsConn>>>,
+    /// TLS handshake steps left in this loop iteration (`Config::tls_handshakes_per_loop`).
+    tls_budget: usize,
+    /// Handshaking TLS connections (slot, generation) whose input waits for the next iteration's budget.
+    tls_waiting: std::collections::VecDeque<(u32, u32)>,
+    /// Where queued frames with shared pieces are put together before they are encrypted.
+    tls_scratch: Vec<u8>,
 }
 
 /// The shard thread's state. `core` holds the rings, `bufs` each ring's provided receive buffers (index for
@@ -172,6 +182,8 @@ pub(crate) struct Shard<H: Handler> {
     notices: MailboxRx<H::Notice>,
     inbox: MailboxRx<Command>,
     waker: Waker,
+    /// Plaintext a TLS connection's records carried, on its way to the protocol (reused).
+    plain: Vec<u8>,
 }
 
 /// Puts `item` in the first free entry of `table` (or a new one at the end) and returns its index: the tag
@@ -267,7 +279,8 @@ where
                     return;
                 }
             };
-            let mut shard = Shard { core, bufs, handler, states: Vec::new(), notifier, notices, inbox, waker };
+            let mut shard =
+                Shard { core, bufs, handler, states: Vec::new(), notifier, notices, inbox, waker, plain: Vec::new() };
             // A panic (in a handler callback or in the engine) must not leave a half-live process: the
             // thread's connections would hang with no keepalive and no close while the other shards go on.
             // Unwinding out of the shard is not safe either (the kernel may still write into buffers the
@@ -396,6 +409,10 @@ impl Core {
             rng: seed,
             next_ip_sweep: now,
             codec: crate::proto::Codec::new(cfg.deflate_threshold),
+            tls: Vec::new(),
+            tls_budget: cfg.tls_handshakes_per_loop.max(1),
+            tls_waiting: Default::default(),
+            tls_scratch: Vec::new(),
             cfg,
         };
         Ok((core, bufs))
@@ -541,6 +558,7 @@ impl<H: Handler> Shard<H> {
             }
             // Inbox first: commands may open, close or write to connections.
             self.drain_inbox();
+            self.resume_tls();
             self.core.fanout_step();
             self.core.retry_accept();
             self.core.sweep_per_ip();

@@ -55,7 +55,7 @@ impl<H: Handler> Shard<H> {
     }
 
     /// TCP ended under an open or handshaking connection.
-    fn peer_gone(&mut self, slot: u32, why: &str) {
+    pub(super) fn peer_gone(&mut self, slot: u32, why: &str) {
         let s = &mut self.core.slots[slot as usize];
         if s.phase == Phase::Connecting || (s.phase == Phase::Handshake && s.has(flag::CLIENT)) {
             self.fail_connect(slot, ConnectError::Closed);
@@ -66,23 +66,24 @@ impl<H: Handler> Shard<H> {
             None => CloseInfo::new(1006, why, Initiator::Abnormal, CloseCause::Abnormal),
         };
         s.out.clear();
+        self.core.abandon_tls(slot);
         self.core.teardown(slot, info, false);
     }
 
     /// Bytes arrived in buffer `bid`: taken out of it whatever the phase (so the buffer's consumption stays in
-    /// step with the kernel's), handled unless the connection is closing.
+    /// step with the kernel's), handled unless the connection is closing. A TLS slot's bytes are decrypted
+    /// first (`tls.rs`).
     fn on_bytes(&mut self, slot: u32, bid: u16, len: usize) {
         let r = self.core.ring_index(slot);
+        if self.core.slots[slot as usize].has(flag::TLS) {
+            self.on_tls_bytes(slot, r, bid, len);
+            return;
+        }
         let data = self.bufs[r].take(bid, len);
         match self.core.slots[slot as usize].phase {
             Phase::Handshake => {
-                let s = &mut self.core.slots[slot as usize];
-                s.reader.handshake_buf().extend_from_slice(data);
-                if s.has(flag::CLIENT) {
-                    self.client_handshake(slot);
-                } else if !s.has(flag::REQUEST_WAITING | flag::HTTP_DEFERRED) {
-                    self.server_handshake(slot);
-                }
+                self.core.slots[slot as usize].reader.handshake_buf().extend_from_slice(data);
+                self.handshake_step(slot);
             }
             Phase::Open => {
                 let mut input = Input::new(data);
@@ -91,6 +92,33 @@ impl<H: Handler> Shard<H> {
                 self.core.after_events(slot, ended);
             }
             _ => {}
+        }
+    }
+
+    /// Plaintext a TLS connection's records carried: what `on_bytes` does with a plaintext connection's bytes.
+    pub(super) fn on_plain(&mut self, slot: u32, data: &mut [u8]) {
+        match self.core.slots[slot as usize].phase {
+            Phase::Handshake => {
+                self.core.slots[slot as usize].reader.handshake_buf().extend_from_slice(data);
+                self.handshake_step(slot);
+            }
+            Phase::Open => {
+                let mut input = Input::new(data);
+                let ended =
+                    dispatch(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, &mut input);
+                self.core.after_events(slot, ended);
+            }
+            _ => {}
+        }
+    }
+
+    /// More bytes of the upgrade request (server) or of the 101 (client) are in the handshake buffer.
+    fn handshake_step(&mut self, slot: u32) {
+        let s = &self.core.slots[slot as usize];
+        if s.has(flag::CLIENT) {
+            self.client_handshake(slot);
+        } else if !s.has(flag::REQUEST_WAITING | flag::HTTP_DEFERRED) {
+            self.server_handshake(slot);
         }
     }
 

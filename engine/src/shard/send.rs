@@ -170,14 +170,15 @@ impl Core {
     }
 
     pub(super) fn mark_dirty(&mut self, slot: u32) {
-        let s = &mut self.slots[slot as usize];
-        if s.out.is_empty() {
-            if s.out.capacity() > 0 {
+        if !self.has_output(slot) {
+            let s = &mut self.slots[slot as usize];
+            if s.out.is_empty() && s.out.capacity() > 0 {
                 let buf = s.out.take_bytes();
                 self.give_back(buf);
             }
             return;
         }
+        let s = &mut self.slots[slot as usize];
         if !s.has(flag::DIRTY) && !s.has(flag::SEND_INFLIGHT) {
             s.set(flag::DIRTY);
             self.dirty.push(slot);
@@ -189,7 +190,7 @@ impl Core {
         for &slot in &dirty {
             let s = &mut self.slots[slot as usize];
             s.clear(flag::DIRTY);
-            if s.phase != Phase::Free && !s.has(flag::SEND_INFLIGHT) && !s.out.is_empty() {
+            if s.phase != Phase::Free && !s.has(flag::SEND_INFLIGHT) && self.has_output(slot) {
                 self.start_send(slot);
             }
         }
@@ -201,8 +202,15 @@ impl Core {
     }
 
     pub(super) fn start_send(&mut self, slot: u32) {
+        let buf = if self.slots[slot as usize].has(flag::TLS) {
+            match self.tls_wire(slot) {
+                Some(wire) => wire,
+                None => return,
+            }
+        } else {
+            std::mem::take(&mut self.slots[slot as usize].out)
+        };
         let s = &mut self.slots[slot as usize];
-        let buf = std::mem::take(&mut s.out);
         s.inflight_len = buf.len().min(u32::MAX as usize) as u32;
         s.set(flag::SEND_INFLIGHT);
         let generation = s.generation;
@@ -251,7 +259,7 @@ impl Core {
         if s.has(flag::WANT_WRITABLE) {
             self.check_writable(slot);
         }
-        if !self.slots[slot as usize].out.is_empty() {
+        if self.has_output(slot) {
             self.start_send(slot);
         }
     }

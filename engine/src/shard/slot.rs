@@ -48,6 +48,8 @@ pub(crate) mod flag {
     /// A plain HTTP request whose answer the handler deferred (`Ctx::defer_http`): input is ignored until
     /// the answer comes (`EngineHandle::answer_http`) or the handshake deadline answers 504.
     pub const HTTP_DEFERRED: u16 = 1 << 14;
+    /// The connection speaks TLS (its state in `Core::tls`, made at the first bytes for an accepted one).
+    pub const TLS: u16 = 1 << 15;
     /// Operations whose completions must all arrive before the descriptor is closed.
     pub const BUSY: u16 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
 }
