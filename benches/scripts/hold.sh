@@ -8,6 +8,7 @@
 #   tetherd closes first, so each run leaves its connections in TIME_WAIT on the server side for 60 s:
 #   back-to-back runs should use another PORT or SRC_NET (or wait a minute). TD_ARGS / TL_ARGS: extra
 #   arguments for tetherd / tether-load (word-split), e.g. TD_ARGS="--deflate dedicated:15" TL_ARGS=--deflate.
+#   TLS=1: wss:// with the test certificate (tests/certs), /metrics over https.
 # tetherd runs with MIMALLOC_SHOW_STATS=1: its allocator statistics (peak committed) land in OUT/tetherd.err.
 # Reports: connect rate during the ramp, tetherd and tether-load user-space memory per idle connection
 # (RSS growth / N, split by mapping from smaps: heap arena, receive-buffer pools, io_uring rings, other),
@@ -29,6 +30,12 @@ SRC_NET=${SRC_NET:-127.0.10}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 PORT=${PORT:-9301}
+SCHEME=ws HTTP=http
+if [ "${TLS:-0}" = 1 ]; then
+    SCHEME=wss HTTP=https
+    TD_ARGS="--tls-cert tests/certs/localhost.crt --tls-key tests/certs/localhost.key ${TD_ARGS:-}"
+    TL_ARGS="--tls-ca tests/certs/ca.crt ${TL_ARGS:-}"
+fi
 
 if [ -n "${BIN_DIR:-}" ]; then
     BIN=$BIN_DIR
@@ -48,7 +55,7 @@ tcp_inuse() { awk '/^TCP:/ {print $3}' /proc/net/sockstat; }
 # from older tetherd builds, the unlabelled NAME.
 metric() {
     # awk reads everything (no early exit: with pipefail, curl's SIGPIPE would fail the caller under set -e).
-    { curl -s -m 5 "http://127.0.0.1:$PORT/metrics" || true; } |
+    { curl -sk -m 5 "$HTTP://127.0.0.1:$PORT/metrics" || true; } |
         awk -v m="$1" -v t="$1{shard=\"total\"}" '$1 == t {tv = $2} $1 == m {v = $2} END {if (tv != "") print tv; else if (v != "") print v}'
 }
 # Resident KiB by kind of mapping (from smaps): "HEAP POOLS URING OTHER". HEAP: unnamed mappings of 64 MiB or
@@ -97,7 +104,7 @@ cp "/proc/$tdpid/smaps" "$OUT/tetherd.smaps.idle" 2>/dev/null || true
 slab0=$(slab_kib); sock0=$(tcp_inuse); tcpmem0=$(tcp_pages)
 
 # tether-load: ramp (N / RATE s) + hold + final echo + close, bounded.
-timeout -s INT -k 30 $((hold_s + N / 1000 + 120)) "$TL" run --url "ws://127.0.0.1:$PORT/" --connections "$N" \
+timeout -s INT -k 30 $((hold_s + N / 1000 + 120)) "$TL" run --url "$SCHEME://127.0.0.1:$PORT/" --connections "$N" \
     --rate "$RATE" --duration "$HOLD" --ping-interval "$CLIENT_PING" --pong-timeout 20s --source-ips "$SRC" \
     --final-echo --close-wait 30s --json "$OUT/report.json" --hgrm "$OUT/ping.hgrm" --plot "$OUT/run.svg" \
     --quiet ${TL_ARGS:-} >"$OUT/load.txt" 2>"$OUT/load.err" &
@@ -143,7 +150,7 @@ rc=0; wait "$tlwrap" || rc=$?
 tlwrap=""
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/loadavg.txt"
 [ "$rc" = 0 ] || echo "tether-load exited with $rc (124 = killed by the time bound)"
-curl -s -m 5 "http://127.0.0.1:$PORT/metrics" > "$OUT/metrics.end" || true
+curl -sk -m 5 "$HTTP://127.0.0.1:$PORT/metrics" > "$OUT/metrics.end" || true
 
 keepalives=$(( (pings_b - pings_a) + (prx_b - prx_a) ))
 python3 - "$OUT/report.json" <<PY

@@ -190,6 +190,9 @@ pub struct Config {
     pub deflate: Deflate,
     /// Messages shorter than this (bytes) are sent uncompressed even where deflate was negotiated. Default 64.
     pub deflate_threshold: usize,
+    /// zlib compression level of permessage-deflate, 0-9 (1: fastest, 9: smallest; 0 stores). Default 6,
+    /// zlib's own.
+    pub deflate_level: u32,
     /// TLS on the listener (wss:// and https://): every accepted connection must speak it; a plaintext HTTP
     /// request gets 400 and a close. `None` (the default): plaintext. See [`TlsServer`](crate::TlsServer).
     pub tls: Option<crate::tls::TlsServer>,
@@ -230,6 +233,7 @@ impl Default for Config {
             handler_tick: None,
             deflate: Deflate::Shared,
             deflate_threshold: crate::proto::deflate::DEFAULT_THRESHOLD,
+            deflate_level: crate::proto::deflate::DEFAULT_LEVEL,
             tls: None,
             tls_handshakes_per_loop: 64,
         }

@@ -86,6 +86,7 @@ settings! {
     send_queue_policy: "TETHER_SEND_QUEUE_POLICY", "close|drop", "What to do when a send queue is full";
     deflate: "TETHER_DEFLATE", "shared|dedicated:BITS|off", "permessage-deflate: shared (no context takeover, nothing kept per connection), dedicated:BITS (context takeover with a 2^BITS window, 9-15, its own compressor and inflater per connection) or off";
     deflate_threshold: "TETHER_DEFLATE_THRESHOLD", "BYTES", "Messages shorter than this are sent uncompressed";
+    deflate_level: "TETHER_DEFLATE_LEVEL", "0-9", "zlib compression level of permessage-deflate (1 fastest, 9 smallest)";
     tls_cert: "TETHER_TLS_CERT", "FILE", "Serve wss:// and https:// with this certificate chain (PEM, leaf first; re-read on SIGHUP); needs --tls-key";
     tls_key: "TETHER_TLS_KEY", "FILE", "The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)";
     tls_handshakes_per_loop: "TETHER_TLS_HANDSHAKES_PER_LOOP", "N", "TLS handshake steps a shard takes per loop iteration at most (the rest wait, so a handshake flood cannot starve open connections)";
@@ -330,6 +331,7 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         deflate: pick!(r, cli, deflate, Deflate::parse).unwrap_or(d.deflate),
         deflate_threshold: pick!(r, cli, deflate_threshold, size_in(0, u32::MAX.into()))
             .map_or(d.deflate_threshold, |n| n as usize),
+        deflate_level: pick!(r, cli, deflate_level, int_in(0, 9)).map_or(d.deflate_level, |n| n as u32),
         recv_buffers: pick!(r, cli, recv_buffers, parse_recv_buffers).unwrap_or(d.recv_buffers),
         recv_buffer_size: pick!(r, cli, recv_buffer_size, size_in(64, 1 << 20))
             .map_or(d.recv_buffer_size, |n| n as u32),
@@ -352,7 +354,8 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
     let mut engine = engine;
     engine.tls = match (&tls_cert, &tls_key) {
         (Some(cert), Some(key)) => Some(
-            tether::TlsServer::from_pem_files(cert, key).map_err(|e| ConfigError(format!("--tls-cert / --tls-key: {e}")))?,
+            tether::TlsServer::from_pem_files(cert, key)
+                .map_err(|e| ConfigError(format!("--tls-cert / --tls-key: {e}")))?,
         ),
         (None, None) => None,
         (Some(_), None) => return Err(ConfigError("--tls-cert needs --tls-key".into())),
@@ -680,6 +683,7 @@ impl Settings {
         line("send_queue_policy", quoted(policy));
         line("deflate", quoted(&c.deflate.to_string()));
         line("deflate_threshold", quoted(&format_size(c.deflate_threshold as u64)));
+        line("deflate_level", c.deflate_level.to_string());
         line("recv_buffers", c.recv_buffers.to_string());
         line("recv_buffer_size", quoted(&format_size(c.recv_buffer_size as u64)));
         line("ring_entries", c.ring_entries.to_string());
@@ -721,8 +725,9 @@ mod tests {
     /// variables never leak into another's run.
     static ENV: Mutex<()> = Mutex::new(());
 
-    const ALL_ENV: [&str; 29] = [
+    const ALL_ENV: [&str; 30] = [
         "TETHER_CONFIG",
+        "TETHER_DEFLATE_LEVEL",
         "TETHER_TLS_CERT",
         "TETHER_TLS_KEY",
         "TETHER_TLS_HANDSHAKES_PER_LOOP",

@@ -408,7 +408,7 @@ impl Core {
             writable: Vec::new(),
             rng: seed,
             next_ip_sweep: now,
-            codec: crate::proto::Codec::new(cfg.deflate_threshold),
+            codec: crate::proto::Codec::with_level(cfg.deflate_threshold, cfg.deflate_level),
             tls: Vec::new(),
             tls_budget: cfg.tls_handshakes_per_loop.max(1),
             tls_waiting: Default::default(),

@@ -27,7 +27,10 @@ impl Core {
         for d in [self.drain_deadline, self.next_accept_retry()].into_iter().flatten() {
             budget = budget.min(d.saturating_duration_since(self.now));
         }
-        if !self.dirty.is_empty() || !self.fanout.is_empty() || !self.writable.is_empty() || !self.tls_waiting.is_empty()
+        if !self.dirty.is_empty()
+            || !self.fanout.is_empty()
+            || !self.writable.is_empty()
+            || !self.tls_waiting.is_empty()
         {
             budget = Duration::ZERO;
         }

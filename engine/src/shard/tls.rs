@@ -121,7 +121,8 @@ impl Core {
         let Some(t) = self.tls.get(slot as usize).and_then(|t| t.as_deref()) else { return false };
         t.has_pending()
             || (t.established()
-                && (!s.out.is_empty() || (s.phase == Phase::Closing && s.has(flag::FLUSH_FIRST) && t.wants_close_notify())))
+                && (!s.out.is_empty()
+                    || (s.phase == Phase::Closing && s.has(flag::FLUSH_FIRST) && t.wants_close_notify())))
     }
 
     /// Teardown with a flush: a TLS connection still owes a close_notify after its last bytes.
@@ -209,7 +210,7 @@ impl<H: Handler> Shard<H> {
     }
 
     /// Hand what TLS decrypted to the protocol, then act on how TLS went.
-    fn after_tls(&mut self, slot: u32, step: TlsStep, plain: &mut Vec<u8>) {
+    fn after_tls(&mut self, slot: u32, step: TlsStep, plain: &mut [u8]) {
         if !plain.is_empty() {
             self.on_plain(slot, plain);
         }
@@ -240,7 +241,8 @@ impl<H: Handler> Shard<H> {
                 let s = &mut self.core.slots[slot as usize];
                 s.out.clear();
                 *s.reader.handshake_buf() = Vec::new();
-                let info = CloseInfo::new(0, "http 400 (plaintext on the TLS port)", Initiator::Local, CloseCause::TlsError);
+                let info =
+                    CloseInfo::new(0, "http 400 (plaintext on the TLS port)", Initiator::Local, CloseCause::TlsError);
                 self.core.teardown(slot, info, true);
             }
             TlsFailure::PlainHttp | TlsFailure::Protocol(_) => {

@@ -39,14 +39,16 @@ impl Unbuffered for UnbufferedClientConnection {
     }
 }
 
+/// Held inline: the shard boxes the whole `TlsConn`, one allocation per connection.
+#[allow(clippy::large_enum_variant)]
 enum Side {
-    Server(Box<UnbufferedServerConnection>),
-    Client(Box<UnbufferedClientConnection>),
+    Server(UnbufferedServerConnection),
+    Client(UnbufferedClientConnection),
 }
 
 /// Why a connection's TLS failed.
 #[derive(Debug)]
-pub(crate) enum TlsFailure {
+pub enum TlsFailure {
     /// The first bytes on a TLS port were not a TLS handshake but look like an HTTP request.
     PlainHttp,
     /// Not TLS at all, a bad record, a failed handshake (the alert, if any, is in `pending`).
@@ -55,7 +57,7 @@ pub(crate) enum TlsFailure {
 
 /// What a batch of received ciphertext did.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Received {
+pub struct Received {
     /// The handshake completed during this batch: application data may flow now.
     pub established_now: bool,
     /// The peer sent close_notify: nothing more will come from it.
@@ -63,7 +65,7 @@ pub(crate) struct Received {
 }
 
 /// One connection's TLS state.
-pub(crate) struct TlsConn {
+pub struct TlsConn {
     side: Side,
     /// Ciphertext received but not yet processed (a record cut by the end of a receive).
     incoming: Vec<u8>,
@@ -78,14 +80,14 @@ pub(crate) struct TlsConn {
 impl TlsConn {
     pub fn server(config: &Arc<ServerConfig>) -> Result<TlsConn, String> {
         let conn = UnbufferedServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
-        Ok(TlsConn::new(Side::Server(Box::new(conn))))
+        Ok(TlsConn::new(Side::Server(conn)))
     }
 
     /// A client connection; its ClientHello is in `pending` at once.
     pub fn client(tls: &ClientTls) -> Result<TlsConn, String> {
-        let conn = UnbufferedClientConnection::new(tls.config.clone(), tls.server_name.clone())
-            .map_err(|e| e.to_string())?;
-        let mut t = TlsConn::new(Side::Client(Box::new(conn)));
+        let conn =
+            UnbufferedClientConnection::new(tls.config.clone(), tls.server_name.clone()).map_err(|e| e.to_string())?;
+        let mut t = TlsConn::new(Side::Client(conn));
         t.fresh = false;
         let mut plain = Vec::new();
         t.drive(&mut [], &mut plain).1.map_err(|f| format!("{f:?}"))?;
@@ -186,8 +188,8 @@ impl TlsConn {
     fn drive(&mut self, buf: &mut [u8], plain: &mut Vec<u8>) -> (usize, Result<Received, TlsFailure>) {
         let was = self.established;
         let (used, result) = match &mut self.side {
-            Side::Server(c) => drive(&mut **c, buf, plain, &mut self.pending, &mut self.established),
-            Side::Client(c) => drive(&mut **c, buf, plain, &mut self.pending, &mut self.established),
+            Side::Server(c) => drive(c, buf, plain, &mut self.pending, &mut self.established),
+            Side::Client(c) => drive(c, buf, plain, &mut self.pending, &mut self.established),
         };
         let result = result.map(|peer_closed| Received { established_now: self.established && !was, peer_closed });
         (used, result)
@@ -197,8 +199,8 @@ impl TlsConn {
     /// first. Only once established.
     pub fn encrypt(&mut self, plain: &[u8], wire: &mut Vec<u8>) -> Result<(), String> {
         match &mut self.side {
-            Side::Server(c) => write_app(&mut **c, &mut self.incoming, plain, wire, false),
-            Side::Client(c) => write_app(&mut **c, &mut self.incoming, plain, wire, false),
+            Side::Server(c) => write_app(c, &mut self.incoming, plain, wire, false),
+            Side::Client(c) => write_app(c, &mut self.incoming, plain, wire, false),
         }
     }
 
@@ -209,8 +211,8 @@ impl TlsConn {
         }
         self.close_notify_sent = true;
         let _ = match &mut self.side {
-            Side::Server(c) => write_app(&mut **c, &mut self.incoming, &[], wire, true),
-            Side::Client(c) => write_app(&mut **c, &mut self.incoming, &[], wire, true),
+            Side::Server(c) => write_app(c, &mut self.incoming, &[], wire, true),
+            Side::Client(c) => write_app(c, &mut self.incoming, &[], wire, true),
         };
     }
 
@@ -287,22 +289,13 @@ fn drive<C: Unbuffered>(
     (used, Err(TlsFailure::Protocol("TLS state machine did not settle".into())))
 }
 
-/// After a failure, rustls queues the alert to send: take it into `pending`. `rest` is the input not yet
-/// discarded (rustls may still refer to a handshake message in pieces there: it must see the same bytes).
+/// After a failure, rustls has queued its alert: the next `process` hands it out before it looks at any input
+/// (so the same undiscarded `rest` is shown: rustls may still refer to a handshake message in pieces there).
+/// Called once: a second call would deframe the bad input again and queue a second fatal alert, which rustls
+/// asserts against.
 fn collect_alert<C: Unbuffered>(conn: &mut C, rest: &mut [u8], pending: &mut Vec<u8>) {
-    let mut at = 0;
-    for _ in 0..8 {
-        let status = conn.process(&mut rest[at..]);
-        let discard = status.discard;
-        match status.state {
-            Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                if encode(&mut e, pending).is_err() {
-                    return;
-                }
-            }
-            _ => return,
-        }
-        at = (at + discard).min(rest.len());
+    if let Ok(ConnectionState::EncodeTlsData(mut e)) = conn.process(rest).state {
+        let _ = encode(&mut e, pending);
     }
 }
 

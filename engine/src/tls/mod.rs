@@ -10,7 +10,10 @@
 //! The crypto provider is *ring* (rustls' `ring` feature), chosen explicitly here rather than through the
 //! process-wide default, so another crate enabling aws-lc-rs cannot make the choice ambiguous.
 
-pub(crate) mod conn;
+/// One connection's TLS driven without I/O. Public only for the fuzz target (`fuzz/fuzz_targets/tls.rs`);
+/// not part of the API.
+#[doc(hidden)]
+pub mod conn;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -75,11 +78,16 @@ impl TlsServer {
             current: RwLock::new(load_pem(cert.as_ref(), key.as_ref(), &provider)?),
             provider: provider.clone(),
         });
-        let config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(err)?
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
+        // Stateless resumption: a returning client (a reconnect storm) skips the certificate signature, and
+        // the server keeps nothing per session (the ticket carries the state, encrypted with a key rotated
+        // every 6 hours); rustls' default instead keeps the last 256 sessions in memory.
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(err)?;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(TlsServer { config: Arc::new(config), certs: Some(store) })
     }
 
@@ -153,10 +161,15 @@ impl fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
+    /// The rustls config it connects with.
+    pub fn rustls_config(&self) -> &Arc<ClientConfig> {
+        &self.config
+    }
+
     /// Any rustls `ClientConfig`, for `server_name` (a DNS name or an IP address).
     pub fn new(config: Arc<ClientConfig>, server_name: &str) -> Result<ClientTls, TlsError> {
-        let server_name =
-            ServerName::try_from(server_name.to_string()).map_err(|e| err(format!("server name {server_name:?}: {e}")))?;
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| err(format!("server name {server_name:?}: {e}")))?;
         Ok(ClientTls { config, server_name })
     }
 
