@@ -84,9 +84,16 @@ fn main() {
     if let Some(t) = tickets {
         config.send_tls13_tickets = t;
     }
-    if args.next().as_deref() == Some("aes128") {
+    let prefer = args.next();
+    if let Some(first) = prefer.as_deref() {
+        let want = match first {
+            "aes128" => rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            "aes256" => rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            "chacha" => rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            other => panic!("unknown suite {other}"),
+        };
         let mut p = rustls::crypto::ring::default_provider();
-        p.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        p.cipher_suites.sort_by_key(|s| s.suite() != want);
         let mut c2 = rustls::ServerConfig::builder_with_provider(Arc::new(p))
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -141,8 +148,9 @@ fn main() {
         }
     }
     println!(
-        "{n} established server connections (tickets {}): {} live bytes each (size_of UnbufferedServerConnection {} B); peak live {:.1} MiB; base {} B",
+        "{n} established server connections (tickets {}, suite preference {:?}): {} live bytes each (size_of UnbufferedServerConnection {} B); peak live {:.1} MiB; base {} B",
         config.send_tls13_tickets,
+        prefer,
         live / n as isize,
         std::mem::size_of::<UnbufferedServerConnection>(),
         PEAK.load(Relaxed) as f64 / (1 << 20) as f64,

@@ -85,12 +85,7 @@ impl<H: Handler> Shard<H> {
                 self.core.slots[slot as usize].reader.handshake_buf().extend_from_slice(data);
                 self.handshake_step(slot);
             }
-            Phase::Open => {
-                let mut input = Input::new(data);
-                let ended =
-                    dispatch(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, &mut input);
-                self.core.after_events(slot, ended);
-            }
+            Phase::Open => deliver(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, data),
             _ => {}
         }
     }
@@ -102,12 +97,7 @@ impl<H: Handler> Shard<H> {
                 self.core.slots[slot as usize].reader.handshake_buf().extend_from_slice(data);
                 self.handshake_step(slot);
             }
-            Phase::Open => {
-                let mut input = Input::new(data);
-                let ended =
-                    dispatch(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, &mut input);
-                self.core.after_events(slot, ended);
-            }
+            Phase::Open => deliver(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, data),
             _ => {}
         }
     }
@@ -134,6 +124,20 @@ impl<H: Handler> Shard<H> {
         }
         self.core.after_events(slot, ended);
     }
+}
+
+/// Bytes for an open connection: through the protocol and the handler, then what the events left to do.
+fn deliver<H: Handler>(
+    core: &mut super::Core,
+    states: &mut Vec<H::Conn>,
+    notifier: &crate::handle::Notifier<H::Notice>,
+    handler: &mut H,
+    slot: u32,
+    data: &mut [u8],
+) {
+    let mut input = Input::new(data);
+    let ended = dispatch(core, states, notifier, handler, slot, &mut input);
+    core.after_events(slot, ended);
 }
 
 /// Feed one input buffer through the connection's protocol state and the handler. Returns how the connection

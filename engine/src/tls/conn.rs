@@ -300,18 +300,43 @@ fn collect_alert<C: Unbuffered>(conn: &mut C, rest: &mut [u8], pending: &mut Vec
 }
 
 fn encode<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, out: &mut Vec<u8>) -> Result<(), String> {
+    fill(out, 4096, |buf| match e.encode(buf) {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(need)) => Err(Grow::To(need.required_size)),
+        Err(other) => Err(Grow::Fail(other.to_string())),
+    })
+}
+
+/// Why `fill`'s writer did not write.
+enum Grow {
+    /// The room it needs.
+    To(usize),
+    Fail(String),
+}
+
+/// Let `write` put its bytes at the end of `out` (room for `guess` first, more when it asks); on failure `out`
+/// is as it was.
+fn fill(
+    out: &mut Vec<u8>,
+    guess: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Grow>,
+) -> Result<(), String> {
     let start = out.len();
-    out.resize(start + 4096, 0);
+    out.resize(start + guess, 0);
     loop {
-        match e.encode(&mut out[start..]) {
+        match write(&mut out[start..]) {
             Ok(n) => {
                 out.truncate(start + n);
                 return Ok(());
             }
-            Err(EncodeError::InsufficientSize(need)) => out.resize(start + need.required_size, 0),
-            Err(other) => {
+            Err(Grow::To(room)) if room > out.len() - start => out.resize(start + room, 0),
+            Err(Grow::To(_)) => {
                 out.truncate(start);
-                return Err(other.to_string());
+                return Err("TLS asked for less room than it had".into());
+            }
+            Err(Grow::Fail(why)) => {
+                out.truncate(start);
+                return Err(why);
             }
         }
     }
@@ -337,31 +362,19 @@ fn write_app<C: Unbuffered>(
                 t.done();
                 None
             }
-            ConnectionState::WriteTraffic(mut w) => Some({
-                let start = wire.len();
+            ConnectionState::WriteTraffic(mut w) => {
                 // Each record (at most 16 KiB of data) adds a 5-byte header, a content type and a 16-byte tag
                 // (TLS 1.3), or an explicit nonce and a tag (TLS 1.2): 64 bytes per record covers both.
                 let guess = plain.len() + (plain.len() / 16384 + 1) * 64;
-                wire.resize(start + guess, 0);
-                loop {
-                    let result = if close {
-                        w.queue_close_notify(&mut wire[start..])
-                    } else {
-                        w.encrypt(plain, &mut wire[start..])
-                    };
+                Some(fill(wire, guess, |buf| {
+                    let result = if close { w.queue_close_notify(buf) } else { w.encrypt(plain, buf) };
                     match result {
-                        Ok(n) => {
-                            wire.truncate(start + n);
-                            break Ok(());
-                        }
-                        Err(EncryptError::InsufficientSize(need)) => wire.resize(start + need.required_size, 0),
-                        Err(other) => {
-                            wire.truncate(start);
-                            break Err(other.to_string());
-                        }
+                        Ok(n) => Ok(n),
+                        Err(EncryptError::InsufficientSize(need)) => Err(Grow::To(need.required_size)),
+                        Err(other) => Err(Grow::Fail(other.to_string())),
                     }
-                }
-            }),
+                }))
+            }
             other => Some(Err(format!("TLS not ready for application data ({other:?})"))),
         };
         incoming.drain(..discard.min(incoming.len()));
