@@ -45,6 +45,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
+        // A log line that cannot be written (stderr a broken pipe: the supervisor that read it is gone) is
+        // dropped. By default tracing reports the failure with eprintln!, which panics on the same broken
+        // stderr: the signal thread died with it (SIGTERM then did nothing) and a shard thread's panic aborts.
+        .log_internal_errors(false)
         .init();
 
     // Registered before the engine starts so that a signal arriving during start-up is queued, not fatal.

@@ -220,9 +220,28 @@ impl<H: Handler> Shard<H> {
         }
         match step {
             TlsStep::Go | TlsStep::Deferred => {}
-            TlsStep::PeerClosed => self.peer_gone(slot, "TLS close_notify"),
+            TlsStep::PeerClosed => self.tls_peer_closed(slot),
             TlsStep::Failed(failure) => self.tls_failed(slot, failure),
         }
+    }
+
+    /// The peer ended its TLS session (close_notify) under an open or handshaking connection: nothing more
+    /// comes from it. Answer with our own close_notify (RFC 8446 6.1, RFC 5246 7.2.1), then close; for the
+    /// WebSocket it is an end without a close handshake (1006).
+    fn tls_peer_closed(&mut self, slot: u32) {
+        let s = &mut self.core.slots[slot as usize];
+        if s.has(flag::CLIENT) && s.phase == Phase::Handshake {
+            self.fail_connect(slot, ConnectError::Closed);
+            return;
+        }
+        let why = "TLS close_notify";
+        let info = s
+            .writer
+            .as_mut()
+            .and_then(|w| w.handle_eof(why))
+            .unwrap_or_else(|| CloseInfo::new(1006, why, Initiator::Abnormal, CloseCause::Abnormal));
+        s.out.clear();
+        self.core.teardown(slot, info, true);
     }
 
     fn tls_failed(&mut self, slot: u32, failure: TlsFailure) {
