@@ -5,6 +5,12 @@
 //
 // Bun runs JavaScript on one thread; `--threads` is accepted for a uniform command line with the other peers
 // and must be 1.
+//
+// Environment (both off by default):
+//   TLS_CERT=FILE TLS_KEY=FILE  serve wss:// (Bun.serve's `tls: {cert, key}`, BoringSSL inside)
+//   DEFLATE=1                   permessage-deflate (`perMessageDeflate: true`: uWebSockets' shared compressor, no
+//                               context takeover) and every echo sent compressed (`ws.send(message, true)`: Bun
+//                               compresses a send only when asked)
 function parseArgs(argv) {
   const args = { listen: '127.0.0.1:9005', threads: 1 };
   for (let i = 0; i < argv.length; i++) {
@@ -25,20 +31,32 @@ function parseArgs(argv) {
 }
 
 const args = parseArgs(process.argv.slice(2));
+const deflate = process.env.DEFLATE === '1';
+if (!process.env.TLS_CERT !== !process.env.TLS_KEY) throw new Error('TLS_CERT and TLS_KEY go together');
+const tls = process.env.TLS_CERT
+  ? { tls: { cert: Bun.file(process.env.TLS_CERT), key: Bun.file(process.env.TLS_KEY) } }
+  : {};
 const server = Bun.serve({
   hostname: args.host,
   port: args.port,
+  ...tls,
   fetch(req, server) {
     if (server.upgrade(req)) return;
     return new Response('upgrade required\n', { status: 426 });
   },
   websocket: {
-    perMessageDeflate: false,
+    perMessageDeflate: deflate,
     maxPayloadLength: 16 * 1024 * 1024,
     idleTimeout: 120,
-    message(ws, message) {
-      ws.send(message);
-    },
+    message: deflate
+      ? (ws, message) => {
+          ws.send(message, true);
+        }
+      : (ws, message) => {
+          ws.send(message);
+        },
   },
 });
-console.log(`bun echo listening on ${args.host}:${server.port}`);
+console.log(
+  `bun echo listening on ${args.host}:${server.port}${process.env.TLS_CERT ? ' (tls)' : ''}${deflate ? ' (deflate)' : ''}`,
+);

@@ -5,8 +5,15 @@
 // Node runs JavaScript on one thread; `--threads` is accepted for a uniform command line with the other
 // peers and must be 1 (spreading over cores would mean the cluster module and several listeners, which is a
 // different server). `ws` answers pings itself (autoPong, on by default).
+//
+// Environment (both off by default):
+//   TLS_CERT=FILE TLS_KEY=FILE  serve wss://: the WebSocketServer on an `https.createServer({cert, key})`
+//   DEFLATE=1                   permessage-deflate (`perMessageDeflate: true`, ws' defaults: messages under
+//                               1024 bytes go uncompressed, zlib runs on libuv's thread pool)
 'use strict';
 
+const fs = require('fs');
+const https = require('https');
 const { WebSocketServer } = require('ws');
 
 function parseArgs(argv) {
@@ -38,17 +45,33 @@ try {
   process.exit(2);
 }
 
-const server = new WebSocketServer({ host: args.host, port: args.port, perMessageDeflate: false });
+const perMessageDeflate = process.env.DEFLATE === '1';
+const { TLS_CERT, TLS_KEY } = process.env;
+if (!TLS_CERT !== !TLS_KEY) {
+  console.error('echo-ws: TLS_CERT and TLS_KEY go together');
+  process.exit(2);
+}
+let server;
+let listener;
+if (TLS_CERT) {
+  listener = https.createServer({ cert: fs.readFileSync(TLS_CERT), key: fs.readFileSync(TLS_KEY) });
+  server = new WebSocketServer({ server: listener, perMessageDeflate });
+  listener.listen(args.port, args.host);
+} else {
+  server = new WebSocketServer({ host: args.host, port: args.port, perMessageDeflate });
+  listener = server;
+}
 
 server.on('connection', (socket) => {
   socket.on('message', (data, isBinary) => socket.send(data, { binary: isBinary }));
   socket.on('error', () => {});
 });
 
-server.on('listening', () => {
-  const address = server.address();
+listener.on('listening', () => {
+  const address = listener.address();
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  console.log(`listening on ${host}:${address.port}`);
+  const modes = `${TLS_CERT ? ' (tls)' : ''}${perMessageDeflate ? ' (deflate)' : ''}`;
+  console.log(`listening on ${host}:${address.port}${modes}`);
 });
 
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(0));

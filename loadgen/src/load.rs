@@ -51,6 +51,8 @@ pub struct LoadConfig {
     /// ramp); `message_rate` is then ignored.
     pub closed_loop: bool,
     pub message_size: usize,
+    /// What an echo message carries besides its header (zeros, or a JSON document).
+    pub payload: Payload,
     pub reconnect: bool,
     /// Source addresses to bind, round robin; empty = let the kernel choose.
     pub source_ips: Vec<IpAddr>,
@@ -97,6 +99,7 @@ impl LoadConfig {
             message_rate: 0.0,
             closed_loop: false,
             message_size: 64,
+            payload: Payload::Zeros,
             reconnect: false,
             shards: 0,
             handshake_timeout: Duration::from_secs(10),
@@ -164,6 +167,137 @@ const PAYLOAD_MAGIC: u64 = 0x646c_7265_6874_6574; // "tetherld"
 const FINAL_MAGIC: u64 = 0x6c6e_6966_6874_6574; // "tethfinl"
 const PAYLOAD_HEADER: usize = 16;
 
+/// What an echo message carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Payload {
+    /// A binary message: `[send time µs LE][magic LE]` and zeros (compression's best case).
+    #[default]
+    Zeros,
+    /// A text message: a JSON document of exactly the message size (at least [`JSON_MIN_SIZE`]) with varied
+    /// keys, strings and numbers, its first fields the header: `{"ts":"<send time µs, 16 hex
+    /// digits>","kind":"<magic, 8 ASCII letters>","doc":"<pool index, 4 digits>",...}`. The documents are
+    /// made once per run from a fixed seed (the same bytes against every server) and sent in turn; an echo
+    /// counts only when it is text and equals the document sent, header aside.
+    Json,
+}
+
+/// `--payload json`: where the header's fields sit (every document starts with the same 55 bytes but for
+/// their values).
+const JSON_TS: std::ops::Range<usize> = 7..23;
+const JSON_KIND: std::ops::Range<usize> = 33..41;
+const JSON_DOC: std::ops::Range<usize> = 50..54;
+const JSON_HEADER: usize = 55;
+/// The smallest JSON document: the header, an empty event list and an empty note.
+pub const JSON_MIN_SIZE: usize = JSON_HEADER + r#","events":[],"note":""}"#.len();
+/// Documents in the pool: enough that, sent in turn, the same one comes back only after 64 KB and more (past
+/// a 32 KB deflate window with context takeover), at most 4 MiB of them.
+const JSON_POOL: usize = 64;
+
+/// The pool of `--payload json` documents of `size` bytes (raised to [`JSON_MIN_SIZE`]), deterministic.
+pub fn json_documents(size: usize) -> Vec<Vec<u8>> {
+    let size = size.max(JSON_MIN_SIZE);
+    let count = (4 << 20) / size;
+    (0..count.clamp(1, JSON_POOL)).map(|i| json_document(size, i)).collect()
+}
+
+/// One document: the header (send time and magic zeroed, filled in per send), a list of events, and a note
+/// of words that pads it to exactly `size` bytes. ASCII only, so it is valid UTF-8 however it is cut.
+fn json_document(size: usize, index: usize) -> Vec<u8> {
+    const USERS: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
+    const TYPES: &[&str] = &["click", "view", "scroll", "purchase", "login", "logout", "search", "share"];
+    const CITIES: &[&str] = &["Berlin", "Lisbon", "Osaka", "Toronto", "Nairobi", "Lima", "Oslo", "Pune", "Austin"];
+    const WORDS: &[&str] = &[
+        "lorem", "ipsum", "dolor", "sit", "amet", "socket", "frame", "latency", "buffer", "shard", "ring", "message",
+        "server", "client", "window", "token", "channel", "stream", "update", "status", "quick",
+    ];
+    // splitmix64 from a fixed seed per document: the same pool in every run.
+    let mut state = 0x7e7e_5eed_0000_0000u64 ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let pick = |list: &[&'static str], r: u64| list[(r % list.len() as u64) as usize];
+    let mut doc = format!(r#"{{"ts":"{:016x}","kind":"tetherld","doc":"{:04}""#, 0, index % 10_000);
+    debug_assert_eq!(doc.len(), JSON_HEADER);
+    doc.push_str(r#","events":["#);
+    // Room the tail needs: `],"note":"` and `"}`.
+    let tail = r#"],"note":""}"#.len();
+    let mut first = true;
+    loop {
+        let event = format!(
+            r#"{{"id":{},"user":"{}_{}","type":"{}","score":{}.{:02},"ok":{},"city":"{}","tags":["{}","{}"]}}"#,
+            next() % 1_000_000_000,
+            pick(USERS, next()),
+            next() % 1000,
+            pick(TYPES, next()),
+            next() % 1000,
+            next() % 100,
+            next() % 2 == 0,
+            pick(CITIES, next()),
+            pick(WORDS, next()),
+            pick(WORDS, next()),
+        );
+        let sep = usize::from(!first);
+        if doc.len() + sep + event.len() + tail > size {
+            break;
+        }
+        if !first {
+            doc.push(',');
+        }
+        doc.push_str(&event);
+        first = false;
+    }
+    doc.push_str(r#"],"note":""#);
+    let room = size - doc.len() - 2;
+    let mut note = String::with_capacity(room + 16);
+    while note.len() < room {
+        if !note.is_empty() {
+            note.push(' ');
+        }
+        note.push_str(pick(WORDS, next()));
+    }
+    note.truncate(room);
+    doc.push_str(&note);
+    doc.push_str("\"}");
+    debug_assert_eq!(doc.len(), size);
+    doc.into_bytes()
+}
+
+/// Writes the send time and magic into a copy of a pool document.
+fn json_stamp(doc: &mut [u8], micros: u64, magic: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in doc[JSON_TS].iter_mut().enumerate() {
+        *b = HEX[((micros >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    doc[JSON_KIND].copy_from_slice(&magic.to_le_bytes());
+}
+
+/// An echoed JSON document: (send time, magic) when it is one of `pool`'s, stamped, and unchanged.
+fn json_check(pool: &[Vec<u8>], bytes: &[u8]) -> Option<(u64, u64)> {
+    if bytes.len() < JSON_HEADER {
+        return None;
+    }
+    let mut micros = 0u64;
+    for &b in &bytes[JSON_TS] {
+        let digit = (b as char).to_digit(16)?;
+        micros = micros << 4 | digit as u64;
+    }
+    let mut index = 0usize;
+    for &b in &bytes[JSON_DOC] {
+        index = index * 10 + (b as char).to_digit(10)? as usize;
+    }
+    let doc = pool.get(index)?;
+    let same = doc.len() == bytes.len()
+        && doc[..JSON_TS.start] == bytes[..JSON_TS.start]
+        && doc[JSON_TS.end..JSON_KIND.start] == bytes[JSON_TS.end..JSON_KIND.start]
+        && doc[JSON_KIND.end..] == bytes[JSON_KIND.end..];
+    let magic = u64::from_le_bytes(bytes[JSON_KIND].try_into().expect("8 bytes"));
+    same.then_some((micros, magic))
+}
+
 const PHASE_RAMP: u8 = 0;
 const PHASE_HOLD: u8 = 1;
 const PHASE_CLOSING: u8 = 2;
@@ -180,6 +314,8 @@ struct Shared {
     message_interval: Option<Duration>,
     closed_loop: bool,
     message_size: usize,
+    /// `--payload json`: the documents sent in turn (empty for zeros).
+    json_docs: Arc<[Vec<u8>]>,
     /// First attempts that finished (opened or failed).
     first_resolved: AtomicU64,
     /// Logical connections that opened at least once.
@@ -381,6 +517,11 @@ pub struct LoadHandler {
     traffic_done: bool,
     closing: bool,
     rng: u64,
+    /// `--payload json`: the pool document to send next, and the send buffer.
+    next_doc: usize,
+    json_buf: Vec<u8>,
+    /// Echoes that came back different from what was sent (`--payload json` checks whole documents).
+    bad_echoes: u64,
     /// `--protocol centrifugo`.
     cent: Option<CentShard>,
 }
@@ -411,6 +552,9 @@ impl LoadHandler {
             traffic_done: false,
             closing: false,
             rng: seed | 1,
+            next_doc: shard,
+            json_buf: Vec::new(),
+            bad_echoes: 0,
         }
     }
 
@@ -479,6 +623,17 @@ impl LoadHandler {
     }
 
     fn send_message(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, magic: u64) -> bool {
+        if !self.shared.json_docs.is_empty() {
+            let docs = &self.shared.json_docs;
+            let doc = &docs[self.next_doc % docs.len()];
+            self.next_doc = self.next_doc.wrapping_add(1);
+            self.json_buf.clear();
+            self.json_buf.extend_from_slice(doc);
+            json_stamp(&mut self.json_buf, self.shared.micros(Instant::now()), magic);
+            // ASCII throughout (the pool's words, digits, hex and the magic's letters).
+            let text = std::str::from_utf8(&self.json_buf).expect("JSON payloads are ASCII");
+            return ctx.send(conn, Message::Text(text)).is_ok();
+        }
         let size = self.shared.message_size.max(PAYLOAD_HEADER);
         let mut payload = vec![0u8; size];
         payload[..8].copy_from_slice(&self.shared.micros(Instant::now()).to_le_bytes());
@@ -553,14 +708,31 @@ impl Handler for LoadHandler {
             return;
         }
         let bytes = message.as_bytes();
-        if bytes.len() < PAYLOAD_HEADER {
-            return;
-        }
-        let magic = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let (sent, magic) = if self.shared.json_docs.is_empty() {
+            if bytes.len() < PAYLOAD_HEADER {
+                return;
+            }
+            let sent = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            (sent, u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")))
+        } else {
+            match (&message, json_check(&self.shared.json_docs, bytes)) {
+                (Message::Text(_), Some(header)) => header,
+                _ => {
+                    self.bad_echoes += 1;
+                    if self.bad_echoes == 1 {
+                        tracing::warn!(
+                            shard = self.shard,
+                            len = bytes.len(),
+                            "an echo differs from the JSON document sent"
+                        );
+                    }
+                    return;
+                }
+            }
+        };
         if magic == FINAL_MAGIC {
             self.stats.final_echoed += 1;
         } else if magic == PAYLOAD_MAGIC {
-            let sent = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
             let latency = self.shared.micros(ctx.now()).saturating_sub(sent);
             self.stats.echo_us.saturating_record(latency.max(1));
             self.stats.messages_echoed += 1;
@@ -928,6 +1100,10 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
         closed_loop: cfg.closed_loop,
         message_size: cfg.message_size,
+        json_docs: match cfg.payload {
+            Payload::Zeros => Arc::from(Vec::new()),
+            Payload::Json => json_documents(cfg.message_size).into(),
+        },
         first_resolved: AtomicU64::new(0),
         opened: AtomicU64::new(0),
         first_error: OnceLock::new(),
@@ -1252,5 +1428,50 @@ fn build_report(
         peak_rss_mib: report::peak_rss_mib(),
         interrupted,
         centrifugo: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_documents_are_json_of_the_size_asked_and_echo_checked() {
+        for size in [0, JSON_MIN_SIZE, 100, 1024, 16 * 1024] {
+            let pool = json_documents(size);
+            let want = size.max(JSON_MIN_SIZE);
+            assert!(pool.len() > 1 || want > 65_536, "size {size}: {} documents", pool.len());
+            for (i, doc) in pool.iter().enumerate() {
+                assert_eq!(doc.len(), want, "size {size}, document {i}");
+                let mut sent = doc.clone();
+                json_stamp(&mut sent, 0x0123_4567_89ab_cdef, PAYLOAD_MAGIC);
+                // Valid UTF-8 and valid JSON, its header in the fields the check reads.
+                let text = std::str::from_utf8(&sent).expect("UTF-8");
+                let value: serde_json::Value = serde_json::from_str(text).expect("JSON");
+                assert_eq!(value["ts"], "0123456789abcdef");
+                assert_eq!(value["kind"], "tetherld");
+                assert_eq!(value["doc"], format!("{i:04}"));
+                assert_eq!(json_check(&pool, &sent), Some((0x0123_4567_89ab_cdef, PAYLOAD_MAGIC)));
+                json_stamp(&mut sent, 42, FINAL_MAGIC);
+                assert_eq!(json_check(&pool, &sent), Some((42, FINAL_MAGIC)));
+                // Any other change to the body is a wrong echo.
+                let mut bad = sent.clone();
+                let last = bad.len() - 3;
+                bad[last] ^= 1;
+                assert_eq!(json_check(&pool, &bad), None);
+                assert_eq!(json_check(&pool, &sent[..sent.len() - 1]), None);
+            }
+        }
+        // A realistic document: events with varied keys and values, not one repeated byte.
+        let pool = json_documents(1024);
+        let value: serde_json::Value = serde_json::from_slice(&pool[0]).expect("JSON");
+        let events = value["events"].as_array().expect("events");
+        assert!(events.len() >= 5, "{value}");
+        assert_ne!(events[0], events[1]);
+        assert_ne!(pool[0][JSON_HEADER..], pool[1][JSON_HEADER..]);
+        // The same pool every run (servers compared see the same bytes).
+        assert_eq!(pool, json_documents(1024));
+        // A binary zeros payload is not taken for a JSON echo.
+        assert_eq!(json_check(&pool, &[0u8; 1024]), None);
     }
 }

@@ -58,6 +58,12 @@ enum Protocol {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PayloadArg {
+    Zeros,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Via {
     /// POST /api/publish (or /api/broadcast with --publish-batch) from a thread of its own.
     Api,
@@ -146,9 +152,14 @@ struct Common {
     /// Messages per second per connection (echo traffic; 0 = idle).
     #[arg(long, default_value_t = 0.0)]
     message_rate: f64,
-    /// Message size in bytes (at least 16: send time and a marker).
+    /// Message size in bytes (at least 16: send time and a marker; with --payload json at least 78).
     #[arg(long, default_value_t = 64)]
     message_size: usize,
+    /// What an echo message carries: `zeros` (binary: send time, a marker, zeros; compression's best case) or
+    /// `json` (text: a JSON document of exactly --message-size bytes with varied keys, strings and numbers,
+    /// the send time and marker in its first fields; each echo must equal what was sent).
+    #[arg(long, value_enum, default_value_t = PayloadArg::Zeros)]
+    payload: PayloadArg,
     /// Closed loop: one message in flight per connection, the next sent as soon as the echo of the last one
     /// arrives (from the end of the ramp); --message-rate is then ignored. Reports messages per second with
     /// no pacing, the shape that shows per-message cost without coalescing.
@@ -172,6 +183,10 @@ struct Common {
     /// wss:// targets: accept any server certificate (signatures still checked); for self-signed test servers.
     #[arg(long)]
     tls_insecure: bool,
+    /// wss:// targets: resume TLS sessions from tickets earlier connections got (on, rustls' default) or make
+    /// every connection a full handshake (off: what many distinct clients cost a server).
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    tls_resume: bool,
     /// An extra header of every upgrade request, `Name: value` (repeatable), e.g. --header 'Cookie: session=x'.
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<String>,
@@ -355,13 +370,20 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         (false, _, _) => anyhow::bail!("--tls-ca / --tls-insecure need a wss:// URL"),
         (true, Some(_), true) => anyhow::bail!("give --tls-ca or --tls-insecure, not both"),
         (true, Some(ca), false) => Some(
-            tether::ClientTls::with_ca_file(ca, &target.server_name)
-                .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?,
+            tether::ClientTls::with_ca_file(ca, &target.server_name).map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?,
         ),
         (true, None, true) => Some(tether::ClientTls::insecure(&target.server_name).map_err(anyhow::Error::msg)?),
-        (true, None, false) => anyhow::bail!(
-            "wss:// needs --tls-ca FILE (the CA that signed the server's certificate) or --tls-insecure"
-        ),
+        (true, None, false) => {
+            anyhow::bail!("wss:// needs --tls-ca FILE (the CA that signed the server's certificate) or --tls-insecure")
+        }
+    };
+    let tls = match tls {
+        Some(t) if !c.tls_resume => {
+            let mut config = (**t.rustls_config()).clone();
+            config.resumption = rustls::client::Resumption::disabled();
+            Some(tether::ClientTls::new(std::sync::Arc::new(config), &target.server_name).map_err(anyhow::Error::msg)?)
+        }
+        other => other,
     };
     Ok(LoadConfig {
         tls,
@@ -376,6 +398,10 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         message_rate: c.message_rate,
         closed_loop: c.closed_loop,
         message_size: c.message_size,
+        payload: match c.payload {
+            PayloadArg::Zeros => load::Payload::Zeros,
+            PayloadArg::Json => load::Payload::Json,
+        },
         reconnect: c.reconnect,
         source_ips,
         headers: c.headers.clone(),

@@ -74,7 +74,11 @@ fn wrong_accept_key() {
 #[test]
 fn not_a_ws_url() {
     let line = error_line(&["run", "--url", "http://127.0.0.1:1/x", "--connections", "5"]);
-    assert_eq!(line, "error: not a ws:// URL: http://127.0.0.1:1/x");
+    assert_eq!(line, "error: not a ws:// or wss:// URL: http://127.0.0.1:1/x");
+    // wss:// needs to be told whom to trust, and says so.
     let line = error_line(&["run", "--url", "wss://127.0.0.1:1/x", "--connections", "5"]);
-    assert!(line.contains("wss:// is not supported"), "{line}");
+    assert!(line.contains("--tls-ca FILE") && line.contains("--tls-insecure"), "{line}");
+    // A TLS flag without a wss:// URL is a mistake too.
+    let line = error_line(&["run", "--url", "ws://127.0.0.1:1/x", "--connections", "5", "--tls-insecure"]);
+    assert!(line.contains("need a wss:// URL"), "{line}");
 }
