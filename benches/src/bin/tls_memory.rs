@@ -8,7 +8,10 @@
 //! `tickets` = how many TLS 1.3 session tickets the server sends after a handshake (rustls' default 2; the
 //! engine's `TlsServer` sends what its ServerConfig says).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// tetherd's allocator, so RSS growth here is comparable to tetherd's.
+use mimalloc::MiMalloc as System;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -74,6 +77,15 @@ fn server_step(conn: &mut UnbufferedServerConnection, incoming: &mut Vec<u8>) ->
     }
 }
 
+fn rss_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(10_000, |a| a.parse().expect("N"));
@@ -105,11 +117,17 @@ fn main() {
     }
     let config = Arc::new(config);
     let client = tether::ClientTls::with_ca_file(root.join("ca.crt"), "localhost").unwrap();
-    let client_config = client.rustls_config().clone();
+    // Every connection a full handshake (distinct clients), unless RESUME is set.
+    let mut client_config = (**client.rustls_config()).clone();
+    if std::env::var_os("RESUME").is_none() {
+        client_config.resumption = rustls::client::Resumption::disabled();
+    }
+    let client_config = Arc::new(client_config);
 
     let base = LIVE.load(Relaxed);
     let mut servers = Vec::with_capacity(n);
     let before_loop = LIVE.load(Relaxed);
+    let rss_before = rss_kib();
     let sizes_before: Vec<isize> = BY_SIZE.iter().map(|a| a.load(Relaxed)).collect();
     for _ in 0..n {
         let mut s = Box::new(UnbufferedServerConnection::new(config.clone()).unwrap());
@@ -138,6 +156,7 @@ fn main() {
         drop(c);
         servers.push(s);
     }
+    let rss_after = rss_kib();
     let live = LIVE.load(Relaxed) - before_loop - (n * std::mem::size_of::<usize>()) as isize;
     if std::env::var_os("BY_SIZE").is_some() {
         for (i, a) in BY_SIZE.iter().enumerate() {
@@ -156,4 +175,9 @@ fn main() {
         PEAK.load(Relaxed) as f64 / (1 << 20) as f64,
         base
     );
+    println!(
+        "size_of UnbufferedClientConnection {} B",
+        std::mem::size_of::<rustls::client::UnbufferedClientConnection>()
+    );
+    println!("RSS growth (mimalloc): {} bytes per connection", (rss_after - rss_before) * 1024 / n as i64);
 }

@@ -179,6 +179,13 @@ impl Core {
             scratch.clear();
             self.tls_scratch = scratch;
         }
+        // The plaintext queue's buffer goes back to the pool as a plaintext connection's does when its
+        // queue leaves with the send: an idle connection holds none.
+        let s = &mut self.slots[idx];
+        if s.out.is_empty() && s.out.capacity() > 0 {
+            let buf = s.out.take_bytes();
+            self.give_back(buf);
+        }
         if let Some(e) = failed {
             debug!(conn = %self.id(slot), error = %e, "TLS encrypt failed");
             bump(&self.metrics.tls_failures);

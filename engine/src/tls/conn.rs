@@ -115,17 +115,18 @@ impl TlsConn {
         !self.pending.is_empty()
     }
 
-    /// Move the waiting TLS records to the end of `wire`.
+    /// Move the waiting TLS records to the end of `wire`. Their buffer is freed (a connection keeps none
+    /// while nothing waits), or becomes `wire` when that is an empty buffer too small to hold them.
     pub fn take_pending(&mut self, wire: &mut Vec<u8>) {
-        if wire.is_empty() {
+        if self.pending.is_empty() {
+            return;
+        }
+        if wire.is_empty() && wire.capacity() < self.pending.len() {
             std::mem::swap(wire, &mut self.pending);
         } else {
             wire.extend_from_slice(&self.pending);
-            self.pending.clear();
         }
-        if self.pending.capacity() > 0 {
-            self.pending = Vec::new();
-        }
+        self.pending = Vec::new();
     }
 
     /// Take in ciphertext the peer sent (decrypted in place in `data`); the plaintext it carried is appended
