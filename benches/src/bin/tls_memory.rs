@@ -1,12 +1,15 @@
 //! Live heap bytes one established TLS server connection keeps, the way the engine holds it (rustls'
-//! unbuffered `UnbufferedServerConnection`, boxed), counted by a global allocator that tracks live bytes.
-//! Handshakes N connections in memory against rustls' own (buffered) client, drops the clients and
-//! everything transient, and reports live bytes per server connection and the peak during the handshakes.
+//! unbuffered `UnbufferedServerConnection`), counted by a global allocator that tracks live bytes around
+//! mimalloc (tetherd's allocator), and the RSS growth. Handshakes N connections in memory against rustls' own
+//! (buffered) client, full handshakes unless `RESUME` is set, drops the clients and everything transient, and
+//! reports live bytes per server connection, the peak, and with `BY_SIZE` set the live allocations by size.
 //!
-//!   cargo run --release -p tether-benches --bin tls_memory -- [N] [tickets]
+//! ```text
+//! cargo run --release -p tether-benches --bin tls_memory -- [N] [TICKETS] [aes128|aes256|chacha]
+//! ```
 //!
-//! `tickets` = how many TLS 1.3 session tickets the server sends after a handshake (rustls' default 2; the
-//! engine's `TlsServer` sends what its ServerConfig says).
+//! TICKETS: how many TLS 1.3 session tickets the server sends after a handshake (the engine's `TlsServer`
+//! config otherwise); the last argument makes the server prefer that cipher suite.
 
 use std::alloc::{GlobalAlloc, Layout};
 
