@@ -63,14 +63,16 @@ fn adopt(engine: EngineHandle, user: String, mut req: Request) -> Response {
         Err((status, why)) => return (status, why).into_response(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(common::hand_over(engine, on_upgrade, user));
-    Response::builder()
+    tokio::spawn(common::hand_over(engine, on_upgrade, user, accept.deflate));
+    let mut resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "Upgrade")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(axum::body::Body::empty())
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept.key);
+    if let Some(extensions) = accept.extensions {
+        resp = resp.header(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+    }
+    resp.body(axum::body::Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// The tokio path, as an axum app usually writes it: axum's WebSocket, one task per connection with its

@@ -36,13 +36,16 @@ async fn route(engine: EngineHandle, mut req: Request<Incoming>) -> Result<Respo
                 Err((status, why)) => text(status, why),
                 Ok(accept) => {
                     let on_upgrade = hyper::upgrade::on(&mut req);
-                    tokio::spawn(common::hand_over(engine, on_upgrade, user));
+                    tokio::spawn(common::hand_over(engine, on_upgrade, user, accept.deflate));
                     let mut resp = Response::new(Full::new(Bytes::new()));
                     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
                     let h = resp.headers_mut();
                     h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
                     h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
-                    match header::HeaderValue::from_str(&accept) {
+                    if let Some(ext) = accept.extensions.and_then(|e| header::HeaderValue::from_str(&e).ok()) {
+                        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, ext);
+                    }
+                    match header::HeaderValue::from_str(&accept.key) {
                         Ok(v) => {
                             h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
                             resp

@@ -176,6 +176,8 @@ pub(crate) struct AdoptJob {
     pub peer: Option<SocketAddr>,
     /// Index of the connection's profile (checked against the shard's profiles there).
     pub profile: usize,
+    /// permessage-deflate as the other stack negotiated it (default: none).
+    pub deflate: crate::proto::deflate::PerConn,
     pub context: Box<dyn Any + Send>,
     pub reply: Reply,
 }

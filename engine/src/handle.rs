@@ -226,6 +226,24 @@ impl EngineHandle {
         profile: ProfileId,
         context: impl Any + Send,
     ) -> Adoption {
+        self.adopt_negotiated(socket, role, leftover, profile, Default::default(), context)
+    }
+
+    /// [`EngineHandle::adopt_with_profile`] for a connection whose upgrade negotiated permessage-deflate:
+    /// the other stack answered the offer with what
+    /// [`deflate::accept_offer`](crate::proto::deflate::accept_offer) returned (the answer goes in its 101's
+    /// `Sec-WebSocket-Extensions`) and `deflate` is the [`PerConn`](crate::proto::deflate::PerConn) that came
+    /// with it, so the engine compresses and inflates as agreed (with the engine's shared codec, or the
+    /// connection's own streams in dedicated mode). `PerConn::default()` means no extension.
+    pub fn adopt_negotiated(
+        &self,
+        socket: impl Into<OwnedFd>,
+        role: Role,
+        leftover: Vec<u8>,
+        profile: ProfileId,
+        deflate: crate::proto::deflate::PerConn,
+        context: impl Any + Send,
+    ) -> Adoption {
         let socket: OwnedFd = socket.into();
         let shared = &self.shared;
         if shared.shutting_down.load(Ordering::Relaxed) {
@@ -242,7 +260,7 @@ impl EngineHandle {
         let shard = shared.next_adopt.fetch_add(1, Ordering::Relaxed) % shards;
         let (adoption, reply) = Adoption::pending();
         let profile = profile.index();
-        let job = AdoptJob { socket, role, leftover, peer, profile, context: Box::new(context), reply };
+        let job = AdoptJob { socket, role, leftover, peer, profile, deflate, context: Box::new(context), reply };
         let Some(link) = shared.links.get(shard) else {
             job.refuse(AdoptErrorKind::ShuttingDown);
             return adoption;

@@ -69,3 +69,98 @@ def test_client_that_stops_answering_pings_is_closed_by_the_pong_deadline(app):
         return e.value.rcvd.code if e.value.rcvd else None
 
     assert asyncio.run(run()) == 1011
+
+
+def _raw_upgrade(addr, offer):
+    """A raw client: the upgrade (with `offer` as Sec-WebSocket-Extensions, if any); returns the socket and the
+    101's headers (lower-case names)."""
+    import base64
+    import os
+    import socket
+
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: {addr}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        "Cookie: session=demo",
+    ]
+    if offer:
+        lines.append(f"Sec-WebSocket-Extensions: {offer}")
+    s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, f"connection closed during the upgrade: {head!r}"
+        head += chunk
+    head, rest = head.split(b"\r\n\r\n", 1)
+    status, *hdrs = head.decode().split("\r\n")
+    assert " 101 " in status, status
+    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in hdrs)}
+    return s, headers, rest
+
+
+def _read_frame(s, buf):
+    """One frame from socket `s` after the bytes in `buf`: (fin, rsv1, opcode, payload, rest of buf)."""
+    def need(n):
+        nonlocal buf
+        while len(buf) < n:
+            chunk = s.recv(65536)
+            assert chunk, "connection closed"
+            buf += chunk
+
+    need(2)
+    b0, b1 = buf[0], buf[1]
+    n, at = b1 & 0x7F, 2
+    if n == 126:
+        need(4)
+        n, at = int.from_bytes(buf[2:4], "big"), 4
+    elif n == 127:
+        need(10)
+        n, at = int.from_bytes(buf[2:10], "big"), 10
+    need(at + n)
+    return bool(b0 & 0x80), bool(b0 & 0x40), b0 & 0x0F, buf[at : at + n], buf[at + n :]
+
+
+def _masked_text(payload):
+    import os
+
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize("offer", [None, "permessage-deflate; client_max_window_bits"])
+def test_adopted_connection_keeps_the_deflate_the_app_agreed(app, offer):
+    """The app answers the offer as the engine would (engine/examples/common: `deflate::accept_offer`) and hands
+    the agreement over with `adopt_negotiated`: the engine then compresses what it sends (RSV1, far fewer bytes
+    for a compressible message) and inflates what it gets. Without an offer: no extension, plain frames."""
+    import zlib
+
+    s, headers, buf = _raw_upgrade(app.addr, offer)
+    try:
+        ext = headers.get("sec-websocket-extensions")
+        if offer:
+            assert ext and ext.startswith("permessage-deflate") and "server_no_context_takeover" in ext, headers
+        else:
+            assert ext is None, headers
+        fin, rsv1, op, payload, buf = _read_frame(s, buf)
+        assert (fin, op, payload) == (True, 1, b"hello demo")  # under the 64-byte threshold: plain
+        message = b'{"event":"tick","data":"' + b"abc" * 700 + b'"}'
+        s.sendall(_masked_text(message))
+        fin, rsv1, op, payload, buf = _read_frame(s, buf)
+        assert fin and op == 1
+        if offer:
+            assert rsv1, "the echo of a 2 KB compressible message went out uncompressed"
+            assert len(payload) < len(message) // 10, len(payload)
+            assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == message
+        else:
+            assert not rsv1 and payload == message
+    finally:
+        s.close()

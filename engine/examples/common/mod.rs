@@ -9,8 +9,8 @@ use hyper::header::{self, HeaderMap};
 use hyper::upgrade::OnUpgrade;
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
-use tether::proto::Role;
-use tether::{Config, ConnId, Ctx, Engine, EngineHandle, Handler, Message};
+use tether::proto::{deflate, Role};
+use tether::{Config, ConnId, Ctx, Engine, EngineHandle, Handler, Message, ProfileId};
 
 /// The allocator tetherd uses too, so the adopted path and axum's own WebSocket are measured alike.
 #[global_allocator]
@@ -83,19 +83,38 @@ pub fn session_user(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Check a WebSocket upgrade request as the engine checks the ones it parses (RFC 6455 section 4.2.1) and
-/// return the Sec-WebSocket-Accept value, or the status and text to refuse it with.
-pub fn upgrade_accept<B>(req: &hyper::Request<B>) -> Result<String, (StatusCode, String)> {
+/// return what the 101 carries (the accept key, permessage-deflate agreed as the engine would agree it), or
+/// the status and text to refuse it with.
+pub fn upgrade_accept<B>(req: &hyper::Request<B>) -> Result<Accepted, (StatusCode, String)> {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let headers = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     match tether::proto::handshake::upgrade_from_parts(req.method().as_str(), target, headers) {
-        Ok((_request, accept)) => Ok(accept),
+        Ok((request, key)) => {
+            // permessage-deflate as the engine would answer it (shared mode: nothing kept per connection);
+            // the engine is told what was agreed when it adopts the socket.
+            let (deflate, extensions) = match deflate::accept_offer(&request.extensions, deflate::Deflate::Shared) {
+                Some((per_conn, answer)) => (per_conn, Some(answer)),
+                None => (Default::default(), None),
+            };
+            Ok(Accepted { key, deflate, extensions })
+        }
         Err(e) => Err((StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), e.message + "\n")),
     }
 }
 
+/// What the 101 carries, and what the engine must know of it.
+pub struct Accepted {
+    /// Sec-WebSocket-Accept.
+    pub key: String,
+    /// The permessage-deflate agreement, for `adopt_negotiated`.
+    pub deflate: deflate::PerConn,
+    /// Sec-WebSocket-Extensions of the 101, if deflate was agreed.
+    pub extensions: Option<String>,
+}
+
 /// Once hyper has sent the 101, take the upgraded socket back from it (the tokio TcpStream the connection
 /// was served on, plus whatever hyper read past the request) and hand it to the engine.
-pub async fn hand_over(engine: EngineHandle, on_upgrade: OnUpgrade, user: String) {
+pub async fn hand_over(engine: EngineHandle, on_upgrade: OnUpgrade, user: String, deflate: deflate::PerConn) {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => return eprintln!("upgrade failed: {e}"),
@@ -108,7 +127,8 @@ pub async fn hand_over(engine: EngineHandle, on_upgrade: OnUpgrade, user: String
         Ok(s) => s,
         Err(e) => return eprintln!("into_std: {e}"),
     };
-    if let Err(e) = engine.adopt(stream, Role::Server, parts.read_buf.to_vec(), user).await {
+    let leftover = parts.read_buf.to_vec();
+    if let Err(e) = engine.adopt_negotiated(stream, Role::Server, leftover, ProfileId::DEFAULT, deflate, user).await {
         // A refused socket comes back; dropping it closes the connection.
         eprintln!("{e}");
     }

@@ -42,7 +42,7 @@ impl<H: Handler> Shard<H> {
             job.refuse(kind);
             return;
         };
-        let AdoptJob { socket, role, leftover, peer, profile, context, reply } = *job;
+        let AdoptJob { socket, role, leftover, peer, profile, deflate, context, reply } = *job;
         let profile = core.profile_or_default(profile);
         // The table holds its own reference to the socket now: the process descriptor goes.
         drop(socket);
@@ -51,8 +51,8 @@ impl<H: Handler> Shard<H> {
             core.ring(slot).set_peer(slot, peer);
             core.slots[slot as usize].set(flag::PEER_KNOWN);
         }
-        // The other stack answered the upgrade: no extension was negotiated with us.
-        core.open_slot(slot, profile, role, Default::default());
+        // The other stack answered the upgrade, and told us what it agreed to (permessage-deflate or nothing).
+        core.open_slot(slot, profile, role, deflate);
         *core.slots[slot as usize].reader.handshake_buf() = leftover;
         bump(&core.metrics.adopted);
         core.arm_recv(slot);
