@@ -6,11 +6,11 @@
 # finds never lands in the committed seeds. Prints the executions per target; exits non-zero if any target
 # crashed, timed out or ran out of memory (the input is kept in fuzz/artifacts/<target>/, ignored by git).
 #
-# Cost: about a minute of fuzzing, plus the build. The smoke run builds the targets unoptimized (`--dev`):
-# ~6 min from clean on 2 cores instead of ~10 for cargo-fuzz's optimized build with one codegen unit, at
-# ~30,000 instead of ~300,000 executions per target in 8 s, which is plenty for a smoke run (the long runs
-# of BENCHMARKS.md use the optimized build). FUZZ_RELEASE=1 builds optimized. Seconds when fuzz/target is
-# kept. TETHER_SKIP_FUZZ=1 skips it all.
+# Cost: about a minute of fuzzing, plus the build. The smoke run builds with `--dev` (fuzz/Cargo.toml's dev
+# profile: opt-level 1, many codegen units): about 2/3 of the CPU of cargo-fuzz's optimized build with one
+# codegen unit (~10 min from clean on 2 cores), at 2,600 (deflate) to 87,000 (frame) executions per target in
+# 8 s, which is plenty for a smoke run; the long runs of BENCHMARKS.md use the optimized build
+# (FUZZ_RELEASE=1 here). Seconds when fuzz/target is kept. TETHER_SKIP_FUZZ=1 skips it all.
 #
 # A long run of one target: copy its seeds to a scratch directory, then
 #   cd fuzz && cargo +nightly fuzz run TARGET SCRATCH -- -runs=10000000
