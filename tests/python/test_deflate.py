@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
+from ws_raw import client_frame, read_frame
 from tetherd_proc import Tetherd, run_bounded
 
 TEST_LIMIT = 60  # seconds, per test
@@ -174,48 +175,11 @@ def handshake(addr: str, extensions: str | None):
     return sock, status, headers, rest
 
 
-def client_frame(opcode: int, payload: bytes, rsv1: bool = False, fin: bool = True) -> bytes:
-    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", b0, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
-
-
 def deflate(data: bytes) -> bytes:
     c = zlib.compressobj(wbits=-15)
     out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
     assert out.endswith(b"\x00\x00\xff\xff")
     return out[:-4]
-
-
-def read_frame(sock, buf: bytes):
-    """(fin, rsv1, opcode, payload, rest) of the next server frame."""
-
-    def need(n):
-        nonlocal buf
-        while len(buf) < n:
-            chunk = sock.recv(65536)
-            assert chunk, "connection closed"
-            buf += chunk
-
-    need(2)
-    b0, b1 = buf[0], buf[1]
-    n, off = b1 & 0x7F, 2
-    if n == 126:
-        need(4)
-        n, off = struct.unpack("!H", buf[2:4])[0], 4
-    elif n == 127:
-        need(10)
-        n, off = struct.unpack("!Q", buf[2:10])[0], 10
-    need(off + n)
-    return bool(b0 & 0x80), bool(b0 & 0x40), b0 & 0x0F, buf[off : off + n], buf[off + n :]
 
 
 def close_code(sock, buf: bytes) -> int:

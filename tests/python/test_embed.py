@@ -10,6 +10,7 @@ import websockets
 import websockets.exceptions
 
 from example_util import App
+from ws_raw import client_frame, read_frame
 
 
 @pytest.fixture(params=["axum", "hyper"])
@@ -105,37 +106,6 @@ def _raw_upgrade(addr, offer):
     return s, headers, rest
 
 
-def _read_frame(s, buf):
-    """One frame from socket `s` after the bytes in `buf`: (fin, rsv1, opcode, payload, rest of buf)."""
-    def need(n):
-        nonlocal buf
-        while len(buf) < n:
-            chunk = s.recv(65536)
-            assert chunk, "connection closed"
-            buf += chunk
-
-    need(2)
-    b0, b1 = buf[0], buf[1]
-    n, at = b1 & 0x7F, 2
-    if n == 126:
-        need(4)
-        n, at = int.from_bytes(buf[2:4], "big"), 4
-    elif n == 127:
-        need(10)
-        n, at = int.from_bytes(buf[2:10], "big"), 10
-    need(at + n)
-    return bool(b0 & 0x80), bool(b0 & 0x40), b0 & 0x0F, buf[at : at + n], buf[at + n :]
-
-
-def _masked_text(payload):
-    import os
-
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 @pytest.mark.parametrize("offer", [None, "permessage-deflate; client_max_window_bits"])
 def test_adopted_connection_keeps_the_deflate_the_app_agreed(app, offer):
     """The app answers the offer as the engine would (engine/examples/common: `deflate::accept_offer`) and hands
@@ -150,11 +120,11 @@ def test_adopted_connection_keeps_the_deflate_the_app_agreed(app, offer):
             assert ext and ext.startswith("permessage-deflate") and "server_no_context_takeover" in ext, headers
         else:
             assert ext is None, headers
-        fin, rsv1, op, payload, buf = _read_frame(s, buf)
+        fin, rsv1, op, payload, buf = read_frame(s, buf)
         assert (fin, op, payload) == (True, 1, b"hello demo")  # under the 64-byte threshold: plain
         message = b'{"event":"tick","data":"' + b"abc" * 700 + b'"}'
-        s.sendall(_masked_text(message))
-        fin, rsv1, op, payload, buf = _read_frame(s, buf)
+        s.sendall(client_frame(0x1, message))
+        fin, rsv1, op, payload, buf = read_frame(s, buf)
         assert fin and op == 1
         if offer:
             assert rsv1, "the echo of a 2 KB compressible message went out uncompressed"

@@ -21,9 +21,7 @@ import os
 import pathlib
 import queue
 import shutil
-import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -32,6 +30,7 @@ import urllib.request
 
 import pytest
 
+from chromium_util import Chromium
 from tetherd_proc import ROOT, Tetherd, run_bounded
 
 NODE_DIR = ROOT / "tests" / "node"
@@ -648,20 +647,6 @@ def test_rpc_without_proxy_is_method_not_found(gateway):
 
 # --- scenario 6: a real browser ------------------------------------------------------------------------------
 
-def chromium_bin() -> str:
-    env = os.environ.get("CHROMIUM_BIN")
-    if env:
-        if not os.path.isfile(env):
-            pytest.fail(f"CHROMIUM_BIN={env} is not a file (Debian: apt-get install -y chromium)")
-        return env
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name) or (f"/usr/bin/{name}" if os.path.isfile(f"/usr/bin/{name}") else None)
-        if found:
-            return found
-    pytest.fail("Chromium not found (chromium / chromium-browser on PATH or in /usr/bin, or CHROMIUM_BIN): "
-                "install Debian's chromium package: apt-get install -y chromium")
-
-
 class PageServer:
     """Loopback HTTP server: / -> the test page, /centrifuge.js -> the SDK's browser bundle, /ready -> calls
     `on_ready(query)` before answering, /report -> queued for the test. Stopped by `close()`."""
@@ -715,58 +700,9 @@ class PageServer:
         self.httpd.server_close()
 
 
-class Chromium:
-    """Headless Chromium in its own session (process group); everything it started is killed on close()."""
-
-    FLAGS = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-dev-shm-usage", "--mute-audio",
-    ]
-
-    def __init__(self, url: str):
-        self.profile = tempfile.mkdtemp(prefix="tether-gw-chromium-")
-        env = dict(os.environ, HOME=self.profile, XDG_CONFIG_HOME=f"{self.profile}/.config",
-                   XDG_CACHE_HOME=f"{self.profile}/.cache")
-        self.stderr_path = pathlib.Path(self.profile) / "stderr.txt"
-        self.stderr_file = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            [chromium_bin(), *self.FLAGS, f"--user-data-dir={self.profile}/data", url],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr_file,
-            env=env, start_new_session=True,
-        )
-
-    def stderr_tail(self, n=30) -> str:
-        try:
-            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def close(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        # Chromium's crash handler daemonizes out of our group; it names our profile dir on its command line.
-        for pid_dir in pathlib.Path("/proc").iterdir():
-            if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
-                continue
-            try:
-                if self.profile.encode() in (pid_dir / "cmdline").read_bytes():
-                    os.kill(int(pid_dir.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                pass
-        self.stderr_file.close()
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-
 def run_page(gw: Gateway, pages: PageServer, limit: float = 45, **query) -> dict:
     url = f"{pages.origin}/?" + urllib.parse.urlencode({"ws": gw.ws_url, **query})
-    browser = Chromium(url)
+    browser = Chromium(url, prefix="tether-gw-chromium-")
     try:
         deadline = time.monotonic() + limit
         while True:

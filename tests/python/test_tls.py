@@ -33,7 +33,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 import types
@@ -45,6 +44,7 @@ import requests
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
+from chromium_util import Chromium
 from tetherd_proc import ROOT, Tetherd, run_bounded
 
 CERTS = ROOT / "tests" / "certs"
@@ -526,20 +526,6 @@ ws.onclose = (e) => {
 """
 
 
-def chromium_bin() -> str:
-    env = os.environ.get("CHROMIUM_BIN")
-    if env:
-        if not os.path.isfile(env):
-            pytest.fail(f"CHROMIUM_BIN={env} is not a file (Debian: apt-get install -y chromium)")
-        return env
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name) or (f"/usr/bin/{name}" if os.path.isfile(f"/usr/bin/{name}") else None)
-        if found:
-            return found
-    pytest.fail("Chromium not found (chromium / chromium-browser on PATH or in /usr/bin, or CHROMIUM_BIN): "
-                "install Debian's chromium package: apt-get install -y chromium")
-
-
 def spki_sha256(cert_pem: pathlib.Path) -> str:
     """base64(SHA-256(SubjectPublicKeyInfo)) of a certificate, what Chromium's
     --ignore-certificate-errors-spki-list takes: the 7th field of the TBSCertificate (6th without a version)."""
@@ -609,55 +595,6 @@ class PageServer:
         self.httpd.server_close()
 
 
-class Chromium:
-    """Headless Chromium in its own session (process group), killed with everything it started on close()."""
-
-    FLAGS = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-dev-shm-usage", "--mute-audio",
-    ]
-
-    def __init__(self, url: str, extra_flags: list[str]):
-        self.profile = tempfile.mkdtemp(prefix="tether-tls-chromium-")
-        env = dict(os.environ, HOME=self.profile, XDG_CONFIG_HOME=f"{self.profile}/.config",
-                   XDG_CACHE_HOME=f"{self.profile}/.cache")
-        self.stderr_path = pathlib.Path(self.profile) / "stderr.txt"
-        self.stderr_file = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            [chromium_bin(), *self.FLAGS, *extra_flags, f"--user-data-dir={self.profile}/data", url],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr_file,
-            env=env, start_new_session=True,
-        )
-
-    def stderr_tail(self, n=30) -> str:
-        try:
-            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def close(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        # Chromium's crash handler daemonizes out of our group; it names our profile dir on its command line.
-        for pid_dir in pathlib.Path("/proc").iterdir():
-            if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
-                continue
-            try:
-                if self.profile.encode() in (pid_dir / "cmdline").read_bytes():
-                    os.kill(int(pid_dir.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                pass
-        self.stderr_file.close()
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-
 def test_chromium_echo_over_wss(tetherd):
     srv = tetherd()
     pages = PageServer()
@@ -665,7 +602,7 @@ def test_chromium_echo_over_wss(tetherd):
     url = f"{pages.origin}/?" + urllib.parse.urlencode({"ws": ws_url, "deadline_ms": 20000})
     # Chromium does not know the test CA: it is told to let through a chain that holds exactly this key (any
     # other key, e.g. reloaded.crt's, is still refused: the page then reports an error and a 1006).
-    browser = Chromium(url, [f"--ignore-certificate-errors-spki-list={spki_sha256(LEAF_CRT)}"])
+    browser = Chromium(url, [f"--ignore-certificate-errors-spki-list={spki_sha256(LEAF_CRT)}"], prefix="tether-tls-chromium-")
     try:
         deadline = time.monotonic() + 40
         report = None
