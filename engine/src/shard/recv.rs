@@ -55,7 +55,13 @@ impl<H: Handler> Shard<H> {
     }
 
     /// TCP ended under an open or handshaking connection.
-    pub(super) fn peer_gone(&mut self, slot: u32, why: &str) {
+    fn peer_gone(&mut self, slot: u32, why: &str) {
+        self.peer_ended(slot, why, false);
+    }
+
+    /// Nothing more comes from the peer (TCP ended, or its TLS close_notify came: then, with `goodbye`, what
+    /// is queued for TLS still goes out, our close_notify last).
+    pub(super) fn peer_ended(&mut self, slot: u32, why: &str, goodbye: bool) {
         let s = &mut self.core.slots[slot as usize];
         if s.phase == Phase::Connecting || (s.phase == Phase::Handshake && s.has(flag::CLIENT)) {
             self.fail_connect(slot, ConnectError::Closed);
@@ -66,8 +72,10 @@ impl<H: Handler> Shard<H> {
             None => CloseInfo::new(1006, why, Initiator::Abnormal, CloseCause::Abnormal),
         };
         s.out.clear();
-        self.core.abandon_tls(slot);
-        self.core.teardown(slot, info, false);
+        if !goodbye {
+            self.core.abandon_tls(slot);
+        }
+        self.core.teardown(slot, info, goodbye);
     }
 
     /// Bytes arrived in buffer `bid`: taken out of it whatever the phase (so the buffer's consumption stays in

@@ -169,13 +169,18 @@ impl Core {
         }
     }
 
+    /// An empty queue's buffer goes back to the pool: a connection with nothing queued holds none.
+    pub(super) fn release_out(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        if s.out.is_empty() && s.out.capacity() > 0 {
+            let buf = s.out.take_bytes();
+            self.give_back(buf);
+        }
+    }
+
     pub(super) fn mark_dirty(&mut self, slot: u32) {
         if !self.has_output(slot) {
-            let s = &mut self.slots[slot as usize];
-            if s.out.is_empty() && s.out.capacity() > 0 {
-                let buf = s.out.take_bytes();
-                self.give_back(buf);
-            }
+            self.release_out(slot);
             return;
         }
         let s = &mut self.slots[slot as usize];

@@ -138,6 +138,13 @@ impl Core {
         }
     }
 
+    /// TLS failed: what rustls queued (its alert) and `last` are the connection's last bytes.
+    fn end_tls_with(&mut self, slot: u32, last: &[u8]) {
+        if let Some(t) = self.tls.get_mut(slot as usize).and_then(|t| t.as_deref_mut()) {
+            t.end_with(last);
+        }
+    }
+
     /// The bytes the next send of a TLS slot carries: rustls' records, then the queued frames encrypted
     /// (once established), then a close_notify when a closing connection flushes. `None`: nothing to send
     /// (or TLS failed: the slot is torn down).
@@ -181,11 +188,7 @@ impl Core {
         }
         // The plaintext queue's buffer goes back to the pool as a plaintext connection's does when its
         // queue leaves with the send: an idle connection holds none.
-        let s = &mut self.slots[idx];
-        if s.out.is_empty() && s.out.capacity() > 0 {
-            let buf = s.out.take_bytes();
-            self.give_back(buf);
-        }
+        self.release_out(idx as u32);
         if let Some(e) = failed {
             debug!(conn = %self.id(slot), error = %e, "TLS encrypt failed");
             bump(&self.metrics.tls_failures);
@@ -227,28 +230,11 @@ impl<H: Handler> Shard<H> {
         }
         match step {
             TlsStep::Go | TlsStep::Deferred => {}
-            TlsStep::PeerClosed => self.tls_peer_closed(slot),
+            // The peer ended its TLS session: answer with our own close_notify (RFC 8446 6.1, RFC 5246
+            // 7.2.1), then close; for the WebSocket it is an end without a close handshake (1006).
+            TlsStep::PeerClosed => self.peer_ended(slot, "TLS close_notify", true),
             TlsStep::Failed(failure) => self.tls_failed(slot, failure),
         }
-    }
-
-    /// The peer ended its TLS session (close_notify) under an open or handshaking connection: nothing more
-    /// comes from it. Answer with our own close_notify (RFC 8446 6.1, RFC 5246 7.2.1), then close; for the
-    /// WebSocket it is an end without a close handshake (1006).
-    fn tls_peer_closed(&mut self, slot: u32) {
-        let s = &mut self.core.slots[slot as usize];
-        if s.has(flag::CLIENT) && s.phase == Phase::Handshake {
-            self.fail_connect(slot, ConnectError::Closed);
-            return;
-        }
-        let why = "TLS close_notify";
-        let info = s
-            .writer
-            .as_mut()
-            .and_then(|w| w.handle_eof(why))
-            .unwrap_or_else(|| CloseInfo::new(1006, why, Initiator::Abnormal, CloseCause::Abnormal));
-        s.out.clear();
-        self.core.teardown(slot, info, true);
     }
 
     fn tls_failed(&mut self, slot: u32, failure: TlsFailure) {
@@ -260,10 +246,7 @@ impl<H: Handler> Shard<H> {
                 debug!(conn = %id, "plaintext HTTP request on the TLS port");
                 let body = b"This port speaks TLS: use https:// or wss://\n";
                 let resp = handshake::http_response(400, "Bad Request", "text/plain; charset=utf-8", &[], body);
-                if let Some(t) = self.core.tls.get_mut(slot as usize).and_then(|t| t.as_deref_mut()) {
-                    t.abandon();
-                    t.push_raw(&resp);
-                }
+                self.core.end_tls_with(slot, &resp);
                 let s = &mut self.core.slots[slot as usize];
                 s.out.clear();
                 *s.reader.handshake_buf() = Vec::new();
@@ -286,12 +269,7 @@ impl<H: Handler> Shard<H> {
                 let s = &mut self.core.slots[slot as usize];
                 s.out.clear();
                 let open = s.phase == Phase::Open;
-                if let Some(t) = self.core.tls.get_mut(slot as usize).and_then(|t| t.as_deref_mut()) {
-                    let mut alert = Vec::new();
-                    t.take_pending(&mut alert);
-                    t.abandon();
-                    t.push_raw(&alert);
-                }
+                self.core.end_tls_with(slot, &[]);
                 let code = if open { 1006 } else { 0 };
                 let info = CloseInfo::new(code, format!("tls: {why}"), Initiator::Local, CloseCause::TlsError);
                 self.core.teardown(slot, info, true);

@@ -174,9 +174,11 @@ impl TlsConn {
         }
     }
 
-    /// Bytes to send as they are, ahead of anything else (a plaintext answer to a plaintext request).
-    pub fn push_raw(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
+    /// The connection ends after what waits (rustls' alert, if any) and `last`, sent as it is (a plaintext
+    /// answer to a plaintext request): no close_notify after them.
+    pub fn end_with(&mut self, last: &[u8]) {
+        self.pending.extend_from_slice(last);
+        self.close_notify_sent = true;
     }
 
     /// The connection is going away without a goodbye: drop what waits, send no close_notify.
