@@ -6,10 +6,8 @@ Starts tetherd like test_python_client.py ($TETHERD_BIN, else target/release/tet
 """
 
 import asyncio
-import base64
 import json
 import os
-import socket
 import struct
 import time
 import zlib
@@ -18,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-from ws_raw import client_frame, read_frame
+from ws_raw import client_frame, handshake, read_frame
 from tetherd_proc import Tetherd, run_bounded
 
 TEST_LIMIT = 60  # seconds, per test
@@ -144,35 +142,6 @@ def test_dedicated_mode_keeps_context():
 
 
 # --- hand-made frames ------------------------------------------------------------------------------------
-
-
-def handshake(addr: str, extensions: str | None):
-    host, port = addr.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        "GET / HTTP/1.1",
-        f"Host: {addr}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-    ]
-    if extensions is not None:
-        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed during the handshake: {head!r}"
-        head += chunk
-    head, rest = head.split(b"\r\n\r\n", 1)
-    status, *header_lines = head.decode().split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, value = line.split(":", 1)
-        headers[name.strip().lower()] = value.strip()
-    return sock, status, headers, rest
 
 
 def deflate(data: bytes) -> bytes:

@@ -10,7 +10,7 @@ import websockets
 import websockets.exceptions
 
 from example_util import App
-from ws_raw import client_frame, read_frame
+from ws_raw import client_frame, handshake, read_frame
 
 
 @pytest.fixture(params=["axum", "hyper"])
@@ -72,40 +72,6 @@ def test_client_that_stops_answering_pings_is_closed_by_the_pong_deadline(app):
     assert asyncio.run(run()) == 1011
 
 
-def _raw_upgrade(addr, offer):
-    """A raw client: the upgrade (with `offer` as Sec-WebSocket-Extensions, if any); returns the socket and the
-    101's headers (lower-case names)."""
-    import base64
-    import os
-    import socket
-
-    host, port = addr.rsplit(":", 1)
-    s = socket.create_connection((host, int(port)), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        "GET /ws HTTP/1.1",
-        f"Host: {addr}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        "Cookie: session=demo",
-    ]
-    if offer:
-        lines.append(f"Sec-WebSocket-Extensions: {offer}")
-    s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        assert chunk, f"connection closed during the upgrade: {head!r}"
-        head += chunk
-    head, rest = head.split(b"\r\n\r\n", 1)
-    status, *hdrs = head.decode().split("\r\n")
-    assert " 101 " in status, status
-    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in hdrs)}
-    return s, headers, rest
-
-
 @pytest.mark.parametrize("offer", [None, "permessage-deflate; client_max_window_bits"])
 def test_adopted_connection_keeps_the_deflate_the_app_agreed(app, offer):
     """The app answers the offer as the engine would (engine/examples/common: `deflate::accept_offer`) and hands
@@ -113,7 +79,8 @@ def test_adopted_connection_keeps_the_deflate_the_app_agreed(app, offer):
     for a compressible message) and inflates what it gets. Without an offer: no extension, plain frames."""
     import zlib
 
-    s, headers, buf = _raw_upgrade(app.addr, offer)
+    s, status, headers, buf = handshake(app.addr, offer, path="/ws", extra=("Cookie: session=demo",))
+    assert " 101 " in status, status
     try:
         ext = headers.get("sec-websocket-extensions")
         if offer:

@@ -46,6 +46,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from chromium_util import Chromium
 from tetherd_proc import ROOT, Tetherd, run_bounded
+from ws_raw import client_frame
 
 CERTS = ROOT / "tests" / "certs"
 CA = CERTS / "ca.crt"
@@ -204,20 +205,6 @@ UPGRADE = (
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
 ACCEPT = b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-
-
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One masked client frame (FIN set)."""
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class RawTls:
@@ -756,7 +743,7 @@ def test_fragmented_handshake_and_trickled_records(tetherd):
     try:
         raw.handshake()
         payload = os.urandom(2000)
-        raw.send(UPGRADE + frame(0x2, payload) + frame(0x8, struct.pack("!H", 1000) + b"bye"))
+        raw.send(UPGRADE + client_frame(0x2, payload) + client_frame(0x8, struct.pack("!H", 1000) + b"bye"))
         plain, how = raw.read_all(20)
     finally:
         raw.close()
@@ -775,7 +762,7 @@ def test_pipelined_upgrade_and_frames_in_one_record(tetherd):
     srv = tetherd()
     raw = RawTls(port_of(srv)).handshake()
     try:
-        raw.send(UPGRADE + frame(0x1, b"pipelined") + frame(0x8, struct.pack("!H", 1000)))
+        raw.send(UPGRADE + client_frame(0x1, b"pipelined") + client_frame(0x8, struct.pack("!H", 1000)))
         plain, how = raw.read_all(10)
     finally:
         raw.close()
@@ -793,7 +780,7 @@ def test_one_byte_records_and_an_oversized_request(tetherd):
     raw = RawTls(port).handshake()
     try:
         payload = os.urandom(500)
-        for b in UPGRADE + frame(0x2, payload) + frame(0x8, struct.pack("!H", 1000)):
+        for b in UPGRADE + client_frame(0x2, payload) + client_frame(0x8, struct.pack("!H", 1000)):
             raw.obj.write(bytes([b]))
         raw.flush()
         plain, how = raw.read_all(10)

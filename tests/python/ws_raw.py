@@ -1,7 +1,43 @@
-"""Raw WebSocket frames for tests that check what is on the wire (test_deflate.py, test_embed.py)."""
+"""A raw WebSocket client for tests that check what is on the wire (test_deflate.py, test_embed.py,
+test_tls.py): the upgrade, masked client frames, the server's frames as they are."""
 
+import base64
 import os
+import socket
 import struct
+
+
+def handshake(addr: str, extensions: str | None, path: str = "/", extra: tuple[str, ...] = ()):
+    """The upgrade request to `addr` (with `extensions` as Sec-WebSocket-Extensions, if any, and `extra`
+    header lines); returns the socket, the status line, the headers (lower-case names) and any bytes after
+    them."""
+    host, port = addr.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {addr}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *extra,
+    ]
+    if extensions is not None:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed during the handshake: {head!r}"
+        head += chunk
+    head, rest = head.split(b"\r\n\r\n", 1)
+    status, *header_lines = head.decode().split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, value = line.split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    return sock, status, headers, rest
 
 
 def client_frame(opcode: int, payload: bytes, rsv1: bool = False, fin: bool = True) -> bytes:

@@ -15,6 +15,30 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The next data message or Close from a tokio-tungstenite client, skipping pings (tungstenite answers
+/// them) and pongs; panics if none comes within `within`, or the stream ends or fails.
+pub async fn next_data<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    within: Duration,
+) -> tokio_tungstenite::tungstenite::Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(within, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message from the server within {within:?}"))
+            .expect("stream ended")
+            .expect("websocket error");
+        match msg {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => return other,
+        }
+    }
+}
+
 pub mod app;
 pub mod load;
 pub mod netns;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tether_tests::raw::{self, OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT};
-use tether_tests::{block_on_with_timeout, close_lines, closed_with_code, log_field, wait_until, Server};
+use tether_tests::{block_on_with_timeout, close_lines, closed_with_code, log_field, next_data, wait_until, Server};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -24,20 +24,8 @@ async fn connect(server: &Server, path: &str) -> Ws {
     ws
 }
 
-/// The next data message or Close, skipping pings (tungstenite answers them) and pongs.
-async fn next_data(ws: &mut Ws) -> Message {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("no message from the server within 10 s")
-            .expect("stream ended")
-            .expect("websocket error");
-        match msg {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => return other,
-        }
-    }
-}
+/// How long a test waits for the echo of a message.
+const ECHO_WAIT: Duration = Duration::from_secs(10);
 
 #[test]
 fn echoes_text_and_binary() {
@@ -45,20 +33,20 @@ fn echoes_text_and_binary() {
     block_on_with_timeout(LIMIT, async {
         let mut ws = connect(&server, "/").await;
         ws.send(Message::text("hello, tether")).await.unwrap();
-        assert_eq!(next_data(&mut ws).await, Message::text("hello, tether"));
+        assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text("hello, tether"));
 
         let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         ws.send(Message::binary(binary.clone())).await.unwrap();
-        assert_eq!(next_data(&mut ws).await, Message::binary(binary));
+        assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::binary(binary));
 
         // Empty messages and multi-byte UTF-8.
         ws.send(Message::text("")).await.unwrap();
-        assert_eq!(next_data(&mut ws).await, Message::text(""));
+        assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text(""));
         ws.send(Message::binary(Vec::new())).await.unwrap();
-        assert_eq!(next_data(&mut ws).await, Message::binary(Vec::new()));
+        assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::binary(Vec::new()));
         let unicode = "žluťoučký kůň 🐎 — 日本語";
         ws.send(Message::text(unicode)).await.unwrap();
-        assert_eq!(next_data(&mut ws).await, Message::text(unicode));
+        assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text(unicode));
 
         // Many messages in a row come back complete and in order.
         for i in 0..200 {
@@ -66,7 +54,7 @@ fn echoes_text_and_binary() {
         }
         ws.flush().await.unwrap();
         for i in 0..200 {
-            assert_eq!(next_data(&mut ws).await, Message::text(format!("msg {i}")));
+            assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text(format!("msg {i}")));
         }
     });
 }
@@ -78,7 +66,7 @@ fn echoes_on_any_path() {
         for path in ["/", "/chat", "/a/b/c?x=1&y=2"] {
             let mut ws = connect(&server, path).await;
             ws.send(Message::text(path)).await.unwrap();
-            assert_eq!(next_data(&mut ws).await, Message::text(path));
+            assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text(path));
             ws.close(None).await.unwrap();
         }
     });
@@ -91,7 +79,7 @@ fn echoes_200_kb_messages() {
         let mut ws = connect(&server, "/").await;
         let binary: Vec<u8> = (0..200 * 1024).map(|i| (i * 7 % 251) as u8).collect();
         ws.send(Message::binary(binary.clone())).await.unwrap();
-        match next_data(&mut ws).await {
+        match next_data(&mut ws, ECHO_WAIT).await {
             Message::Binary(got) => {
                 assert_eq!(got.len(), binary.len());
                 assert!(got == binary, "200 KB binary echo differs");
@@ -100,7 +88,7 @@ fn echoes_200_kb_messages() {
         }
         let text: String = "0123456789abcdef".repeat(200 * 1024 / 16);
         ws.send(Message::text(text.clone())).await.unwrap();
-        assert_eq!(next_data(&mut ws).await, Message::text(text));
+        assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text(text));
     });
 }
 
@@ -127,7 +115,7 @@ fn answers_client_ping_with_same_payload() {
         }
         // The connection still echoes afterwards.
         ws.send(Message::text("after pings")).await.unwrap();
-        assert_eq!(next_data(&mut ws).await, Message::text("after pings"));
+        assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text("after pings"));
     });
 }
 
@@ -137,9 +125,9 @@ fn clean_close_1000() {
     block_on_with_timeout(LIMIT, async {
         let mut ws = connect(&server, "/").await;
         ws.send(Message::text("before close")).await.unwrap();
-        assert_eq!(next_data(&mut ws).await, Message::text("before close"));
+        assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text("before close"));
         ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).await.unwrap();
-        match next_data(&mut ws).await {
+        match next_data(&mut ws, ECHO_WAIT).await {
             Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Normal),
             other => panic!("expected Close 1000 back, got {other:?}"),
         }

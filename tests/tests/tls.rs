@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tether_tests::{block_on_with_timeout, workspace_root, Server};
+use tether_tests::{block_on_with_timeout, next_data, workspace_root, Server};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -53,19 +53,8 @@ async fn connect(server: &Server, config: &Arc<rustls::ClientConfig>) -> Wss {
     ws
 }
 
-async fn next_data(ws: &mut Wss) -> Message {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("no message from the server within 20 s")
-            .expect("stream ended")
-            .expect("websocket error");
-        match msg {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => return other,
-        }
-    }
-}
+/// How long a test waits for the echo of a message.
+const ECHO_WAIT: Duration = Duration::from_secs(20);
 
 /// 40 connections at once, each echoing messages from empty to 1 MiB (a 1 MiB message is 64 TLS records
 /// each way, and the receive buffers cut records anywhere), text and binary, then a clean close.
@@ -86,10 +75,10 @@ fn tokio_tungstenite_over_rustls_echoes_every_size() {
                     }
                     let bytes: Vec<u8> = (0..size).map(|k| (k * 31 + i + n) as u8).collect();
                     ws.send(Message::binary(bytes.clone())).await.unwrap();
-                    assert_eq!(next_data(&mut ws).await, Message::binary(bytes), "conn {i} size {size}");
+                    assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::binary(bytes), "conn {i} size {size}");
                     let text: String = (0..size).map(|k| char::from(b'a' + ((k + i) % 26) as u8)).collect();
                     ws.send(Message::text(text.clone())).await.unwrap();
-                    assert_eq!(next_data(&mut ws).await, Message::text(text), "conn {i} size {size}");
+                    assert_eq!(next_data(&mut ws, ECHO_WAIT).await, Message::text(text), "conn {i} size {size}");
                 }
                 ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() })).await.unwrap();
                 // The server's Close echo, then the end of the stream.
@@ -125,11 +114,11 @@ fn shutdown_sends_1001_over_tls() {
         // Each works first.
         for ws in conns.iter_mut() {
             ws.send(Message::text("before")).await.unwrap();
-            assert_eq!(next_data(ws).await, Message::text("before"));
+            assert_eq!(next_data(ws, ECHO_WAIT).await, Message::text("before"));
         }
         server.signal(libc::SIGTERM);
         for ws in conns.iter_mut() {
-            match next_data(ws).await {
+            match next_data(ws, ECHO_WAIT).await {
                 Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
                 other => panic!("expected Close 1001, got {other:?}"),
             }
