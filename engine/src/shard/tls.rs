@@ -81,8 +81,9 @@ impl Core {
                 if let Err(f) = conn.stash(data) {
                     return TlsStep::Failed(f);
                 }
-                let generation = self.slots[slot as usize].generation;
-                if !self.tls_waiting.contains(&(slot, generation)) {
+                // Queued once however many receives it defers (a flag, not a search of the queue).
+                if conn.start_waiting() {
+                    let generation = self.slots[slot as usize].generation;
                     self.tls_waiting.push_back((slot, generation));
                 }
                 bump(&self.metrics.tls_handshakes_deferred);
@@ -286,6 +287,9 @@ impl<H: Handler> Shard<H> {
             let s = &self.core.slots[slot as usize];
             if s.generation != generation || !matches!(s.phase, Phase::Handshake | Phase::Open) {
                 continue;
+            }
+            if let Some(t) = self.core.tls.get_mut(slot as usize).and_then(|t| t.as_deref_mut()) {
+                t.stop_waiting();
             }
             let step = self.core.tls_receive(slot, &mut [], &mut plain);
             self.after_tls(slot, step, &mut plain);

@@ -75,6 +75,8 @@ pub struct TlsConn {
     /// Nothing received yet (the first byte tells TLS from plaintext).
     fresh: bool,
     close_notify_sent: bool,
+    /// In its shard's queue of handshakes put off by the per-iteration cap.
+    waiting: bool,
 }
 
 impl TlsConn {
@@ -102,12 +104,23 @@ impl TlsConn {
             established: false,
             fresh: true,
             close_notify_sent: false,
+            waiting: false,
         }
     }
 
     /// Whether the handshake is done (application data may be encrypted).
     pub fn established(&self) -> bool {
         self.established
+    }
+
+    /// Mark the connection as queued for the next iteration's handshake budget; false if it already is.
+    pub fn start_waiting(&mut self) -> bool {
+        !std::mem::replace(&mut self.waiting, true)
+    }
+
+    /// Its turn in the queue came.
+    pub fn stop_waiting(&mut self) {
+        self.waiting = false;
     }
 
     /// Whether TLS records wait to be sent.
