@@ -10,7 +10,8 @@
 # profile: opt-level 1, many codegen units): about 2/3 of the CPU of cargo-fuzz's optimized build with one
 # codegen unit (~10 min from clean on 2 cores), at 2,600 (deflate) to 87,000 (frame) executions per target in
 # 8 s, which is plenty for a smoke run; the long runs of BENCHMARKS.md use the optimized build
-# (FUZZ_RELEASE=1 here). Seconds when fuzz/target is kept. TETHER_SKIP_FUZZ=1 skips it all.
+# (FUZZ_RELEASE=1 here). Seconds when fuzz/target is kept. TETHER_SKIP_FUZZ=1 skips it all; FUZZ_BUILD_ONLY=1
+# builds and stops (scripts/test.sh builds that way, niced, while the other tests run, then runs this again).
 #
 # A long run of one target: copy its seeds to a scratch directory, then
 #   cd fuzz && cargo +nightly fuzz run TARGET SCRATCH -- -runs=10000000
@@ -54,6 +55,10 @@ PROFILE=(--dev)
 [ "${FUZZ_RELEASE:-0}" = 1 ] && PROFILE=()
 log "cargo ${TOOLCHAIN[*]} fuzz build ${PROFILE[*]} (fuzz/target)"
 (cd fuzz && cargo "${TOOLCHAIN[@]}" fuzz build "${PROFILE[@]}")
+if [ "${FUZZ_BUILD_ONLY:-0}" = 1 ]; then
+    log "fuzz targets built (FUZZ_BUILD_ONLY=1)"
+    exit 0
+fi
 
 # --- run -----------------------------------------------------------------------------------------------
 failed=()
