@@ -2,8 +2,9 @@
 //! `cargo run --release -p tether --example echo [ADDR] [PING_SECONDS]`.
 //!
 //! PING_SECONDS sets the server's ping interval (default 20, the engine's; 0 turns server pings off). The
-//! Autobahn|Testsuite run turns them off: its cases record every frame the server sends, a ping included, so
-//! a keepalive ping landing inside a case's few seconds fails that case.
+//! Autobahn|Testsuite run turns them off: its client answers a ping at once, even in the middle of a frame it
+//! is sending in pieces (cases 6.4.3 and 6.4.4), so the pong becomes payload of that frame, and other cases
+//! count the ping as an unexpected event.
 
 use tether::{Config, ConnId, Ctx, Engine, Handler, Message};
 
