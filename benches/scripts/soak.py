@@ -56,6 +56,11 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# The /metrics series kept in samples.json: the loads, and every gauge of what the gateway holds (users,
+# channels, subscriptions, history), to tell a growing structure from allocator behaviour when RSS climbs.
+SAMPLED_METRICS = ("tether_gateway_deliveries_total", "tether_gateway_connections", "tether_gateway_rejections_total",
+                   "tether_connections_open", "tether_gateway_history_publications", "tether_gateway_history_streams",
+                   "tether_gateway_users", "tether_gateway_channels", "tether_gateway_subscriptions")
 TICKS = os.sysconf("SC_CLK_TCK")
 PER_ADDRESS = 8000
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -631,9 +636,7 @@ def main():
             (out / "samples.json").write_text(json.dumps(
                 [{k: v for k, v in s.items() if k != "metrics"} | {
                     "gateway": {f"{n}{dict(l)}": v for (n, l), v in (s.get("metrics") or {}).items()
-                                if n in ("tether_gateway_deliveries_total", "tether_gateway_connections",
-                                         "tether_gateway_rejections_total", "tether_connections_open",
-                                         "tether_gateway_history_publications") and v}}
+                                if n in SAMPLED_METRICS and v}}
                  for s in sampler.samples]))
         if server and server.poll() is None:
             server.send_signal(signal.SIGTERM)
