@@ -1,12 +1,15 @@
-"""Headless Chromium for the browser tests (test_gateway_js.py, test_tls.py): finding the binary, and one
-browser in its own session (process group), killed with everything it started on close()."""
+"""Headless Chromium for the browser tests (test_gateway_js.py, test_tls.py): finding the binary, one
+browser in its own session (process group), killed with everything it started on close(), and a page run
+that waits for the page's report."""
 
 import os
 import pathlib
+import queue
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -72,3 +75,29 @@ class Chromium:
                 pass
         self.stderr_file.close()
         shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def page_report(url: str, reports: "queue.Queue[dict]", limit: float, extra_flags=(), prefix="tether-chromium-",
+                context=lambda: "") -> dict:
+    """Open `url` in headless Chromium and return the first report its page puts in `reports`; the test fails
+    if Chromium exits without one or none comes within `limit` seconds (the message shows Chromium's stderr
+    and `context()`, e.g. the server's log). The browser is closed either way."""
+    browser = Chromium(url, extra_flags, prefix=prefix)
+    try:
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                return reports.get(timeout=0.2)
+            except queue.Empty:
+                pass
+            if browser.proc.poll() is not None:
+                try:
+                    return reports.get(timeout=1)
+                except queue.Empty:
+                    pytest.fail(f"chromium exited without a report\nchromium stderr:\n{browser.stderr_tail()}\n"
+                                f"{context()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no report from the page within {limit} s\nchromium stderr:\n{browser.stderr_tail()}\n"
+                            f"{context()}")
+    finally:
+        browser.close()

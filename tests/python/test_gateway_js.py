@@ -23,14 +23,13 @@ import queue
 import shutil
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from chromium_util import Chromium
+from chromium_util import page_report
 from tetherd_proc import ROOT, Tetherd, run_bounded
 
 NODE_DIR = ROOT / "tests" / "node"
@@ -702,25 +701,8 @@ class PageServer:
 
 def run_page(gw: Gateway, pages: PageServer, limit: float = 45, **query) -> dict:
     url = f"{pages.origin}/?" + urllib.parse.urlencode({"ws": gw.ws_url, **query})
-    browser = Chromium(url, prefix="tether-gw-chromium-")
-    try:
-        deadline = time.monotonic() + limit
-        while True:
-            try:
-                return pages.reports.get(timeout=0.2)
-            except queue.Empty:
-                pass
-            if browser.proc.poll() is not None:
-                try:
-                    return pages.reports.get(timeout=1)
-                except queue.Empty:
-                    pytest.fail(f"chromium exited without a report; requests: {pages.requests}\n"
-                                f"chromium stderr:\n{browser.stderr_tail()}\ntetherd log:\n{gw.log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no report from the page within {limit} s; requests: {pages.requests}\n"
-                            f"chromium stderr:\n{browser.stderr_tail()}\ntetherd log:\n{gw.log_tail()}")
-    finally:
-        browser.close()
+    return page_report(url, pages.reports, limit, prefix="tether-gw-chromium-",
+                       context=lambda: f"requests: {pages.requests}\ntetherd log:\n{gw.log_tail()}")
 
 
 BROWSER_DATA = {"text": "to the browser", "n": 42, "utf8": "żółw ✓", "list": [1, {"a": None}]}

@@ -44,7 +44,7 @@ import requests
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
-from chromium_util import Chromium
+from chromium_util import page_report
 from tetherd_proc import ROOT, Tetherd, run_bounded
 from ws_raw import client_frame
 
@@ -589,24 +589,10 @@ def test_chromium_echo_over_wss(tetherd):
     url = f"{pages.origin}/?" + urllib.parse.urlencode({"ws": ws_url, "deadline_ms": 20000})
     # Chromium does not know the test CA: it is told to let through a chain that holds exactly this key (any
     # other key, e.g. reloaded.crt's, is still refused: the page then reports an error and a 1006).
-    browser = Chromium(url, [f"--ignore-certificate-errors-spki-list={spki_sha256(LEAF_CRT)}"], prefix="tether-tls-chromium-")
     try:
-        deadline = time.monotonic() + 40
-        report = None
-        while report is None:
-            try:
-                report = pages.reports.get(timeout=0.2)
-            except queue.Empty:
-                if browser.proc.poll() is not None:
-                    try:
-                        report = pages.reports.get(timeout=1)
-                    except queue.Empty:
-                        pytest.fail(f"chromium exited without a report; its stderr:\n{browser.stderr_tail()}")
-                elif time.monotonic() > deadline:
-                    pytest.fail(f"no report from the page within 40 s; chromium stderr:\n{browser.stderr_tail()}\n"
-                                "tetherd log:\n" + "\n".join(srv.log[-20:]))
+        report = page_report(url, pages.reports, 40, [f"--ignore-certificate-errors-spki-list={spki_sha256(LEAF_CRT)}"],
+                             prefix="tether-tls-chromium-", context=lambda: "tetherd log:\n" + "\n".join(srv.log[-20:]))
     finally:
-        browser.close()
         pages.close()
     why = f"page report: {report}\ntetherd log:\n" + "\n".join(srv.log[-20:])
     assert report["outcome"] == "done", why

@@ -178,9 +178,5 @@ fn main() {
         PEAK.load(Relaxed) as f64 / (1 << 20) as f64,
         base
     );
-    println!(
-        "size_of UnbufferedClientConnection {} B",
-        std::mem::size_of::<rustls::client::UnbufferedClientConnection>()
-    );
     println!("RSS growth (mimalloc): {} bytes per connection", (rss_after - rss_before) * 1024 / n as i64);
 }
