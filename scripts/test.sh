@@ -72,11 +72,13 @@ bash tests/node/setup.sh
 
 # --- build -----------------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-log "cargo build --release -p tetherd -p tether-load --bins; -p tether -p tetherd --examples"
-cargo build --release -p tetherd -p tether-load --bins
-# The embedding examples (axum, hyper; the gateway beside an axum app) run as apps in tests/tests/embed.rs,
-# tests/python/test_embed.py and tests/python/test_embedded_gateway.py.
-cargo build --release -p tether -p tetherd --examples
+# One build of everything the tests run: `cargo test --no-run` compiles the binaries (target/release/tetherd,
+# tether-load) and the examples (target/release/examples: the embedding apps of tests/tests/embed.rs,
+# test_embed.py and test_embedded_gateway.py, and the echo Autobahn runs against) with the same features as the
+# test crates. A separate `cargo build -p tetherd` would resolve the dependencies' features without the
+# dev-dependencies and compile tokio, hyper, axum, redis and the workspace crates a second time (~3 minutes).
+log "cargo test --workspace --release --no-run (binaries, examples and tests)"
+cargo test --workspace --release --no-run
 export TETHER_EXAMPLES_DIR=${TETHER_EXAMPLES_DIR:-$TARGET_DIR/release/examples}
 export TETHERD_BIN=${TETHERD_BIN:-$TARGET_DIR/release/tetherd}
 export TETHER_LOAD_BIN=${TETHER_LOAD_BIN:-$TARGET_DIR/release/tether-load}
@@ -112,9 +114,18 @@ if ! cargo test --workspace --release --no-fail-fast "$@"; then
     failed+=("cargo test --workspace")
 fi
 
+# The crates' documentation builds without a warning (broken links, undocumented public items of `tether`):
+# in the background like the fuzz build (target/debug and target/doc: no lock shared with target/release), while
+# the Python suites below wait on sockets and deadlines; its result is collected after them.
+doc_log=$TARGET_DIR/doc-build.log
+log "cargo doc --no-deps --workspace in the background (warnings are errors; log: $doc_log)"
+RUSTDOCFLAGS="-D warnings" setsid nice -n 19 cargo doc --no-deps --workspace -q >"$doc_log" 2>&1 &
+doc_pid=$!
+trap 'kill -- -"$fuzz_build_pid" -"$doc_pid" 2>/dev/null || true' EXIT
+
 if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
     log "$PY -m pytest -q tests/python"
-    if ! "$PY" -m pytest -q -p no:cacheprovider tests/python; then
+    if ! "$PY" -m pytest -q -p no:cacheprovider --durations=25 tests/python; then
         failed+=("pytest tests/python")
     fi
 fi
@@ -129,7 +140,7 @@ if [ "${TETHER_SKIP_PYTHON:-0}" != 1 ]; then
     redis_pid=$!
     for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     log "$PY -m pytest (gateway suites on the Redis engine, redis-server on port $redis_port)"
-    if ! TETHER_TEST_REDIS="127.0.0.1:$redis_port" "$PY" -m pytest -q -p no:cacheprovider \
+    if ! TETHER_TEST_REDIS="127.0.0.1:$redis_port" "$PY" -m pytest -q -p no:cacheprovider --durations=10 \
         tests/python/test_gateway_api.py tests/python/test_gateway_hostile.py \
         tests/python/test_gateway_tenants.py; then
         failed+=("pytest gateway suites on the Redis engine")
@@ -152,9 +163,11 @@ python3 tests/autobahn/run.py --agent tether --require-compression \
     --exclude '12.2.*' '12.3.*' '12.4.*' '12.5.*' '13.2.*' '13.3.*' '13.4.*' '13.5.*' '13.6.*' \
     -- "$TETHER_EXAMPLES_DIR/echo" '127.0.0.1:{port}' 0 || failed+=("autobahn fuzzingclient")
 
-# The crates' documentation builds without a warning (broken links, undocumented public items of `tether`).
-log "cargo doc --no-deps --workspace (warnings are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace -q || failed+=("cargo doc")
+log "waiting for cargo doc (log: $doc_log)"
+if ! wait "$doc_pid"; then
+    cat "$doc_log" >&2
+    failed+=("cargo doc")
+fi
 
 log "waiting for the fuzz targets' build (log: $fuzz_build_log)"
 if wait "$fuzz_build_pid"; then

@@ -13,7 +13,7 @@ from centrifuge import ClientState, SubscriptionState
 
 from gateway_util import Gateway, Harness, call_api, subscribed, unique
 
-IDLE_SECONDS = 90
+IDLE_SECONDS = 60  # the upper end of the 30-60 s after which proxies and NATs drop quiet flows
 LIMIT = IDLE_SECONDS + 60
 
 

@@ -56,14 +56,14 @@ fn server_pings_keep_idle_flows_alive_through_the_nat() {
     let server = start_server(&rig, &["--ping-interval", "4s", "--pong-timeout", "4s", "--tcp-keepalive", "off"]);
     let url = url();
     // The client neither pings nor keeps alive: only the server's pings cross the NAT.
-    let args = load_args(&url, "60s", &["--ping-interval", "0", "--tcp-keepalive", "off", "--final-echo", "--strict"]);
+    let args = load_args(&url, "40s", &["--ping-interval", "0", "--tcp-keepalive", "off", "--final-echo", "--strict"]);
     let run = Load::run(Some(&rig.client), &args, Duration::from_secs(150));
     assert_all_held(&run, "server pings every 4s");
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    // 60 s at one ping per 4 s: about 15 per connection reached the client and were answered.
+    // 40 s at one ping per 4 s: about 10 per connection reached the client and were answered.
     let server_pings = run.u("pings.server_pings");
-    assert!(server_pings >= CONNECTIONS * 12, "only {server_pings} server pings reached the clients");
-    assert!(server.counter("tether_pongs_received_total") >= CONNECTIONS * 12);
+    assert!(server_pings >= CONNECTIONS * 8, "only {server_pings} server pings reached the clients");
+    assert!(server.counter("tether_pongs_received_total") >= CONNECTIONS * 8);
 }
 
 #[test]
@@ -71,7 +71,7 @@ fn tcp_keepalive_on_the_server_keeps_idle_flows_alive() {
     let rig = NatRig::new("k", NAT_IDLE_S);
     let server = start_server(&rig, &["--ping-interval", "0", "--tcp-keepalive", "3s,1s,3"]);
     let url = url();
-    let args = load_args(&url, "60s", &["--ping-interval", "0", "--tcp-keepalive", "off", "--final-echo", "--strict"]);
+    let args = load_args(&url, "40s", &["--ping-interval", "0", "--tcp-keepalive", "off", "--final-echo", "--strict"]);
     let run = Load::run(Some(&rig.client), &args, Duration::from_secs(150));
     assert_all_held(&run, "server TCP keepalive 3s");
     assert_eq!(run.code, Some(0), "{}", run.describe());
@@ -87,7 +87,7 @@ fn tcp_keepalive_on_the_client_keeps_idle_flows_alive() {
     let server = start_server(&rig, &["--ping-interval", "0", "--tcp-keepalive", "off"]);
     let url = url();
     let args =
-        load_args(&url, "60s", &["--ping-interval", "0", "--tcp-keepalive", "3s,1s,3", "--final-echo", "--strict"]);
+        load_args(&url, "40s", &["--ping-interval", "0", "--tcp-keepalive", "3s,1s,3", "--final-echo", "--strict"]);
     let run = Load::run(Some(&rig.client), &args, Duration::from_secs(150));
     assert_all_held(&run, "client TCP keepalive 3s");
     assert_eq!(run.code, Some(0), "{}", run.describe());
