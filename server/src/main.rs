@@ -18,6 +18,7 @@ use tetherd::gateway::{Gateway, GatewayHandler};
 
 use crate::app::App;
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
