@@ -130,6 +130,13 @@ counters! {
     deliveries => "deliveries", Counter, "Topic publications queued to subscribers";
     topics => "topics", Gauge, "Topics with at least one subscriber";
     subscriptions => "subscriptions", Gauge, "Connection-topic subscriptions";
+    send_pool_bytes => "send_pool_bytes", Gauge, "Capacity of the idle output buffers a shard keeps for reuse";
+}
+
+/// Sets a gauge. The shard is its only writer.
+#[inline]
+pub(crate) fn set(gauge: &AtomicU64, v: u64) {
+    gauge.store(v, Relaxed);
 }
 
 /// Adds one to a counter. The shard is its only writer.

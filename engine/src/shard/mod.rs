@@ -30,6 +30,7 @@ mod close;
 mod inbox;
 mod lifecycle;
 mod ops;
+mod pool;
 mod recv;
 mod send;
 mod slot;
@@ -89,9 +90,8 @@ impl ProfileRt {
 /// still being handled.
 const SUBMIT_EVERY: usize = 512;
 
-/// Reusable send buffers, so a busy connection does not allocate per send and an idle one holds none.
-const POOL_MAX: usize = 1024;
-const POOL_BUF_MAX: usize = 64 << 10;
+/// Scratch buffers larger than this are freed rather than kept (the pool's own bound, `pool.rs`).
+const POOL_BUF_MAX: usize = pool::BUF_MAX;
 
 /// One ring's accept state: its own SO_REUSEPORT listener (the kernel spreads new connections evenly over all
 /// of them, so the rings of a thread fill evenly and a burst has every listener's backlog to wait in) and its
@@ -142,7 +142,8 @@ pub(crate) struct Core {
     dirty: Vec<u32>,
     /// Slots whose receive ended for want of a provided buffer, re-armed after the batch.
     starved: Vec<u32>,
-    pool: Vec<Vec<u8>>,
+    /// Idle output buffers (`pool.rs`).
+    pool: pool::Pool,
     /// Outbound connections waiting for their socket op (or their start time): the socket op's tag and the
     /// wheel key (`connect_key_base + index`) name an entry here.
     pending_connects: Vec<Option<Box<ConnectRequest>>>,
@@ -399,7 +400,7 @@ impl Core {
             drain_requested: Duration::ZERO,
             dirty: Vec::new(),
             starved: Vec::new(),
-            pool: Vec::new(),
+            pool: pool::Pool::default(),
             pending_connects: Vec::new(),
             pending_adopts: Vec::new(),
             connect_key_base: slots as u32,

@@ -17,10 +17,10 @@
 //! iteration goes out in one `send` (or one `sendmsg` when shared frames are spliced in).
 
 use super::slot::{flag, Phase};
-use super::{Core, POOL_BUF_MAX, POOL_MAX};
+use super::Core;
 use crate::config::SendQueuePolicy;
 use crate::handle::SendError;
-use crate::metrics::{add, bump};
+use crate::metrics::{add, bump, set};
 use crate::prepared::Prepared;
 use crate::proto::{CloseCause, CloseInfo, Initiator, MessageKind};
 use crate::ring::{self, Completion, SendBuf};
@@ -152,19 +152,25 @@ impl Core {
         self.rearm(slot);
     }
 
-    pub(super) fn give_back(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() > 0 && buf.capacity() <= POOL_BUF_MAX && self.pool.len() < POOL_MAX {
-            buf.clear();
-            self.pool.push(buf);
-        }
+    pub(super) fn give_back(&mut self, buf: Vec<u8>) {
+        self.pool.give_back(buf);
+        set(&self.metrics.send_pool_bytes, self.pool.bytes() as u64);
+    }
+
+    /// An empty buffer from the pool (or a new one).
+    pub(super) fn take_buf(&mut self) -> Vec<u8> {
+        let buf = self.pool.take();
+        set(&self.metrics.send_pool_bytes, self.pool.bytes() as u64);
+        buf
     }
 
     /// Give the slot a pooled output buffer if it has none, so writes do not allocate.
     pub(super) fn lend_out(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         if s.out.capacity() == 0 && s.out.is_empty() {
-            if let Some(buf) = self.pool.pop() {
+            if let Some(buf) = self.pool.take_pooled() {
                 s.out = SendBuf::with_bytes(buf);
+                set(&self.metrics.send_pool_bytes, self.pool.bytes() as u64);
             }
         }
     }
