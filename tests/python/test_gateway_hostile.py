@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from gateway_util import API_KEY, BASE_CONFIG, SECRET, WS_PATH, Gateway, Peer, make_token, unique
+from ws_raw import client_frame as ws_frame  # a masked client frame (RFC 6455 §5.2)
 
 LIMIT = 30  # seconds, per test
 
@@ -66,20 +67,6 @@ async def peers(gw: Gateway):
     finally:
         for p in made:
             await p.aclose()
-
-
-def ws_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A masked client frame (RFC 6455 §5.2)."""
-    mask = b"\x5a\xa5\x3c\xc3"
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 # --- the server's side: metrics, API, health ------------------------------------------------------------
