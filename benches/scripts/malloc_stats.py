@@ -17,27 +17,19 @@ import argparse
 import pathlib
 import re
 import subprocess
+import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from soak import fit_slope, rss_kib  # noqa: E402  (the soak's RSS reader and least-squares fit)
 
 TOTAL = re.compile(r"Total \(incl\. mmap\):\s*\n\s*system bytes\s*=\s*(\d+)\s*\n\s*in use bytes\s*=\s*(\d+)")
 
 
-def rss_kib(pid):
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def slope(points):
-    """Least-squares slope of (t seconds, value) in value per hour."""
-    n = len(points)
-    if n < 2:
-        return float("nan")
-    mt = sum(t for t, _ in points) / n
-    mv = sum(v for _, v in points) / n
-    den = sum((t - mt) ** 2 for t, _ in points)
-    return sum((t - mt) * (v - mv) for t, v in points) / den * 3600 if den else float("nan")
+def per_hour(points):
+    """The least-squares slope of (t seconds, MiB) points in MiB/hour, as text ("n/a" below 3 points)."""
+    slope = fit_slope(points)
+    return "n/a" if slope is None else f"{slope * 3600:.1f}"
 
 
 def sample(pid, log):
@@ -69,13 +61,13 @@ def main():
             time.sleep(args.interval)
         sys_b, use_b = sample(args.pid, args.stderr_log)
         t = time.monotonic() - start
-        r = rss_kib(args.pid) / 1024
+        r = (rss_kib(args.pid) or 0) / 1024
         rss.append((t, r))
         system.append((t, sys_b / 2**20))
         in_use.append((t, use_b / 2**20))
         print(f"{time.strftime('%H:%M:%S', time.gmtime())}  {t:9.0f}  {r:7.1f}  {sys_b / 2**20:10.1f}  "
               f"{use_b / 2**20:10.1f}", flush=True)
-    print(f"slope MiB/h: rss {slope(rss):.1f}, system {slope(system):.1f}, in use {slope(in_use):.1f}")
+    print(f"slope MiB/h: rss {per_hour(rss)}, system {per_hour(system)}, in use {per_hour(in_use)}")
 
 
 if __name__ == "__main__":
