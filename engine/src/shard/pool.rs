@@ -21,19 +21,8 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// An empty buffer: a pooled one if there is one, else a new one (no allocation until written to).
-    pub fn take(&mut self) -> Vec<u8> {
-        match self.bufs.pop() {
-            Some(buf) => {
-                self.bytes -= buf.capacity();
-                buf
-            }
-            None => Vec::new(),
-        }
-    }
-
-    /// A pooled buffer, if there is one.
-    pub fn take_pooled(&mut self) -> Option<Vec<u8>> {
+    /// A pooled (empty) buffer, if there is one.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
         let buf = self.bufs.pop()?;
         self.bytes -= buf.capacity();
         Some(buf)
@@ -70,7 +59,7 @@ mod tests {
         assert!(pool.bytes() <= MAX_BYTES);
         assert_eq!(pool.bytes(), pool.bufs.iter().map(Vec::capacity).sum::<usize>());
         // Taking gives the capacity back to the budget.
-        let b = pool.take();
+        let b = pool.take().expect("a pooled buffer");
         assert_eq!(b.capacity(), BUF_MAX);
         assert!(b.is_empty());
         assert_eq!(pool.bytes(), MAX_BYTES - BUF_MAX);
@@ -83,11 +72,10 @@ mod tests {
         pool.give_back(Vec::new());
         assert_eq!((pool.bufs.len(), pool.bytes()), (0, 0));
         pool.give_back(vec![7u8; 100]);
-        let b = pool.take_pooled().expect("a pooled buffer");
+        let b = pool.take().expect("a pooled buffer");
         assert!(b.is_empty() && b.capacity() >= 100);
         assert_eq!(pool.bytes(), 0);
-        assert!(pool.take_pooled().is_none());
-        assert_eq!(pool.take().capacity(), 0);
+        assert!(pool.take().is_none());
     }
 
     #[test]

@@ -157,20 +157,19 @@ impl Core {
         set(&self.metrics.send_pool_bytes, self.pool.bytes() as u64);
     }
 
-    /// An empty buffer from the pool (or a new one).
-    pub(super) fn take_buf(&mut self) -> Vec<u8> {
-        let buf = self.pool.take();
+    /// A pooled (empty) buffer, if there is one.
+    pub(super) fn pooled(&mut self) -> Option<Vec<u8>> {
+        let buf = self.pool.take()?;
         set(&self.metrics.send_pool_bytes, self.pool.bytes() as u64);
-        buf
+        Some(buf)
     }
 
     /// Give the slot a pooled output buffer if it has none, so writes do not allocate.
     pub(super) fn lend_out(&mut self, slot: u32) {
-        let s = &mut self.slots[slot as usize];
+        let s = &self.slots[slot as usize];
         if s.out.capacity() == 0 && s.out.is_empty() {
-            if let Some(buf) = self.pool.take_pooled() {
-                s.out = SendBuf::with_bytes(buf);
-                set(&self.metrics.send_pool_bytes, self.pool.bytes() as u64);
+            if let Some(buf) = self.pooled() {
+                self.slots[slot as usize].out = SendBuf::with_bytes(buf);
             }
         }
     }

@@ -150,7 +150,7 @@ impl Core {
     /// (once established), then a close_notify when a closing connection flushes. `None`: nothing to send
     /// (or TLS failed: the slot is torn down).
     pub(super) fn tls_wire(&mut self, slot: u32) -> Option<SendBuf> {
-        let mut wire = self.take_buf();
+        let mut wire = self.pooled().unwrap_or_default();
         let idx = slot as usize;
         let mut scratch = std::mem::take(&mut self.tls_scratch);
         let s = &mut self.slots[idx];
