@@ -61,7 +61,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SAMPLED_METRICS = ("tether_gateway_deliveries_total", "tether_gateway_connections", "tether_gateway_rejections_total",
                    "tether_connections_open", "tether_gateway_history_publications", "tether_gateway_history_streams",
                    "tether_gateway_users", "tether_gateway_channels", "tether_gateway_subscriptions",
-                   "tether_send_pool_bytes")
+                   "tether_send_pool_bytes", "tether_gateway_table_bytes")
 TICKS = os.sysconf("SC_CLK_TCK")
 PER_ADDRESS = 8000
 LIBC = ctypes.CDLL(None, use_errno=True)

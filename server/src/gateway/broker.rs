@@ -431,6 +431,13 @@ impl Broker {
         (channels, subs, entries, streams)
     }
 
+    /// Bytes the channel tables have allocated (bucket arrays only; see [`Registry::table_bytes`]).
+    ///
+    /// [`Registry::table_bytes`]: super::registry::Registry::table_bytes
+    pub fn table_bytes(&self) -> usize {
+        self.stripes.iter().map(|s| s.lock().allocation_size()).sum()
+    }
+
     /// Forgets streams whose entries and meta have expired, one stripe at a time.
     pub fn sweep(&self, now: Instant, ns_of: impl Fn(&str) -> Option<NamespaceOptions>) {
         for stripe in self.stripes.iter() {

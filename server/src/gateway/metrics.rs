@@ -215,6 +215,14 @@ pub fn register(tenants: &Tenants, r: &mut Registry) {
     rows.gauge(r, "subscriptions", "Client subscriptions to channels", move |gw| one(node(gw).1));
     rows.gauge(r, "history_publications", "Publications held in history streams", |gw| one(gw.broker.totals().2));
     rows.gauge(r, "history_streams", "Channels with a history stream", |gw| one(gw.broker.totals().3));
+    rows.gauge(r, "table_bytes", "Bytes held by the gateway's hash tables (bucket arrays), by table", |gw| {
+        let (users, clients) = gw.registry.table_bytes();
+        vec![
+            (vec![("table", "users".into())], users as u64),
+            (vec![("table", "clients".into())], clients as u64),
+            (vec![("table", "channels".into())], gw.broker.table_bytes() as u64),
+        ]
+    });
     rows.counter(r, "connects", "Successful connect commands", |gw| one(gw.metrics.connects.load(Relaxed)));
     rows.counter(r, "disconnects", "Connected clients that went away", |gw| {
         one(gw.metrics.disconnects_connected.load(Relaxed))

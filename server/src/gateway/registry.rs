@@ -107,6 +107,19 @@ impl Registry {
         }
         (clients, users, anonymous)
     }
+
+    /// Bytes the user and the client tables have allocated (their bucket arrays; what an entry points to is
+    /// not counted). Under churn a hash table fills with tombstones and doubles once instead of rehashing in
+    /// place; this gauge shows whether and when that happens, and that it stops there.
+    pub fn table_bytes(&self) -> (usize, usize) {
+        let (mut users, mut clients) = (0, 0);
+        for stripe in self.stripes.iter() {
+            let s = stripe.lock();
+            users += s.users.allocation_size();
+            clients += s.clients.allocation_size();
+        }
+        (users, clients)
+    }
 }
 
 #[cfg(test)]
@@ -136,5 +149,36 @@ mod tests {
         r.remove("42", [2; 16], conn(2));
         assert!(r.select("42", None).is_empty());
         assert_eq!(r.counts(), (2, 0));
+    }
+
+    /// Churn at a steady size (every connection replaced by a new one, many times over) grows the tables at
+    /// most to the next power of two once, never without bound.
+    #[test]
+    fn churn_at_a_steady_size_has_a_ceiling() {
+        let r = Registry::default();
+        let held = 20_000u64;
+        let id = |n: u64| {
+            let mut c = [0u8; 16];
+            c[..8].copy_from_slice(&n.to_le_bytes());
+            c
+        };
+        let user = |n: u64| -> Arc<str> { n.to_string().into() };
+        for n in 0..held {
+            assert!(r.add(&user(n), id(n), conn(n), 0));
+        }
+        let (users0, clients0) = r.table_bytes();
+        assert!(users0 > 0 && clients0 > 0);
+        let (mut users_max, mut clients_max) = (0, 0);
+        for n in held..held * 30 {
+            let old = n - held;
+            r.remove(&user(old), id(old), conn(old));
+            assert!(r.add(&user(n), id(n), conn(n), 0));
+            let (u, c) = r.table_bytes();
+            users_max = users_max.max(u);
+            clients_max = clients_max.max(c);
+        }
+        assert_eq!(r.counts(), (held as usize, held as usize));
+        assert!(users_max <= users0 * 2 + 64 * STRIPES, "users table {users0} -> {users_max} bytes");
+        assert!(clients_max <= clients0 * 2 + 64 * STRIPES, "clients table {clients0} -> {clients_max} bytes");
     }
 }
