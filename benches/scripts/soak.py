@@ -548,6 +548,9 @@ def main():
                     help="before each phase, wait this long at most for tetherd to answer /healthz")
     ap.add_argument("--shards", type=int, default=0, help="tetherd --shards")
     ap.add_argument("--port", type=int, default=19500)
+    ap.add_argument("--max-connections", type=int, default=0,
+                    help="tetherd --max-connections (0: the connections, flood clients and a quarter more); it sizes "
+                         "the descriptor tables, which churn walks through in full over time")
     ap.add_argument("--delivery-hgrm", action="store_true", help="a delivery latency .hgrm per tenant and phase")
     ap.add_argument("--out", default=str(ROOT / "target/soak" / time.strftime("%Y%m%d-%H%M%S")))
     args = ap.parse_args()
@@ -566,7 +569,7 @@ def main():
         path.write_text(json.dumps(tenant_config(args, t, shares[t], t == args.flood_tenant), indent=1))
         tenant_args += ["--tenant", f"{t}={path}"]
     flood_total = args.flood_connections + args.storm_connections
-    max_conns = args.connections + flood_total + args.connections // 4 + 10_000
+    max_conns = args.max_connections or args.connections + flood_total + args.connections // 4 + 10_000
 
     children = Children()
 
