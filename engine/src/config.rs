@@ -159,6 +159,16 @@ pub struct Config {
     /// Bytes in each provided receive buffer (at least 256, else [`Engine::start`](crate::Engine::start)
     /// fails). Default 4096.
     pub recv_buffer_size: u32,
+    /// Bytes in each large receive buffer; 0 = no large buffers. A plaintext connection one of whose frames
+    /// spans more than one `recv_buffer_size` buffer is moved, once, to receive into a second pool of the
+    /// ring: `recv_large_buffers` buffers of this size, allocated when the ring first needs them. A large
+    /// message then usually lands whole in one buffer and reaches the handler in place, instead of arriving
+    /// in many completions and being copied together. Must be larger than `recv_buffer_size`, else
+    /// [`Engine::start`](crate::Engine::start) fails. Default 64 KiB.
+    pub recv_large_buffer_size: u32,
+    /// Large receive buffers per ring (a power of two, at most 32768). Default 64: 4 MiB per ring that
+    /// has a connection sending large frames.
+    pub recv_large_buffers: u16,
     /// Submission queue entries per ring (the completion queue gets four times as many).
     pub ring_entries: u32,
     /// Registered file table slots per ring; 0 = RLIMIT_NOFILE (the kernel caps it there).
@@ -223,6 +233,8 @@ impl Default for Config {
             send_queue_policy: SendQueuePolicy::Close,
             recv_buffers: 0,
             recv_buffer_size: 4096,
+            recv_large_buffer_size: 64 << 10,
+            recv_large_buffers: 64,
             ring_entries: 4096,
             slots_per_shard: 0,
             max_http_body: 1 << 20,

@@ -92,6 +92,8 @@ settings! {
     tls_handshakes_per_loop: "TETHER_TLS_HANDSHAKES_PER_LOOP", "N", "TLS handshake steps a shard takes per loop iteration at most (the rest wait, so a handshake flood cannot starve open connections)";
     recv_buffers: "TETHER_RECV_BUFFERS", "N", "Provided receive buffers per shard, a power of two <= 32768; 0 = auto (2048, fewer each when there are more shards than cores)";
     recv_buffer_size: "TETHER_RECV_BUFFER_SIZE", "BYTES", "Size of each receive buffer";
+    recv_large_buffer_size: "TETHER_RECV_LARGE_BUFFER_SIZE", "BYTES", "Size of each large receive buffer: a plaintext connection whose frame spans more than one receive buffer moves to these (a second pool per ring, allocated on first use); larger than --recv-buffer-size, 0 = none";
+    recv_large_buffers: "TETHER_RECV_LARGE_BUFFERS", "N", "Large receive buffers per ring, a power of two <= 32768";
     ring_entries: "TETHER_RING_ENTRIES", "N", "Submission queue entries per ring";
     slots_per_shard: "TETHER_SLOTS_PER_SHARD", "N", "Registered file slots per ring, 0 = RLIMIT_NOFILE";
     max_http_body: "TETHER_MAX_HTTP_BODY", "BYTES", "Largest body of a plain HTTP request (413 beyond)";
@@ -335,6 +337,9 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         recv_buffers: pick!(r, cli, recv_buffers, parse_recv_buffers).unwrap_or(d.recv_buffers),
         recv_buffer_size: pick!(r, cli, recv_buffer_size, size_in(64, 1 << 20))
             .map_or(d.recv_buffer_size, |n| n as u32),
+        recv_large_buffer_size: pick!(r, cli, recv_large_buffer_size, size_in(0, 16 << 20))
+            .map_or(d.recv_large_buffer_size, |n| n as u32),
+        recv_large_buffers: pick!(r, cli, recv_large_buffers, parse_large_buffers).unwrap_or(d.recv_large_buffers),
         ring_entries: pick!(r, cli, ring_entries, int_in(8, 32768)).map_or(d.ring_entries, |n| n as u32),
         slots_per_shard: pick!(r, cli, slots_per_shard, int_in(0, 1 << 24)).map_or(d.slots_per_shard, |n| n as u32),
         max_http_body: pick!(r, cli, max_http_body, size_in(0, u32::MAX.into()))
@@ -604,6 +609,15 @@ pub fn parse_recv_buffers(s: &str) -> Result<u16, String> {
     Ok(n as u16)
 }
 
+/// Large buffers per ring: a power of two from 1 to 32768.
+pub fn parse_large_buffers(s: &str) -> Result<u16, String> {
+    let n = parse_int(s, 1, 32768)?;
+    if !n.is_power_of_two() {
+        return Err("must be a power of two (1, 2, 4 ... 32768)".into());
+    }
+    Ok(n as u16)
+}
+
 /// A tracing EnvFilter: a level (`debug`) or directives (`info,tether=trace`).
 pub fn parse_log(s: &str) -> Result<String, String> {
     if s.is_empty() {
@@ -686,6 +700,8 @@ impl Settings {
         line("deflate_level", c.deflate_level.to_string());
         line("recv_buffers", c.recv_buffers.to_string());
         line("recv_buffer_size", quoted(&format_size(c.recv_buffer_size as u64)));
+        line("recv_large_buffer_size", quoted(&format_size(c.recv_large_buffer_size as u64)));
+        line("recv_large_buffers", c.recv_large_buffers.to_string());
         line("ring_entries", c.ring_entries.to_string());
         line("slots_per_shard", c.slots_per_shard.to_string());
         line("max_http_body", quoted(&format_size(c.max_http_body as u64)));
@@ -986,6 +1002,9 @@ mod tests {
         assert_eq!(parse_recv_buffers("0"), Ok(0));
         assert!(parse_recv_buffers("3000").is_err());
         assert!(parse_recv_buffers("65536").is_err());
+        assert_eq!(parse_large_buffers("64"), Ok(64));
+        assert!(parse_large_buffers("0").is_err());
+        assert!(parse_large_buffers("48").is_err());
         assert_eq!(parse_policy("Drop"), Ok(SendQueuePolicy::Drop));
         assert!(parse_listen("[::1]:9001").is_ok());
         assert!(parse_listen("localhost:9001").is_ok());

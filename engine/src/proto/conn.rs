@@ -26,6 +26,7 @@ use super::frame::{
     parse_header, valid_close_code, write_close, write_frame, FrameHeader, ProtocolError, MAX_CONTROL_PAYLOAD,
     OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
+use super::spares::Spares;
 
 /// RSV1 in a frame header's `rsv` (bits 6..4 of the first byte, shifted down): permessage-deflate's "this
 /// message is compressed", on the first frame of a data message only.
@@ -194,6 +195,8 @@ pub struct Connection {
     pub writer: Writer,
     /// The compression state a shard would share (this connection's own, here; boxed, it is 96 bytes).
     pub codec: Box<Codec>,
+    /// The spare reassembly buffers a shard would share (this connection's own, here).
+    pub spares: Spares,
 }
 
 /// The receiving half: what a frame or message in progress needs. `Default` is the empty reader of a
@@ -277,7 +280,12 @@ impl Connection {
     /// Open state; `seed` feeds the xorshift used for client-role mask keys; the first ping is due one
     /// ping_interval after `now` (see [`Writer::new`]; `_cfg` is not kept: every call takes the config).
     pub fn new(role: Role, now: Instant, _cfg: &ProtoConfig, seed: u64) -> Self {
-        Connection { reader: Reader::default(), writer: Writer::new(role, now, seed), codec: Box::default() }
+        Connection {
+            reader: Reader::default(),
+            writer: Writer::new(role, now, seed),
+            codec: Box::default(),
+            spares: Spares::default(),
+        }
     }
 
     /// Server or client, fixed at creation.
@@ -293,7 +301,7 @@ impl Connection {
         now: Instant,
         cfg: &ProtoConfig,
     ) -> Option<Event<'a>> {
-        self.reader.poll_event(&mut self.writer, &mut self.codec, input, out, now, cfg)
+        self.reader.poll_event(&mut self.writer, &mut self.codec, &mut self.spares, input, out, now, cfg)
     }
 
     /// See [`Writer::send_message`].
@@ -354,11 +362,14 @@ impl Reader {
     /// Consume bytes from `input` and return the next event, or None when input is exhausted.
     /// Call in a loop until None. Control replies are appended to `out` through `writer`. `codec` is the
     /// shard's permessage-deflate state: compressed messages (when `writer` negotiated deflate) are inflated
-    /// with it, capped at `cfg.max_message_size`.
+    /// with it, capped at `cfg.max_message_size`. `spares` are the shard's spare buffers: a frame that spans
+    /// inputs, a fragmented or an inflated message is assembled in one, and it goes back once delivered.
+    #[allow(clippy::too_many_arguments)]
     pub fn poll_event<'a>(
         &'a mut self,
         writer: &mut Writer,
         codec: &mut Codec,
+        spares: &mut Spares,
         input: &'a mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -366,11 +377,11 @@ impl Reader {
     ) -> Option<Event<'a>> {
         loop {
             if self.release_partial {
-                self.partial = Vec::new();
+                spares.give(std::mem::take(&mut self.partial));
                 self.release_partial = false;
             }
             if self.rx.release_message {
-                self.rx.message = Vec::new();
+                spares.give(std::mem::take(&mut self.rx.message));
                 self.rx.release_message = false;
             }
             if matches!(writer.state, State::Closed) {
@@ -378,9 +389,9 @@ impl Reader {
                 return None;
             }
             let action = if self.partial.is_empty() {
-                self.step_input(writer, codec, input, out, now, cfg)?
+                self.step_input(writer, codec, spares, input, out, now, cfg)?
             } else {
-                self.step_partial(writer, codec, input, out, now, cfg)?
+                self.step_partial(writer, codec, spares, input, out, now, cfg)?
             };
             if matches!(action, Action::Closed(_)) {
                 self.release_partial = true;
@@ -412,10 +423,12 @@ impl Reader {
     }
 
     /// Next frame from the input itself (no partial frame pending). None: input exhausted.
+    #[allow(clippy::too_many_arguments)]
     fn step_input(
         &mut self,
         w: &mut Writer,
         z: &mut Codec,
+        spares: &mut Spares,
         input: &mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -423,10 +436,13 @@ impl Reader {
     ) -> Option<Action> {
         let start = input.pos;
         let buf = input.data.get_mut(start..).filter(|b| !b.is_empty())?;
-        let mut sm = Machine { rx: &mut self.rx, w, z, max: cfg.max_message_size };
+        let mut sm = Machine { rx: &mut self.rx, w, z, spares, max: cfg.max_message_size };
         let header = match parse_header(buf) {
             Err(e) => return Some(sm.fail(out, e)),
             Ok(None) => {
+                if self.partial.capacity() == 0 {
+                    self.partial = sm.spares.take();
+                }
                 self.partial.extend_from_slice(buf);
                 input.pos = input.data.len();
                 return None;
@@ -439,6 +455,9 @@ impl Reader {
         };
         sm.w.alive();
         if buf.len() < total {
+            if self.partial.capacity() == 0 {
+                self.partial = sm.spares.take();
+            }
             grow_partial(&mut self.partial, buf.len(), total);
             self.partial.extend_from_slice(buf);
             input.pos = input.data.len();
@@ -454,10 +473,12 @@ impl Reader {
     }
 
     /// Continue the frame started in `partial` with bytes from input. None: still incomplete.
+    #[allow(clippy::too_many_arguments)]
     fn step_partial(
         &mut self,
         w: &mut Writer,
         z: &mut Codec,
+        spares: &mut Spares,
         input: &mut Input<'_>,
         out: &mut Vec<u8>,
         now: Instant,
@@ -466,7 +487,7 @@ impl Reader {
         if input.is_empty() {
             return None;
         }
-        let mut sm = Machine { rx: &mut self.rx, w, z, max: cfg.max_message_size };
+        let mut sm = Machine { rx: &mut self.rx, w, z, spares, max: cfg.max_message_size };
         // Whether the header completes with this input (a frame starting) or came with an earlier one.
         let mut fresh = false;
         let header = loop {
@@ -539,6 +560,11 @@ impl Reader {
     /// Heap bytes held by the receive buffers (0 when idle).
     pub fn buffered_capacity(&self) -> usize {
         self.partial.capacity() + self.rx.message.capacity()
+    }
+
+    /// Bytes of a frame that did not fit the inputs so far (0 when frames end on input boundaries).
+    pub fn assembling(&self) -> usize {
+        self.partial.len()
     }
 }
 
@@ -800,6 +826,7 @@ struct Machine<'s> {
     rx: &'s mut Rx,
     w: &'s mut Writer,
     z: &'s mut Codec,
+    spares: &'s mut Spares,
     /// The profile's max_message_size: the bound on an inflated message.
     max: usize,
 }
@@ -885,6 +912,7 @@ impl Machine<'_> {
                 if !open {
                     return Action::Nothing;
                 }
+                self.message_room();
                 self.rx.message.extend_from_slice(payload);
                 self.rx.utf8_valid_to = 0;
                 self.continue_message(kind, false, out)
@@ -907,7 +935,9 @@ impl Machine<'_> {
                     }
                     self.rx.compressed = false;
                     let compressed = std::mem::take(&mut self.rx.message);
-                    return self.inflate(kind, &compressed, out);
+                    let action = self.inflate(kind, &compressed, out);
+                    self.spares.give(compressed);
+                    return action;
                 }
                 self.continue_message(kind, h.fin, out)
             }
@@ -948,6 +978,7 @@ impl Machine<'_> {
             self.rx.fragment = Some(kind);
             self.rx.compressed = true;
             if open {
+                self.message_room();
                 self.rx.message.extend_from_slice(payload);
             }
             return Action::Nothing;
@@ -961,6 +992,7 @@ impl Machine<'_> {
     /// Inflate a whole compressed message into `message` (capped at max_message_size: 1009 past it),
     /// check a Text message's UTF-8, deliver it.
     fn inflate(&mut self, kind: MessageKind, compressed: &[u8], out: &mut Vec<u8>) -> Action {
+        self.message_room();
         let mut inflated = std::mem::take(&mut self.rx.message);
         if let Err(e) = self.z.inflate(self.w.own_streams(), compressed, self.max, &mut inflated) {
             return self.fail(out, e);
@@ -972,6 +1004,13 @@ impl Machine<'_> {
         self.rx.utf8_valid_to = 0;
         self.rx.release_message = true;
         Action::Message(kind, Src::Message)
+    }
+
+    /// A message starts in `message`: start it in a spare buffer.
+    fn message_room(&mut self) {
+        if self.rx.message.capacity() == 0 {
+            self.rx.message = self.spares.take();
+        }
     }
 
     /// After appending a fragment to `message`: check UTF-8 so far, deliver on the final one.
@@ -1219,6 +1258,35 @@ mod tests {
             assert_eq!(c.buffered_capacity(), 0);
             assert!(out.is_empty());
         }
+    }
+
+    #[test]
+    fn reassembly_buffers_go_back_to_the_spares() {
+        // A frame spanning inputs is assembled in a spare buffer; once delivered the buffer is kept, and the
+        // next large frame starts in it (no allocation, no regrowth).
+        let payload = vec![5u8; 16 << 10];
+        let bytes = cframe(true, OP_BINARY, &payload);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut c = server(now);
+        let cuts = [4096, 8192, 12288];
+        assert_eq!(feed_chunks(&mut c, &bytes, &cuts, &mut out, now), [Ev::Msg(MessageKind::Binary, payload.clone())]);
+        let kept = c.spares.held_bytes();
+        assert!(kept >= bytes.len(), "the delivered frame's buffer is kept: {kept}");
+        assert_eq!(c.buffered_capacity(), 0, "an idle connection holds no buffer");
+        assert!(feed(&mut c, &bytes[..4096], &mut out, now, &cfg()).is_empty());
+        assert_eq!(c.spares.held_bytes(), 0, "the next frame took the kept buffer");
+        assert_eq!(c.buffered_capacity(), kept, "with its room: no regrowth");
+        assert_eq!(feed(&mut c, &bytes[4096..], &mut out, now, &cfg()), [Ev::Msg(MessageKind::Binary, payload)]);
+        assert_eq!(c.spares.held_bytes(), kept);
+        // A fragmented message is assembled the same way.
+        let mut stream = cframe(false, OP_BINARY, &[1; 6000]);
+        stream.extend(cframe(true, OP_CONTINUATION, &[2; 6000]));
+        let mut want = vec![1u8; 6000];
+        want.extend([2u8; 6000]);
+        assert_eq!(feed(&mut c, &stream, &mut out, now, &cfg()), [Ev::Msg(MessageKind::Binary, want)]);
+        assert_eq!(c.spares.held_bytes(), kept, "the message went back where it came from");
+        assert!(out.is_empty());
     }
 
     fn fragmented_stream() -> Vec<u8> {

@@ -7,8 +7,10 @@ pub mod conn;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
+pub mod spares;
 
 pub use close::{CloseCause, CloseInfo, Initiator};
 pub use conn::{Connection, Event, Input, MessageKind, ProtoConfig, Reader, Role, SendError, Writer};
 pub use deflate::{Codec, Deflate, PerConn};
 pub use frame::ProtocolError;
+pub use spares::Spares;

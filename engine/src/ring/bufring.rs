@@ -94,6 +94,11 @@ impl BufRing {
         self.entries
     }
 
+    /// Bytes in each buffer.
+    pub fn buf_size(&self) -> u32 {
+        self.buf_size
+    }
+
     /// Put buffer `bid` back and make it visible to the kernel at once (a release store: cheap, and a ring
     /// that is handling a burst gets its buffers back while the burst lasts).
     fn recycle(&mut self, bid: u16) {

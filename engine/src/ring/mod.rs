@@ -26,6 +26,8 @@ pub use token::{Op, Token};
 
 /// The provided-buffer group id used by every shard (each ring has its own group table).
 const BUF_GROUP: u16 = 0;
+/// The group of the large receive buffers (registered on first use, see `Ring::register_large`).
+const BUF_GROUP_LARGE: u16 = 1;
 
 /// SOCKET_URING_OP_GETSOCKOPT from include/uapi/linux/io_uring.h (since 6.7).
 const SOCKET_URING_OP_GETSOCKOPT: u32 = 2;
@@ -152,6 +154,8 @@ pub struct Ring {
     uring: IoUring,
     /// The provided buffers' memory, kept mapped until the ring (dropped first) can no longer write to it.
     _buffers: bufring::KeepAlive,
+    /// The same for the large receive buffers, once registered.
+    _large: Option<bufring::KeepAlive>,
     sends: Vec<Option<InFlightSend>>,
     addrs: Vec<AddrBuf>,
     wake_buf: Box<u64>,
@@ -227,6 +231,7 @@ impl Ring {
         let ring = Ring {
             uring,
             _buffers,
+            _large: None,
             sends,
             addrs: vec![MaybeUninit::zeroed(); slots],
             wake_buf: Box::new(0),
@@ -313,12 +318,33 @@ impl Ring {
         self.push(e);
     }
 
-    /// Multishot receive on a direct descriptor into the shared provided buffers.
-    pub fn recv_multi(&mut self, slot: u32, generation: u32) {
-        let e = opcode::RecvMulti::new(self.fx(slot), BUF_GROUP)
-            .build()
-            .user_data(Token::new(Op::Recv, slot, generation).encode());
+    /// Multishot receive on a direct descriptor into the shared provided buffers: the large ones (which
+    /// must be registered, [`Ring::register_large`]) with `large`. Its completions carry [`Op::Recv`] or
+    /// [`Op::RecvLarge`], so each buffer goes back to the group it came from.
+    pub fn recv_multi(&mut self, slot: u32, generation: u32, large: bool) {
+        let (group, op) = if large { (BUF_GROUP_LARGE, Op::RecvLarge) } else { (BUF_GROUP, Op::Recv) };
+        let e =
+            opcode::RecvMulti::new(self.fx(slot), group).build().user_data(Token::new(op, slot, generation).encode());
         self.push(e);
+    }
+
+    /// Register `bufs` as this ring's large receive buffers (once): incrementally consumed where the kernel
+    /// can, so a small receive into them takes only its bytes.
+    pub fn register_large(&mut self, bufs: &BufRing) -> io::Result<()> {
+        let incremental = io_uring::types::IOU_PBUF_RING_INC as u16;
+        // SAFETY: the ring memory lives in `bufs`' mappings, and the Ring keeps a reference to them
+        // (`_large`, dropped after `uring`), so they outlive every operation.
+        unsafe {
+            let submitter = self.uring.submitter();
+            if submitter
+                .register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP_LARGE, incremental)
+                .is_err()
+            {
+                submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP_LARGE, 0)?;
+            }
+        }
+        self._large = Some(bufs.keep_alive());
+        Ok(())
     }
 
     /// Send `buf` from byte `offset` on a direct descriptor: one `send` when it holds only the connection's

@@ -19,6 +19,8 @@ pub enum Op {
     Ignore = 11,
     /// A process descriptor installed into the table (an adopted socket); the slot field is the tag.
     Install = 12,
+    /// A multishot receive into the large provided buffers (its completions carry their buffers).
+    RecvLarge = 13,
 }
 
 impl Op {
@@ -35,6 +37,7 @@ impl Op {
             10 => Op::Connect,
             11 => Op::Ignore,
             12 => Op::Install,
+            13 => Op::RecvLarge,
             _ => return None,
         })
     }
@@ -65,7 +68,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for op in [Op::Accept, Op::Recv, Op::Send, Op::Close, Op::Connect] {
+        for op in [Op::Accept, Op::Recv, Op::Send, Op::Close, Op::Connect, Op::RecvLarge] {
             let t = Token::new(op, 19_999, 0xab_cdef);
             assert_eq!(Token::decode(t.encode()), Some(t));
         }

@@ -127,6 +127,10 @@ impl Core {
         let ring = self.ring(slot);
         if flags & flag::RECV_ARMED != 0 {
             ring.cancel_op(Op::Recv, slot, generation);
+            if flags & flag::RECV_LARGE != 0 {
+                // The armed receive is the large one, or (just moved) still the small one: cancel both.
+                ring.cancel_op(Op::RecvLarge, slot, generation);
+            }
         }
         if flags & flag::SEND_INFLIGHT != 0 {
             ring.cancel_op(Op::Send, slot, generation);

@@ -25,8 +25,8 @@ pub(crate) enum Step {
 }
 
 /// The next step of teardown for a slot in `Closing` with `flags`, `queued` telling whether output waits.
-pub(crate) fn next_step(flags: u16, queued: bool) -> Step {
-    let has = |f: u16| flags & f != 0;
+pub(crate) fn next_step(flags: u32, queued: bool) -> Step {
+    let has = |f: u32| flags & f != 0;
     if has(flag::FLUSH_FIRST) {
         if has(flag::SEND_INFLIGHT) {
             return Step::Wait;
@@ -50,7 +50,7 @@ mod tests {
 
     /// A closing slot driven by the steps and by completions arriving in a given order; returns the steps
     /// taken.
-    fn run(mut flags: u16, mut queued: bool, completions: &[u16]) -> Vec<Step> {
+    fn run(mut flags: u32, mut queued: bool, completions: &[u32]) -> Vec<Step> {
         let mut steps = Vec::new();
         let mut pending = completions.iter();
         for _ in 0..32 {

@@ -32,6 +32,7 @@ mod lifecycle;
 mod ops;
 mod pool;
 mod recv;
+mod rxbufs;
 mod send;
 mod slot;
 mod timers;
@@ -59,6 +60,7 @@ use crate::proto::{ProtoConfig, Role, Writer};
 use crate::ring::{self, BufRing, Completion, Op, Ring, RingConfig, SockoptValue, Token, Waker};
 use crate::wheel::Wheel;
 
+use rxbufs::RecvBufs;
 use slot::{Phase, Slot};
 use topics::Topics;
 
@@ -112,6 +114,9 @@ pub(crate) struct Core {
     /// permessage-deflate's compressors and inflater, shared by every connection of the shard that negotiated
     /// it without context takeover (see proto/deflate.rs); allocated on first use.
     codec: crate::proto::Codec,
+    /// Reassembly buffers the shard's readers share (see proto/spares.rs): a frame spanning receives is
+    /// assembled in one, returned when delivered.
+    spares: crate::proto::Spares,
     /// The thread's rings; ring `r` holds slots `r * table .. (r + 1) * table`. Ring 0 is the one the thread
     /// sleeps on; the others signal it through `child_wake`.
     rings: Vec<Ring>,
@@ -172,10 +177,10 @@ pub(crate) struct Core {
 }
 
 /// The shard thread's state. `core` holds the rings, `bufs` each ring's provided receive buffers (index for
-/// index); the rings keep the buffers' memory mapped until they are gone, whatever the drop order.
+/// index, rxbufs.rs); the rings keep the buffers' memory mapped until they are gone, whatever the drop order.
 pub(crate) struct Shard<H: Handler> {
     core: Core,
-    bufs: Vec<BufRing>,
+    bufs: RecvBufs,
     handler: H,
     /// Per-slot application state, grown on demand.
     states: Vec<H::Conn>,
@@ -271,9 +276,10 @@ where
         let t = std::thread::Builder::new().name(format!("tether-shard-{index}")).spawn(move || {
             let built = Core::new(index as u16, cfg, table, own, metrics, handle);
             let (core, bufs) = match built {
-                Ok(parts) => {
+                Ok((core, small)) => {
                     let _ = ready.send((index, Ok(())));
-                    parts
+                    let bufs = RecvBufs::new(small, core.cfg.recv_large_buffer_size, core.cfg.recv_large_buffers);
+                    (core, bufs)
                 }
                 Err(e) => {
                     let _ = ready.send((index, Err(e)));
@@ -410,6 +416,7 @@ impl Core {
             rng: seed,
             next_ip_sweep: now,
             codec: crate::proto::Codec::with_level(cfg.deflate_threshold, cfg.deflate_level),
+            spares: Default::default(),
             tls: Vec::new(),
             tls_budget: cfg.tls_handshakes_per_loop.max(1),
             tls_waiting: Default::default(),
@@ -631,10 +638,11 @@ impl<H: Handler> Shard<H> {
                 if !live {
                     // A completion for an earlier occupant: only the buffer matters.
                     if let Some(bid) = c.buffer_id() {
+                        let pool = self.bufs.pool(r, token.op == Op::RecvLarge);
                         if c.result > 0 {
-                            self.bufs[r].take(bid, c.result as usize);
+                            pool.take(bid, c.result as usize);
                         }
-                        self.bufs[r].release(bid, c.buffer_more());
+                        pool.release(bid, c.buffer_more());
                     }
                     if token.op == Op::Send {
                         let _ = self.core.ring(slot).take_send(slot);
@@ -642,7 +650,8 @@ impl<H: Handler> Shard<H> {
                     return;
                 }
                 match token.op {
-                    Op::Recv => self.on_recv(slot, c),
+                    Op::Recv => self.on_recv(slot, c, false),
+                    Op::RecvLarge => self.on_recv(slot, c, true),
                     Op::Send => self.core.on_send(slot, c),
                     Op::PeerName => self.on_peer_name(slot, c),
                     Op::Close => self.finalize(slot),

@@ -8,10 +8,11 @@ use super::{with_ctx, Shard};
 use crate::handler::{ConnectError, Handler, Message};
 use crate::metrics::{add, bump};
 use crate::proto::{CloseCause, CloseInfo, Event, Initiator, Input, MessageKind};
-use crate::ring::{self, Completion};
+use crate::ring::{self, Completion, Op};
 
 impl<H: Handler> Shard<H> {
-    pub(super) fn on_recv(&mut self, slot: u32, c: Completion) {
+    /// A completion of the multishot receive of `slot` (into the large buffers with `large`).
+    pub(super) fn on_recv(&mut self, slot: u32, c: Completion, large: bool) {
         let r = self.core.ring_index(slot);
         let more = c.more();
         if !more {
@@ -20,8 +21,8 @@ impl<H: Handler> Shard<H> {
         if c.result > 0 {
             let Some(bid) = c.buffer_id() else { return };
             add(&self.core.metrics.bytes_in, c.result as u64);
-            self.on_bytes(slot, bid, c.result as usize);
-            self.bufs[r].release(bid, c.buffer_more());
+            self.on_bytes(slot, bid, c.result as usize, large);
+            self.bufs.pool(r, large).release(bid, c.buffer_more());
             let phase = self.core.slots[slot as usize].phase;
             if !more && phase != Phase::Closing && phase != Phase::Free {
                 self.core.arm_recv(slot);
@@ -32,7 +33,7 @@ impl<H: Handler> Shard<H> {
             return;
         }
         if let Some(bid) = c.buffer_id() {
-            self.bufs[r].release(bid, c.buffer_more());
+            self.bufs.pool(r, large).release(bid, c.buffer_more());
         }
         let phase = self.core.slots[slot as usize].phase;
         if c.result == -libc::ENOBUFS && phase != Phase::Closing {
@@ -47,6 +48,11 @@ impl<H: Handler> Shard<H> {
         }
         if phase == Phase::Closing {
             self.core.advance_teardown(slot);
+            return;
+        }
+        if c.result == -libc::ECANCELED && !more && phase == Phase::Open {
+            // Cancelled to move the connection to the large buffers (`go_large`): receive again, there.
+            self.core.arm_recv(slot);
             return;
         }
         // EOF or a socket error: the peer is gone.
@@ -81,20 +87,45 @@ impl<H: Handler> Shard<H> {
     /// Bytes arrived in buffer `bid`: taken out of it whatever the phase (so the buffer's consumption stays in
     /// step with the kernel's), handled unless the connection is closing. A TLS slot's bytes are decrypted
     /// first (`tls.rs`).
-    fn on_bytes(&mut self, slot: u32, bid: u16, len: usize) {
+    fn on_bytes(&mut self, slot: u32, bid: u16, len: usize, large: bool) {
         let r = self.core.ring_index(slot);
         if self.core.slots[slot as usize].has(flag::TLS) {
             self.on_tls_bytes(slot, r, bid, len);
             return;
         }
-        let data = self.bufs[r].take(bid, len);
+        let data = self.bufs.pool(r, large).take(bid, len);
         match self.core.slots[slot as usize].phase {
             Phase::Handshake => {
                 self.core.slots[slot as usize].reader.handshake_buf().extend_from_slice(data);
                 self.handshake_step(slot);
             }
-            Phase::Open => deliver(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, data),
+            Phase::Open => {
+                deliver(&mut self.core, &mut self.states, &self.notifier, &mut self.handler, slot, data);
+                if !large {
+                    self.go_large(slot, r);
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// If a frame of this (plaintext, open) connection spans more than one small receive buffer, move it to
+    /// the large ones (shard/rxbufs.rs): cancel its receive, whose last completion (ECANCELED, or any last
+    /// one) re-arms it there.
+    fn go_large(&mut self, slot: u32, r: usize) {
+        let s = &self.core.slots[slot as usize];
+        if s.phase != Phase::Open || s.has(flag::RECV_LARGE) || !self.bufs.wants_large(s.reader.assembling()) {
+            return;
+        }
+        if !self.bufs.ensure_large(r, &mut self.core.rings[r]) {
+            return;
+        }
+        bump(&self.core.metrics.recv_moved_large);
+        let s = &mut self.core.slots[slot as usize];
+        s.set(flag::RECV_LARGE);
+        if s.has(flag::RECV_ARMED) {
+            let generation = s.generation;
+            self.core.rings[r].cancel_op(Op::Recv, slot, generation);
         }
     }
 
@@ -171,8 +202,10 @@ fn dispatch<H: Handler>(
         }
         let Some(writer) = s.writer.as_mut() else { break None };
         let cfg = &core.profiles[s.profile as usize].proto;
-        let codec = &mut core.codec;
-        let Some(event) = reader.poll_event(writer, codec, input, s.out.bytes_mut(), now, cfg) else { break None };
+        let (codec, spares) = (&mut core.codec, &mut core.spares);
+        let Some(event) = reader.poll_event(writer, codec, spares, input, s.out.bytes_mut(), now, cfg) else {
+            break None;
+        };
         let mut ctx = crate::context::Ctx::<H> { ops: &mut *core, states: &mut *states, notifier };
         match event {
             Event::Message { kind, payload } => {
@@ -221,7 +254,7 @@ impl super::Core {
     pub(super) fn arm_recv(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
         s.set(flag::RECV_ARMED);
-        let generation = s.generation;
-        self.ring(slot).recv_multi(slot, generation);
+        let (generation, large) = (s.generation, s.has(flag::RECV_LARGE));
+        self.ring(slot).recv_multi(slot, generation, large);
     }
 }

@@ -24,34 +24,37 @@ pub(crate) enum Phase {
 
 /// Per-slot flags, packed to keep the slot small.
 pub(crate) mod flag {
-    pub const RECV_ARMED: u16 = 1 << 0;
-    pub const SEND_INFLIGHT: u16 = 1 << 1;
-    pub const PEERNAME_PENDING: u16 = 1 << 2;
+    pub const RECV_ARMED: u32 = 1 << 0;
+    pub const SEND_INFLIGHT: u32 = 1 << 1;
+    pub const PEERNAME_PENDING: u32 = 1 << 2;
     /// Closing: the slot's operations were told to end (receive and abandoned send cancelled).
-    pub const OPS_ENDED: u16 = 1 << 3;
+    pub const OPS_ENDED: u32 = 1 << 3;
     /// The handler asked to hear when the send queue has room again (`Ctx::notify_writable`).
-    pub const WANT_WRITABLE: u16 = 1 << 4;
-    pub const CLOSE_SUBMITTED: u16 = 1 << 5;
+    pub const WANT_WRITABLE: u32 = 1 << 4;
+    pub const CLOSE_SUBMITTED: u32 = 1 << 5;
     /// Past max_connections: answer the upgrade with 503.
-    pub const OVER_CAPACITY: u16 = 1 << 6;
+    pub const OVER_CAPACITY: u32 = 1 << 6;
     /// Closing: flush `out` before ending the slot's operations.
-    pub const FLUSH_FIRST: u16 = 1 << 7;
-    pub const WAS_OPEN: u16 = 1 << 8;
-    pub const DIRTY: u16 = 1 << 9;
-    pub const CLIENT: u16 = 1 << 10;
+    pub const FLUSH_FIRST: u32 = 1 << 7;
+    pub const WAS_OPEN: u32 = 1 << 8;
+    pub const DIRTY: u32 = 1 << 9;
+    pub const CLIENT: u32 = 1 << 10;
     /// An op whose completion we must wait for before close (bind/connect/setsockopt chain).
-    pub const ADDR_OP_PENDING: u16 = 1 << 11;
+    pub const ADDR_OP_PENDING: u32 = 1 << 11;
     /// The ring's address buffer of the slot holds the peer (SO_PEERNAME came back, or connect was issued).
-    pub const PEER_KNOWN: u16 = 1 << 12;
+    pub const PEER_KNOWN: u32 = 1 << 12;
     /// A complete request arrived before the peer address: handled when SO_PEERNAME completes.
-    pub const REQUEST_WAITING: u16 = 1 << 13;
+    pub const REQUEST_WAITING: u32 = 1 << 13;
     /// A plain HTTP request whose answer the handler deferred (`Ctx::defer_http`): input is ignored until
     /// the answer comes (`EngineHandle::answer_http`) or the handshake deadline answers 504.
-    pub const HTTP_DEFERRED: u16 = 1 << 14;
+    pub const HTTP_DEFERRED: u32 = 1 << 14;
     /// The connection speaks TLS (its state in `Core::tls`, made at the first bytes for an accepted one).
-    pub const TLS: u16 = 1 << 15;
+    pub const TLS: u32 = 1 << 15;
+    /// The connection receives into its ring's large buffers (shard/rxbufs.rs): its receive is re-armed
+    /// there, as `Op::RecvLarge`. Until the small receive it had ends, that one may still be armed.
+    pub const RECV_LARGE: u32 = 1 << 16;
     /// Operations whose completions must all arrive before the descriptor is closed.
-    pub const BUSY: u16 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
+    pub const BUSY: u32 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
 }
 
 /// The client half's state while connecting and handshaking.
@@ -63,7 +66,7 @@ pub(crate) struct ClientState {
 pub(crate) struct Slot {
     pub generation: u32,
     pub phase: Phase,
-    pub flags: u16,
+    pub flags: u32,
     /// Index into the shard's profiles.
     pub profile: u8,
     /// The per-IP limits' verdict on an accepted connection (None: not tracked). `Admitted` is released when
@@ -105,13 +108,13 @@ impl Slot {
             client: None,
         }
     }
-    pub fn has(&self, f: u16) -> bool {
+    pub fn has(&self, f: u32) -> bool {
         self.flags & f != 0
     }
-    pub fn set(&mut self, f: u16) {
+    pub fn set(&mut self, f: u32) {
         self.flags |= f;
     }
-    pub fn clear(&mut self, f: u16) {
+    pub fn clear(&mut self, f: u32) {
         self.flags &= !f;
     }
     /// Bytes queued for the peer: waiting and in flight.

@@ -209,7 +209,7 @@ impl Core {
 impl<H: Handler> Shard<H> {
     /// Ciphertext arrived in buffer `bid` of ring `r` for a TLS slot.
     pub(super) fn on_tls_bytes(&mut self, slot: u32, r: usize, bid: u16, len: usize) {
-        let data = self.bufs[r].take(bid, len);
+        let data = self.bufs.pool(r, false).take(bid, len);
         let mut plain = std::mem::take(&mut self.plain);
         let step = self.core.tls_receive(slot, data, &mut plain);
         self.after_tls(slot, step, &mut plain);
