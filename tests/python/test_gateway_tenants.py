@@ -291,6 +291,52 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
         node.stop()
 
 
+def test_publication_rate_limit_bounds_a_tenant_across_its_connections():
+    """client.publication_rate_limit (Tether's own): client publications per second over all of a tenant's
+    connections. Four connections, each well under its own command rate, publish 60 times at once: the
+    tenant's first 20 a second are published, the rest get 111 (the connections stay up), counted as
+    publication_rate; another tenant with no such limit publishes all 60."""
+    capped = tenant_config("capped-secret", "capped-key", command_rate_limit=1000, publication_rate_limit=20)
+    free = tenant_config("free-secret", "free-key", command_rate_limit=1000)
+    node = Node({"capped": capped, "free": free})
+
+    async def burst(tenant: str, secret: str) -> tuple[int, int, list]:
+        peers = [await Peer(node.ws_url(tenant)).open() for _ in range(4)]
+        try:
+            for i, p in enumerate(peers):
+                await p.connect(token=make_token(f"u{i}", secret))
+                assert "subscribe" in await p.call("subscribe", {"channel": "chat:rate"})
+            for i, p in enumerate(peers):
+                for j in range(15):
+                    await p.ws.send(json.dumps({"id": 1000 + j, "publish": {"channel": "chat:rate", "data": {"n": j}}}))
+            await until(lambda: all(1000 + j in p.replies for p in peers for j in range(15)), what="60 answers")
+            replies = [p.replies[1000 + j] for p in peers for j in range(15)]
+            ok = sum(1 for r in replies if "publish" in r)
+            refused = sum(1 for r in replies if r.get("error", {}).get("code") == 111)
+            assert all(not p.closed.is_set() for p in peers), "a 111 closed a connection"
+            return ok, refused, replies
+        finally:
+            for p in peers:
+                await p.aclose()
+
+    async def go():
+        ok, refused, replies = await burst("capped", "capped-secret")
+        assert ok + refused == 60, replies
+        # 20 in one second; up to 40 if the 60 straddled a second boundary on a slow machine.
+        assert 20 <= ok <= 40 and refused >= 20, (ok, refused)
+        m = node.metrics()
+        assert metric(m, "tether_gateway_rejections_total", tenant="capped", reason="publication_rate") == refused
+        assert metric(m, "tether_gateway_rejections_total", tenant="capped", reason="command_rate") == 0
+        ok, refused, replies = await burst("free", "free-secret")
+        assert (ok, refused) == (60, 0), replies
+        assert metric(node.metrics(), "tether_gateway_rejections_total", tenant="free", reason="publication_rate") == 0
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
 def test_connection_rate_limit_answers_503_before_the_upgrade_and_origins_403():
     rated = tenant_config("s", "k", connection_rate_limit=3, allowed_origins=["https://app.example"])
     other = tenant_config("s", "k")

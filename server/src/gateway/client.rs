@@ -668,6 +668,10 @@ impl Gateway {
         if !allowed {
             return self.error(id, ErrorCode::PERMISSION_DENIED, out);
         }
+        if !self.admit_publication(ctx.now()) {
+            self.metrics.reject(Rejection::PublicationRate);
+            return self.error(id, ErrorCode::TOO_MANY_REQUESTS, out);
+        }
         // The publisher's ClientInfo (chan_info is kept in presence only, not per subscription).
         let mut info = String::new();
         protocol::client_info(&mut info, s.user(), &client_text(&s.client), s.conn_info.as_deref(), None);

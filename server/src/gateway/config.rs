@@ -196,6 +196,11 @@ pub struct GatewayConfig {
     /// 100; 0 = unlimited. Beyond it a command gets error 111; a client that keeps going until it owes a
     /// whole burst is closed with 3013.
     pub command_rate_limit: usize,
+    /// `client.publication_rate_limit` (Tether's own; Centrifugo has none): publications per second that
+    /// clients (not the API) may make over all of this gateway's connections on this node, default 0 =
+    /// unlimited. Beyond it a publish command gets error 111. `command_rate_limit` bounds one connection;
+    /// this bounds a tenant whose many connections each stay under it.
+    pub publication_rate_limit: usize,
     /// `client.command_rate_burst`: the bucket's size, default 0 = automatic: the larger of twice the rate
     /// and `channel_limit` + 32, so that a reconnect that resubscribes every channel in one frame is never
     /// refused.
@@ -249,6 +254,7 @@ impl Default for GatewayConfig {
             connection_rate_limit: 0,
             command_rate_limit: 100,
             command_rate_burst: 0,
+            publication_rate_limit: 0,
             expired_close_delay: DEFAULT_EXPIRED_CLOSE_DELAY,
             expired_sub_close_delay: DEFAULT_EXPIRED_CLOSE_DELAY,
             stale_close_delay: DEFAULT_STALE_CLOSE_DELAY,
@@ -479,7 +485,7 @@ fn read_engine(engine: &Map<String, Value>, unknown: &mut Vec<String>) -> Result
 
 /// Reads the `client` section.
 fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &mut Vec<String>) -> Result<(), String> {
-    const KNOWN: [&str; 18] = [
+    const KNOWN: [&str; 19] = [
         "token",
         "subscription_token",
         "allowed_origins",
@@ -493,6 +499,7 @@ fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &m
         "connection_rate_limit",
         "command_rate_limit",
         "command_rate_burst",
+        "publication_rate_limit",
         "expired_close_delay",
         "expired_sub_close_delay",
         "stale_close_delay",
@@ -521,6 +528,7 @@ fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &m
     read_usize(client, p, "connection_rate_limit", &mut cfg.connection_rate_limit)?;
     read_usize(client, p, "command_rate_limit", &mut cfg.command_rate_limit)?;
     read_usize(client, p, "command_rate_burst", &mut cfg.command_rate_burst)?;
+    read_usize(client, p, "publication_rate_limit", &mut cfg.publication_rate_limit)?;
     read_duration(client, p, "expired_close_delay", false, &mut cfg.expired_close_delay)?;
     read_duration(client, p, "expired_sub_close_delay", false, &mut cfg.expired_sub_close_delay)?;
     read_duration(client, p, "stale_close_delay", false, &mut cfg.stale_close_delay)?;

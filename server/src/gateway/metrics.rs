@@ -106,13 +106,15 @@ pub enum Rejection {
     CommandRate,
     /// `client.command_rate_limit` kept exceeded: close 3013.
     CommandRateClose,
+    /// `client.publication_rate_limit`: error 111 to a publish command.
+    PublicationRate,
     /// `websocket.message_size_limit`: close 1009 (the tenant's own limit, below the engine's).
     MessageSize,
     /// The embedder's [`Authorizer`](super::authorizer::Authorizer) refused the upgrade.
     Authorizer,
 }
 
-const REJECTIONS: [(Rejection, &str); 9] = [
+const REJECTIONS: [(Rejection, &str); 10] = [
     (Rejection::Origin, "origin"),
     (Rejection::ConnectionRate, "connection_rate"),
     (Rejection::ConnectionLimit, "connection_limit"),
@@ -120,6 +122,7 @@ const REJECTIONS: [(Rejection, &str); 9] = [
     (Rejection::ChannelLimit, "channel_limit"),
     (Rejection::CommandRate, "command_rate"),
     (Rejection::CommandRateClose, "command_rate_close"),
+    (Rejection::PublicationRate, "publication_rate"),
     (Rejection::MessageSize, "message_size"),
     (Rejection::Authorizer, "authorizer"),
 ];

@@ -70,6 +70,8 @@ pub struct State {
     retired: AtomicBool,
     /// New connections admitted in the current second, for `client.connection_rate_limit`.
     admitted: Mutex<(Instant, usize)>,
+    /// Client publications admitted in the current second, for `client.publication_rate_limit`.
+    published: Mutex<(Instant, usize)>,
     /// This node's id in `info`.
     pub node_id: String,
     pub started: Instant,
@@ -133,6 +135,7 @@ impl Gateway {
             connected: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             admitted: Mutex::new((Instant::now(), 0)),
+            published: Mutex::new((Instant::now(), 0)),
             node_id: uuid::Uuid::new_v4().hyphenated().to_string(),
             started: Instant::now(),
             started_wall: SystemTime::now(),
@@ -257,20 +260,30 @@ impl Gateway {
     /// Counts a new connection against `client.connection_rate_limit` (per second, fixed windows); false
     /// beyond it.
     pub fn admit_connection(&self, now: Instant) -> bool {
-        let limit = self.config.connection_rate_limit;
-        if limit == 0 {
-            return true;
-        }
-        let mut w = self.state.admitted.lock();
-        if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
-            *w = (now, 0);
-        }
-        if w.1 >= limit {
-            return false;
-        }
-        w.1 += 1;
-        true
+        admit_in_window(&self.state.admitted, self.config.connection_rate_limit, now)
     }
+
+    /// Counts a client's publication against `client.publication_rate_limit` (over all of this gateway's
+    /// connections on this node, per second, fixed windows); false beyond it.
+    pub fn admit_publication(&self, now: Instant) -> bool {
+        admit_in_window(&self.state.published, self.config.publication_rate_limit, now)
+    }
+}
+
+/// One more event in the current one-second window of `w`, if fewer than `limit` (0: unlimited) came in it.
+fn admit_in_window(w: &Mutex<(Instant, usize)>, limit: usize, now: Instant) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    let mut w = w.lock();
+    if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
+        *w = (now, 0);
+    }
+    if w.1 >= limit {
+        return false;
+    }
+    w.1 += 1;
+    true
 }
 
 /// What the API (on any thread) asks of the shard that holds a connection.
