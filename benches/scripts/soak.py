@@ -8,8 +8,8 @@
 One tetherd with one tenant per name in --tenants (`--tenant NAME=FILE`, Centrifugo-format configs generated
 into DIR: HS256 tokens, a namespace `soak` with history and force_recovery so that every reconnect recovers;
 the quiet tenants with no connection or rate limits; the flooding tenant with its own client.connection_limit,
-client.connection_rate_limit and client.command_rate_limit/_burst, and a namespace `flood` its flood publishes
-into). The connections are split evenly between the tenants; each tenant gets one tether-load --protocol
+client.connection_rate_limit, client.command_rate_limit/_burst and client.publication_rate_limit, and a namespace
+`flood` its flood publishes into). The connections are split evenly between the tenants; each tenant gets one tether-load --protocol
 centrifugo on /t/NAME/connection/websocket with --reconnect-every set so that all of them together close and
 recover --reconnects-per-second connections per second (period = connections / rate), --publish-rate
 publications per second through /t/NAME/api (--publish-concurrency paced threads, each waiting for its answer:
@@ -20,7 +20,8 @@ Phases (tetherd stays up across them; each phase starts fresh tether-loads, ramp
   baseline  the tenants' steady load only;
   flood     the same, plus, once every tenant's load is holding, on the flooding tenant:
               a command flood: --flood-connections clients publishing with client commands at
-                --flood-command-rate in all, far above its client.command_rate_limit (error 111, then 3013);
+                --flood-command-rate in all, far above its client.command_rate_limit (error 111, then 3013),
+                each closed one reconnecting (after ~1 s) to flood again, for the whole phase;
               a connection storm: --storm-connections clients opened at --storm-rate with --reconnect, against
                 its client.connection_rate_limit (HTTP 503) and client.connection_limit (3504).
 
@@ -167,15 +168,23 @@ def _die_with_parent():
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _niced(n):
+    def pre():
+        _die_with_parent()
+        os.nice(n)
+    return pre
+
+
 class Children:
     """Every process this script started; all killed on exit."""
 
     def __init__(self):
         self.procs = []
 
-    def start(self, cmd, log, stdout=None):
+    def start(self, cmd, log, stdout=None, nice=0):
         p = subprocess.Popen(cmd, stdout=stdout or log, stderr=log if stdout is not None else subprocess.STDOUT,
-                             preexec_fn=_die_with_parent, start_new_session=True, text=stdout is not None)
+                             preexec_fn=_niced(nice) if nice else _die_with_parent, start_new_session=True,
+                             text=stdout is not None)
         self.procs.append(p)
         return p
 
@@ -246,14 +255,14 @@ PROGRESS = re.compile(r"^\[\s*(\d+)s\] (\S+)\s+open (\d+)/(\d+)\s+conn/s (\d+).*
 class Load:
     """One tether-load process and what its progress lines said."""
 
-    def __init__(self, name, tenant, role, cmd, workdir, children, sampler):
+    def __init__(self, name, tenant, role, cmd, workdir, children, sampler, nice=0):
         self.name, self.tenant, self.role = name, tenant, role
         self.log_path = workdir / f"{name}.log"
         self.json_path = workdir / f"{name}.json"
         self.cmd = cmd + ["--json", str(self.json_path)]
-        (workdir / f"{name}.cmd").write_text(" ".join(self.cmd) + "\n")
+        (workdir / f"{name}.cmd").write_text((f"nice -n {nice} " if nice else "") + " ".join(self.cmd) + "\n")
         self.t0 = time.monotonic()
-        self.proc = children.start(self.cmd, open(self.log_path, "w"))
+        self.proc = children.start(self.cmd, open(self.log_path, "w"), nice=nice)
         sampler.watch(name, self.proc.pid)
 
     def progress(self):
@@ -296,6 +305,7 @@ def tenant_config(args, name, share, flooder):
             connection_rate_limit=args.flood_connection_rate_limit,
             command_rate_limit=args.flood_command_rate_limit,
             command_rate_burst=args.flood_command_rate_burst,
+            publication_rate_limit=args.flood_publication_rate_limit,
             # The burst must exceed channel_limit (a reconnect resubscribes everything in one frame).
             channel_limit=max(args.subscriptions_per_connection, min(16, args.flood_command_rate_burst - 1)))
     else:
@@ -355,13 +365,15 @@ def run_phase(phase, args, addr, workdir, children, sampler, shares):
                 cmd = load_cmd(args, addr, f, 200, args.flood_connections, args.flood_connections, left,
                                ["--channels", str(args.flood_connections), "--subscriptions-per-connection", "1",
                                 "--channel-prefix", "flood:", "--publish-via", "client",
-                                "--publish-rate", f"{args.flood_command_rate:g}/s"])
-                loads.append(Load(f"flood-{f}-commands", f, "command flood", cmd, workdir, children, sampler))
+                                "--publish-rate", f"{args.flood_command_rate:g}/s", "--reconnect"])
+                loads.append(Load(f"flood-{f}-commands", f, "command flood", cmd, workdir, children, sampler,
+                                  nice=args.flood_nice))
             if args.storm_connections:
                 cmd = load_cmd(args, addr, f, 210, args.storm_connections, args.storm_rate, left,
                                ["--channels", str(args.storm_connections), "--subscriptions-per-connection", "1",
                                 "--channel-prefix", "flood:", "--reconnect"])
-                loads.append(Load(f"flood-{f}-storm", f, "connection storm", cmd, workdir, children, sampler))
+                loads.append(Load(f"flood-{f}-storm", f, "connection storm", cmd, workdir, children, sampler,
+                                  nice=args.flood_nice))
             print(f"[flood] tenant {f}: {len(loads) - len(tenants)} flood loads for {left:.0f} s",
                   file=sys.stderr, flush=True)
     hold_end = hold_start + args.duration
@@ -531,6 +543,9 @@ def main():
     ap.add_argument("--flood-connections", type=int, default=2000, help="command flood clients (0: none)")
     ap.add_argument("--flood-command-rate", type=rate, default=40000.0, help="their publish commands/s in all")
     ap.add_argument("--flood-command-rate-limit", type=int, default=10, help="flood tenant's client.command_rate_limit")
+    ap.add_argument("--flood-publication-rate-limit", type=int, default=500,
+                    help="flood tenant's client.publication_rate_limit: its clients' publications per second in all "
+                         "(0: none; then its command flood publishes up to connections x command_rate_limit)")
     ap.add_argument("--flood-command-rate-burst", type=int, default=32,
                     help="its client.command_rate_burst (above its client.channel_limit, set to 16)")
     ap.add_argument("--storm-connections", type=int, default=5000, help="connection storm clients (0: none)")
@@ -540,6 +555,9 @@ def main():
                     help="flood tenant's client.connection_rate_limit (its steady ramp and churn must fit)")
     ap.add_argument("--connection-limit-margin", type=int, default=1000,
                     help="flood tenant's client.connection_limit = its share + --flood-connections + this")
+    ap.add_argument("--flood-nice", type=int, default=0,
+                    help="run the flood loads at this nice value (e.g. 19): on one box they then take only the CPU "
+                         "tetherd and the quiet tenants' loads leave, as an attacker on another machine would")
     ap.add_argument("--flood-margin", type=duration_s, default=10.0, help="flood ends this long before the hold")
     ap.add_argument("--sample-interval", type=duration_s, default=5.0)
     ap.add_argument("--rss-warmup", type=duration_s, default=90.0,
