@@ -24,14 +24,10 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from soak import cpu_seconds  # noqa: E402  (a process's user + system CPU seconds, from /proc)
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def wait_port(port, timeout=15):
@@ -52,7 +48,7 @@ def one(side, size, args, port, tmp):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        before = cpu_s(server.pid)
+        before = cpu_seconds(server.pid)
         report = pathlib.Path(tmp) / f"{port}.json"
         load = [str(pathlib.Path(os.environ.get("BIN_DIR", ROOT / "target/release")) / "tether-load"), "run",
                 "--url", f"ws://127.0.0.1:{port}/", "--connections", str(args.connections), "--shards", "1",
@@ -60,7 +56,7 @@ def one(side, size, args, port, tmp):
                 "--json", str(report)]
         subprocess.run(["taskset", "-c", str(args.load_cpu)] + load, check=True, timeout=300,
                        stdout=subprocess.DEVNULL)
-        used = cpu_s(server.pid) - before
+        used = cpu_seconds(server.pid) - before
         r = json.loads(report.read_text())
     finally:
         server.terminate()

@@ -95,12 +95,7 @@ pub fn plan_capacity(config: &Config) -> io::Result<Capacity> {
                 ),
             ));
         }
-        if !config.recv_large_buffers.is_power_of_two() || config.recv_large_buffers > 32768 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("recv_large_buffers must be a power of two up to 32768, got {}", config.recv_large_buffers),
-            ));
-        }
+        crate::ring::BufRing::check_entries(config.recv_large_buffers, "recv_large_buffers")?;
     }
     let max_connections = if config.max_connections == 0 { shards * usable } else { config.max_connections };
     let recv_buffers = if config.recv_buffers == 0 { auto_recv_buffers(rings) } else { config.recv_buffers };

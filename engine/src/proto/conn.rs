@@ -440,9 +440,7 @@ impl Reader {
         let header = match parse_header(buf) {
             Err(e) => return Some(sm.fail(out, e)),
             Ok(None) => {
-                if self.partial.capacity() == 0 {
-                    self.partial = sm.spares.take();
-                }
+                sm.spares.lend_to(&mut self.partial);
                 self.partial.extend_from_slice(buf);
                 input.pos = input.data.len();
                 return None;
@@ -455,9 +453,7 @@ impl Reader {
         };
         sm.w.alive();
         if buf.len() < total {
-            if self.partial.capacity() == 0 {
-                self.partial = sm.spares.take();
-            }
+            sm.spares.lend_to(&mut self.partial);
             grow_partial(&mut self.partial, buf.len(), total);
             self.partial.extend_from_slice(buf);
             input.pos = input.data.len();
@@ -912,7 +908,7 @@ impl Machine<'_> {
                 if !open {
                     return Action::Nothing;
                 }
-                self.message_room();
+                self.spares.lend_to(&mut self.rx.message);
                 self.rx.message.extend_from_slice(payload);
                 self.rx.utf8_valid_to = 0;
                 self.continue_message(kind, false, out)
@@ -978,7 +974,7 @@ impl Machine<'_> {
             self.rx.fragment = Some(kind);
             self.rx.compressed = true;
             if open {
-                self.message_room();
+                self.spares.lend_to(&mut self.rx.message);
                 self.rx.message.extend_from_slice(payload);
             }
             return Action::Nothing;
@@ -992,7 +988,7 @@ impl Machine<'_> {
     /// Inflate a whole compressed message into `message` (capped at max_message_size: 1009 past it),
     /// check a Text message's UTF-8, deliver it.
     fn inflate(&mut self, kind: MessageKind, compressed: &[u8], out: &mut Vec<u8>) -> Action {
-        self.message_room();
+        self.spares.lend_to(&mut self.rx.message);
         let mut inflated = std::mem::take(&mut self.rx.message);
         if let Err(e) = self.z.inflate(self.w.own_streams(), compressed, self.max, &mut inflated) {
             return self.fail(out, e);
@@ -1004,13 +1000,6 @@ impl Machine<'_> {
         self.rx.utf8_valid_to = 0;
         self.rx.release_message = true;
         Action::Message(kind, Src::Message)
-    }
-
-    /// A message starts in `message`: start it in a spare buffer.
-    fn message_room(&mut self) {
-        if self.rx.message.capacity() == 0 {
-            self.rx.message = self.spares.take();
-        }
     }
 
     /// After appending a fragment to `message`: check UTF-8 so far, deliver on the final one.

@@ -23,6 +23,13 @@ impl Spares {
         self.free.pop().unwrap_or_default()
     }
 
+    /// Give `buf` a kept buffer when it has no room of its own yet (a message or frame starting in it).
+    pub fn lend_to(&mut self, buf: &mut Vec<u8>) {
+        if buf.capacity() == 0 {
+            *buf = self.take();
+        }
+    }
+
     /// A buffer whose bytes are no longer needed: kept when its capacity is worth keeping and there is
     /// room, freed otherwise.
     pub fn give(&mut self, mut buf: Vec<u8>) {

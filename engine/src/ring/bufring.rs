@@ -60,13 +60,20 @@ pub struct BufRing {
 }
 
 impl BufRing {
-    pub fn new(entries: u16, buf_size: u32) -> io::Result<BufRing> {
+    /// What the kernel accepts as a buffer ring's size: a power of two up to 32768 (`setting` names the
+    /// config field in the error).
+    pub fn check_entries(entries: u16, setting: &str) -> io::Result<()> {
         if !entries.is_power_of_two() || entries > 32768 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("recv_buffers must be a power of two up to 32768, got {entries}"),
+                format!("{setting} must be a power of two up to 32768, got {entries}"),
             ));
         }
+        Ok(())
+    }
+
+    pub fn new(entries: u16, buf_size: u32) -> io::Result<BufRing> {
+        Self::check_entries(entries, "recv_buffers")?;
         if buf_size < 256 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "recv_buffer_size must be at least 256"));
         }

@@ -149,6 +149,27 @@ struct MsgParts {
 /// Pieces per sendmsg (the kernel's UIO_MAXIOV is 1024); a longer queue goes out in several sends.
 const MAX_IOV: usize = 1024;
 
+/// Register `bufs` as provided-buffer group `group` of `uring`, incrementally consumed where the kernel has it
+/// (6.12+): small receives (pongs, upgrade requests) share a buffer instead of taking one each, so a burst
+/// does not run the ring dry.
+///
+/// # Safety
+/// `bufs`' memory must stay mapped for as long as `uring` can use the group (the caller keeps a
+/// [`bufring::KeepAlive`] in the ring, dropped after it).
+unsafe fn register_buf_ring(uring: &IoUring, bufs: &BufRing, group: u16) -> io::Result<()> {
+    let submitter = uring.submitter();
+    let (addr, entries) = (bufs.ring_addr(), bufs.entries());
+    // SAFETY: as the caller promises.
+    let incremental = unsafe {
+        submitter.register_buf_ring_with_flags(addr, entries, group, io_uring::types::IOU_PBUF_RING_INC as u16)
+    };
+    if incremental.is_err() {
+        // SAFETY: as above.
+        unsafe { submitter.register_buf_ring_with_flags(addr, entries, group, 0)? };
+    }
+    Ok(())
+}
+
 pub struct Ring {
     // Field order matters: the ring is dropped (and its operations torn down) before the memory they use.
     uring: IoUring,
@@ -214,16 +235,7 @@ impl Ring {
         let bufs = BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
         // SAFETY: the ring memory lives in `bufs`' mappings; the Ring keeps a reference to them (`_buffers`,
         // dropped after `uring`), so they outlive every operation whoever drops the BufRing first.
-        // Incremental consumption where the kernel has it (6.12+): small receives (pongs, upgrade requests)
-        // share a buffer instead of taking one each, so a burst does not run the ring dry.
-        let incremental = io_uring::types::IOU_PBUF_RING_INC as u16;
-        unsafe {
-            let submitter = uring.submitter();
-            if submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP, incremental).is_err()
-            {
-                submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP, 0)?;
-            }
-        }
+        unsafe { register_buf_ring(&uring, &bufs, BUF_GROUP)? };
         let slots = cfg.slots as usize;
         let mut sends = Vec::with_capacity(slots);
         sends.resize_with(slots, || None);
@@ -331,18 +343,9 @@ impl Ring {
     /// Register `bufs` as this ring's large receive buffers (once): incrementally consumed where the kernel
     /// can, so a small receive into them takes only its bytes.
     pub fn register_large(&mut self, bufs: &BufRing) -> io::Result<()> {
-        let incremental = io_uring::types::IOU_PBUF_RING_INC as u16;
         // SAFETY: the ring memory lives in `bufs`' mappings, and the Ring keeps a reference to them
         // (`_large`, dropped after `uring`), so they outlive every operation.
-        unsafe {
-            let submitter = self.uring.submitter();
-            if submitter
-                .register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP_LARGE, incremental)
-                .is_err()
-            {
-                submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP_LARGE, 0)?;
-            }
-        }
+        unsafe { register_buf_ring(&self.uring, bufs, BUF_GROUP_LARGE)? };
         self._large = Some(bufs.keep_alive());
         Ok(())
     }
