@@ -34,6 +34,8 @@ pub(crate) trait ShardOps {
     /// Deliver to this shard's subscribers; returns how many got it.
     fn publish_local(&mut self, topic: &str, prepared: &Prepared) -> usize;
     fn set_timer(&mut self, conn: ConnId, at: Option<Instant>) -> bool;
+    /// See [`Ctx::pause_receive`].
+    fn pause_receive(&mut self, conn: ConnId, until: Instant) -> bool;
     fn peer(&self, conn: ConnId) -> Option<SocketAddr>;
     /// See [`Ctx::send_queue_room`].
     fn send_queue_room(&self, conn: ConnId) -> Option<usize>;
@@ -120,6 +122,17 @@ impl<'a, H: Handler> Ctx<'a, H> {
     /// a live connection of this shard.
     pub fn cancel_timer(&mut self, conn: ConnId) -> bool {
         self.ops.set_timer(conn, None)
+    }
+
+    /// Stop reading from `conn` (a connection of this shard) until `until`; a later call replaces the
+    /// deadline, one at or before now ends the pause. Meanwhile the kernel's receive queue fills and TCP's
+    /// window closes, so a peer that sends faster than the application will serve is slowed by TCP itself,
+    /// and what it sent arrives afterwards in full buffers. Messages already received are still delivered
+    /// (the rest of the buffer being handled, so `on_message` can come again during the pause). Closing the
+    /// connection ends the pause, so that the peer's Close is read. The pong deadline keeps running: keep
+    /// pauses well under `pong_timeout`. False if `conn` is not a live open connection of this shard.
+    pub fn pause_receive(&mut self, conn: ConnId, until: Instant) -> bool {
+        self.ops.pause_receive(conn, until)
     }
 
     /// The connection's application state ([`Handler::Conn`]), for a live connection of this shard.

@@ -124,6 +124,7 @@ counters! {
     bytes_out => "bytes_out", Counter, "Bytes sent";
     send_dropped => "send_dropped", Counter, "Messages dropped because a send queue was full (policy drop)";
     recv_buffer_exhausted => "recv_buffer_exhausted", Counter, "Times the provided receive buffers ran out and a receive had to be re-armed";
+    recv_paused => "recv_paused", Counter, "Receives the handler paused (Ctx::pause_receive)";
     recv_moved_large => "recv_moved_large", Counter, "Connections moved to the large receive buffers (a frame spanned more than one small buffer)";
     accept_table_full => "accept_table_full", Counter, "Accepts refused by the kernel because the registered file table was full";
     inbox_full => "inbox_full", Counter, "Commands and notices refused because a shard's inbox was full";

@@ -216,6 +216,7 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
     tight = tenant_config(
         "tight-secret", "tight-key",
         connection_limit=2, channel_limit=4, command_rate_limit=10, command_rate_burst=20,
+        command_rate_max_pause=0,  # exact answers at once (the pause is tested below)
     )
     tight["websocket"] = {"message_size_limit": 1024}
     roomy = tenant_config("roomy-secret", "roomy-key")  # message_size_limit 65536 (the default)
@@ -284,6 +285,47 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
         finally:
             for p in peers:
                 await p.aclose()
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
+def test_a_command_over_the_rate_pauses_reading_until_the_bucket_refills():
+    """client.command_rate_max_pause (Tether's own, default 1s): after a 111 the gateway reads nothing more
+    from that connection until its bucket holds a command again, so a command sent right after a 111 waits
+    in TCP and is then served, not refused. With the pause off (0) the same command is refused at once."""
+    # pong_timeout 4s: a pause is kept under a quarter of it, so the default 1 s cap applies.
+    limits = dict(channel_limit=4, command_rate_limit=5, command_rate_burst=10, ping_interval="10s", pong_timeout="4s")
+    paced = tenant_config("paced-secret", "paced-key", **limits)
+    unpaced = tenant_config("unpaced-secret", "unpaced-key", command_rate_max_pause=0, **limits)
+    node = Node({"paced": paced, "unpaced": unpaced})
+
+    async def probe(tenant: str, secret: str) -> tuple[int, float]:
+        p = await Peer(node.ws_url(tenant)).open()
+        try:
+            await p.connect(token=make_token("u", secret))  # one token of 10
+            for i in range(12):  # one frame each; the bucket runs dry and the last ones get 111
+                await p.ws.send(json.dumps({"id": 100 + i, "presence_stats": {"channel": "chat:p"}}))
+            await until(lambda: all(100 + i in p.replies for i in range(12)), what="12 answers")
+            codes = [p.replies[100 + i].get("error", {}).get("code") for i in range(12)]
+            assert 111 in codes, codes
+            sent = time.monotonic()
+            await p.ws.send(json.dumps({"id": 200, "presence_stats": {"channel": "chat:p"}}))
+            await until(lambda: 200 in p.replies, what="the probe's answer")
+            assert not p.closed.is_set()
+            return p.replies[200].get("error", {}).get("code"), time.monotonic() - sent
+        finally:
+            await p.aclose()
+
+    async def go():
+        code, waited = await probe("paced", "paced-secret")
+        # Served (103: presence_stats needs a subscription in namespace chat), after the bucket refilled.
+        assert code == 103 and waited >= 0.1, (code, waited)
+        assert metric(node.metrics(), "tether_recv_paused_total", shard="total") >= 1
+        code, waited = await probe("unpaced", "unpaced-secret")
+        assert code == 111, (code, waited)
 
     try:
         node.run(go())

@@ -33,6 +33,9 @@ impl Core {
                 let Some(w) = s.writer.as_mut() else { return };
                 w.close(s.out.bytes_mut(), code, reason, cause, now, cfg);
                 s.reader.on_local_close();
+                // The peer's Close must be read: a paused receive resumes.
+                self.resume_recv(slot);
+                let s = &mut self.slots[slot as usize];
                 if s.ending.is_none() {
                     s.ending = Some(Box::new(CloseInfo::new(code, reason, Initiator::Local, cause)));
                 }
@@ -61,6 +64,8 @@ impl Core {
             drop_one(&self.metrics.websocket_open);
         }
         s.phase = Phase::Closing;
+        self.forget_pause(slot);
+        let s = &mut self.slots[slot as usize];
         let inflight = s.has(flag::SEND_INFLIGHT);
         if flush && (inflight || self.has_output(slot) || self.owes_close_notify(slot)) {
             let s = &mut self.slots[slot as usize];
@@ -124,14 +129,11 @@ impl Core {
     fn cancel_inflight(&mut self, slot: u32) {
         let s = &self.slots[slot as usize];
         let (flags, generation) = (s.flags, s.generation);
-        let ring = self.ring(slot);
         if flags & flag::RECV_ARMED != 0 {
-            ring.cancel_op(Op::Recv, slot, generation);
-            if flags & flag::RECV_LARGE != 0 {
-                // The armed receive is the large one, or (just moved) still the small one: cancel both.
-                ring.cancel_op(Op::RecvLarge, slot, generation);
-            }
+            // A moved slot's armed receive is the large one, or (just moved) still the small one: both.
+            self.cancel_recv(slot);
         }
+        let ring = self.ring(slot);
         if flags & flag::SEND_INFLIGHT != 0 {
             ring.cancel_op(Op::Send, slot, generation);
         }

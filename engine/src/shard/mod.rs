@@ -30,6 +30,7 @@ mod close;
 mod inbox;
 mod lifecycle;
 mod ops;
+mod pause;
 mod pool;
 mod recv;
 mod rxbufs;
@@ -147,6 +148,9 @@ pub(crate) struct Core {
     dirty: Vec<u32>,
     /// Slots whose receive ended for want of a provided buffer, re-armed after the batch.
     starved: Vec<u32>,
+    /// Paused receives (`pause.rs`) and the wheel tick each resumes at: few at a time, so kept here rather
+    /// than in every slot.
+    paused: hashbrown::HashMap<u32, u64>,
     /// Idle output buffers (`pool.rs`).
     pool: pool::Pool,
     /// Outbound connections waiting for their socket op (or their start time): the socket op's tag and the
@@ -406,6 +410,7 @@ impl Core {
             drain_requested: Duration::ZERO,
             dirty: Vec::new(),
             starved: Vec::new(),
+            paused: hashbrown::HashMap::new(),
             pool: pool::Pool::default(),
             pending_connects: Vec::new(),
             pending_adopts: Vec::new(),

@@ -110,6 +110,11 @@ impl ShardOps for Core {
         true
     }
 
+    fn pause_receive(&mut self, conn: ConnId, until: Instant) -> bool {
+        let Some(slot) = self.resolve(conn) else { return false };
+        self.pause_recv(slot, until)
+    }
+
     fn send_queue_room(&self, conn: ConnId) -> Option<usize> {
         self.send_queue_room(self.resolve(conn)?)
     }

@@ -51,7 +51,8 @@ impl<H: Handler> Shard<H> {
             return;
         }
         if c.result == -libc::ECANCELED && !more && phase == Phase::Open {
-            // Cancelled to move the connection to the large buffers (`go_large`): receive again, there.
+            // Cancelled to move the connection to the large buffers (`go_large`): receive again, there (a
+            // cancel for a pause ends here too; `arm_recv` then leaves it to the deadline).
             self.core.arm_recv(slot);
             return;
         }
@@ -251,8 +252,12 @@ impl super::Core {
         }
     }
 
+    /// Arm the slot's multishot receive, unless the handler paused it (`pause.rs` arms it at the deadline).
     pub(super) fn arm_recv(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
+        if s.has(flag::RECV_PAUSED) {
+            return;
+        }
         s.set(flag::RECV_ARMED);
         let (generation, large) = (s.generation, s.has(flag::RECV_LARGE));
         self.ring(slot).recv_multi(slot, generation, large);

@@ -53,6 +53,9 @@ pub(crate) mod flag {
     /// The connection receives into its ring's large buffers (shard/rxbufs.rs): its receive is re-armed
     /// there, as `Op::RecvLarge`. Until the small receive it had ends, that one may still be armed.
     pub const RECV_LARGE: u32 = 1 << 16;
+    /// The handler paused the receive (`pause.rs`) until the slot's deadline in `Core::paused`: it is not
+    /// armed again before.
+    pub const RECV_PAUSED: u32 = 1 << 17;
     /// Operations whose completions must all arrive before the descriptor is closed.
     pub const BUSY: u32 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
 }

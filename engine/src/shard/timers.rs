@@ -1,5 +1,6 @@
 //! The shard's one timing wheel. Each slot has at most one entry: its next deadline, the earliest of the
-//! protocol's (ping, pong, close), the application's (`Ctx::set_timer`) and, outside Open, the handshake or
+//! protocol's (ping, pong, close), the application's (`Ctx::set_timer`), the end of a paused receive
+//! (`pause.rs`) and, outside Open, the handshake or
 //! teardown deadline. Delayed connects (`ConnectRequest::not_before`) use keys past the slots.
 //!
 //! Deadlines round *up* to the tick (default 100 ms), so nothing fires early. The loop sleeps until the
@@ -61,7 +62,8 @@ impl Core {
         let cfg = &self.profiles[s.profile as usize].proto;
         let proto = s.writer.as_ref().and_then(|w| w.poll_timeout(cfg)).map(|at| self.tick_at(at));
         let app = (s.app_tick != 0).then_some(s.app_tick);
-        match proto.into_iter().chain(app).min() {
+        let resume = self.resume_at(slot);
+        match proto.into_iter().chain(app).chain(resume).min() {
             Some(tick) => self.wheel.schedule(slot, tick),
             None => {
                 self.wheel.cancel(slot);
@@ -152,6 +154,8 @@ impl<H: Handler> Shard<H> {
                 Phase::Handshake if s.has(flag::CLIENT) => self.fail_connect(slot, ConnectError::Timeout),
                 Phase::Handshake => self.core.handshake_timeout(slot),
                 Phase::Open => {
+                    self.core.resume_if_due(slot, now_tick);
+                    let s = &mut self.core.slots[slot as usize];
                     if s.app_tick != 0 && s.app_tick <= now_tick {
                         s.app_tick = 0;
                         let id = self.core.id(slot);

@@ -197,6 +197,12 @@ impl Gateway {
                 Rate::Refused => {
                     self.metrics.reject(Rejection::CommandRate);
                     self.error(id, ErrorCode::TOO_MANY_REQUESTS, out);
+                    let max = self.config.command_pause_cap();
+                    if !max.is_zero() {
+                        // Read nothing more until a command would be taken again (see the option).
+                        let wait = s.command_wait(rate as f32).min(max);
+                        ctx.pause_receive(conn, ctx.now() + wait);
+                    }
                     return Ok(());
                 }
                 Rate::Exhausted => {

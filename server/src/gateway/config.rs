@@ -205,6 +205,12 @@ pub struct GatewayConfig {
     /// and `channel_limit` + 32, so that a reconnect that resubscribes every channel in one frame is never
     /// refused.
     pub command_rate_burst: usize,
+    /// `client.command_rate_max_pause` (Tether's own), default 1s, 0 = never: after a command refused with
+    /// 111, stop reading from that connection until its bucket holds a command again, at most this long.
+    /// The client's further commands wait in TCP (its window closes) instead of each being read, parsed and
+    /// answered 111; they are answered once the pause ends. A pause is also kept under a quarter of
+    /// `client.pong_timeout` ([`GatewayConfig::command_pause_cap`]), so a pong is never read too late.
+    pub command_rate_max_pause: Duration,
     /// `client.expired_close_delay`, default 25s.
     pub expired_close_delay: Duration,
     /// `client.expired_sub_close_delay`, default 25s.
@@ -254,6 +260,7 @@ impl Default for GatewayConfig {
             connection_rate_limit: 0,
             command_rate_limit: 100,
             command_rate_burst: 0,
+            command_rate_max_pause: Duration::from_secs(1),
             publication_rate_limit: 0,
             expired_close_delay: DEFAULT_EXPIRED_CLOSE_DELAY,
             expired_sub_close_delay: DEFAULT_EXPIRED_CLOSE_DELAY,
@@ -360,6 +367,15 @@ impl GatewayConfig {
         cfg.unknown = unknown;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The longest pause after a refused command: `command_rate_max_pause`, under a quarter of
+    /// `pong_timeout` when the pong check is on.
+    pub fn command_pause_cap(&self) -> Duration {
+        match self.pong_timeout.is_zero() {
+            true => self.command_rate_max_pause,
+            false => self.command_rate_max_pause.min(self.pong_timeout / 4),
+        }
     }
 
     /// Centrifugo's checks on the options tetherd reads.
@@ -485,7 +501,7 @@ fn read_engine(engine: &Map<String, Value>, unknown: &mut Vec<String>) -> Result
 
 /// Reads the `client` section.
 fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &mut Vec<String>) -> Result<(), String> {
-    const KNOWN: [&str; 19] = [
+    const KNOWN: [&str; 20] = [
         "token",
         "subscription_token",
         "allowed_origins",
@@ -499,6 +515,7 @@ fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &m
         "connection_rate_limit",
         "command_rate_limit",
         "command_rate_burst",
+        "command_rate_max_pause",
         "publication_rate_limit",
         "expired_close_delay",
         "expired_sub_close_delay",
@@ -528,6 +545,7 @@ fn read_client(client: &Map<String, Value>, cfg: &mut GatewayConfig, unknown: &m
     read_usize(client, p, "connection_rate_limit", &mut cfg.connection_rate_limit)?;
     read_usize(client, p, "command_rate_limit", &mut cfg.command_rate_limit)?;
     read_usize(client, p, "command_rate_burst", &mut cfg.command_rate_burst)?;
+    read_duration(client, p, "command_rate_max_pause", false, &mut cfg.command_rate_max_pause)?;
     read_usize(client, p, "publication_rate_limit", &mut cfg.publication_rate_limit)?;
     read_duration(client, p, "expired_close_delay", false, &mut cfg.expired_close_delay)?;
     read_duration(client, p, "expired_sub_close_delay", false, &mut cfg.expired_sub_close_delay)?;

@@ -247,6 +247,11 @@ impl Session {
         }
     }
 
+    /// How long until the bucket (as `take_command` left it) holds one command again at `rate` per second.
+    pub fn command_wait(&self, rate: f32) -> Duration {
+        Duration::from_secs_f32(((1.0 - self.tokens) / rate).max(0.0))
+    }
+
     pub fn sub(&self, channel: &str) -> Option<&Sub> {
         self.subs.iter().find(|s| &*s.channel == channel)
     }
