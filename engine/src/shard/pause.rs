@@ -7,7 +7,9 @@
 //! The deadline lives in `Core::paused` (few slots are paused at a time; the slot itself only carries the
 //! `RECV_PAUSED` flag) and is part of the slot's one wheel entry (`Core::rearm`). Bytes the kernel had
 //! already handed over (the rest of the buffer being delivered, completions that raced the cancel) are still
-//! delivered. A close from our side ends the pause, so that the peer's Close is read.
+//! delivered. A cancel can miss a receive the kernel is running at that moment: the next completion of a
+//! paused slot that says more will come cancels again (`on_recv`). A close from our side ends the pause, so
+//! that the peer's Close is read.
 
 use std::time::Instant;
 

@@ -20,6 +20,11 @@ impl<H: Handler> Shard<H> {
         }
         if c.result > 0 {
             let Some(bid) = c.buffer_id() else { return };
+            if more && self.core.slots[slot as usize].has(flag::RECV_PAUSED) {
+                // Bytes for a paused slot whose receive goes on: the cancel missed it (it was already
+                // running). Cancel again; these bytes are delivered (see pause.rs).
+                self.core.cancel_recv(slot);
+            }
             add(&self.core.metrics.bytes_in, c.result as u64);
             self.on_bytes(slot, bid, c.result as usize, large);
             self.bufs.pool(r, large).release(bid, c.buffer_more());

@@ -247,9 +247,11 @@ impl Session {
         }
     }
 
-    /// How long until the bucket (as `take_command` left it) holds one command again at `rate` per second.
+    /// How long until the bucket (as `take_command` left it) holds one command again at `rate` per second,
+    /// plus 2 ms: the bucket counts whole milliseconds, so a command read right at the deadline finds it full
+    /// enough.
     pub fn command_wait(&self, rate: f32) -> Duration {
-        Duration::from_secs_f32(((1.0 - self.tokens) / rate).max(0.0))
+        Duration::from_secs_f32(((1.0 - self.tokens) / rate).max(0.0)) + Duration::from_millis(2)
     }
 
     pub fn sub(&self, channel: &str) -> Option<&Sub> {
