@@ -175,6 +175,12 @@ pub struct Config {
     pub slots_per_shard: u32,
     /// Largest body of a plain HTTP request (Content-Length; 413 beyond). Upgrade requests have none.
     pub max_http_body: usize,
+    /// How long a connection may wait, idle, for its next plain HTTP request after an answer (HTTP/1.1
+    /// keep-alive: an API client publishing many times reuses one connection instead of a TCP handshake and
+    /// teardown per call). Once the next request's first bytes arrive, it has `handshake_timeout` to
+    /// complete. An idle connection past it is closed without an answer. `None`: every answer carries
+    /// `Connection: close` and the connection ends after it. Default 60 s.
+    pub http_keepalive: Option<Duration>,
     /// Commands (sends, closes, publications, connects) other threads may have waiting for one shard; past
     /// it their calls return [`SendError::InboxFull`](crate::SendError::InboxFull) and the shard counts the
     /// refusal (`inbox_full`). The same bound applies to each shard's notice queue.
@@ -238,6 +244,7 @@ impl Default for Config {
             ring_entries: 4096,
             slots_per_shard: 0,
             max_http_body: 1 << 20,
+            http_keepalive: Some(Duration::from_secs(60)),
             inbox_capacity: 65536,
             profiles: Vec::new(),
             per_ip_max_connections: 0,

@@ -35,6 +35,7 @@
 //! | `max_send_queue` | 4 MiB (an empty queue always takes one message) | `send_queue_policy`: close 1008 (or drop) |
 //! | `max_handshake_size` | 8 KiB | HTTP 431 |
 //! | `max_http_body` | 1 MiB | HTTP 413 |
+//! | `http_keepalive` | 60 s idle between plain HTTP requests on one connection | connection closed, no answer |
 //! | `ping_interval` / `pong_timeout` | 20 s / 10 s | close 1011 |
 //! | `handshake_timeout` / `close_timeout` | 10 s / 5 s | HTTP 408 (client role: `ConnectError::Timeout`) / connection dropped |
 //! | `tcp_keepalive` / `tcp_user_timeout` | 15 s, 5 s x 3 / 30 s | kernel resets the connection |

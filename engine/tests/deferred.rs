@@ -51,11 +51,17 @@ fn start(handshake_timeout: Duration) -> (Engine<Deferring>, mpsc::Receiver<(Con
     (Engine::start(config, move |_| Deferring { requests: tx.clone() }).expect("engine starts"), rx)
 }
 
-fn get(addr: SocketAddr, path: &str) -> TcpStream {
+/// A GET that closes the connection after its answer, or (`keep`) lets it stay open for another request.
+fn get_with(addr: SocketAddr, path: &str, keep: bool) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let connection = if keep { "keep-alive" } else { "close" };
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\n\r\n").unwrap();
     s
+}
+
+fn get(addr: SocketAddr, path: &str) -> TcpStream {
+    get_with(addr, path, false)
 }
 
 fn read_all(mut s: TcpStream) -> String {
@@ -76,21 +82,27 @@ fn a_deferred_answer_given_from_another_thread_is_what_the_client_reads() {
     let now = read_all(get(addr, "/now"));
     assert!(now.starts_with("HTTP/1.1 200") && now.ends_with("at once\n"), "{now}");
 
-    let client = get(addr, "/later");
+    let client = get_with(addr, "/later", true);
     let (conn, path) = requests.recv_timeout(Duration::from_secs(10)).expect("request seen");
     assert_eq!(path, "/later");
-    // Bytes that come meanwhile are not taken as a second request.
-    (&client).write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
+    // Bytes that come meanwhile are not taken as a second request before the first is answered.
+    (&client).write_all(b"GET /again HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    assert!(requests.try_recv().is_err(), "input of a deferred request is ignored");
-    let handle: EngineHandle = engine.handle().clone();
-    std::thread::spawn(move || {
-        handle.answer_http(conn, HttpResponse::new(202, "Accepted", "text/plain", "later\n")).expect("answered")
-    })
-    .join()
-    .unwrap();
+    assert!(requests.try_recv().is_err(), "a request pipelined behind a deferred one was served before it");
+    let answer = |conn, resp| {
+        let handle: EngineHandle = engine.handle().clone();
+        std::thread::spawn(move || handle.answer_http(conn, resp).expect("answered")).join().unwrap();
+    };
+    answer(conn, HttpResponse::new(202, "Accepted", "text/plain", "later\n"));
+    // Then they are: the next request on the kept-alive connection.
+    let (again, path) = requests.recv_timeout(Duration::from_secs(10)).expect("the pipelined request seen");
+    assert_eq!((again, path.as_str()), (conn, "/again"));
+    answer(conn, HttpResponse::new(200, "OK", "text/plain", "again\n"));
     let got = read_all(client);
-    assert!(got.starts_with("HTTP/1.1 202 Accepted") && got.ends_with("later\n"), "{got}");
+    let (first, second) = got.split_at(got.find("HTTP/1.1 200").unwrap_or_else(|| panic!("{got}")));
+    assert!(first.starts_with("HTTP/1.1 202 Accepted") && first.ends_with("later\n"), "{got}");
+    assert!(first.contains("Connection: keep-alive") && second.contains("Connection: close"), "{got}");
+    assert!(second.ends_with("again\n"), "{got}");
     // A second answer finds the connection gone.
     assert!(engine.handle().answer_http(conn, HttpResponse::new(200, "OK", "text/plain", "")).is_ok());
     stop(engine);

@@ -30,7 +30,7 @@ fn check_request(data: &[u8], max_size: usize, max_body: usize) {
             let answer = reject_response(&err);
             assert_well_formed_response(&answer);
         }
-        RequestParse::Http { request, consumed } => {
+        RequestParse::Http { request, consumed, .. } => {
             assert!(consumed <= data.len());
             assert!(request.body.len() <= max_body);
             assert!(consumed >= request.body.len());

@@ -97,6 +97,7 @@ settings! {
     ring_entries: "TETHER_RING_ENTRIES", "N", "Submission queue entries per ring";
     slots_per_shard: "TETHER_SLOTS_PER_SHARD", "N", "Registered file slots per ring, 0 = RLIMIT_NOFILE";
     max_http_body: "TETHER_MAX_HTTP_BODY", "BYTES", "Largest body of a plain HTTP request (413 beyond)";
+    http_keepalive: "TETHER_HTTP_KEEPALIVE", "DURATION", "How long a connection may wait idle for its next plain HTTP request (API, /metrics) after an answer; 0 or off closes after every answer";
     inbox_capacity: "TETHER_INBOX_CAPACITY", "N", "Commands other threads may queue for one shard (refused beyond, counted in inbox_full)";
     per_ip_max_connections: "TETHER_PER_IP_MAX_CONNECTIONS", "N", "Connections one source address may hold at once, over all shards (an IPv6 peer counts by its /64); past it every request is answered 503 with Retry-After; 0 = unlimited";
     per_ip_handshake_rate: "TETHER_PER_IP_HANDSHAKE_RATE", "N/s", "New connections one source address may open per second, over all shards (N, N/s or N/min, bursts of N); past it every request is answered 429 with Retry-After; 0 or off = unlimited";
@@ -344,6 +345,7 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         slots_per_shard: pick!(r, cli, slots_per_shard, int_in(0, 1 << 24)).map_or(d.slots_per_shard, |n| n as u32),
         max_http_body: pick!(r, cli, max_http_body, size_in(0, u32::MAX.into()))
             .map_or(d.max_http_body, |n| n as usize),
+        http_keepalive: pick!(r, cli, http_keepalive, parse_optional_duration).unwrap_or(d.http_keepalive),
         inbox_capacity: pick!(r, cli, inbox_capacity, int_in(1, 1 << 24)).map_or(d.inbox_capacity, |n| n as usize),
         per_ip_max_connections: pick!(r, cli, per_ip_max_connections, int_in(0, u32::MAX.into()))
             .map_or(d.per_ip_max_connections, |n| n as u32),
@@ -705,6 +707,7 @@ impl Settings {
         line("ring_entries", c.ring_entries.to_string());
         line("slots_per_shard", c.slots_per_shard.to_string());
         line("max_http_body", quoted(&format_size(c.max_http_body as u64)));
+        line("http_keepalive", quoted(&opt(c.http_keepalive)));
         line("inbox_capacity", c.inbox_capacity.to_string());
         line("per_ip_max_connections", c.per_ip_max_connections.to_string());
         line("per_ip_handshake_rate", quoted(&fmt_rate(c.per_ip_handshake_rate)));

@@ -59,6 +59,32 @@ def _post(gw, method: str, body: bytes, headers: dict, query: str = ""):
     return s.post(f"{gw.api_url}/{method}{query}", data=body, headers={"Content-Type": "application/json", **headers}, timeout=5)
 
 
+def accepted_total(gw) -> int:
+    """tetherd's count of accepted TCP connections (this scrape's own included)."""
+    s = requests.Session()
+    s.trust_env = False
+    text = s.get(f"http://{gw.addr}/metrics", headers={"Connection": "close"}, timeout=5).text
+    s.close()
+    return int(next(float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith('tether_accepted_total{shard="total"}')))
+
+
+def test_cent_client_reuses_one_connection_for_many_calls(gw):
+    """`cent` keeps its requests session's connection open (HTTP/1.1 keep-alive): 40 publishes through one
+    client cost one TCP connection, not 40 handshakes and teardowns."""
+    before = accepted_total(gw)
+    api = gw.api()
+    channel = "hist:" + unique("keepalive")
+    for i in range(40):
+        assert isinstance(api.publish(PublishRequest(channel=channel, data={"i": i})), PublishResult)
+    api._session._session.close()
+    # This scrape and the client's one connection (a reconnect or two would still show the reuse).
+    used = accepted_total(gw) - before - 1
+    assert 1 <= used <= 3, f"40 API calls took {used} connections"
+    history = api.history(HistoryRequest(channel=channel, limit=-1))
+    assert [p.data["i"] for p in history.publications] == list(range(40))
+
+
 def test_api_key_in_authorization_header_or_query(gw):
     # Besides X-API-Key (what cent sends), Centrifugo takes `Authorization: apikey KEY` and ?api_key=KEY.
     body = json.dumps({"channel": unique("news-"), "data": {"k": 1}}).encode()

@@ -387,7 +387,7 @@ def test_session_resumption(tetherd):
         for attempt in range(3):
             with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
                                  server_hostname="localhost", session=session) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 got, how = read_to_eof(s, 10)
                 assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nok\n"), (version, got, how)
                 if attempt:

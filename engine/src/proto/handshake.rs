@@ -147,6 +147,9 @@ pub enum RequestParse {
         request: HttpRequest,
         /// Length of the request head and body together.
         consumed: usize,
+        /// The client lets the connection stay open for another request: HTTP/1.1 without `Connection:
+        /// close`, or HTTP/1.0 with `Connection: keep-alive`.
+        keep_alive: bool,
     },
     /// Answer with this status and close.
     Reject(HttpError),
@@ -226,6 +229,11 @@ pub fn parse_request(buf: &[u8], max_size: usize, max_body: usize) -> RequestPar
             return RequestParse::Partial;
         }
         let (path, query) = split_target(path);
+        let keep_alive = if req.version == Some(1) {
+            !has_token(values(headers, "connection"), "close")
+        } else {
+            has_token(values(headers, "connection"), "keep-alive")
+        };
         let request = HttpRequest {
             method: method.to_string(),
             path,
@@ -235,7 +243,7 @@ pub fn parse_request(buf: &[u8], max_size: usize, max_body: usize) -> RequestPar
             peer: None,
             conn: None,
         };
-        return RequestParse::Http { request, consumed: consumed + length };
+        return RequestParse::Http { request, consumed: consumed + length, keep_alive };
     }
     match validate_upgrade(method, req.version.unwrap_or(0), path, headers) {
         Ok(request) => RequestParse::Upgrade { request, consumed },
@@ -383,8 +391,22 @@ pub fn header_line(name: &str, value: &str) -> Option<String> {
 /// A complete HTTP/1.1 response with Content-Length, Connection: close, the given content type
 /// and extra header lines (each "Name: value").
 pub fn http_response(status: u16, reason: &str, content_type: &str, extra_headers: &[&str], body: &[u8]) -> Vec<u8> {
+    http_response_on(status, reason, content_type, extra_headers, body, false)
+}
+
+/// [`http_response`], with `Connection: keep-alive` instead of `close` when `keep_alive`: the connection
+/// stays open for the client's next request.
+pub fn http_response_on(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    extra_headers: &[&str],
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
     let mut s = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
         body.len()
     );
     for h in extra_headers {
@@ -654,11 +676,29 @@ mod tests {
                     peer: None,
                     conn: None
                 },
-                consumed: buf.len()
+                consumed: buf.len(),
+                keep_alive: true,
             }
         );
         let post = b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
         assert!(matches!(parse_request(post, 8192, 1 << 20), RequestParse::Http { .. }));
+    }
+
+    #[test]
+    fn plain_http_keep_alive() {
+        let keep = |req: &[u8]| match parse_request(req, 8192, 1 << 20) {
+            RequestParse::Http { keep_alive, .. } => keep_alive,
+            other => panic!("{other:?}"),
+        };
+        assert!(keep(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "HTTP/1.1 is persistent by default");
+        assert!(!keep(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: TE, Close\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"), "HTTP/1.0 closes by default");
+        assert!(keep(b"GET / HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n"));
+        let on = http_response_on(200, "OK", "text/plain", &[], b"ok", true);
+        assert!(String::from_utf8(on).unwrap().contains("\r\nConnection: keep-alive\r\n"));
+        let off = http_response(200, "OK", "text/plain", &[], b"ok");
+        assert!(String::from_utf8(off).unwrap().contains("\r\nConnection: close\r\n"));
     }
 
     #[test]
@@ -668,7 +708,7 @@ mod tests {
             assert_eq!(parse_request(&post[..cut], 8192, 1024), RequestParse::Partial, "cut {cut}");
         }
         match parse_request(post, 8192, 1024) {
-            RequestParse::Http { request, consumed } => {
+            RequestParse::Http { request, consumed, .. } => {
                 assert_eq!(consumed, post.len());
                 assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/api/publish"));
                 assert_eq!(request.query.as_deref(), Some("x=1"));

@@ -180,12 +180,19 @@ impl Core {
         self.teardown(slot, info, true);
     }
 
-    /// Writes `resp` as the answer to the slot's plain HTTP request and closes the connection.
+    /// Writes `resp` as the answer to the slot's plain HTTP request, then waits for the next request
+    /// (keep-alive, `keepalive.rs`) or closes the connection.
     pub(super) fn answer_http(&mut self, slot: u32, resp: &crate::handler::HttpResponse) {
         let headers: Vec<String> = resp.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-        let bytes = handshake::http_response(resp.status, resp.reason, resp.content_type, &headers, &resp.body);
-        self.http_answer(slot, bytes, resp.status);
+        let keep = self.keeps_alive(slot);
+        let bytes =
+            handshake::http_response_on(resp.status, resp.reason, resp.content_type, &headers, &resp.body, keep);
+        if keep {
+            self.answer_and_keep(slot, &bytes);
+        } else {
+            self.http_answer(slot, bytes, resp.status);
+        }
     }
 
     /// The deferred answer to the slot's request came (ignored if the slot is not waiting for one).
@@ -308,7 +315,13 @@ impl<H: Handler> Shard<H> {
                 debug!(conn = %id, status = err.status, message = %err.message, "upgrade refused");
                 core.reject(slot, &err);
             }
-            RequestParse::Http { mut request, .. } => {
+            RequestParse::Http { mut request, consumed, keep_alive } => {
+                // The request is parsed out: what follows it is the next request (keepalive.rs).
+                let s = &mut core.slots[slot as usize];
+                s.reader.handshake_buf().drain(..consumed);
+                if keep_alive {
+                    s.set(flag::KEEP_ALIVE);
+                }
                 request.peer = peer;
                 request.conn = Some(id);
                 let resp = with_ctx!(self, |h, ctx| h.on_http(&mut ctx, &request));

@@ -28,6 +28,7 @@ mod adopt;
 mod client;
 mod close;
 mod inbox;
+mod keepalive;
 mod lifecycle;
 mod ops;
 mod pause;
@@ -167,6 +168,9 @@ pub(crate) struct Core {
     /// Connections (slot, generation) whose send queue drained after the handler asked
     /// (`Ctx::notify_writable`); the shard calls `on_writable` for them after the completions.
     writable: Vec<(u32, u32)>,
+    /// Kept-alive connections (slot, generation) whose next HTTP request came with the one just answered
+    /// (pipelined): the shard serves it after the completions, one request per connection per iteration.
+    pipelined: Vec<(u32, u32)>,
     rng: u64,
     /// When shard 0 next sweeps the shared per-IP table for expired rate buckets.
     next_ip_sweep: Instant,
@@ -418,6 +422,7 @@ impl Core {
             client_sockopts,
             failed_connects: Vec::new(),
             writable: Vec::new(),
+            pipelined: Vec::new(),
             rng: seed,
             next_ip_sweep: now,
             codec: crate::proto::Codec::with_level(cfg.deflate_threshold, cfg.deflate_level),
@@ -579,6 +584,7 @@ impl<H: Handler> Shard<H> {
             with_ctx!(self, |h, ctx| h.on_tick(&mut ctx));
             self.report_failed_connects();
             self.report_writable();
+            self.serve_pipelined();
             self.core.flush_dirty();
 
             if self.core.drained() {

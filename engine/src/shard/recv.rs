@@ -81,6 +81,10 @@ impl<H: Handler> Shard<H> {
         }
         let info = match s.writer.as_mut().and_then(|w| w.handle_eof(why)) {
             Some(info) => info,
+            // A kept-alive HTTP client leaving between requests (keepalive.rs): nothing was cut short.
+            None if s.has(flag::HTTP_IDLE) && s.reader.handshake_bytes().is_empty() => {
+                CloseInfo::new(0, "http client closed", Initiator::Peer, CloseCause::HttpRejected)
+            }
             None => CloseInfo::new(1006, why, Initiator::Abnormal, CloseCause::Abnormal),
         };
         s.out.clear();
@@ -149,10 +153,14 @@ impl<H: Handler> Shard<H> {
 
     /// More bytes of the upgrade request (server) or of the 101 (client) are in the handshake buffer.
     fn handshake_step(&mut self, slot: u32) {
-        let s = &self.core.slots[slot as usize];
-        if s.has(flag::CLIENT) {
+        if self.core.slots[slot as usize].has(flag::CLIENT) {
             self.client_handshake(slot);
-        } else if !s.has(flag::REQUEST_WAITING | flag::HTTP_DEFERRED) {
+            return;
+        }
+        if !self.core.next_request_bytes(slot) {
+            return;
+        }
+        if !self.core.slots[slot as usize].has(flag::REQUEST_WAITING | flag::HTTP_DEFERRED) {
             self.server_handshake(slot);
         }
     }

@@ -56,6 +56,10 @@ pub(crate) mod flag {
     /// The handler paused the receive (`pause.rs`) until the slot's deadline in `Core::paused`: it is not
     /// armed again before.
     pub const RECV_PAUSED: u32 = 1 << 17;
+    /// The plain HTTP request being answered lets the connection stay open (`keepalive.rs`).
+    pub const KEEP_ALIVE: u32 = 1 << 18;
+    /// Answered, kept open: waiting (until `Config::http_keepalive`) for the next request's first bytes.
+    pub const HTTP_IDLE: u32 = 1 << 19;
     /// Operations whose completions must all arrive before the descriptor is closed.
     pub const BUSY: u32 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
 }

@@ -81,10 +81,14 @@ impl Core {
     /// A handshake that did not complete in time: 408 and close (a connection the per-IP limits refused gets
     /// its 503 or 429 instead, at its shorter deadline).
     fn handshake_timeout(&mut self, slot: u32) {
+        if self.slots[slot as usize].has(flag::HTTP_IDLE) {
+            self.idle_timeout(slot);
+            return;
+        }
         let id = self.id(slot);
         if self.slots[slot as usize].has(flag::HTTP_DEFERRED) {
             info!("deferred HTTP answer not given in time conn={id}");
-            self.slots[slot as usize].clear(flag::HTTP_DEFERRED);
+            self.slots[slot as usize].clear(flag::HTTP_DEFERRED | flag::KEEP_ALIVE);
             let resp = crate::handler::HttpResponse::new(
                 504,
                 "Gateway Timeout",
