@@ -1,5 +1,7 @@
-//! The HTTP API publisher: one thread of its own, plain HTTP/1.1 over `std::net::TcpStream`, one request per
-//! connection (`Connection: close`), paced at the publish rate. One channel per request goes to
+//! The HTTP API publisher: `--publish-concurrency` threads (lanes), plain HTTP/1.1 over `std::net::TcpStream`,
+//! each lane keeping its one connection open between requests (keep-alive, as API clients do: `cent`'s
+//! requests session, Go's http.Client) and opening a new one when the server closed it; paced at the publish
+//! rate. One channel per request goes to
 //! `POST {prefix}/publish`; `--publish-batch` B > 1 sends B channels at once to `POST {prefix}/broadcast`
 //! (same data, each channel its own publication and offset).
 
@@ -107,12 +109,14 @@ fn publish_loop(
     let step = ((lanes as u64 * batch) % cfg.channels as u64) as u32;
     let mut body = String::new();
     let mut data = String::new();
+    let mut conn = ApiConn::default();
     while !stop.load(Relaxed) {
         // Batch n is due at n batch periods after this lane's start (the first at once).
         let due_at = start + Duration::from_secs_f64(stats.attempted as f64 / rate);
         let now = Instant::now();
         if now < due_at {
-            std::thread::sleep((due_at - now).min(Duration::from_millis(5)));
+            // Short enough to see `stop` soon, long enough not to wake a lane many times per request.
+            std::thread::sleep((due_at - now).min(Duration::from_millis(50)));
             continue;
         }
         let channels: Vec<u32> = (0..batch as u32).map(|i| (next_channel + i) % cfg.channels).collect();
@@ -143,7 +147,7 @@ fn publish_loop(
         stats.attempted += batch;
         stats.requests += 1;
         let sent = Instant::now();
-        let answer = post(&cfg.api, &path, cfg.api_key.as_deref(), &body);
+        let answer = conn.post(&cfg.api, &path, cfg.api_key.as_deref(), &body);
         stats.request_us.saturating_record((sent.elapsed().as_micros() as u64).max(1));
         let outcomes = match answer.and_then(|(status, body)| outcomes(status, &body, channels.len())) {
             Ok(outcomes) => outcomes,
@@ -166,60 +170,115 @@ fn publish_loop(
     stats
 }
 
-/// One request on a fresh connection; the status and body of the answer.
+/// One request on a fresh connection, closed after the answer; the status and body of the answer.
 pub fn post(api: &ApiTarget, path: &str, key: Option<&str>, body: &str) -> Result<(u16, Vec<u8>), String> {
-    let io = |e: std::io::Error| format!("io: {}", e.kind());
-    let mut stream = TcpStream::connect_timeout(&api.addr, Duration::from_secs(5)).map_err(io)?;
-    let _ = stream.set_nodelay(true);
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        api.host,
-        body.len()
-    );
-    if let Some(key) = key {
-        request.push_str("X-API-Key: ");
-        request.push_str(key);
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    let mut answer = Vec::with_capacity(512);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            // The server closed after answering, with our request's bytes unread: the answer is all there.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !answer.is_empty() => 0,
-            Err(e) => return Err(io(e)),
-        };
-        if n == 0 {
-            break;
-        }
-        answer.extend_from_slice(&chunk[..n]);
-        if let Some((_, body_at, Some(length))) = head(&answer) {
-            if answer.len() >= body_at + length {
-                answer.truncate(body_at + length);
-                break;
-            }
-        }
-    }
-    let (status, body_at, _) = head(&answer).ok_or_else(|| "bad answer: no HTTP head".to_string())?;
-    Ok((status, answer.split_off(body_at)))
+    ApiConn { stream: None, keep_alive: false }.post(api, path, key, body)
 }
 
-/// Status, body offset and Content-Length of an HTTP answer whose head is complete.
-fn head(answer: &[u8]) -> Option<(u16, usize, Option<usize>)> {
+/// A lane's connection to the API, kept open between requests (`Connection: keep-alive`) and opened again
+/// when the server closed it or a request on it failed. A failed request is not retried (a publication the
+/// server took would then arrive twice).
+pub struct ApiConn {
+    stream: Option<TcpStream>,
+    keep_alive: bool,
+}
+
+impl Default for ApiConn {
+    fn default() -> Self {
+        ApiConn { stream: None, keep_alive: true }
+    }
+}
+
+impl ApiConn {
+    /// One request; the status and body of the answer.
+    pub fn post(
+        &mut self,
+        api: &ApiTarget,
+        path: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let io = |e: std::io::Error| format!("io: {}", e.kind());
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect_timeout(&api.addr, Duration::from_secs(5)).map_err(io)?;
+                let _ = stream.set_nodelay(true);
+                stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+                stream
+            }
+        };
+        let connection = if self.keep_alive { "keep-alive" } else { "close" };
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
+            api.host,
+            body.len()
+        );
+        if let Some(key) = key {
+            request.push_str("X-API-Key: ");
+            request.push_str(key);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes()).map_err(io)?;
+        let mut answer = Vec::with_capacity(512);
+        let mut chunk = [0u8; 4096];
+        let mut complete = false;
+        loop {
+            let n = match stream.read(&mut chunk) {
+                Ok(n) => n,
+                // The server closed after answering, with our request's bytes unread: the answer is all there.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !answer.is_empty() => 0,
+                Err(e) => return Err(io(e)),
+            };
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            if let Some(Head { body_at, length: Some(length), .. }) = head(&answer) {
+                if answer.len() >= body_at + length {
+                    answer.truncate(body_at + length);
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        let h = head(&answer).ok_or_else(|| "bad answer: no HTTP head".to_string())?;
+        if complete && self.keep_alive && h.keep_alive {
+            self.stream = Some(stream);
+        }
+        Ok((h.status, answer.split_off(h.body_at)))
+    }
+}
+
+/// An HTTP answer's head: status, where the body starts, its Content-Length, and whether the server keeps
+/// the connection (HTTP/1.1 without `Connection: close`).
+struct Head {
+    status: u16,
+    body_at: usize,
+    length: Option<usize>,
+    keep_alive: bool,
+}
+
+/// The head of an HTTP answer, once it is complete.
+fn head(answer: &[u8]) -> Option<Head> {
     let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
     let text = std::str::from_utf8(&answer[..end]).ok()?;
     let mut lines = text.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let length = lines.find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
-    });
-    Some((status, end + 4, length))
+    let status_line = lines.next()?;
+    let status = status_line.split(' ').nth(1)?.parse().ok()?;
+    let (mut length, mut keep_alive) = (None, status_line.starts_with("HTTP/1.1 "));
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            keep_alive = !value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
+        }
+    }
+    Some(Head { status, body_at: end + 4, length, keep_alive })
 }
 
 /// Per channel of the request: accepted, or the API error code. `Err` for an answer that is no API answer.
@@ -306,5 +365,60 @@ mod tests {
         assert!(request.contains("\r\nX-API-Key: k\r\n"), "{request}");
         assert!(request.contains("\r\nContent-Length: 25\r\n"), "{request}");
         assert!(request.ends_with("\r\n\r\n{\"channel\":\"a\",\"data\":{}}"), "{request}");
+    }
+
+    /// A server that answers every request on the connections it accepts (keep-alive unless `close`), and
+    /// counts the connections.
+    fn keep_alive_server(requests: usize, close: bool) -> (ApiTarget, std::thread::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut served, mut connections) = (0, 0);
+            while served < requests {
+                let (mut s, _) = listener.accept().unwrap();
+                connections += 1;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(at) = String::from_utf8_lossy(&got).find("{}}") {
+                        got.drain(..at + 3);
+                        let connection = if close { "close" } else { "keep-alive" };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: {connection}\r\n\r\n{{\"result\":{{}}}}"
+                        );
+                        s.write_all(answer.as_bytes()).unwrap();
+                        served += 1;
+                    }
+                    if close || served == requests {
+                        break;
+                    }
+                }
+            }
+            connections
+        });
+        (ApiTarget::parse(&format!("http://{addr}/api")).unwrap(), server)
+    }
+
+    #[test]
+    fn a_lane_keeps_its_connection_and_reopens_one_the_server_closed() {
+        let (api, server) = keep_alive_server(3, false);
+        let mut conn = ApiConn::default();
+        for _ in 0..3 {
+            let (status, body) = conn.post(&api, "/api/publish", None, r#"{"channel":"a","data":{}}"#).unwrap();
+            assert_eq!((status, body.as_slice()), (200, &b"{\"result\":{}}"[..]));
+        }
+        assert_eq!(server.join().unwrap(), 1, "three requests, one connection");
+
+        let (api, server) = keep_alive_server(3, true);
+        let mut conn = ApiConn::default();
+        for _ in 0..3 {
+            assert_eq!(conn.post(&api, "/api/publish", None, r#"{"channel":"a","data":{}}"#).unwrap().0, 200);
+        }
+        assert_eq!(server.join().unwrap(), 3, "Connection: close answers: a connection per request");
     }
 }
