@@ -566,6 +566,8 @@ def main():
                     help="before each phase, wait this long at most for tetherd to answer /healthz")
     ap.add_argument("--shards", type=int, default=0, help="tetherd --shards")
     ap.add_argument("--port", type=int, default=19500)
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="one more tetherd argument (repeatable), e.g. --server-arg=--http-keepalive=off")
     ap.add_argument("--max-connections", type=int, default=0,
                     help="tetherd --max-connections (0: the connections, flood clients and a quarter more); it sizes "
                          "the descriptor tables, which churn walks through in full over time")
@@ -601,7 +603,8 @@ def main():
     try:
         server = children.start(
             [str(BIN_DIR / "tetherd"), "--listen", f"127.0.0.1:{args.port}", *tenant_args,
-             "--max-connections", str(max_conns), "--shards", str(args.shards), "--log", "warn"],
+             "--max-connections", str(max_conns), "--shards", str(args.shards), "--log", "warn",
+             *args.server_arg],
             open(out / "tetherd.log", "w"), stdout=subprocess.PIPE)
         line = server.stdout.readline()
         if not line.startswith("tetherd listening on "):

@@ -79,7 +79,9 @@ def http_session() -> requests.Session:
 
 
 def metrics(gw: Gateway) -> dict[str, float]:
-    text = http_session().get(f"http://{gw.addr}/metrics", timeout=5).text
+    # Connection: close: the server ends the fetch's connection right after answering, so the gauges compared
+    # between fetches never count a kept-alive one still waiting for our FIN.
+    text = http_session().get(f"http://{gw.addr}/metrics", headers={"Connection": "close"}, timeout=5).text
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -122,7 +124,8 @@ async def gauges_return_to(gw: Gateway, baseline: dict, timeout: float = 5.0):
 
 
 def api(gw: Gateway, method: str, body: dict) -> dict:
-    r = http_session().post(f"{gw.api_url}/{method}", json=body, headers={"X-API-Key": API_KEY}, timeout=10)
+    r = http_session().post(f"{gw.api_url}/{method}", json=body, headers={"X-API-Key": API_KEY, "Connection": "close"},
+                            timeout=10)
     assert r.status_code == 200, (r.status_code, r.text)
     reply = r.json()
     assert "result" in reply, reply

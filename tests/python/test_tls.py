@@ -130,7 +130,9 @@ def metrics(srv: Tetherd) -> dict:
     `name{reason}` for the closes by reason. The fetch is itself a TLS connection (counted while it is open)."""
     conn = http.client.HTTPSConnection("127.0.0.1", port_of(srv), context=client_ctx(), timeout=10)
     try:
-        conn.request("GET", "/metrics")
+        # Connection: close, so the server ends this connection itself right after the answer (a kept-alive one
+        # would count as open until the server has read our FIN, and gauges are compared between fetches).
+        conn.request("GET", "/metrics", headers={"Connection": "close"})
         resp = conn.getresponse()
         body = resp.read().decode()
         assert resp.status == 200, f"/metrics answered {resp.status}: {body[:200]}"
