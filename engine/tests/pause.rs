@@ -63,7 +63,9 @@ impl Handler for Pauser {
 
 fn server() -> (Engine<Pauser>, SocketAddr, mpsc::Receiver<Seen>) {
     let (tx, rx) = mpsc::channel();
-    let config = Config { listen: Some("127.0.0.1:0".parse().unwrap()), shards: 1, ..Config::default() };
+    // No server pings: a ping at a random point of the first interval would come between the echoes read here.
+    let config =
+        Config { listen: Some("127.0.0.1:0".parse().unwrap()), shards: 1, ping_interval: None, ..Config::default() };
     let engine = Engine::start(config, move |_| Pauser { tx: tx.clone(), binary: 0 }).unwrap();
     let addr = engine.local_addr().unwrap();
     (engine, addr, rx)
