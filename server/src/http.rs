@@ -1,4 +1,5 @@
-//! The plain HTTP endpoints every tetherd application serves: `GET /healthz` and `GET /metrics`.
+//! The plain HTTP endpoints every tetherd application serves: `GET /healthz` and `GET /metrics` (HEAD too: the
+//! engine sends a HEAD's answer without its body).
 
 use tether::HttpResponse;
 
@@ -8,6 +9,7 @@ use crate::metrics;
 pub fn route(method: &str, target: &str, metrics: impl FnOnce() -> Option<String>) -> HttpResponse {
     // The request target may carry a query (`/metrics?x=1`); routing looks at the path alone.
     let path = target.split(['?', '#']).next().unwrap_or(target);
+    let method = if method == "HEAD" { "GET" } else { method };
     match (method, path) {
         ("GET", "/healthz") => HttpResponse::new(200, "OK", "text/plain; charset=utf-8", "ok\n"),
         ("GET", "/metrics") => match metrics() {
@@ -27,6 +29,7 @@ mod tests {
         let r = route("GET", "/healthz", || None);
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
         assert!(r.content_type.starts_with("text/plain"));
+        assert_eq!(route("HEAD", "/healthz", || None).status, 200, "HEAD as GET");
     }
 
     #[test]

@@ -398,6 +398,24 @@ def test_session_resumption(tetherd):
     assert metrics(srv)["tls_failures_total"] == 0
 
 
+def test_https_requests_share_one_kept_alive_connection(tetherd):
+    """HTTP/1.1 keep-alive inside TLS: three requests on one connection (the stdlib's client keeps its socket
+    only while the server keeps the connection), answered in order."""
+    srv = tetherd()
+    conn = http.client.HTTPSConnection("127.0.0.1", port_of(srv), context=client_ctx(), timeout=10)
+    try:
+        sockets = []
+        for path, status in (("/healthz", 200), ("/nope", 404), ("/healthz", 200)):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            assert (resp.status, resp.getheader("Connection")) == (status, "keep-alive"), (path, resp.status, body)
+            sockets.append(conn.sock)
+        assert sockets[0] is not None and all(s is sockets[0] for s in sockets), "a new connection per request"
+    finally:
+        conn.close()
+
+
 # --- 2. Node ws over wss:// ----------------------------------------------------------------------------------
 
 

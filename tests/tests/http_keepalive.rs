@@ -55,6 +55,19 @@ fn requests_one_after_another_share_one_connection_until_the_client_says_close()
 }
 
 #[test]
+fn a_head_answer_has_no_body_and_the_next_answer_follows_it() {
+    let server = Server::start(&[]);
+    let mut s = raw::connect(server.addr);
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(get("/no-such-page", "Connection: close\r\n").as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = parse_http_head(&read_http_head(&mut s).unwrap()).unwrap();
+    assert_eq!((head.status, head.header("content-length")), (200, Some("3")), "{:?}", head.headers);
+    // Right after the HEAD's head: the next answer, not the 3 bytes of a body.
+    assert_eq!(response(&mut s).status, 404);
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let server = Server::start(&[]);
     let mut s = raw::connect(server.addr);

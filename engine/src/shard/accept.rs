@@ -186,8 +186,15 @@ impl Core {
         let headers: Vec<String> = resp.headers.iter().filter_map(|(n, v)| handshake::header_line(n, v)).collect();
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
         let keep = self.keeps_alive(slot);
-        let bytes =
+        let mut bytes =
             handshake::http_response_on(resp.status, resp.reason, resp.content_type, &headers, &resp.body, keep);
+        let s = &mut self.slots[slot as usize];
+        if s.has(flag::HEAD_REQUEST) {
+            // A HEAD answer is the head alone (Content-Length still the body's): bytes after it would be read
+            // as the start of the next answer on a kept-alive connection.
+            s.clear(flag::HEAD_REQUEST);
+            bytes.truncate(bytes.len() - resp.body.len());
+        }
         if keep {
             self.answer_and_keep(slot, &bytes);
         } else {
@@ -321,6 +328,9 @@ impl<H: Handler> Shard<H> {
                 s.reader.handshake_buf().drain(..consumed);
                 if keep_alive {
                     s.set(flag::KEEP_ALIVE);
+                }
+                if request.method == "HEAD" {
+                    s.set(flag::HEAD_REQUEST);
                 }
                 request.peer = peer;
                 request.conn = Some(id);

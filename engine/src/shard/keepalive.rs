@@ -11,6 +11,8 @@
 //! - The answer says `Connection: close` and the connection ends after it when the client asked, when
 //!   keep-alive is off, when the server is shutting down, for the engine's own refusals (4xx, per-IP
 //!   limits) and for a 504 to a deferred answer that never came.
+//! - The answer to a HEAD request is its head alone (`flag::HEAD_REQUEST`), so a kept-alive client does not
+//!   read the body as the start of the next answer.
 //! - A client that closes an idle connection ends it normally (code 0, as after an answer), not as an
 //!   abnormal 1006.
 //! - Bytes waiting behind an unanswered request are bounded by the largest legal request

@@ -60,6 +60,8 @@ pub(crate) mod flag {
     pub const KEEP_ALIVE: u32 = 1 << 18;
     /// Answered, kept open: waiting (until `Config::http_keepalive`) for the next request's first bytes.
     pub const HTTP_IDLE: u32 = 1 << 19;
+    /// The plain HTTP request being answered is a HEAD: its answer carries the head only.
+    pub const HEAD_REQUEST: u32 = 1 << 20;
     /// Operations whose completions must all arrive before the descriptor is closed.
     pub const BUSY: u32 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
 }
