@@ -35,18 +35,15 @@ impl Core {
         self.lend_out(slot);
         let idle = self.cfg.http_keepalive.unwrap_or_default();
         let deadline = self.now + idle;
-        let generation = {
-            let s = &mut self.slots[slot as usize];
-            s.clear(flag::KEEP_ALIVE);
-            s.set(flag::HTTP_IDLE);
-            s.out.bytes_mut().extend_from_slice(response);
-            let rest = s.reader.handshake_buf();
-            if rest.is_empty() {
-                *rest = Vec::new(); // an idle connection holds no buffer
-            }
-            s.generation
-        };
-        if !self.slots[slot as usize].reader.handshake_bytes().is_empty() {
+        let s = &mut self.slots[slot as usize];
+        s.clear(flag::KEEP_ALIVE);
+        s.set(flag::HTTP_IDLE);
+        s.out.bytes_mut().extend_from_slice(response);
+        let generation = s.generation;
+        let rest = s.reader.handshake_buf();
+        if rest.is_empty() {
+            *rest = Vec::new(); // an idle connection holds no buffer
+        } else {
             self.pipelined.push((slot, generation));
         }
         self.schedule(slot, deadline);
@@ -92,15 +89,8 @@ impl<H: Handler> Shard<H> {
         let mut ready = std::mem::take(&mut self.core.pipelined);
         for &(slot, generation) in &ready {
             let s = &self.core.slots[slot as usize];
-            if s.phase != Phase::Handshake
-                || s.generation != generation
-                || s.has(flag::HTTP_DEFERRED | flag::REQUEST_WAITING | flag::CLIENT)
-                || s.reader.handshake_bytes().is_empty()
-            {
-                continue;
-            }
-            if self.core.next_request_bytes(slot) {
-                self.server_handshake(slot);
+            if s.phase == Phase::Handshake && s.generation == generation && !s.reader.handshake_bytes().is_empty() {
+                self.handshake_step(slot);
             }
         }
         ready.clear();

@@ -152,7 +152,7 @@ impl<H: Handler> Shard<H> {
     }
 
     /// More bytes of the upgrade request (server) or of the 101 (client) are in the handshake buffer.
-    fn handshake_step(&mut self, slot: u32) {
+    pub(super) fn handshake_step(&mut self, slot: u32) {
         if self.core.slots[slot as usize].has(flag::CLIENT) {
             self.client_handshake(slot);
             return;

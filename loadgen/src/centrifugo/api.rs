@@ -170,23 +170,12 @@ fn publish_loop(
     stats
 }
 
-/// One request on a fresh connection, closed after the answer; the status and body of the answer.
-pub fn post(api: &ApiTarget, path: &str, key: Option<&str>, body: &str) -> Result<(u16, Vec<u8>), String> {
-    ApiConn { stream: None, keep_alive: false }.post(api, path, key, body)
-}
-
 /// A lane's connection to the API, kept open between requests (`Connection: keep-alive`) and opened again
 /// when the server closed it or a request on it failed. A failed request is not retried (a publication the
 /// server took would then arrive twice).
+#[derive(Default)]
 pub struct ApiConn {
     stream: Option<TcpStream>,
-    keep_alive: bool,
-}
-
-impl Default for ApiConn {
-    fn default() -> Self {
-        ApiConn { stream: None, keep_alive: true }
-    }
 }
 
 impl ApiConn {
@@ -208,9 +197,8 @@ impl ApiConn {
                 stream
             }
         };
-        let connection = if self.keep_alive { "keep-alive" } else { "close" };
         let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {connection}\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\n",
             api.host,
             body.len()
         );
@@ -245,7 +233,7 @@ impl ApiConn {
             }
         }
         let h = head(&answer).ok_or_else(|| "bad answer: no HTTP head".to_string())?;
-        if complete && self.keep_alive && h.keep_alive {
+        if complete && h.keep_alive {
             self.stream = Some(stream);
         }
         Ok((h.status, answer.split_off(h.body_at)))
@@ -358,7 +346,8 @@ mod tests {
     fn post_reads_a_content_length_answer() {
         let (api, server) =
             one_shot("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"result\":{}}");
-        let (status, body) = post(&api, "/api/publish", Some("k"), r#"{"channel":"a","data":{}}"#).unwrap();
+        let (status, body) =
+            ApiConn::default().post(&api, "/api/publish", Some("k"), r#"{"channel":"a","data":{}}"#).unwrap();
         assert_eq!((status, body.as_slice()), (200, &b"{\"result\":{}}"[..]));
         let request = server.join().unwrap();
         assert!(request.starts_with("POST /api/publish HTTP/1.1\r\n"), "{request}");
