@@ -38,6 +38,7 @@ command -v conntrack >/dev/null || need+=(conntrack)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v chromium >/dev/null || need+=(chromium)
 command -v redis-server >/dev/null || need+=(redis-server)   # the Redis engine's tests (test_gateway_redis.py)
+command -v curl >/dev/null || need+=(curl)   # an API client that sends Expect: 100-continue (test_gateway_api.py)
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
 # --- Python test dependencies: websockets >= 13, pytest, and the gateway tests' stock clients ------------

@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
 fn check_request(data: &[u8], max_size: usize, max_body: usize) {
     match parse_request(data, max_size, max_body) {
         RequestParse::Partial => assert!(data.len() < max_size, "Partial past max_size"),
+        RequestParse::Continue => assert!(data.len() <= max_size, "Continue past max_size"),
         RequestParse::Reject(err) => {
             assert!((400..600).contains(&err.status), "reject status {}", err.status);
             let answer = reject_response(&err);

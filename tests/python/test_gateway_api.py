@@ -5,6 +5,8 @@ Scenarios: /work/shared/GATEWAY-PROTOCOL.md sections 9 and 11 (item 15).
 
 import asyncio
 import json
+import shutil
+import subprocess
 
 import pytest
 import requests
@@ -83,6 +85,27 @@ def test_cent_client_reuses_one_connection_for_many_calls(gw):
     assert 1 <= used <= 3, f"40 API calls took {used} connections"
     history = api.history(HistoryRequest(channel=channel, limit=-1))
     assert [p.data["i"] for p in history.publications] == list(range(40))
+
+
+def test_curl_publish_with_expect_100_continue(gw):
+    """curl holds back a body behind `Expect: 100-continue` until the server answers `100 Continue` (or its
+    --expect100-timeout passes; 1 s by default). With the timeout at 60 s and the whole call capped at 20 s,
+    the publish only succeeds if tetherd sends the interim answer."""
+    curl = shutil.which("curl")
+    assert curl, "curl is not installed (scripts/test.sh installs it)"
+    channel = "hist:" + unique("curl-")
+    text = "x" * 4000  # curl itself adds the Expect header past 1 MiB only; here it is asked for
+    body = json.dumps({"channel": channel, "data": {"text": text}})
+    r = subprocess.run(
+        [curl, "-sS", "-v", "--noproxy", "*", "-m", "20", "--expect100-timeout", "60",
+         "-H", "Expect: 100-continue", "-H", "Content-Type: application/json", "-H", "X-API-Key: " + API_KEY,
+         "--data-binary", "@-", f"{gw.api_url}/publish"],
+        input=body.encode(), capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert "< HTTP/1.1 100 Continue" in r.stderr.decode(), r.stderr.decode(errors="replace")
+    assert json.loads(r.stdout)["result"]["offset"] == 1, r.stdout
+    history = gw.api().history(HistoryRequest(channel=channel, limit=-1))
+    assert [p.data["text"] for p in history.publications] == [text]
 
 
 def test_api_key_in_authorization_header_or_query(gw):

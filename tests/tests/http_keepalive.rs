@@ -1,6 +1,7 @@
 //! HTTP/1.1 keep-alive for plain HTTP requests: several requests on one connection (one after the other and
 //! pipelined), answered in order; the connection ends when the client asks, when keep-alive is off, for
-//! HTTP/1.0, and silently when idle past `--http-keepalive`; a slow next request still gets 408.
+//! HTTP/1.0, and silently when idle past `--http-keepalive`; a slow next request still gets 408. And
+//! `Expect: 100-continue`, answered before the body.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -134,4 +135,36 @@ fn an_upgrade_may_follow_a_plain_request_on_the_same_connection() {
     s.write_all(raw::upgrade_request(addr, "/").as_bytes()).unwrap();
     let head = read_http_head(&mut s).unwrap();
     raw::check_upgrade_response(&parse_http_head(&head).unwrap());
+}
+
+/// A client that sent `Expect: 100-continue` waits for `100 Continue` before it sends the body (curl waits
+/// 1 s by default, then sends it anyway; .NET Framework's HttpWebRequest asks on every POST). The engine
+/// answers it once per request, holds the final answer until the body came, refuses a body over the limit
+/// before it is sent, and sends no 100 when the body came with the head.
+#[test]
+fn expect_100_continue_gets_an_interim_answer_before_the_body() {
+    let server = Server::start(&["--max-http-body", "1000"]);
+    let mut s = raw::connect(server.addr);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head =
+        |len: usize| format!("POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len}\r\n\r\n");
+    for _ in 0..2 {
+        s.write_all(head(5).as_bytes()).unwrap();
+        let interim = parse_http_head(&read_http_head(&mut s).expect("no 100 Continue")).unwrap();
+        assert_eq!(interim.status, 100);
+        // Nothing more before the body: the final answer waits for it.
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut byte = [0u8; 1];
+        assert!(std::io::Read::read(&mut s, &mut byte).is_err(), "an answer came before the body");
+        s.write_all(b"hello").unwrap();
+        let resp = response(&mut s);
+        assert_eq!((resp.status, resp.header("connection")), (404, Some("keep-alive")));
+    }
+    // The body came with the head: no interim answer, the final one first.
+    s.write_all(format!("{}hello", head(5)).as_bytes()).unwrap();
+    assert_eq!(response(&mut s).status, 404);
+    // Over the limit: 413 instead of 100, before any of the body is sent.
+    s.write_all(head(1001).as_bytes()).unwrap();
+    let resp = response(&mut s);
+    assert_eq!((resp.status, resp.header("connection")), (413, Some("close")));
 }

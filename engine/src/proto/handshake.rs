@@ -134,6 +134,10 @@ impl HttpError {
 pub enum RequestParse {
     /// Need more bytes.
     Partial,
+    /// A plain HTTP/1.1 request's head is complete and valid, its body is still to come, and the client
+    /// sent `Expect: 100-continue`: it waits for an interim `100 Continue` before sending the body (RFC 9110
+    /// section 10.1.1; curl does this for every body over 1 KiB). Otherwise as [`RequestParse::Partial`].
+    Continue,
     /// Valid upgrade; `consumed` = header bytes (bytes after it are already WebSocket frames).
     Upgrade {
         /// The request, `peer` not yet filled in.
@@ -226,7 +230,8 @@ pub fn parse_request(buf: &[u8], max_size: usize, max_body: usize) -> RequestPar
             });
         }
         if buf.len() < consumed + length {
-            return RequestParse::Partial;
+            let expects = req.version == Some(1) && has_token(values(headers, "expect"), "100-continue");
+            return if expects && buf.len() == consumed { RequestParse::Continue } else { RequestParse::Partial };
         }
         let (path, query) = split_target(path);
         let keep_alive = if req.version == Some(1) {
@@ -699,6 +704,20 @@ mod tests {
         assert!(String::from_utf8(on).unwrap().contains("\r\nConnection: keep-alive\r\n"));
         let off = http_response(200, "OK", "text/plain", &[], b"ok");
         assert!(String::from_utf8(off).unwrap().contains("\r\nConnection: close\r\n"));
+    }
+
+    #[test]
+    fn expect_100_continue() {
+        let head = b"POST /api HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse_request(head, 8192, 1024), RequestParse::Continue);
+        // Part of the body came anyway, or HTTP/1.0, or another expectation: wait without an interim answer.
+        assert_eq!(parse_request(&[&head[..], b"{"].concat(), 8192, 1024), RequestParse::Partial);
+        let old = b"POST /api HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse_request(old, 8192, 1024), RequestParse::Partial);
+        let other = b"POST /api HTTP/1.1\r\nHost: x\r\nExpect: x\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse_request(other, 8192, 1024), RequestParse::Partial);
+        assert!(matches!(parse_request(&[&head[..], b"{}"].concat(), 8192, 1024), RequestParse::Http { .. }));
+        assert!(matches!(parse_request(head, 8192, 1), RequestParse::Reject(HttpError { status: 413, .. })));
     }
 
     #[test]

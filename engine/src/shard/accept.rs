@@ -180,6 +180,18 @@ impl Core {
         self.teardown(slot, info, true);
     }
 
+    /// The client of a plain request waits for `100 Continue` before it sends the body: send it, once.
+    fn send_continue(&mut self, slot: u32) {
+        if self.slots[slot as usize].has(flag::CONTINUE_SENT) {
+            return;
+        }
+        self.lend_out(slot);
+        let s = &mut self.slots[slot as usize];
+        s.set(flag::CONTINUE_SENT);
+        s.out.bytes_mut().extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.mark_dirty(slot);
+    }
+
     /// Writes `resp` as the answer to the slot's plain HTTP request, then waits for the next request
     /// (keep-alive, `keepalive.rs`) or closes the connection.
     pub(super) fn answer_http(&mut self, slot: u32, resp: &crate::handler::HttpResponse) {
@@ -318,6 +330,7 @@ impl<H: Handler> Shard<H> {
         let peer = core.peer_addr(slot);
         match parsed {
             RequestParse::Partial => {}
+            RequestParse::Continue => core.send_continue(slot),
             RequestParse::Reject(err) => {
                 debug!(conn = %id, status = err.status, message = %err.message, "upgrade refused");
                 core.reject(slot, &err);
@@ -326,6 +339,7 @@ impl<H: Handler> Shard<H> {
                 // The request is parsed out: what follows it is the next request (keepalive.rs).
                 let s = &mut core.slots[slot as usize];
                 s.reader.handshake_buf().drain(..consumed);
+                s.clear(flag::CONTINUE_SENT);
                 if keep_alive {
                     s.set(flag::KEEP_ALIVE);
                 }

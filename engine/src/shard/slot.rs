@@ -62,6 +62,8 @@ pub(crate) mod flag {
     pub const HTTP_IDLE: u32 = 1 << 19;
     /// The plain HTTP request being answered is a HEAD: its answer carries the head only.
     pub const HEAD_REQUEST: u32 = 1 << 20;
+    /// `100 Continue` went out for the request being read (`RequestParse::Continue`): not sent twice.
+    pub const CONTINUE_SENT: u32 = 1 << 21;
     /// Operations whose completions must all arrive before the descriptor is closed.
     pub const BUSY: u32 = RECV_ARMED | SEND_INFLIGHT | PEERNAME_PENDING | ADDR_OP_PENDING;
 }
