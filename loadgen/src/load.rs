@@ -58,16 +58,18 @@ pub struct LoadConfig {
     pub source_ips: Vec<IpAddr>,
     /// Extra header lines of every upgrade request (`Name: value`), e.g. a session cookie.
     pub headers: Vec<String>,
-    /// Shard threads; 0 = enough for the connections and at least one per CPU.
+    /// Shard threads; 0 = one per CPU (each opens as many rings as its share of the connections needs).
     pub shards: usize,
     pub handshake_timeout: Duration,
     /// TCP keepalive and TCP_USER_TIMEOUT of every client socket (`None` = off / kernel default).
     pub tcp_keepalive: Option<tether::TcpKeepalive>,
     pub tcp_user_timeout: Option<Duration>,
-    /// How long to wait for the close handshakes at the end.
+    /// How long the end of the run waits without progress: for the close handshakes, the final echoes
+    /// (and, with Centrifugo, the last deliveries). While answers keep coming the wait goes on, up to 10x
+    /// this in all.
     pub close_wait: Duration,
-    /// At the end of the hold, send one message on every open connection and wait (up to `close_wait`) for
-    /// the echoes: proof that each held connection still works end to end.
+    /// At the end of the hold, send one message on every open connection and wait (while they come, see
+    /// `close_wait`) for the echoes: proof that each held connection still works end to end.
     pub final_echo: bool,
     pub progress: ProgressMode,
     /// `--protocol centrifugo`: speak the Centrifugo client protocol and publish; `None` = echo.
@@ -165,6 +167,8 @@ const TAG_TIME_MASK: u64 = (1 << 30) - 1;
 const PAYLOAD_MAGIC: u64 = 0x646c_7265_6874_6574; // "tetherld"
 /// Marks the `--final-echo` payloads, counted apart from the echo traffic.
 const FINAL_MAGIC: u64 = 0x6c6e_6966_6874_6574; // "tethfinl"
+/// Final echoes out at once per shard (see `LoadHandler::pump_final`).
+const FINAL_WINDOW: usize = 2_000;
 const PAYLOAD_HEADER: usize = 16;
 
 /// What an echo message carries.
@@ -395,6 +399,8 @@ pub struct ShardStats {
     pub messages_echoed: u64,
     pub final_sent: u64,
     pub final_echoed: u64,
+    /// Final echoes still waiting for room in the shard's window.
+    pub final_queued: u64,
     pub closed_clean: u64,
     pub closed_unclean: u64,
     pub handshake_us: Histogram<u64>,
@@ -422,6 +428,7 @@ impl Default for ShardStats {
             messages_sent: 0,
             messages_echoed: 0,
             final_sent: 0,
+            final_queued: 0,
             final_echoed: 0,
             closed_clean: 0,
             closed_unclean: 0,
@@ -460,6 +467,7 @@ impl ShardStats {
         self.messages_echoed += o.messages_echoed;
         self.final_sent += o.final_sent;
         self.final_echoed += o.final_echoed;
+        self.final_queued += o.final_queued;
         self.closed_clean += o.closed_clean;
         self.closed_unclean += o.closed_unclean;
         // Same bounds everywhere: adding cannot fail.
@@ -499,6 +507,8 @@ pub struct Conn {
     pub(crate) closing: bool,
     /// When its current echo message was due (the cadence is kept from due times, not firing times).
     message_due: Option<Instant>,
+    /// Its final echo is out and not back yet (it holds a place in the shard's window).
+    final_pending: bool,
     /// `--protocol centrifugo`: the protocol state.
     pub(crate) cent: CentConn,
 }
@@ -515,6 +525,10 @@ pub struct LoadHandler {
     recent_ping_us: Histogram<u64>,
     /// The final echo went out: no more echo traffic, also on connections that open later.
     traffic_done: bool,
+    /// The final echo's connections still to send on (popped from the end), and the echoes out (at most
+    /// `FINAL_WINDOW`).
+    final_queue: Vec<ConnId>,
+    final_inflight: usize,
     closing: bool,
     rng: u64,
     /// `--payload json`: the pool document to send next, and the send buffer.
@@ -550,6 +564,8 @@ impl LoadHandler {
             stats: ShardStats::default(),
             recent_ping_us: new_histogram(),
             traffic_done: false,
+            final_queue: Vec::new(),
+            final_inflight: 0,
             closing: false,
             rng: seed | 1,
             next_doc: shard,
@@ -594,6 +610,33 @@ impl LoadHandler {
             if let Some(c) = ctx.state(moved) {
                 c.pos = pos as u32;
             }
+        }
+    }
+
+    /// Send final echoes while the window has room. All at once, a million of them (on two cores, with the
+    /// server) took long enough that the pongs behind them missed their deadlines: half the connections
+    /// were dropped with 1011 in the final echo.
+    fn pump_final(&mut self, ctx: &mut Ctx<'_, Self>) {
+        while self.final_inflight < FINAL_WINDOW && !self.closing {
+            let Some(conn) = self.final_queue.pop() else { break };
+            if ctx.state(conn).is_none_or(|c| c.closing) || !self.send_message(ctx, conn, FINAL_MAGIC) {
+                continue;
+            }
+            if let Some(c) = ctx.state(conn) {
+                c.final_pending = true;
+            }
+            self.final_inflight += 1;
+            self.stats.final_sent += 1;
+        }
+        self.stats.final_queued = self.final_queue.len() as u64;
+    }
+
+    /// `conn`'s final echo came back or it closed: its place in the window is free.
+    fn final_done(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId) {
+        if let Some(c) = ctx.state(conn).filter(|c| c.final_pending) {
+            c.final_pending = false;
+            self.final_inflight -= 1;
+            self.pump_final(ctx);
         }
     }
 
@@ -732,6 +775,7 @@ impl Handler for LoadHandler {
         };
         if magic == FINAL_MAGIC {
             self.stats.final_echoed += 1;
+            self.final_done(ctx, conn);
         } else if magic == PAYLOAD_MAGIC {
             let latency = self.shared.micros(ctx.now()).saturating_sub(sent);
             self.stats.echo_us.saturating_record(latency.max(1));
@@ -786,6 +830,7 @@ impl Handler for LoadHandler {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, Self>, conn: ConnId, closed: &Closed) {
+        self.final_done(ctx, conn);
         let Some(c) = ctx.state(conn) else { return };
         let (index, pos, closing, cycling) = (c.index, c.pos, c.closing, c.cent.cycling);
         self.forget_open(ctx, pos);
@@ -834,13 +879,11 @@ impl Handler for LoadHandler {
                 // The echo traffic ends here, so that every message sent before the final one is echoed
                 // before it (each connection's messages stay in order) and the counts can be compared.
                 self.traffic_done = true;
-                for i in 0..self.open.len() {
-                    let conn = self.open[i];
+                for &conn in &self.open {
                     ctx.cancel_timer(conn);
-                    if ctx.state(conn).is_some_and(|c| !c.closing) && self.send_message(ctx, conn, FINAL_MAGIC) {
-                        self.stats.final_sent += 1;
-                    }
                 }
+                self.final_queue = self.open.iter().rev().copied().collect();
+                self.pump_final(ctx);
             }
             Control::StartPublishing => {
                 if let Some(cent) = &mut self.cent {
@@ -1266,21 +1309,23 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         subscribed_at_end = shared.subscribed.load(Relaxed);
     }
 
+    let end_start = Instant::now();
     if cfg.final_echo && !interrupted {
         monitor.phase = "final echo";
         for shard in 0..shards {
             notify(&notifier, shard, Control::FinalEcho);
         }
-        // Wait for every echo (or the deadline); the snapshot answers come after the FinalEcho notices.
-        let deadline = Instant::now() + cfg.close_wait;
+        // Wait for every echo while they keep coming; the snapshot answers come after the FinalEcho notices.
+        let mut wait = ProgressWait::new(cfg.close_wait);
         loop {
             let (s, _) = monitor.snapshot(Duration::from_secs(2));
-            if s.final_echoed >= s.final_sent || Instant::now() >= deadline {
+            if (s.final_queued == 0 && s.final_echoed >= s.final_sent) || wait.expired(s.final_echoed) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    let final_echo = end_start.elapsed();
 
     // Close everything with 1000 and wait (bounded) for the handshakes.
     shared.phase.store(PHASE_CLOSING, Relaxed);
@@ -1290,9 +1335,9 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     for shard in 0..shards {
         notify(&notifier, shard, Control::CloseAll);
     }
-    let close_deadline = Instant::now() + cfg.close_wait;
+    let mut wait = ProgressWait::new(cfg.close_wait);
     let mut left_open = handle.stats().open;
-    while Instant::now() < close_deadline {
+    while !wait.expired(left_open) {
         std::thread::sleep(Duration::from_millis(10));
         left_open = handle.shard_stats().iter().map(|s| s.open).sum();
         if left_open == 0 {
@@ -1300,6 +1345,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         }
         monitor.poll();
     }
+    let end = end_start.elapsed();
     let (total, _) = monitor.snapshot(Duration::from_secs(2));
     monitor.finish();
     let engine_stats = handle.stats();
@@ -1314,7 +1360,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         shards,
         &total,
         &engine_stats,
-        Timings { ramp, hold, total: epoch.elapsed() },
+        Timings { ramp, hold, final_echo, end, total: epoch.elapsed() },
         connection_seconds,
         monitor.peak_open,
         left_open,
@@ -1346,6 +1392,37 @@ fn notify(notifier: &Notifier<Control>, shard: usize, control: Control) {
 
 /// Waits for the engine's threads, at most `limit`: a wedged shard must not hang the report (its threads end
 /// with the process).
+/// The end of a run waits for answers (final echoes, close handshakes) while they keep coming: it gives up
+/// when the count has not moved for `stall` (`--close-wait`), and after `PROGRESS_WAIT_CAP` x `stall` in
+/// all. A fixed deadline would cut a large run's clean end short: at 700,000 connections on two cores the
+/// close handshakes alone take longer than the 30 s a smaller run needs.
+struct ProgressWait {
+    stall: Duration,
+    start: Instant,
+    last: Option<u64>,
+    moved: Instant,
+}
+
+/// See [`ProgressWait`].
+const PROGRESS_WAIT_CAP: u32 = 10;
+
+impl ProgressWait {
+    fn new(stall: Duration) -> Self {
+        let now = Instant::now();
+        ProgressWait { stall, start: now, last: None, moved: now }
+    }
+
+    /// Whether to stop waiting, given the count now.
+    fn expired(&mut self, count: u64) -> bool {
+        let now = Instant::now();
+        if self.last != Some(count) {
+            self.last = Some(count);
+            self.moved = now;
+        }
+        now - self.moved >= self.stall || now - self.start >= self.stall * PROGRESS_WAIT_CAP
+    }
+}
+
 pub fn wait_bounded<H: Handler>(engine: Engine<H>, limit: Duration) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -1360,6 +1437,9 @@ pub fn wait_bounded<H: Handler>(engine: Engine<H>, limit: Duration) {
 struct Timings {
     ramp: Duration,
     hold: Duration,
+    /// The final echo, and the final echo and the close handshakes.
+    final_echo: Duration,
+    end: Duration,
     total: Duration,
 }
 
@@ -1382,6 +1462,8 @@ fn build_report(
         target: cfg.target.url.clone(),
         duration_s: round2(t.hold.as_secs_f64()),
         ramp_s: round2(t.ramp.as_secs_f64()),
+        end_s: round2(t.end.as_secs_f64()),
+        final_echo_s: round2(t.final_echo.as_secs_f64()),
         total_s: round2(t.total.as_secs_f64()),
         shards,
         source_ips: cfg.source_ips.len(),
@@ -1434,6 +1516,34 @@ fn build_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_waits_while_answers_come_and_stops_when_they_stall_or_at_the_cap() {
+        // Moving: past the stall time in all, still waiting.
+        let mut w = ProgressWait::new(Duration::from_millis(1000));
+        let start = Instant::now();
+        let (mut n, mut stalled) = (0, start);
+        while start.elapsed() < Duration::from_millis(1500) {
+            n += 1;
+            stalled = Instant::now();
+            assert!(!w.expired(n), "gave up while the count moved ({:?})", start.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Stalled: gives up one stall time after the last move.
+        while !w.expired(n) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(stalled.elapsed() >= Duration::from_millis(1000));
+        // Always moving: stops at the cap.
+        let mut w = ProgressWait::new(Duration::from_millis(20));
+        let start = Instant::now();
+        let mut n = 0;
+        while !w.expired(n) {
+            n += 1;
+            assert!(start.elapsed() < Duration::from_secs(30), "no cap");
+        }
+        assert!(start.elapsed() >= Duration::from_millis(20) * PROGRESS_WAIT_CAP);
+    }
 
     #[test]
     fn json_documents_are_json_of_the_size_asked_and_echo_checked() {

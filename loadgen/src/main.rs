@@ -190,7 +190,7 @@ struct Common {
     /// An extra header of every upgrade request, `Name: value` (repeatable), e.g. --header 'Cookie: session=x'.
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<String>,
-    /// Shard threads (default: enough for the connections, at least one per CPU).
+    /// Shard threads (default: one per CPU; each opens as many rings as its share of the connections needs).
     #[arg(long, default_value_t = 0)]
     shards: usize,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -201,10 +201,11 @@ struct Common {
     /// TCP_USER_TIMEOUT on every client socket (0/off = kernel default).
     #[arg(long, default_value = "30s", value_parser = parse_tcp_user_timeout)]
     tcp_user_timeout: MaybeDuration,
-    /// How long to wait for the close handshakes at the end.
+    /// At the end: how long to wait for the close handshakes (and final echoes) without progress; while
+    /// they keep coming the wait goes on, up to 10x this in all.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     close_wait: Duration,
-    /// At the end of the hold, send one message on every open connection and wait (up to --close-wait) for
+    /// At the end of the hold, send one message on every open connection and wait (see --close-wait) for
     /// the echoes (report: messages.final_sent / final_echoed).
     #[arg(long)]
     final_echo: bool,

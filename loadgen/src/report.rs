@@ -111,6 +111,10 @@ pub struct Report {
     /// The hold phase, seconds.
     pub duration_s: f64,
     pub ramp_s: f64,
+    /// The end of the run: the final echo and the close handshakes, until the last one or the give-up.
+    pub end_s: f64,
+    /// The final echo's part of `end_s`.
+    pub final_echo_s: f64,
     pub total_s: f64,
     pub shards: usize,
     pub source_ips: usize,
@@ -297,8 +301,8 @@ impl Report {
         let _ = writeln!(s, "target            {}", self.target);
         let _ = writeln!(
             s,
-            "time              ramp {:.1} s, hold {:.1} s, total {:.1} s ({} shards, {} source addresses)",
-            self.ramp_s, self.duration_s, self.total_s, self.shards, self.source_ips
+            "time              ramp {:.1} s, hold {:.1} s, end {:.1} s, total {:.1} s ({} shards, {} source addresses)",
+            self.ramp_s, self.duration_s, self.end_s, self.total_s, self.shards, self.source_ips
         );
         let _ = writeln!(
             s,
