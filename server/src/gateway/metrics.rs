@@ -133,19 +133,48 @@ impl GatewayMetrics {
     }
 }
 
+/// A gateway's gauges that walk its tables under their stripe locks: read once per scrape, not once per
+/// metric that shows them.
+struct Counts {
+    /// Connected clients, distinct authenticated users, anonymous clients.
+    clients: usize,
+    users: usize,
+    anonymous: usize,
+    /// Channels with subscribers and subscriptions (the node's, from its Redis thread with the Redis
+    /// engine), publications and streams in history (0 with Redis: history lives there).
+    channels: usize,
+    subscriptions: u64,
+    history_publications: u64,
+    history_streams: usize,
+}
+
+impl Counts {
+    fn of(gw: &Gateway) -> Counts {
+        let (clients, users, anonymous) = gw.registry.counts_detail();
+        let (channels, subscriptions, history_publications, history_streams) = match &gw.redis {
+            Some(link) => {
+                let (channels, subscriptions) = link.totals();
+                (channels, subscriptions, 0, 0)
+            }
+            None => gw.broker.totals(),
+        };
+        Counts { clients, users, anonymous, channels, subscriptions, history_publications, history_streams }
+    }
+}
+
 /// Rows of one metric over every gateway. With tenants, each row's labels get `tenant="NAME"` (`tenant=""`
 /// for the `--gateway` one, which Prometheus reads as no label); without, a metric with no labels of its
 /// own is a plain gauge or counter.
 struct Rows<'t> {
-    gateways: &'t [(Option<&'t str>, &'t Gateway)],
+    gateways: &'t [(Option<&'t str>, &'t Gateway, Counts)],
     labelled: bool,
 }
 
 impl<'t> Rows<'t> {
-    fn collect(&self, rows: impl Fn(&Gateway) -> Vec<(Labels, u64)>) -> Vec<(Labels, u64)> {
+    fn collect(&self, rows: impl Fn(&Gateway, &Counts) -> Vec<(Labels, u64)>) -> Vec<(Labels, u64)> {
         let mut out = Vec::new();
-        for (tenant, gw) in self.gateways {
-            for (mut labels, n) in rows(gw) {
+        for (tenant, gw, counts) in self.gateways {
+            for (mut labels, n) in rows(gw, counts) {
                 if self.labelled {
                     labels.insert(0, ("tenant", tenant.unwrap_or("").to_string()));
                 }
@@ -155,7 +184,7 @@ impl<'t> Rows<'t> {
         out
     }
 
-    fn gauge(&self, r: &mut Registry, name: &str, help: &str, rows: impl Fn(&Gateway) -> Vec<(Labels, u64)>) {
+    fn gauge(&self, r: &mut Registry, name: &str, help: &str, rows: impl Fn(&Gateway, &Counts) -> Vec<(Labels, u64)>) {
         let rows = self.collect(rows);
         if let [(labels, n)] = rows.as_slice() {
             if labels.is_empty() {
@@ -171,7 +200,13 @@ impl<'t> Rows<'t> {
         r.register(name, help, f);
     }
 
-    fn counter(&self, r: &mut Registry, name: &str, help: &str, rows: impl Fn(&Gateway) -> Vec<(Labels, u64)>) {
+    fn counter(
+        &self,
+        r: &mut Registry,
+        name: &str,
+        help: &str,
+        rows: impl Fn(&Gateway, &Counts) -> Vec<(Labels, u64)>,
+    ) {
         let rows = self.collect(rows);
         if let [(labels, n)] = rows.as_slice() {
             if labels.is_empty() {
@@ -194,31 +229,22 @@ fn one(n: impl TryInto<u64>) -> Vec<(Labels, u64)> {
 
 /// Registers every gateway's metrics (a snapshot) into `r`; a tenant's carry the label `tenant`.
 pub fn register(tenants: &Tenants, r: &mut Registry) {
-    let list: Vec<(Option<&str>, &Gateway)> = tenants.all().map(|g| (g.tenant.as_deref(), &**g)).collect();
+    let list: Vec<(Option<&str>, &Gateway, Counts)> =
+        tenants.all().map(|g| (g.tenant.as_deref(), &**g, Counts::of(g))).collect();
     let rows = Rows { gateways: &list, labelled: !tenants.named.is_empty() };
     let r = r.sub_registry_with_prefix("gateway");
-    rows.gauge(r, "connections", "Connected clients (past connect), by user state", |gw| {
-        let (clients, _, anonymous) = gw.registry.counts_detail();
+    rows.gauge(r, "connections", "Connected clients (past connect), by user state", |_, c| {
         vec![
-            (vec![("state", "authenticated".into())], (clients - anonymous) as u64),
-            (vec![("state", "anonymous".into())], anonymous as u64),
+            (vec![("state", "authenticated".into())], (c.clients - c.anonymous) as u64),
+            (vec![("state", "anonymous".into())], c.anonymous as u64),
         ]
     });
-    rows.gauge(r, "users", "Distinct authenticated users connected", |gw| one(gw.registry.counts().1));
-    // With the Redis engine, the node's channels and subscriptions are counted by its Redis thread (history
-    // lives in Redis: the history gauges stay 0).
-    let node = |gw: &Gateway| match &gw.redis {
-        Some(link) => link.totals(),
-        None => {
-            let t = gw.broker.totals();
-            (t.0, t.1)
-        }
-    };
-    rows.gauge(r, "channels", "Channels with at least one subscriber", move |gw| one(node(gw).0));
-    rows.gauge(r, "subscriptions", "Client subscriptions to channels", move |gw| one(node(gw).1));
-    rows.gauge(r, "history_publications", "Publications held in history streams", |gw| one(gw.broker.totals().2));
-    rows.gauge(r, "history_streams", "Channels with a history stream", |gw| one(gw.broker.totals().3));
-    rows.gauge(r, "table_bytes", "Bytes held by the gateway's hash tables (bucket arrays), by table", |gw| {
+    rows.gauge(r, "users", "Distinct authenticated users connected", |_, c| one(c.users));
+    rows.gauge(r, "channels", "Channels with at least one subscriber", |_, c| one(c.channels));
+    rows.gauge(r, "subscriptions", "Client subscriptions to channels", |_, c| one(c.subscriptions));
+    rows.gauge(r, "history_publications", "Publications held in history streams", |_, c| one(c.history_publications));
+    rows.gauge(r, "history_streams", "Channels with a history stream", |_, c| one(c.history_streams));
+    rows.gauge(r, "table_bytes", "Bytes held by the gateway's hash tables (bucket arrays), by table", |gw, _| {
         let (users, clients) = gw.registry.table_bytes();
         vec![
             (vec![("table", "users".into())], users as u64),
@@ -226,11 +252,11 @@ pub fn register(tenants: &Tenants, r: &mut Registry) {
             (vec![("table", "channels".into())], gw.broker.table_bytes() as u64),
         ]
     });
-    rows.counter(r, "connects", "Successful connect commands", |gw| one(gw.metrics.connects.load(Relaxed)));
-    rows.counter(r, "disconnects", "Connected clients that went away", |gw| {
+    rows.counter(r, "connects", "Successful connect commands", |gw, _| one(gw.metrics.connects.load(Relaxed)));
+    rows.counter(r, "disconnects", "Connected clients that went away", |gw, _| {
         one(gw.metrics.disconnects_connected.load(Relaxed))
     });
-    rows.counter(r, "publications", "Publications accepted, by source", |gw| {
+    rows.counter(r, "publications", "Publications accepted, by source", |gw, _| {
         let m = &gw.metrics;
         vec![
             (vec![("source", "api".to_string())], m.publications_api.load(Relaxed)),
@@ -241,33 +267,33 @@ pub fn register(tenants: &Tenants, r: &mut Registry) {
         r,
         "deliveries",
         "Publication pushes queued to subscribers (per tenant; the engine's tether_deliveries_total counts all)",
-        |gw| one(gw.broker.deliveries()),
+        |gw, _| one(gw.broker.deliveries()),
     );
-    rows.counter(r, "recoveries", "Recovering subscribes, by outcome", |gw| {
+    rows.counter(r, "recoveries", "Recovering subscribes, by outcome", |gw, _| {
         let m = &gw.metrics;
         vec![
             (vec![("outcome", "recovered".to_string())], m.recovered.load(Relaxed)),
             (vec![("outcome", "not_recovered".to_string())], m.not_recovered.load(Relaxed)),
         ]
     });
-    rows.counter(r, "pings", "Protocol pings ({}) sent", |gw| one(gw.metrics.pings.load(Relaxed)));
-    rows.counter(r, "origin_refused", "Upgrades refused with 403 by client.allowed_origins", |gw| {
+    rows.counter(r, "pings", "Protocol pings ({}) sent", |gw, _| one(gw.metrics.pings.load(Relaxed)));
+    rows.counter(r, "origin_refused", "Upgrades refused with 403 by client.allowed_origins", |gw, _| {
         one(gw.metrics.origin_refused.load(Relaxed))
     });
-    rows.counter(r, "rejections", "What the limits refused, by reason", |gw| {
+    rows.counter(r, "rejections", "What the limits refused, by reason", |gw, _| {
         REJECTIONS
             .iter()
             .map(|(why, name)| (vec![("reason", name.to_string())], gw.metrics.rejections[*why as usize].load(Relaxed)))
             .collect()
     });
-    rows.counter(r, "commands", "Client commands, by method", |gw| {
+    rows.counter(r, "commands", "Client commands, by method", |gw, _| {
         COMMANDS
             .iter()
             .zip(&gw.metrics.commands)
             .map(|(name, c)| (vec![("method", name.to_string())], c.load(Relaxed)))
             .collect()
     });
-    rows.counter(r, "errors", "Error replies to client commands, by code", |gw| {
+    rows.counter(r, "errors", "Error replies to client commands, by code", |gw, _| {
         gw.metrics
             .errors
             .iter()
@@ -276,10 +302,10 @@ pub fn register(tenants: &Tenants, r: &mut Registry) {
             .map(|(i, c)| (vec![("code", (100 + i).to_string())], c.load(Relaxed)))
             .collect()
     });
-    rows.counter(r, "closes", "Client connections closed, by close code", |gw| {
+    rows.counter(r, "closes", "Client connections closed, by close code", |gw, _| {
         gw.metrics.closes.lock().iter().map(|(code, n)| (vec![("code", code.to_string())], *n)).collect()
     });
-    rows.counter(r, "api_calls", "Server API calls, by method and HTTP status", |gw| {
+    rows.counter(r, "api_calls", "Server API calls, by method and HTTP status", |gw, _| {
         gw.metrics
             .api
             .lock()
