@@ -1,8 +1,8 @@
 //! Per-source-address limits (`--per-ip-max-connections`, `--per-ip-handshake-rate`): past them a request
 //! is answered 503 (connections held) or 429 (rate) with Retry-After, before any upgrade and whatever its
-//! path, and counted in /metrics; other addresses are unaffected, and room comes back as connections close
-//! and time passes. The clients bind to addresses of 127.0.0.0/8 other than 127.0.0.1 (which the scrapes of
-//! /metrics use).
+//! path (the gateway's WebSocket and API routes, and a tenant's, included), and counted in /metrics; other
+//! addresses are unaffected, and room comes back as connections close and time passes. The clients bind to
+//! addresses of 127.0.0.0/8 other than 127.0.0.1 (which the scrapes of /metrics use).
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -168,4 +168,115 @@ fn off_by_default() {
         .collect();
     assert_eq!(gauge(&server, "tether_per_ip_addresses"), 0, "nothing tracked without limits");
     drop(held);
+}
+
+/// `POST <path>` of a JSON `body` with `X-API-Key: key` (the gateway's server API), closed after the answer.
+fn api_post(addr: SocketAddr, path: &str, key: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An answer of the server API that carried out the call: 200 with a `result`.
+fn assert_api_ok(resp: &HttpResponse, what: &str) {
+    let body = String::from_utf8_lossy(&resp.body);
+    assert!(resp.status == 200 && body.contains("\"result\""), "{what}: {resp:?} {body}");
+}
+
+/// The gateway's routes are endpoints like any other: a tetherd with `--gateway` and a tenant refuses an
+/// address past its limits on `/connection/websocket`, `/t/NAME/connection/websocket`, `/api/<method>` and
+/// `/t/NAME/api/<method>` alike, before any upgrade or API call.
+#[test]
+fn gateway_and_tenant_routes_past_the_limits_get_503_and_429() {
+    let dir = tether_tests::TempDir::new("per-ip-gateway");
+    // Unauthenticated connections are closed after client.stale_close_delay (10 s by default): longer here,
+    // so the held ones stay for the whole check even on a slow machine.
+    let config = |secret: &str, key: &str| {
+        format!(
+            r#"{{"client": {{"token": {{"hmac_secret_key": "{secret}"}}, "stale_close_delay": "120s"}},
+                "http_api": {{"key": "{key}"}}}}"#
+        )
+    };
+    let gateway = dir.path().join("gateway.json");
+    std::fs::write(&gateway, config("secret", "api-key")).unwrap();
+    let acme = dir.path().join("acme.json");
+    std::fs::write(&acme, config("acme-secret", "acme-key")).unwrap();
+    let tenant = format!("acme={}", acme.display());
+    let args = ["--gateway", gateway.to_str().unwrap(), "--tenant", tenant.as_str()];
+    let publish = r#"{"channel": "news", "data": {"text": "hi"}}"#;
+    let (gw_ws, acme_ws) = ("/connection/websocket", "/t/acme/connection/websocket");
+
+    // Connections held: 2 upgrades, one on each WebSocket route, fill the address's room.
+    {
+        let server = Server::start(&[&["--per-ip-max-connections", "2"][..], &args[..]].concat());
+        let addr = server.addr;
+        let a = Ipv4Addr::new(127, 0, 0, 7);
+        let held: Vec<TcpStream> = [gw_ws, acme_ws]
+            .iter()
+            .map(|path| {
+                let (s, resp) = request_from(a, addr, &raw::upgrade_request(addr, path));
+                raw::check_upgrade_response(&resp);
+                s
+            })
+            .collect();
+        for path in [gw_ws, acme_ws] {
+            let (s, resp) = request_from(a, addr, &raw::upgrade_request(addr, path));
+            assert_refused(s, &resp, 503, &format!("third connection from 127.0.0.7: upgrade on {path}"));
+        }
+        let (s, resp) = request_from(a, addr, &api_post(addr, "/api/publish", "api-key", publish));
+        assert_refused(s, &resp, 503, "third connection from 127.0.0.7: POST /api/publish");
+        let (s, resp) = request_from(a, addr, &api_post(addr, "/t/acme/api/publish", "acme-key", publish));
+        assert_refused(s, &resp, 503, "third connection from 127.0.0.7: POST /t/acme/api/publish");
+        // Another address is independent (and shows the same requests are otherwise served).
+        let b = Ipv4Addr::new(127, 0, 0, 8);
+        let (_s, resp) = request_from(b, addr, &api_post(addr, "/api/publish", "api-key", publish));
+        assert_api_ok(&resp, "POST /api/publish from 127.0.0.8");
+        let (_other, resp) = request_from(b, addr, &raw::upgrade_request(addr, acme_ws));
+        raw::check_upgrade_response(&resp);
+        assert_eq!(server.counter("tether_rejected_ip_connections_total"), 4);
+        drop(held);
+    }
+
+    // New connections: at 3/min the address gets a token every 20 s, so once its burst is spent every
+    // request is refused for the rest of the check, with Retry-After 20. (The burst is 1 here: the engine
+    // sizes it as the per-second rate, at least one; hence a range for the calls admitted first.)
+    {
+        let server = Server::start(&[&["--per-ip-handshake-rate", "3/min"][..], &args[..]].concat());
+        let addr = server.addr;
+        let a = Ipv4Addr::new(127, 0, 0, 9);
+        let mut admitted = 0;
+        let first_refused = loop {
+            let (s, resp) = request_from(a, addr, &api_post(addr, "/api/publish", "api-key", publish));
+            if resp.status != 200 || admitted == 3 {
+                break (s, resp);
+            }
+            assert_api_ok(&resp, "POST /api/publish from 127.0.0.9 within its burst");
+            admitted += 1;
+        };
+        assert!((1..=3).contains(&admitted), "{admitted} calls admitted before a refusal");
+        let refused = [
+            (first_refused, "POST /api/publish"),
+            (
+                request_from(a, addr, &api_post(addr, "/t/acme/api/publish", "acme-key", publish)),
+                "POST /t/acme/api/publish",
+            ),
+            (request_from(a, addr, &raw::upgrade_request(addr, acme_ws)), "upgrade on /t/acme/connection/websocket"),
+            (request_from(a, addr, &raw::upgrade_request(addr, gw_ws)), "upgrade on /connection/websocket"),
+        ];
+        for ((s, resp), what) in refused {
+            assert_refused(s, &resp, 429, &format!("{what} from 127.0.0.9 past 3/min"));
+            assert_eq!(resp.header("retry-after").map(str::trim), Some("20"), "{what}: {resp:?}");
+        }
+        // Another address has its own bucket.
+        let (_s, resp) = request_from(
+            Ipv4Addr::new(127, 0, 0, 10),
+            addr,
+            &api_post(addr, "/t/acme/api/publish", "acme-key", publish),
+        );
+        assert_api_ok(&resp, "POST /t/acme/api/publish from 127.0.0.10");
+        // One scrape only: 127.0.0.1 has a bucket of 3/min too.
+        assert_eq!(server.counter("tether_rejected_ip_rate_total"), 4);
+    }
 }
