@@ -26,11 +26,12 @@ from typing import Optional
 import cent
 import pytest
 import requests
-from centrifuge import Client
+from centrifuge import Client, ClientState, SubscriptionState
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway_util import BASE_CONFIG, WS_PATH, ClientEvents, Peer, Recorder, make_token, subscribed, unique
+from gateway_util import (BASE_CONFIG, WS_PATH, ClientEvents, Peer, Recorder, SubEvents, make_token, subscribed,
+                          unique)
 from tetherd_proc import Tetherd, run_bounded, tetherd_bin
 
 LIMIT = 40  # seconds, per test
@@ -209,6 +210,57 @@ def test_tenants_are_isolated_from_each_other_and_from_the_gateway():
         node.stop()
 
 
+def test_namespaces_are_per_tenant():
+    """A namespace one tenant defines is unknown to another: the stock SDK subscribes to room:x on A, and on
+    B its subscription goes to unsubscribed with Centrifugo's 102 "unknown channel" (not retried; the client
+    stays connected); B's API publish to room:x is error 102 too."""
+    with_room = tenant_config("a-secret", "a-key")
+    with_room["channel"]["namespaces"].append({"name": "room", "allow_subscribe_for_client": True})
+    without = tenant_config("b-secret", "b-key")  # BASE_CONFIG's namespaces: no "room"
+    node = Node({"a": with_room, "b": without})
+
+    async def go():
+        clients = []
+
+        async def connected(tenant: str, secret: str) -> tuple[Client, Recorder]:
+            rec = Recorder(tenant)
+            c = Client(node.ws_url(tenant), token=make_token("alice", secret), events=ClientEvents(rec),
+                       proxy=None, timeout=5.0)
+            clients.append(c)
+            await asyncio.wait_for(c.connect(), 10)
+            await rec.wait("connected")
+            return c, rec
+
+        try:
+            ca, ra = await connected("a", "a-secret")
+            await subscribed(ca, ra, "room:x")
+            cb, rb = await connected("b", "b-secret")
+            sub = cb.new_subscription("room:x", events=SubEvents(rb, "room:x"))
+            await asyncio.wait_for(sub.subscribe(), 5)
+            ctx = (await rb.wait("unsubscribed", "room:x"))[0]
+            assert (ctx.code, ctx.reason) == (102, "unknown channel"), rb.dump()
+            assert sub.state == SubscriptionState.UNSUBSCRIBED
+            assert rb.of("subscribed", "room:x") == [] and cb.state == ClientState.CONNECTED, rb.dump()
+
+            r = node.post("b", "publish", {"channel": "room:x", "data": {"n": 1}}, "b-key")
+            assert r.status_code == 200 and r.json().get("error", {}).get("code") == 102, r.text
+            r = node.post("a", "publish", {"channel": "room:x", "data": {"n": 2}}, "a-key")
+            assert r.status_code == 200 and "result" in r.json(), r.text
+            await ra.wait("publication", "room:x")
+            assert [p.pub.data for p in ra.of("publication", "room:x")] == [{"n": 2}]
+            # Not temporary: the SDK reported no subscribe error to retry after.
+            assert rb.of("sub_error", "room:x") == [] and sub.state == SubscriptionState.UNSUBSCRIBED, rb.dump()
+        finally:
+            for c in clients:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.disconnect(), 5)
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
 # --- limits -----------------------------------------------------------------------------------------------
 
 
@@ -380,6 +432,59 @@ def test_publication_rate_limit_bounds_a_tenant_across_its_connections():
         node.stop()
 
 
+def test_user_connection_limit_is_per_tenant():
+    """client.user_connection_limit 1 on one tenant: the same user's second connection there is closed 3504
+    and counted as user_connection_limit; another user of that tenant, and the same user on a tenant
+    without the limit, connect as usual; a place frees when the user's connection goes."""
+    one = tenant_config("one-secret", "one-key", user_connection_limit=1)
+    many = tenant_config("many-secret", "many-key")  # user_connection_limit 0 (none)
+    node = Node({"one": one, "many": many})
+
+    async def go():
+        peers = []
+
+        async def opened(tenant: str) -> Peer:
+            p = await Peer(node.ws_url(tenant)).open()
+            peers.append(p)
+            return p
+
+        try:
+            first = await opened("one")
+            await first.connect(token=make_token("dave", "one-secret"))
+            second = await opened("one")
+            await second.ws.send(json.dumps({"id": 1, "connect": {"token": make_token("dave", "one-secret")}}))
+            assert await second.closed_with() == (3504, "connection limit")
+            assert 1 not in second.replies, second.replies
+            await (await opened("one")).connect(token=make_token("erin", "one-secret"))  # another user
+            # The same user twice on the tenant without the limit.
+            for _ in range(2):
+                await (await opened("many")).connect(token=make_token("dave", "many-secret"))
+            assert not first.closed.is_set()
+
+            m = node.metrics()
+            assert metric(m, "tether_gateway_rejections_total", tenant="one", reason="user_connection_limit") == 1
+            assert metric(m, "tether_gateway_rejections_total", tenant="one", reason="connection_limit") == 0
+            assert metric(m, "tether_gateway_rejections_total", tenant="many", reason="user_connection_limit") == 0
+            assert metric(m, "tether_gateway_connections", tenant="one", state="authenticated") == 2
+            assert metric(m, "tether_gateway_connections", tenant="many", state="authenticated") == 2
+
+            # When dave's connection goes, dave may connect to "one" again.
+            await first.aclose()
+            await until(lambda: metric(node.metrics(), "tether_gateway_connections", tenant="one",
+                                       state="authenticated") == 1, what="dave's first connection gone")
+            await (await opened("one")).connect(token=make_token("dave", "one-secret"))
+            assert metric(node.metrics(), "tether_gateway_rejections_total", tenant="one",
+                          reason="user_connection_limit") == 1
+        finally:
+            for p in peers:
+                await p.aclose()
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
 def test_connection_rate_limit_answers_503_before_the_upgrade_and_origins_403():
     rated = tenant_config("s", "k", connection_rate_limit=3, allowed_origins=["https://app.example"])
     other = tenant_config("s", "k")
@@ -410,9 +515,14 @@ def test_connection_rate_limit_answers_503_before_the_upgrade_and_origins_403():
             with pytest.raises(InvalidStatus) as e:
                 await ws_connect(node.ws_url("rated"), proxy=None, origin="https://evil.example", open_timeout=5)
             assert e.value.response.status_code == 403
+            m = node.metrics()
+            assert metric(m, "tether_gateway_rejections_total", tenant="rated", reason="origin") == 1
+            assert metric(m, "tether_gateway_rejections_total", tenant="other", reason="origin") == 0
             await asyncio.sleep(1.1)
             ok = await ws_connect(node.ws_url("rated"), proxy=None, origin="https://app.example", open_timeout=5)
             opened.append(ok)
+            # An allowed Origin is not counted.
+            assert metric(node.metrics(), "tether_gateway_rejections_total", tenant="rated", reason="origin") == 1
         finally:
             for ws in opened:
                 with contextlib.suppress(Exception):
@@ -526,6 +636,108 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             assert not watcher.closed.is_set() and not cpeer.closed.is_set() and not new.closed.is_set()
             h = node.post("a", "history", {"channel": ch, "limit": 10}, "a-key").json()["result"]
             assert h["offset"] == len(sent), h
+        finally:
+            for p in peers:
+                await p.aclose()
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
+def reload_lines(node: Node, since: int) -> list[str]:
+    """tetherd's reload summary lines (`reload added=[..] changed=[..] ...`) logged after line `since`."""
+    return [line for line in node.proc.log[since:] if re.search(r"\breload added=", line)]
+
+
+async def sighup(node: Node) -> str:
+    """Sends tetherd SIGHUP and waits (bounded) for that reload's summary line, which it logs after the
+    reload's error lines and after the new tenant table is in force; returns the summary line."""
+    since = len(node.proc.log)
+    node.proc.proc.send_signal(signal.SIGHUP)
+    await until(lambda: reload_lines(node, since), what="the SIGHUP reload's summary line")
+    lines = reload_lines(node, since)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_sighup_rereads_the_files_of_tenant_arguments():
+    """--tenant NAME=FILE (not --tenants-dir): SIGHUP reads FILE again. A new token secret is in force for
+    new connections at once (the old secret is 3500), and a client of another tenant connected before the
+    reload stays connected and gets a publication made after it."""
+    node = Node({"a": tenant_config("a-secret", "a-key"), "b": tenant_config("b-secret", "b-key")})
+
+    async def go():
+        peers = []
+
+        async def opened(tenant: str) -> Peer:
+            p = await Peer(node.ws_url(tenant)).open()
+            peers.append(p)
+            return p
+
+        try:
+            watcher = await opened("b")
+            await watcher.connect(token=make_token("w", "b-secret"))
+            ch = unique("chat:hup-")
+            await watcher.subscribe(ch)
+            before = await opened("a")
+            await before.connect(token=make_token("x", "a-secret"))
+
+            write(node.dir / "a.json", tenant_config("a-secret-2", "a-key"))
+            summary = await sighup(node)
+            assert 'changed=["a"]' in summary and "failed=0" in summary and "unchanged=1" in summary, summary
+
+            old = await opened("a")
+            await old.ws.send(json.dumps({"id": 1, "connect": {"token": make_token("y", "a-secret")}}))
+            assert await old.closed_with() == (3500, "invalid token")
+            await (await opened("a")).connect(token=make_token("z", "a-secret-2"))
+
+            r = node.post("b", "publish", {"channel": ch, "data": {"after": "reload"}}, "b-key")
+            assert r.status_code == 200 and "result" in r.json(), r.text
+            await until(lambda: watcher.publications(ch), what="b's publication after the reload")
+            assert watcher.publications(ch) == [{"after": "reload"}]
+            assert not watcher.closed.is_set() and not before.closed.is_set()
+            assert "subscribe" in await watcher.call("subscribe", {"channel": unique("chat:more-")})
+        finally:
+            for p in peers:
+                await p.aclose()
+
+    try:
+        node.run(go())
+    finally:
+        node.stop()
+
+
+def test_a_bad_tenant_file_through_sighup_is_one_error_line_and_the_old_config_stays():
+    node = Node({"a": tenant_config("a-secret", "a-key")})
+
+    async def go():
+        peers = []
+
+        async def opened() -> Peer:
+            p = await Peer(node.ws_url("a")).open()
+            peers.append(p)
+            return p
+
+        try:
+            before = await opened()
+            await before.connect(token=make_token("x", "a-secret"))
+            write(node.dir / "a.json", "{ this is not json")
+            since = len(node.proc.log)
+            summary = await sighup(node)
+            assert "failed=1" in summary and "changed=[]" in summary, summary
+            # The summary comes after every error line of its reload: exactly one, naming the tenant.
+            errors = [line for line in node.proc.log[since:] if "reload: config rejected" in line]
+            assert len(errors) == 1 and "tenant=a" in errors[0], errors
+
+            # The old config is in force: the old secret connects, the connection from before works.
+            await (await opened()).connect(token=make_token("y", "a-secret"))
+            assert not before.closed.is_set()
+            assert "subscribe" in await before.call("subscribe", {"channel": "chat:still"})
+            r = node.post("a", "publish", {"channel": "chat:still", "data": {"n": 1}}, "a-key")
+            assert r.status_code == 200 and "result" in r.json(), r.text
+            await until(lambda: before.publications("chat:still"), what="the publication")
         finally:
             for p in peers:
                 await p.aclose()
