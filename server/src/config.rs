@@ -100,7 +100,7 @@ settings! {
     http_keepalive: "TETHER_HTTP_KEEPALIVE", "DURATION", "How long a connection may wait idle for its next plain HTTP request (API, /metrics) after an answer; 0 or off closes after every answer";
     inbox_capacity: "TETHER_INBOX_CAPACITY", "N", "Commands other threads may queue for one shard (refused beyond, counted in inbox_full)";
     per_ip_max_connections: "TETHER_PER_IP_MAX_CONNECTIONS", "N", "Connections one source address may hold at once, over all shards (an IPv6 peer counts by its /64); past it every request is answered 503 with Retry-After; 0 = unlimited";
-    per_ip_handshake_rate: "TETHER_PER_IP_HANDSHAKE_RATE", "N/s", "New connections one source address may open per second, over all shards (N, N/s or N/min, bursts of N); past it every request is answered 429 with Retry-After; 0 or off = unlimited";
+    per_ip_handshake_rate: "TETHER_PER_IP_HANDSHAKE_RATE", "N/s", "New connections one source address may open per second, over all shards (N, N/s or N/min; a burst of the per-second rate, at least 1); past it every request is answered 429 with Retry-After; 0 or off = unlimited";
     log: "TETHER_LOG", "LEVEL-OR-FILTER", "Log level or tracing filter (also RUST_LOG)";
     gateway: "TETHER_GATEWAY", "FILE", "Serve the Centrifugo-compatible gateway with this Centrifugo v6 config (JSON, TOML or YAML); without it tetherd echoes";
     tenants_dir: "TETHER_TENANTS_DIR", "DIR", "Serve a tenant for every NAME.json|toml|yaml in DIR (on /t/NAME/...); a reload reads the directory again";
