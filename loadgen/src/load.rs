@@ -167,6 +167,8 @@ const TAG_TIME_MASK: u64 = (1 << 30) - 1;
 const PAYLOAD_MAGIC: u64 = 0x646c_7265_6874_6574; // "tetherld"
 /// Marks the `--final-echo` payloads, counted apart from the echo traffic.
 const FINAL_MAGIC: u64 = 0x6c6e_6966_6874_6574; // "tethfinl"
+/// The engine's timer tick: echo messages are paced by the wheel, and a fine tick keeps their cadence.
+const MESSAGE_TICK: Duration = Duration::from_millis(10);
 /// Final echoes out at once per shard (see `LoadHandler::pump_final`).
 const FINAL_WINDOW: usize = 2_000;
 const PAYLOAD_HEADER: usize = 16;
@@ -795,14 +797,14 @@ impl Handler for LoadHandler {
         if self.traffic_done || ctx.state(conn).is_none_or(|c| c.closing) {
             return;
         }
-        if self.send_message(ctx, conn, PAYLOAD_MAGIC) {
-            self.stats.messages_sent += 1;
-        }
-        // A fixed cadence from the due times (the wheel fires up to one tick late), unless a whole interval
-        // behind: then start afresh rather than send a burst.
         let now = ctx.now();
         let due = ctx.state(conn).and_then(|c| c.message_due).unwrap_or(now);
-        let next = if now.saturating_duration_since(due) < interval { due + interval } else { now + interval };
+        let (count, next) = messages_due(due, now, interval);
+        for _ in 0..count {
+            if self.send_message(ctx, conn, PAYLOAD_MAGIC) {
+                self.stats.messages_sent += 1;
+            }
+        }
         self.arm_message(ctx, conn, next);
     }
 
@@ -1122,8 +1124,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         handshake_timeout: cfg.handshake_timeout,
         tcp_keepalive: cfg.tcp_keepalive,
         tcp_user_timeout: cfg.tcp_user_timeout,
-        // Echo messages are paced by the wheel: a fine tick keeps their cadence.
-        tick: Duration::from_millis(10),
+        tick: MESSAGE_TICK,
         deflate: cfg.deflate,
         ..Config::default()
     };
@@ -1392,6 +1393,18 @@ fn notify(notifier: &Notifier<Control>, shard: usize, control: Control) {
 
 /// Waits for the engine's threads, at most `limit`: a wedged shard must not hang the report (its threads end
 /// with the process).
+/// A connection's echo messages at a timer firing `now` for the message due at `due`: how many to send and
+/// when the next is due. A fixed cadence from the due times. The wheel fires up to one tick late, so with
+/// intervals shorter than the tick several messages are due at a firing: those of one tick are sent, or a
+/// connection could not send more than 100 a second. Further behind (a busy loop), the cadence starts
+/// afresh rather than with a burst.
+fn messages_due(due: Instant, now: Instant, interval: Duration) -> (u32, Instant) {
+    let late = now.saturating_duration_since(due).min(MESSAGE_TICK);
+    let count = 1 + (late.as_nanos() / interval.as_nanos().max(1)) as u32;
+    let next = due + interval * count;
+    (count, if next > now { next } else { now + interval })
+}
+
 /// The end of a run waits for answers (final echoes, close handshakes) while they keep coming: it gives up
 /// when the count has not moved for `stall` (`--close-wait`), and after `PROGRESS_WAIT_CAP` x `stall` in
 /// all. A fixed deadline would cut a large run's clean end short: at 700,000 connections on two cores the
@@ -1516,6 +1529,30 @@ fn build_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echo_messages_keep_their_cadence_below_the_timer_tick() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        // 500 a second (2 ms) fired 7 ms late: this one and the three due meanwhile, the next at +8 ms.
+        assert_eq!(messages_due(t, t + ms(7), ms(2)), (4, t + ms(8)));
+        // 1 a second, fired 7 ms late: one, the cadence kept.
+        assert_eq!(messages_due(t, t + ms(7), ms(1000)), (1, t + ms(1000)));
+        // Far behind (a stalled loop): one tick's worth, then afresh from now, no burst.
+        assert_eq!(messages_due(t, t + ms(3000), ms(1000)), (1, t + ms(4000)));
+        assert_eq!(messages_due(t, t + ms(500), ms(2)), (6, t + ms(502)));
+        // Over a second of firings every 10 ms at 2 ms intervals: 500 messages.
+        let (mut due, mut sent, mut now) = (t, 0, t);
+        while now < t + ms(1000) {
+            now += ms(10);
+            while due <= now {
+                let (n, next) = messages_due(due, now, ms(2));
+                sent += n;
+                due = next;
+            }
+        }
+        assert!((495..=505).contains(&sent), "{sent} messages in a second at 500/s");
+    }
 
     #[test]
     fn the_end_waits_while_answers_come_and_stops_when_they_stall_or_at_the_cap() {
