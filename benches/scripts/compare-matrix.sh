@@ -7,7 +7,8 @@
 # Environment: BIN_DIR (as compare.sh), DURATION (10s per run), SIZES ("512 16384"), CONNS ("100 1000"),
 # THREADS ("1 2"), SERVERS ("tether tungstenite fastwebsockets node-ws"), IDLE_CONNS (10000, 0 = skip),
 # RATE_512 (messages/s per connection at 512 B: "100:500 1000:50", i.e. 50,000 messages/s offered),
-# RATE_16K (at 16 KiB: "100:50 1000:5", 5,000 messages/s = 80 MiB/s offered).
+# RATE_16K (at 16 KiB: "100:50 1000:5", 5,000 messages/s = 80 MiB/s offered), LOAD_ARGS (extra tether-load
+# arguments, e.g. "--closed-loop": then the rates do not apply), PIN=1 (see compare.sh).
 # 28 runs of DURATION plus ~3 s each, and the idle run: ~7 minutes at 10 s.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -37,7 +38,7 @@ for threads in $THREADS; do
             echo "=== threads $threads, $size B, $conns connections x $rate msg/s ($(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"
             "$root/benches/scripts/compare.sh" --no-build --connections "$conns" --message-rate "$rate" \
                 --message-size "$size" --duration "$DURATION" --threads "$threads" --servers "$SERVERS" \
-                --out "$dir" > "$dir.log" 2>&1 || echo "compare.sh failed: see $dir.log"
+                --out "$dir" --load-args "${LOAD_ARGS:-}" > "$dir.log" 2>&1 || echo "compare.sh failed: see $dir.log"
         done
     done
 done

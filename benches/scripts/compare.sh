@@ -24,7 +24,8 @@
 # TLS mode. --deflate: tether-load offers permessage-deflate (shared: no context takeover), tetherd accepts it
 # (its default, --deflate shared), the Bun and Node peers get DEFLATE=1; the others have no deflate mode.
 # Environment: BIN_DIR (default target/release): where tetherd, tether-load and the echo-* peers are; when it
-# is set nothing is built (as --no-build).
+# is set nothing is built (as --no-build). PIN=1: the server on CPU 0, tether-load (--shards 1) on CPU 1
+# (taskset), so neither takes the other's core (the closed-loop shape of issue 10).
 #
 # The tokio and node peers use ordinary file descriptors: keep --connections under the process's open-file
 # limit (`ulimit -n`, 20,000 on the project machines); tetherd uses io_uring direct descriptors and is not
@@ -124,6 +125,8 @@ fi
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 } > "$out/summary.md"
 
+pin_server=() pin_client=()
+if [ "${PIN:-0}" = 1 ]; then pin_server=(taskset -c 0); pin_client=(taskset -c 1); load_args="$load_args --shards 1"; fi
 for name in $servers; do
     port=$((port + 1))
     if { [ "$name" = node-ws ] || [ "$name" = bun ]; } && [ "$threads" != 1 ]; then echo "== $name: skipped (single-threaded, --threads $threads)"; continue; fi
@@ -147,7 +150,7 @@ for name in $servers; do
     esac
     echo "== $name: ${cmd[*]}"
     # Bounded: the server lives at most as long as the run could take (the trap stops it sooner).
-    timeout -s KILL $((dur_s + connections / 500 + 120)) "${cmd[@]}" > "$out/$name.server.log" 2>&1 &
+    timeout -s KILL $((dur_s + connections / 500 + 120)) "${pin_server[@]}" "${cmd[@]}" > "$out/$name.server.log" 2>&1 &
     server_pid=$!
     wait_for_port "$addr"
     sleep 0.5
@@ -159,7 +162,7 @@ for name in $servers; do
     busy_before=$(busy_jiffies) t_before=$(date +%s.%N)
     # shellcheck disable=SC2086
     /usr/bin/time -f '%U %S' -o "$out/$name.client-time" \
-        timeout -s INT -k 10 $((dur_s + connections / 500 + 60)) "$bin/tether-load" run --url "$scheme://$addr$path" \
+        timeout -s INT -k 10 $((dur_s + connections / 500 + 60)) "${pin_client[@]}" "$bin/tether-load" run --url "$scheme://$addr$path" \
         ${header:+--header "$header"} "${load_tls[@]}" "${load_deflate[@]}" \
         --connections "$connections" --message-rate "$message_rate" --message-size "$message_size" \
         --duration "$duration" --json "$out/$name.json" --quiet $load_args \
