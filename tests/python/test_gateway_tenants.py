@@ -432,6 +432,23 @@ def test_publication_rate_limit_bounds_a_tenant_across_its_connections():
         node.stop()
 
 
+class Peers:
+    """The raw peers one test opens on a node's tenant routes, all closed at its end (`close`)."""
+
+    def __init__(self, node: "Node"):
+        self.node = node
+        self.all: list[Peer] = []
+
+    async def open(self, tenant: str) -> Peer:
+        p = await Peer(self.node.ws_url(tenant)).open()
+        self.all.append(p)
+        return p
+
+    async def close(self):
+        for p in self.all:
+            await p.aclose()
+
+
 def test_user_connection_limit_is_per_tenant():
     """client.user_connection_limit 1 on one tenant: the same user's second connection there is closed 3504
     and counted as user_connection_limit; another user of that tenant, and the same user on a tenant
@@ -441,12 +458,8 @@ def test_user_connection_limit_is_per_tenant():
     node = Node({"one": one, "many": many})
 
     async def go():
-        peers = []
-
-        async def opened(tenant: str) -> Peer:
-            p = await Peer(node.ws_url(tenant)).open()
-            peers.append(p)
-            return p
+        peers = Peers(node)
+        opened = peers.open
 
         try:
             first = await opened("one")
@@ -476,8 +489,7 @@ def test_user_connection_limit_is_per_tenant():
             assert metric(node.metrics(), "tether_gateway_rejections_total", tenant="one",
                           reason="user_connection_limit") == 1
         finally:
-            for p in peers:
-                await p.aclose()
+            await peers.close()
 
     try:
         node.run(go())
@@ -669,12 +681,8 @@ def test_sighup_rereads_the_files_of_tenant_arguments():
     node = Node({"a": tenant_config("a-secret", "a-key"), "b": tenant_config("b-secret", "b-key")})
 
     async def go():
-        peers = []
-
-        async def opened(tenant: str) -> Peer:
-            p = await Peer(node.ws_url(tenant)).open()
-            peers.append(p)
-            return p
+        peers = Peers(node)
+        opened = peers.open
 
         try:
             watcher = await opened("b")
@@ -700,8 +708,7 @@ def test_sighup_rereads_the_files_of_tenant_arguments():
             assert not watcher.closed.is_set() and not before.closed.is_set()
             assert "subscribe" in await watcher.call("subscribe", {"channel": unique("chat:more-")})
         finally:
-            for p in peers:
-                await p.aclose()
+            await peers.close()
 
     try:
         node.run(go())
@@ -713,15 +720,11 @@ def test_a_bad_tenant_file_through_sighup_is_one_error_line_and_the_old_config_s
     node = Node({"a": tenant_config("a-secret", "a-key")})
 
     async def go():
-        peers = []
-
-        async def opened() -> Peer:
-            p = await Peer(node.ws_url("a")).open()
-            peers.append(p)
-            return p
+        peers = Peers(node)
+        opened = peers.open
 
         try:
-            before = await opened()
+            before = await opened("a")
             await before.connect(token=make_token("x", "a-secret"))
             write(node.dir / "a.json", "{ this is not json")
             since = len(node.proc.log)
@@ -732,15 +735,14 @@ def test_a_bad_tenant_file_through_sighup_is_one_error_line_and_the_old_config_s
             assert len(errors) == 1 and "tenant=a" in errors[0], errors
 
             # The old config is in force: the old secret connects, the connection from before works.
-            await (await opened()).connect(token=make_token("y", "a-secret"))
+            await (await opened("a")).connect(token=make_token("y", "a-secret"))
             assert not before.closed.is_set()
             assert "subscribe" in await before.call("subscribe", {"channel": "chat:still"})
             r = node.post("a", "publish", {"channel": "chat:still", "data": {"n": 1}}, "a-key")
             assert r.status_code == 200 and "result" in r.json(), r.text
             await until(lambda: before.publications("chat:still"), what="the publication")
         finally:
-            for p in peers:
-                await p.aclose()
+            await peers.close()
 
     try:
         node.run(go())
