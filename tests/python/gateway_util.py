@@ -140,14 +140,17 @@ def is_canonical_uuid(text: str) -> bool:
 
 
 class Gateway:
-    """tetherd running the gateway with a config written to a temporary file."""
+    """tetherd running the gateway with a config written to a temporary file. With `tenant`, the same
+    config is also tenant NAME (`--tenant`) and `ws_url` / `api_url` are that tenant's routes
+    (/t/NAME/...); every gateway gauge then carries `tenant="..."` (`""`: the --gateway one), and it runs
+    on the memory engine even under TETHER_TEST_REDIS."""
 
-    def __init__(self, config: Optional[dict] = None, listen: str = "127.0.0.1:0"):
+    def __init__(self, config: Optional[dict] = None, listen: str = "127.0.0.1:0", tenant: Optional[str] = None):
         self.config = copy.deepcopy(config if config is not None else BASE_CONFIG)
         # TETHER_TEST_REDIS=ADDRESS runs the same tests on the Redis engine (one key prefix per gateway,
         # so tests never see each other's channels).
         redis_address = os.environ.get("TETHER_TEST_REDIS")
-        if redis_address and "engine" not in self.config:
+        if redis_address and "engine" not in self.config and tenant is None:
             self.config["engine"] = {
                 "type": "redis",
                 "redis": {"address": redis_address, "prefix": unique("t")},
@@ -155,14 +158,16 @@ class Gateway:
         fd, self.config_path = tempfile.mkstemp(prefix="tetherd-gw-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self.config, f)
+        tenant_args = ("--tenant", f"{tenant}={self.config_path}") if tenant else ()
         try:
-            self.proc = Tetherd("--gateway", self.config_path, listen=listen)
+            self.proc = Tetherd("--gateway", self.config_path, *tenant_args, listen=listen)
         except BaseException:
             os.unlink(self.config_path)
             raise
         self.addr = self.proc.addr
-        self.ws_url = f"ws://{self.addr}{WS_PATH}"
-        self.api_url = f"http://{self.addr}/api"
+        prefix = f"/t/{tenant}" if tenant else ""
+        self.ws_url = f"ws://{self.addr}{prefix}{WS_PATH}"
+        self.api_url = f"http://{self.addr}{prefix}/api"
 
     def api(self, key: str = API_KEY) -> cent.Client:
         """The `cent` (sync, requests-based) server API client; environment proxies are ignored."""
