@@ -21,6 +21,7 @@ import copy
 import hashlib
 import hmac
 import json
+import os
 import re
 import socket
 import struct
@@ -1003,7 +1004,8 @@ def test_reset_rounds_leave_no_memory_behind():
     # Every reset scenario above, repeated on one server with the same channels (a chat channel keeps its
     # history, so a new one each round would rightly keep a table entry) and new users and clients. After
     # each round the gauges return to baseline. The memory gauges do not, legitimately, so they are bounded:
-    # - the send pool stays within its budget and holds no more after the last round than after round 2;
+    # - the send pool (a cache: it settles at the load's peak of buffers given back at once, which may come
+    #   in any round) stays within its budget;
     # - each hash table (32 or 64 stripes, each sized for the most entries it ever held at once, which
     #   random client ids make creep up now and then) holds at most twice what it held after round 2, plus
     #   64 bytes a stripe (the bound of server/src/gateway/registry.rs churn_at_a_steady_size_has_a_ceiling);
@@ -1028,11 +1030,12 @@ def test_reset_rounds_leave_no_memory_behind():
             seen.append(await asyncio.to_thread(memory, g))
         history = [(s[POOL], *(s[t] for t in TABLES), s["rss_kib"]) for s in seen]
         print(f"memory per round (pool, users, clients, channels, rss KiB): {history}")
-        # The rounds exercised what is measured: buffers came back to the pool, the tables hold buckets.
-        assert seen[1][POOL] > 0 and all(seen[1][t] > 0 for t in TABLES), history
+        # The rounds exercised what is measured: buffers came back to the pool, the tables hold buckets (the
+        # channel table not on the Redis engine, where the channels live in the node's Redis thread).
+        used = TABLES[:2] if os.environ.get("TETHER_TEST_REDIS") else TABLES
+        assert seen[1][POOL] > 0 and all(seen[1][t] > 0 for t in used), history
         budget = POOL_BUDGET_PER_SHARD * seen[0]["shards"]
         assert all(s[POOL] <= budget for s in seen), f"send pool over its {budget} bytes: {history}"
-        assert seen[rounds][POOL] <= max(s[POOL] for s in seen[:3]), f"send pool grew after round 2: {history}"
         for t in TABLES:
             assert seen[rounds][t] <= 2 * seen[2][t] + 64 * 64, f"{t} grew after round 2: {history}"
         grew = seen[rounds]["rss_kib"] - seen[2]["rss_kib"]
