@@ -47,12 +47,16 @@ class Tetherd:
             text=True,
         )
         self.log: list[str] = []
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        stderr = threading.Thread(target=self._drain_stderr, daemon=True)
+        stderr.start()
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
         prefix = "tetherd listening on "
         if not line.startswith(prefix):
             self.stop()
+            # Its last words (e.g. "Address already in use", which callers retry on) reach `log` through the
+            # reader thread: wait for it to read to the end, or the message could miss them.
+            stderr.join(timeout=5)
             raise RuntimeError(f"tetherd did not print its listening line (got {line!r}): {self.log[-20:]}")
         self.addr = line[len(prefix):].strip()
         threading.Thread(target=self._drain_stdout, daemon=True).start()
