@@ -1280,9 +1280,8 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         }
         monitor.phase = "drain";
         let drain_start = Instant::now();
-        let mut last = (u64::MAX, u64::MAX);
-        let mut last_change = drain_start;
-        while !interrupted && drain_start.elapsed() < cfg.close_wait {
+        let mut wait = ProgressWait::new(DRAIN_STALL, cfg.close_wait);
+        while !interrupted {
             if stop.load(Relaxed) {
                 interrupted = true;
             }
@@ -1297,10 +1296,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             {
                 break;
             }
-            if (c.deliveries, subscribed) != last {
-                last = (c.deliveries, subscribed);
-                last_change = Instant::now();
-            } else if last_change.elapsed() >= DRAIN_STALL {
+            if wait.expired((c.deliveries, subscribed)) {
                 break;
             }
             monitor.poll();
@@ -1317,7 +1313,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
             notify(&notifier, shard, Control::FinalEcho);
         }
         // Wait for every echo while they keep coming; the snapshot answers come after the FinalEcho notices.
-        let mut wait = ProgressWait::new(cfg.close_wait);
+        let mut wait = ProgressWait::new(cfg.close_wait, cfg.close_wait * PROGRESS_WAIT_CAP);
         loop {
             let (s, _) = monitor.snapshot(Duration::from_secs(2));
             if (s.final_queued == 0 && s.final_echoed >= s.final_sent) || wait.expired(s.final_echoed) {
@@ -1336,7 +1332,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     for shard in 0..shards {
         notify(&notifier, shard, Control::CloseAll);
     }
-    let mut wait = ProgressWait::new(cfg.close_wait);
+    let mut wait = ProgressWait::new(cfg.close_wait, cfg.close_wait * PROGRESS_WAIT_CAP);
     let mut left_open = handle.stats().open;
     while !wait.expired(left_open) {
         std::thread::sleep(Duration::from_millis(10));
@@ -1391,8 +1387,6 @@ fn notify(notifier: &Notifier<Control>, shard: usize, control: Control) {
     }
 }
 
-/// Waits for the engine's threads, at most `limit`: a wedged shard must not hang the report (its threads end
-/// with the process).
 /// A connection's echo messages at a timer firing `now` for the message due at `due`: how many to send and
 /// when the next is due. A fixed cadence from the due times. The wheel fires up to one tick late, so with
 /// intervals shorter than the tick several messages are due at a firing: those of one tick are sent, or a
@@ -1405,37 +1399,40 @@ fn messages_due(due: Instant, now: Instant, interval: Duration) -> (u32, Instant
     (count, if next > now { next } else { now + interval })
 }
 
-/// The end of a run waits for answers (final echoes, close handshakes) while they keep coming: it gives up
-/// when the count has not moved for `stall` (`--close-wait`), and after `PROGRESS_WAIT_CAP` x `stall` in
+/// The end of a run waits for answers (the Centrifugo drain's deliveries, final echoes, close handshakes)
+/// while they keep coming: it gives up when what it watches has not moved for `stall`, and after `cap` in
 /// all. A fixed deadline would cut a large run's clean end short: at 700,000 connections on two cores the
 /// close handshakes alone take longer than the 30 s a smaller run needs.
-struct ProgressWait {
+struct ProgressWait<T> {
     stall: Duration,
+    cap: Duration,
     start: Instant,
-    last: Option<u64>,
+    last: Option<T>,
     moved: Instant,
 }
 
-/// See [`ProgressWait`].
+/// The final echo and the close handshakes wait `--close-wait` without progress, this many times it in all.
 const PROGRESS_WAIT_CAP: u32 = 10;
 
-impl ProgressWait {
-    fn new(stall: Duration) -> Self {
+impl<T: PartialEq> ProgressWait<T> {
+    fn new(stall: Duration, cap: Duration) -> Self {
         let now = Instant::now();
-        ProgressWait { stall, start: now, last: None, moved: now }
+        ProgressWait { stall, cap, start: now, last: None, moved: now }
     }
 
-    /// Whether to stop waiting, given the count now.
-    fn expired(&mut self, count: u64) -> bool {
+    /// Whether to stop waiting, given what is watched now.
+    fn expired(&mut self, now_seen: T) -> bool {
         let now = Instant::now();
-        if self.last != Some(count) {
-            self.last = Some(count);
+        if self.last.as_ref() != Some(&now_seen) {
+            self.last = Some(now_seen);
             self.moved = now;
         }
-        now - self.moved >= self.stall || now - self.start >= self.stall * PROGRESS_WAIT_CAP
+        now - self.moved >= self.stall || now - self.start >= self.cap
     }
 }
 
+/// Waits for the engine's threads, at most `limit`: a wedged shard must not hang the report (its threads end
+/// with the process).
 pub fn wait_bounded<H: Handler>(engine: Engine<H>, limit: Duration) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -1450,8 +1447,9 @@ pub fn wait_bounded<H: Handler>(engine: Engine<H>, limit: Duration) {
 struct Timings {
     ramp: Duration,
     hold: Duration,
-    /// The final echo, and the final echo and the close handshakes.
+    /// The final echo.
     final_echo: Duration,
+    /// The final echo and the close handshakes.
     end: Duration,
     total: Duration,
 }
@@ -1557,7 +1555,7 @@ mod tests {
     #[test]
     fn the_end_waits_while_answers_come_and_stops_when_they_stall_or_at_the_cap() {
         // Moving: past the stall time in all, still waiting.
-        let mut w = ProgressWait::new(Duration::from_millis(1000));
+        let mut w = ProgressWait::new(Duration::from_millis(1000), Duration::from_secs(10));
         let start = Instant::now();
         let (mut n, mut stalled) = (0, start);
         while start.elapsed() < Duration::from_millis(1500) {
@@ -1572,14 +1570,14 @@ mod tests {
         }
         assert!(stalled.elapsed() >= Duration::from_millis(1000));
         // Always moving: stops at the cap.
-        let mut w = ProgressWait::new(Duration::from_millis(20));
+        let mut w = ProgressWait::new(Duration::from_millis(20), Duration::from_millis(200));
         let start = Instant::now();
         let mut n = 0;
         while !w.expired(n) {
             n += 1;
             assert!(start.elapsed() < Duration::from_secs(30), "no cap");
         }
-        assert!(start.elapsed() >= Duration::from_millis(20) * PROGRESS_WAIT_CAP);
+        assert!(start.elapsed() >= Duration::from_millis(200));
     }
 
     #[test]
