@@ -106,6 +106,13 @@ class Node:
             print("--- tetherd log (last lines) ---\n" + "\n".join(self.proc.log[-60:]))
             raise
 
+    def run_then_stop(self, coro, limit: float = LIMIT):
+        """`run`, then stop tetherd whatever happened (a test's whole life on its own node)."""
+        try:
+            return self.run(coro, limit)
+        finally:
+            self.stop()
+
 
 def metric(text: str, name: str, **labels) -> float:
     """The value of one sample of the exposition (0 when absent)."""
@@ -204,10 +211,7 @@ def test_tenants_are_isolated_from_each_other_and_from_the_gateway():
             for p in peers:
                 await p.aclose()
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 def test_namespaces_are_per_tenant():
@@ -255,10 +259,7 @@ def test_namespaces_are_per_tenant():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(c.disconnect(), 5)
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 # --- limits -----------------------------------------------------------------------------------------------
@@ -338,10 +339,7 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
             for p in peers:
                 await p.aclose()
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 def test_a_command_over_the_rate_pauses_reading_until_the_bucket_refills():
@@ -380,10 +378,7 @@ def test_a_command_over_the_rate_pauses_reading_until_the_bucket_refills():
         code, waited, codes = await probe("unpaced", "unpaced-secret")
         assert code == 111, (code, waited, codes)
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 def test_publication_rate_limit_bounds_a_tenant_across_its_connections():
@@ -426,10 +421,7 @@ def test_publication_rate_limit_bounds_a_tenant_across_its_connections():
         assert (ok, refused) == (60, 0), replies
         assert metric(node.metrics(), "tether_gateway_rejections_total", tenant="free", reason="publication_rate") == 0
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 class Peers:
@@ -491,10 +483,7 @@ def test_user_connection_limit_is_per_tenant():
         finally:
             await peers.close()
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 def test_connection_rate_limit_answers_503_before_the_upgrade_and_origins_403():
@@ -540,10 +529,7 @@ def test_connection_rate_limit_answers_503_before_the_upgrade_and_origins_403():
                 with contextlib.suppress(Exception):
                     await ws.close()
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 # --- reload -----------------------------------------------------------------------------------------------
@@ -652,10 +638,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             for p in peers:
                 await p.aclose()
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 def reload_lines(node: Node, since: int) -> list[str]:
@@ -710,10 +693,7 @@ def test_sighup_rereads_the_files_of_tenant_arguments():
         finally:
             await peers.close()
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 def test_a_bad_tenant_file_through_sighup_is_one_error_line_and_the_old_config_stays():
@@ -744,10 +724,7 @@ def test_a_bad_tenant_file_through_sighup_is_one_error_line_and_the_old_config_s
         finally:
             await peers.close()
 
-    try:
-        node.run(go())
-    finally:
-        node.stop()
+    node.run_then_stop(go())
 
 
 def test_bad_tenant_arguments_are_one_error_line_and_exit_2():
