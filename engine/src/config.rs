@@ -171,6 +171,11 @@ pub struct Config {
     pub recv_large_buffers: u16,
     /// Submission queue entries per ring (the completion queue gets four times as many).
     pub ring_entries: u32,
+    /// Completions a shard handles between two submissions at most: after this many it submits what they
+    /// produced so far (replies, pongs, closes), so that the first replies of a large batch leave while the
+    /// rest of it is handled, and one `io_uring_enter` does not carry thousands of sends. 0 = submit once per
+    /// loop iteration, after the whole batch. Default 512 (measured: BENCHMARKS.md section 6).
+    pub submit_every: usize,
     /// Registered file table slots per ring; 0 = RLIMIT_NOFILE (the kernel caps it there).
     pub slots_per_shard: u32,
     /// Largest body of a plain HTTP request (Content-Length; 413 beyond). Upgrade requests have none.
@@ -242,6 +247,7 @@ impl Default for Config {
             recv_large_buffer_size: 64 << 10,
             recv_large_buffers: 64,
             ring_entries: 4096,
+            submit_every: 512,
             slots_per_shard: 0,
             max_http_body: 1 << 20,
             http_keepalive: Some(Duration::from_secs(60)),

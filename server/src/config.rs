@@ -95,6 +95,7 @@ settings! {
     recv_large_buffer_size: "TETHER_RECV_LARGE_BUFFER_SIZE", "BYTES", "Size of each large receive buffer: a plaintext connection whose frame spans more than one receive buffer moves to these (a second pool per ring, allocated on first use); larger than --recv-buffer-size, 0 = none";
     recv_large_buffers: "TETHER_RECV_LARGE_BUFFERS", "N", "Large receive buffers per ring, a power of two <= 32768";
     ring_entries: "TETHER_RING_ENTRIES", "N", "Submission queue entries per ring";
+    submit_every: "TETHER_SUBMIT_EVERY", "N", "Completions a shard handles before it submits what they produced (a large batch's first replies leave while the rest is handled); 0 = once per loop iteration";
     slots_per_shard: "TETHER_SLOTS_PER_SHARD", "N", "Registered file slots per ring, 0 = RLIMIT_NOFILE";
     max_http_body: "TETHER_MAX_HTTP_BODY", "BYTES", "Largest body of a plain HTTP request (413 beyond)";
     http_keepalive: "TETHER_HTTP_KEEPALIVE", "DURATION", "How long a connection may wait idle for its next plain HTTP request (API, /metrics) after an answer; 0 or off closes after every answer";
@@ -342,6 +343,7 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
             .map_or(d.recv_large_buffer_size, |n| n as u32),
         recv_large_buffers: pick!(r, cli, recv_large_buffers, parse_large_buffers).unwrap_or(d.recv_large_buffers),
         ring_entries: pick!(r, cli, ring_entries, int_in(8, 32768)).map_or(d.ring_entries, |n| n as u32),
+        submit_every: pick!(r, cli, submit_every, int_in(0, 1 << 20)).map_or(d.submit_every, |n| n as usize),
         slots_per_shard: pick!(r, cli, slots_per_shard, int_in(0, 1 << 24)).map_or(d.slots_per_shard, |n| n as u32),
         max_http_body: pick!(r, cli, max_http_body, size_in(0, u32::MAX.into()))
             .map_or(d.max_http_body, |n| n as usize),
@@ -705,6 +707,7 @@ impl Settings {
         line("recv_large_buffer_size", quoted(&format_size(c.recv_large_buffer_size as u64)));
         line("recv_large_buffers", c.recv_large_buffers.to_string());
         line("ring_entries", c.ring_entries.to_string());
+        line("submit_every", c.submit_every.to_string());
         line("slots_per_shard", c.slots_per_shard.to_string());
         line("max_http_body", quoted(&format_size(c.max_http_body as u64)));
         line("http_keepalive", quoted(&opt(c.http_keepalive)));
@@ -1059,6 +1062,8 @@ mod tests {
                 "dedicated:12",
                 "--drain-timeout",
                 "0",
+                "--submit-every",
+                "0",
                 "--log",
                 "info,tether=debug",
                 "--print-config",
@@ -1078,11 +1083,13 @@ mod tests {
         assert_eq!(again.engine.send_queue_policy, SendQueuePolicy::Drop);
         assert_eq!(again.engine.deflate, Deflate::Dedicated { window_bits: 12 });
         assert_eq!(again.drain_timeout, Duration::ZERO);
+        assert_eq!(again.engine.submit_every, 0);
 
         let defaults = with_env(&[], || load_args(&[])).unwrap().to_toml();
         assert_eq!(parse_file(&defaults).map(|_| ()), Ok(()));
         assert!(defaults.contains("tick = \"100ms\"\n"), "{defaults}");
         assert!(defaults.contains("deflate = \"shared\"\n"), "{defaults}");
         assert!(defaults.contains("tcp_keepalive = \"15s,5s,3\"\n"), "{defaults}");
+        assert!(defaults.contains("submit_every = 512\n"), "{defaults}");
     }
 }

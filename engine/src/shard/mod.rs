@@ -90,10 +90,6 @@ impl ProfileRt {
     }
 }
 
-/// Completions handled between two submissions at most: a burst's first replies leave while the rest of it is
-/// still being handled.
-const SUBMIT_EVERY: usize = 512;
-
 /// Scratch buffers larger than this are freed rather than kept (the pool's own bound, `pool.rs`).
 const POOL_BUF_MAX: usize = pool::BUF_MAX;
 
@@ -602,6 +598,7 @@ impl<H: Handler> Shard<H> {
             self.core.rings[0].submit_and_wait(timeout)?;
             self.core.now = Instant::now();
             let mut handled = 0usize;
+            let submit_every = self.core.cfg.submit_every;
             for r in 0..self.core.rings.len() {
                 completions.clear();
                 self.core.rings[r].completions(&mut completions);
@@ -617,7 +614,7 @@ impl<H: Handler> Shard<H> {
                     }
                     self.complete(r, c);
                     handled += 1;
-                    if handled.is_multiple_of(SUBMIT_EVERY) {
+                    if submit_every != 0 && handled.is_multiple_of(submit_every) {
                         // A big batch must not hold back the first replies: send what it produced so far.
                         self.core.flush_dirty();
                         self.core.submit_all()?;
