@@ -1030,6 +1030,18 @@ websocket:
         assert_eq!(d.history_meta_ttl, Duration::from_secs(720 * 3600));
         assert_eq!(d.channel_max_length, 255);
         assert_eq!(d.message_size_limit, 65536);
+        // The tenancy limits: none on connections or publications unless configured, 100 commands a second
+        // per connection (Centrifugo's own default), a pause of at most 1 s after a refusal.
+        assert_eq!((d.connection_limit, d.connection_rate_limit, d.publication_rate_limit), (0, 0, 0));
+        assert_eq!((d.command_rate_limit, d.command_rate_burst), (100, 0));
+        assert_eq!(d.command_rate_max_pause, Duration::from_secs(1));
+        // ... and they work together: a reconnect that resubscribes every channel it may hold in one frame
+        // fits the automatic burst, and a pause never outlasts a quarter of the pong deadline.
+        assert!(d.command_burst() >= d.channel_limit + 1, "burst {}", d.command_burst());
+        assert_eq!(d.command_burst(), 200);
+        assert_eq!(d.command_pause_cap(), Duration::from_secs(1).min(d.pong_timeout / 4));
+        assert!(d.command_pause_cap() < d.pong_timeout);
+        assert!(d.message_size_limit <= tether::Config::default().max_message_size);
         assert!(d.subscription_token.is_none() && d.namespaces.is_empty() && d.unknown.is_empty());
         assert_eq!(d.without_namespace, NamespaceOptions::default());
         assert!(!d.without_namespace.history_enabled());
