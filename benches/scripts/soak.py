@@ -168,10 +168,13 @@ def _die_with_parent():
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _niced(n):
+def _lowered(nice, idle):
     def pre():
         _die_with_parent()
-        os.nice(n)
+        if nice:
+            os.nice(nice)
+        if idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     return pre
 
 
@@ -181,9 +184,10 @@ class Children:
     def __init__(self):
         self.procs = []
 
-    def start(self, cmd, log, stdout=None, nice=0):
+    def start(self, cmd, log, stdout=None, nice=0, idle=False):
         p = subprocess.Popen(cmd, stdout=stdout or log, stderr=log if stdout is not None else subprocess.STDOUT,
-                             preexec_fn=_niced(nice) if nice else _die_with_parent, start_new_session=True,
+                             preexec_fn=_lowered(nice, idle) if nice or idle else _die_with_parent,
+                             start_new_session=True,
                              text=stdout is not None)
         self.procs.append(p)
         return p
@@ -255,14 +259,15 @@ PROGRESS = re.compile(r"^\[\s*(\d+)s\] (\S+)\s+open (\d+)/(\d+)\s+conn/s (\d+).*
 class Load:
     """One tether-load process and what its progress lines said."""
 
-    def __init__(self, name, tenant, role, cmd, workdir, children, sampler, nice=0):
+    def __init__(self, name, tenant, role, cmd, workdir, children, sampler, nice=0, idle=False):
         self.name, self.tenant, self.role = name, tenant, role
         self.log_path = workdir / f"{name}.log"
         self.json_path = workdir / f"{name}.json"
         self.cmd = cmd + ["--json", str(self.json_path)]
-        (workdir / f"{name}.cmd").write_text((f"nice -n {nice} " if nice else "") + " ".join(self.cmd) + "\n")
+        prefix = ("chrt -i 0 " if idle else "") + (f"nice -n {nice} " if nice else "")
+        (workdir / f"{name}.cmd").write_text(prefix + " ".join(self.cmd) + "\n")
         self.t0 = time.monotonic()
-        self.proc = children.start(self.cmd, open(self.log_path, "w"), nice=nice)
+        self.proc = children.start(self.cmd, open(self.log_path, "w"), nice=nice, idle=idle)
         sampler.watch(name, self.proc.pid)
 
     def progress(self):
@@ -367,13 +372,13 @@ def run_phase(phase, args, addr, workdir, children, sampler, shares):
                                 "--channel-prefix", "flood:", "--publish-via", "client",
                                 "--publish-rate", f"{args.flood_command_rate:g}/s", "--reconnect"])
                 loads.append(Load(f"flood-{f}-commands", f, "command flood", cmd, workdir, children, sampler,
-                                  nice=args.flood_nice))
+                                  nice=args.flood_nice, idle=args.flood_idle))
             if args.storm_connections:
                 cmd = load_cmd(args, addr, f, 210, args.storm_connections, args.storm_rate, left,
                                ["--channels", str(args.storm_connections), "--subscriptions-per-connection", "1",
                                 "--channel-prefix", "flood:", "--reconnect"])
                 loads.append(Load(f"flood-{f}-storm", f, "connection storm", cmd, workdir, children, sampler,
-                                  nice=args.flood_nice))
+                                  nice=args.flood_nice, idle=args.flood_idle))
             print(f"[flood] tenant {f}: {len(loads) - len(tenants)} flood loads for {left:.0f} s",
                   file=sys.stderr, flush=True)
     hold_end = hold_start + args.duration
@@ -558,6 +563,10 @@ def main():
     ap.add_argument("--flood-nice", type=int, default=0,
                     help="run the flood loads at this nice value (e.g. 19): on one box they then take only the CPU "
                          "tetherd and the quiet tenants' loads leave, as an attacker on another machine would")
+    ap.add_argument("--flood-idle", action="store_true",
+                    help="run the flood loads under SCHED_IDLE: they get a core only when nothing else (tetherd, the "
+                         "quiet tenants' loads, their publishers) wants one, and a waking task preempts them at once; "
+                         "closer still to an attacker on another machine than --flood-nice")
     ap.add_argument("--flood-margin", type=duration_s, default=10.0, help="flood ends this long before the hold")
     ap.add_argument("--sample-interval", type=duration_s, default=5.0)
     ap.add_argument("--rss-warmup", type=duration_s, default=90.0,
