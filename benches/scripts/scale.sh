@@ -93,6 +93,9 @@ err = open(f"{out}/tetherd.err").read() + open(f"{out}/load.err").read()
 print(f"connections   {c['established']}/{n} established, {c['failed']} failed; ramp {r['ramp_s']:.1f} s = {r['connect_rate_per_s']:.0f}/s")
 print(f"handshake     p50 {hs['p50']/1000:.2f} ms  p99 {hs['p99']/1000:.2f} ms  p99.9 {hs['p999']/1000:.2f} ms  max {hs['max']/1000:.1f} ms")
 print(f"ping RTT      p50 {pr['p50']/1000:.2f} ms  p99 {pr['p99']/1000:.2f} ms  p99.9 {pr['p999']/1000:.2f} ms  max {pr['max']/1000:.1f} ms  ({pr['count']} pongs)")
+ph = r.get("ping_rtt_hold_us")
+if ph and ph["count"]:
+    print(f"  in the hold p50 {ph['p50']/1000:.2f} ms  p99 {ph['p99']/1000:.2f} ms  p99.9 {ph['p999']/1000:.2f} ms  max {ph['max']/1000:.1f} ms  ({ph['count']} pongs; the ramp's queues left out)")
 print(f"drops         {d['total']} {d['by_code']}; final echo {m['final_echoed']}/{m['final_sent']}")
 print(f"closes        clean {cl['clean']}, unclean {cl['unclean']}, left open {cl['left_open']}")
 end = r.get("end_s", 0.0)
@@ -110,6 +113,7 @@ if d["total"]: fails.append(f"{d['total']} drops")
 if m["final_echoed"] != m["final_sent"] or m["final_sent"] != n: fails.append("final echo incomplete")
 if cl["clean"] != n or cl["left_open"]: fails.append("not every close clean")
 if latency:  # issue 10's targets at 200,000: ping RTT p99 <= 20 ms, p99.9 <= 100 ms, handshake p99 <= 100 ms
+    # (checked on the whole run, ramp included: the stricter reading; the hold's figures are printed above)
     for what, got, most in [("ping RTT p99", pr["p99"], 20), ("ping RTT p99.9", pr["p999"], 100), ("handshake p99", hs["p99"], 100)]:
         if got > most * 1000: fails.append(f"{what} {got / 1000:.0f} ms > {most} ms")
 if tl_rc != 0: fails.append(f"tether-load exit code {tl_rc}")

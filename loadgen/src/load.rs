@@ -312,6 +312,10 @@ const PHASE_CLOSING: u8 = 2;
 struct Shared {
     epoch: Instant,
     phase: AtomicU8,
+    /// When the hold began and ended (`micros` since `epoch`; `u64::MAX` until then): the pings sent and
+    /// answered between the two are the hold's (not those of the drain, the final echo or the closes).
+    hold_start_us: AtomicU64,
+    hold_end_us: AtomicU64,
     target: Target,
     source_ips: Vec<IpAddr>,
     headers: Arc<[String]>,
@@ -407,6 +411,9 @@ pub struct ShardStats {
     pub closed_unclean: u64,
     pub handshake_us: Histogram<u64>,
     pub ping_rtt_us: Histogram<u64>,
+    /// The RTTs of pings sent and answered in the hold (after the ramp, before the end): the steady state,
+    /// without the pings the ramp's queues held up.
+    pub ping_rtt_hold_us: Histogram<u64>,
     pub echo_us: Histogram<u64>,
     pub server_ping_interval_ms: Histogram<u64>,
     pub cent: CentStats,
@@ -436,6 +443,7 @@ impl Default for ShardStats {
             closed_unclean: 0,
             handshake_us: new_histogram(),
             ping_rtt_us: new_histogram(),
+            ping_rtt_hold_us: new_histogram(),
             echo_us: new_histogram(),
             server_ping_interval_ms: new_histogram(),
             cent: CentStats::default(),
@@ -475,6 +483,7 @@ impl ShardStats {
         // Same bounds everywhere: adding cannot fail.
         let _ = self.handshake_us.add(&o.handshake_us);
         let _ = self.ping_rtt_us.add(&o.ping_rtt_us);
+        let _ = self.ping_rtt_hold_us.add(&o.ping_rtt_hold_us);
         let _ = self.echo_us.add(&o.echo_us);
         let _ = self.server_ping_interval_ms.add(&o.server_ping_interval_ms);
         self.cent.merge(&o.cent);
@@ -819,11 +828,17 @@ impl Handler for LoadHandler {
         }
     }
 
-    fn on_pong(&mut self, _ctx: &mut Ctx<'_, Self>, _conn: ConnId, rtt: Option<Duration>) {
+    fn on_pong(&mut self, ctx: &mut Ctx<'_, Self>, _conn: ConnId, rtt: Option<Duration>) {
         match rtt {
             Some(rtt) => {
                 let us = (rtt.as_micros() as u64).max(1);
                 self.stats.ping_rtt_us.saturating_record(us);
+                let now_us = self.shared.micros(ctx.now());
+                if now_us.saturating_sub(us) >= self.shared.hold_start_us.load(Relaxed)
+                    && now_us <= self.shared.hold_end_us.load(Relaxed)
+                {
+                    self.stats.ping_rtt_hold_us.saturating_record(us);
+                }
                 self.recent_ping_us.saturating_record(us);
                 self.stats.pings_answered += 1;
             }
@@ -1135,6 +1150,8 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let shared = Arc::new(Shared {
         epoch,
         phase: AtomicU8::new(PHASE_RAMP),
+        hold_start_us: AtomicU64::new(u64::MAX),
+        hold_end_us: AtomicU64::new(u64::MAX),
         target: cfg.target.clone(),
         source_ips: cfg.source_ips.clone(),
         headers: cfg.headers.clone().into(),
@@ -1225,6 +1242,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let ramp = epoch.elapsed();
 
     // Hold.
+    shared.hold_start_us.store(shared.micros(Instant::now()), Relaxed);
     shared.phase.store(PHASE_HOLD, Relaxed);
     if cfg.closed_loop && !interrupted {
         for shard in 0..shards {
@@ -1266,6 +1284,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let hold = hold_start.elapsed();
+    shared.hold_end_us.store(shared.micros(Instant::now()), Relaxed);
 
     // Centrifugo: stop publishing and cycling, then wait for the last deliveries and reconnects.
     let mut api_stats = ApiStats::default();
@@ -1491,6 +1510,7 @@ fn build_report(
         connection_hours: (connection_seconds / 3600.0 * 1e4).round() / 1e4,
         handshake_us: Summary::of(&s.handshake_us),
         ping_rtt_us: Summary::of(&s.ping_rtt_us),
+        ping_rtt_hold_us: Summary::of(&s.ping_rtt_hold_us),
         echo_us: Summary::of(&s.echo_us),
         server_ping_interval_ms: Summary::of(&s.server_ping_interval_ms),
         pings: report::Pings {

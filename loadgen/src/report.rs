@@ -123,6 +123,8 @@ pub struct Report {
     pub connection_hours: f64,
     pub handshake_us: Summary,
     pub ping_rtt_us: Summary,
+    /// Pings sent and answered in the hold only (after the ramp, before the final echo and the closes).
+    pub ping_rtt_hold_us: Summary,
     pub echo_us: Summary,
     pub server_ping_interval_ms: Summary,
     pub pings: Pings,
@@ -337,6 +339,7 @@ impl Report {
         let mut rows = vec![
             ("handshake", &self.handshake_us, &us as &dyn Fn(u64) -> String),
             ("ping rtt", &self.ping_rtt_us, &us),
+            ("ping rtt (hold)", &self.ping_rtt_hold_us, &us),
             ("echo", &self.echo_us, &us),
             ("server ping interval", &self.server_ping_interval_ms, &ms),
         ];

@@ -1,0 +1,43 @@
+//! tether-load reports the ping RTT of the hold apart from the whole run's (`ping_rtt_hold_us`, the "ping rtt
+//! (hold)" row: pings sent and answered in the hold): a ramp builds queues, so the whole run's p99 says more
+//! about the ramp than about the steady state. Here 50 connections ramp over 2 s and hold 2 s, each pinging
+//! every 200 ms: about 250 pings go out in the ramp and 500 in the hold, and the hold's histogram must hold
+//! those and only those.
+
+use std::time::Duration;
+
+use tether_tests::load::Load;
+use tether_tests::Server;
+
+#[test]
+fn the_hold_has_its_own_ping_rtt() {
+    let server = Server::start(&["--shards", "1", "--ping-interval", "0"]);
+    let url = format!("ws://{}/", server.addr);
+    let run = Load::run(
+        None,
+        &[
+            "run",
+            "--url",
+            &url,
+            "--connections",
+            "50",
+            "--rate",
+            "25/s",
+            "--duration",
+            "2s",
+            "--ping-interval",
+            "200ms",
+        ],
+        Duration::from_secs(60),
+    );
+    let d = run.describe();
+    assert_eq!(run.u("connections.established"), 50, "{d}");
+    let all = run.u("ping_rtt_us.count");
+    let hold = run.u("ping_rtt_hold_us.count");
+    assert_eq!(all, run.u("pings.answered"), "{d}");
+    // 50 connections x 2 s / 200 ms = 500 in the hold (pings are jittered, ticks are 10 ms: a wide band).
+    assert!((250..=750).contains(&hold), "{hold} pings in the hold, expected about 500; {d}");
+    // The ramp's pings (about 250: each connection pings from its open) are in the whole run only.
+    assert!(all >= hold + 100, "whole run {all}, hold {hold}: the ramp's pings are missing; {d}");
+    assert!(run.u("ping_rtt_hold_us.p99") > 0 && run.u("ping_rtt_hold_us.max") >= run.u("ping_rtt_hold_us.p50"), "{d}");
+}
