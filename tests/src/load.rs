@@ -65,6 +65,12 @@ impl Load {
         Load::spawn(netns, args).wait(limit)
     }
 
+    /// `tether-load run --url URL <args>` to completion in this namespace (killed after `limit`).
+    pub fn run_url(url: &str, args: &[&str], limit: Duration) -> LoadRun {
+        let all: Vec<&str> = ["run", "--url", url].into_iter().chain(args.iter().copied()).collect();
+        Load::run(None, &all, limit)
+    }
+
     /// Waits for the run to end, at most `limit` (then kills it: `code` is None).
     pub fn wait(mut self, limit: Duration) -> LoadRun {
         let mut child = self.child.take().expect("waited once");
@@ -115,6 +121,15 @@ impl LoadRun {
             return 0;
         }
         cur.as_u64().unwrap_or_else(|| panic!("{path} is not a number in the report: {}", self.describe()))
+    }
+
+    /// All `n` connections established, none dropped, every one closed cleanly; a failure says `context` and
+    /// the run's output.
+    pub fn assert_all_clean(&self, n: u64, context: &str) {
+        let d = format!("{context}: {}", self.describe());
+        assert_eq!(self.u("connections.established"), n, "{d}");
+        assert_eq!(self.u("drops.total"), 0, "{d}");
+        assert_eq!(self.u("closes.clean"), n, "{d}");
     }
 
     /// Exit code, the table it printed and its stderr, for failure messages.

@@ -13,25 +13,13 @@ use tether_tests::Server;
 fn the_hold_has_its_own_ping_rtt() {
     let server = Server::start(&["--shards", "1", "--ping-interval", "0"]);
     let url = format!("ws://{}/", server.addr);
-    let run = Load::run(
-        None,
-        &[
-            "run",
-            "--url",
-            &url,
-            "--connections",
-            "50",
-            "--rate",
-            "25/s",
-            "--duration",
-            "2s",
-            "--ping-interval",
-            "200ms",
-        ],
+    let run = Load::run_url(
+        &url,
+        &["--connections", "50", "--rate", "25/s", "--duration", "2s", "--ping-interval", "200ms"],
         Duration::from_secs(60),
     );
+    run.assert_all_clean(50, "50 connections, pings every 200 ms");
     let d = run.describe();
-    assert_eq!(run.u("connections.established"), 50, "{d}");
     let all = run.u("ping_rtt_us.count");
     let hold = run.u("ping_rtt_hold_us.count");
     assert_eq!(all, run.u("pings.answered"), "{d}");

@@ -15,12 +15,9 @@ fn every_message_comes_back_whatever_the_submission_cadence() {
     for every in ["1", "0"] {
         let server = Server::start(&["--shards", "1", "--submit-every", every, "--ping-interval", "1s"]);
         let url = format!("ws://{}/", server.addr);
-        let run = Load::run(
-            None,
+        let run = Load::run_url(
+            &url,
             &[
-                "run",
-                "--url",
-                &url,
                 "--connections",
                 "1000",
                 "--shards",
@@ -38,14 +35,13 @@ fn every_message_comes_back_whatever_the_submission_cadence() {
             ],
             Duration::from_secs(120),
         );
-        let d = format!("--submit-every {every}: {}", run.describe());
-        assert_eq!(run.u("connections.established"), 1000, "{d}");
-        assert_eq!(run.u("drops.total"), 0, "{d}");
+        let context = format!("--submit-every {every}");
+        run.assert_all_clean(1000, &context);
+        let d = format!("{context}: {}", run.describe());
         let sent = run.u("messages.sent");
         assert!(sent > 10_000, "too few messages for batches of completions: {sent}; {d}");
         assert_eq!(run.u("messages.echoed"), sent, "{d}");
         assert_eq!(run.u("messages.final_echoed"), 1000, "{d}");
         assert!(run.u("pings.answered") > 0, "{d}");
-        assert_eq!(run.u("closes.clean"), 1000, "{d}");
     }
 }
