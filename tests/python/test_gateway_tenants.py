@@ -276,11 +276,8 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
     node = Node({"tight": tight, "roomy": roomy})
 
     async def go():
-        peers = []
-        try:
-            url = node.ws_url("tight")
-            a, b, c = [await Peer(url).open() for _ in range(3)]
-            peers += [a, b, c]
+        async with Peers(node) as peers:
+            a, b, c = [await peers.open("tight") for _ in range(3)]
             await a.connect(token=make_token("u1", "tight-secret"))
             await b.connect(token=make_token("u2", "tight-secret"))
             # client.connection_limit 2: the third connect is closed 3504 (the SDKs do not reconnect).
@@ -288,8 +285,7 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
             assert await c.closed_with() == (3504, "connection limit")
             # ...and a place frees when one goes.
             await b.aclose()
-            d = await Peer(url).open()
-            peers.append(d)
+            d = await peers.open("tight")
             await until(lambda: metric(node.metrics(), "tether_gateway_connections", tenant="tight",
                                        state="authenticated") == 1, what="b gone")
             await d.connect(token=make_token("u4", "tight-secret"))
@@ -322,8 +318,7 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
             assert len(big) > 1024
             await d.ws.send(big)
             assert await d.closed_with() == (1009, "message too big")
-            r_ = await Peer(node.ws_url("roomy")).open()
-            peers.append(r_)
+            r_ = await peers.open("roomy")
             await r_.connect(token=make_token("v", "roomy-secret"))
             await r_.call("subscribe", {"channel": "chat:big"})
             await r_.ws.send(big.replace('"id": 50', '"id": 51'))
@@ -335,9 +330,6 @@ def test_per_tenant_limits_refuse_with_the_right_codes_and_count_them():
                 assert metric(m, "tether_gateway_rejections_total", tenant="tight", reason=reason) >= 1, reason
                 assert metric(m, "tether_gateway_rejections_total", tenant="roomy", reason=reason) == 0, reason
             assert "tether_gateway_rejections_total{" in m
-        finally:
-            for p in peers:
-                await p.aclose()
 
     node.run_then_stop(go())
 
@@ -425,7 +417,7 @@ def test_publication_rate_limit_bounds_a_tenant_across_its_connections():
 
 
 class Peers:
-    """The raw peers one test opens on a node's tenant routes, all closed at its end (`close`)."""
+    """The raw peers one test opens on a node's tenant routes, all closed at its end (`async with`)."""
 
     def __init__(self, node: "Node"):
         self.node = node
@@ -436,7 +428,10 @@ class Peers:
         self.all.append(p)
         return p
 
-    async def close(self):
+    async def __aenter__(self) -> "Peers":
+        return self
+
+    async def __aexit__(self, *exc):
         for p in self.all:
             await p.aclose()
 
@@ -450,10 +445,9 @@ def test_user_connection_limit_is_per_tenant():
     node = Node({"one": one, "many": many})
 
     async def go():
-        peers = Peers(node)
-        opened = peers.open
+        async with Peers(node) as peers:
+            opened = peers.open
 
-        try:
             first = await opened("one")
             await first.connect(token=make_token("dave", "one-secret"))
             second = await opened("one")
@@ -480,8 +474,6 @@ def test_user_connection_limit_is_per_tenant():
             await (await opened("one")).connect(token=make_token("dave", "one-secret"))
             assert metric(node.metrics(), "tether_gateway_rejections_total", tenant="one",
                           reason="user_connection_limit") == 1
-        finally:
-            await peers.close()
 
     node.run_then_stop(go())
 
@@ -541,8 +533,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
     node = Node({"a": a, "b": b}, tenants_dir=True)
 
     async def go():
-        peers = []
-        try:
+        async with Peers(node) as peers:
             # Admin endpoint: key required, POST only.
             assert node.reload(key=None).status_code == 401
             assert node.reload(key="wrong").status_code == 401
@@ -551,8 +542,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             assert r.status_code == 200 and sorted(r.json()["unchanged"]) == ["a", "b"], r.text
 
             # A subscriber of a that must see every publication through all of this.
-            watcher = await Peer(node.ws_url("a")).open()
-            peers.append(watcher)
+            watcher = await peers.open("a")
             await watcher.connect(token=make_token("w", "a-secret"))
             ch = unique("chat:steady-")
             await watcher.call("subscribe", {"channel": ch})
@@ -564,8 +554,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
                 assert r.status_code == 200 and "result" in r.json(), r.text
             publish(0)
 
-            bpeer = await Peer(node.ws_url("b")).open()
-            peers.append(bpeer)
+            bpeer = await peers.open("b")
             await bpeer.connect(token=make_token("x", "b-secret"))
 
             # Add tenant c by dropping its file in the directory and sending SIGHUP.
@@ -576,12 +565,11 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             deadline = time.monotonic() + 5
             while True:
                 try:
-                    cpeer = await Peer(node.ws_url("c")).open()
+                    cpeer = await peers.open("c")
                     break
                 except InvalidStatus:
                     assert time.monotonic() < deadline, "tenant c never appeared after SIGHUP"
                     await asyncio.sleep(0.1)
-            peers.append(cpeer)
             await cpeer.connect(token=make_token("y", "c-secret"))
             publish(1)
 
@@ -595,12 +583,10 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             publish(2)
             r = await watcher.call("subscribe", {"channel": unique("chat:second-")})
             assert r.get("error", {}).get("code") == 106, r
-            old = await Peer(node.ws_url("a")).open()
-            peers.append(old)
+            old = await peers.open("a")
             await old.ws.send(json.dumps({"id": 1, "connect": {"token": make_token("w2", "a-secret")}}))
             assert await old.closed_with() == (3500, "invalid token")
-            new = await Peer(node.ws_url("a")).open()
-            peers.append(new)
+            new = await peers.open("a")
             await new.connect(token=make_token("w3", "a-secret-2"))
 
             # A bad file: rejected with one error line, the config in force stays (b keeps working).
@@ -614,8 +600,7 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             )
             assert not bpeer.closed.is_set()
             assert "subscribe" in await bpeer.call("subscribe", {"channel": "chat:b"})
-            b2 = await Peer(node.ws_url("b")).open()
-            peers.append(b2)
+            b2 = await peers.open("b")
             await b2.connect(token=make_token("x2", "b-secret"))
             publish(3)
 
@@ -634,9 +619,6 @@ def test_reload_adds_changes_and_removes_tenants_without_touching_the_others():
             assert not watcher.closed.is_set() and not cpeer.closed.is_set() and not new.closed.is_set()
             h = node.post("a", "history", {"channel": ch, "limit": 10}, "a-key").json()["result"]
             assert h["offset"] == len(sent), h
-        finally:
-            for p in peers:
-                await p.aclose()
 
     node.run_then_stop(go())
 
@@ -664,10 +646,9 @@ def test_sighup_rereads_the_files_of_tenant_arguments():
     node = Node({"a": tenant_config("a-secret", "a-key"), "b": tenant_config("b-secret", "b-key")})
 
     async def go():
-        peers = Peers(node)
-        opened = peers.open
+        async with Peers(node) as peers:
+            opened = peers.open
 
-        try:
             watcher = await opened("b")
             await watcher.connect(token=make_token("w", "b-secret"))
             ch = unique("chat:hup-")
@@ -690,8 +671,6 @@ def test_sighup_rereads_the_files_of_tenant_arguments():
             assert watcher.publications(ch) == [{"after": "reload"}]
             assert not watcher.closed.is_set() and not before.closed.is_set()
             assert "subscribe" in await watcher.call("subscribe", {"channel": unique("chat:more-")})
-        finally:
-            await peers.close()
 
     node.run_then_stop(go())
 
@@ -700,10 +679,9 @@ def test_a_bad_tenant_file_through_sighup_is_one_error_line_and_the_old_config_s
     node = Node({"a": tenant_config("a-secret", "a-key")})
 
     async def go():
-        peers = Peers(node)
-        opened = peers.open
+        async with Peers(node) as peers:
+            opened = peers.open
 
-        try:
             before = await opened("a")
             await before.connect(token=make_token("x", "a-secret"))
             write(node.dir / "a.json", "{ this is not json")
@@ -721,8 +699,6 @@ def test_a_bad_tenant_file_through_sighup_is_one_error_line_and_the_old_config_s
             r = node.post("a", "publish", {"channel": "chat:still", "data": {"n": 1}}, "a-key")
             assert r.status_code == 200 and "result" in r.json(), r.text
             await until(lambda: before.publications("chat:still"), what="the publication")
-        finally:
-            await peers.close()
 
     node.run_then_stop(go())
 
