@@ -353,6 +353,16 @@ def test_a_command_over_the_rate_pauses_reading_until_the_bucket_refills():
             await until(lambda: all(100 + i in p.replies for i in range(12)), what="12 answers")
             codes = [p.replies[100 + i].get("error", {}).get("code") for i in range(12)]
             assert 111 in codes, codes
+            # The probe must follow a 111. When the burst's last command was read after a pause had ended (the
+            # commands came in two reads), the refilled token served it and no pause is in force: one more
+            # command is then refused and starts one.
+            n = 12
+            while codes[-1] != 111:
+                assert n < 20, codes
+                await p.ws.send(json.dumps({"id": 100 + n, "presence_stats": {"channel": "chat:p"}}))
+                await until(lambda: 100 + n in p.replies, what=f"answer {n}")
+                codes.append(p.replies[100 + n].get("error", {}).get("code"))
+                n += 1
             sent = time.monotonic()
             await p.ws.send(json.dumps({"id": 200, "presence_stats": {"channel": "chat:p"}}))
             await until(lambda: 200 in p.replies, what="the probe's answer")
