@@ -186,8 +186,7 @@ class Children:
 
     def start(self, cmd, log, stdout=None, nice=0, idle=False):
         p = subprocess.Popen(cmd, stdout=stdout or log, stderr=log if stdout is not None else subprocess.STDOUT,
-                             preexec_fn=_lowered(nice, idle) if nice or idle else _die_with_parent,
-                             start_new_session=True,
+                             preexec_fn=_lowered(nice, idle), start_new_session=True,
                              text=stdout is not None)
         self.procs.append(p)
         return p

@@ -215,20 +215,11 @@ def test_rsv1_on_a_continuation_is_1002(shared):
         sock.close()
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def test_decompression_bomb_is_1009_without_memory_growth(shared):
     # ~10 KB that inflates to 10 MB, against a 1 MiB max_message_size: 1009, and the server never holds
     # more than the limit for it.
     bomb = deflate(b"\x00" * (10 << 20))
     assert len(bomb) < 12_000, len(bomb)
-    pid = shared.proc.pid
 
     def one(fragmented: bool):
         sock, _, headers, rest = handshake(shared.addr, "permessage-deflate")
@@ -244,11 +235,11 @@ def test_decompression_bomb_is_1009_without_memory_growth(shared):
             sock.close()
 
     one(False)
-    before = rss_kib(pid)
+    before = shared.rss_kib()
     for i in range(20):
         one(i % 2 == 1)
     time.sleep(0.2)
-    growth = rss_kib(pid) - before
+    growth = shared.rss_kib() - before
     # 20 bombs of 10 MB each: had any been inflated whole, the growth would be 10+ MB; capped, each costs at
     # most the 1 MiB limit, transiently (the allocator may keep a few such buffers per shard).
     assert growth < 8192, f"RSS grew by {growth} KiB"

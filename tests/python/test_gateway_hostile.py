@@ -987,17 +987,12 @@ POOL_BUDGET_PER_SHARD = 4 << 20  # engine/src/shard/pool.rs MAX_BYTES
 RECV_BUFFERS_PER_SHARD = 2048 * 4096 + 64 * (64 << 10)
 
 
-def rss_kib(gw: Gateway) -> int:
-    with open(f"/proc/{gw.proc.proc.pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 def memory(gw: Gateway, tables: tuple = TABLES) -> dict:
     m = metrics(gw)
     missing = [g for g in (POOL, *tables) if g not in m]
     assert not missing, f"/metrics lacks {missing}"
     shards = sum(1 for k in m if k.startswith("tether_send_pool_bytes{") and k != POOL)
-    return {**{g: m[g] for g in (POOL, *tables)}, "shards": shards, "rss_kib": rss_kib(gw)}
+    return {**{g: m[g] for g in (POOL, *tables)}, "shards": shards, "rss_kib": gw.proc.rss_kib()}
 
 
 def test_reset_rounds_leave_no_memory_behind():

@@ -72,6 +72,11 @@ class Tetherd:
     def url(self, path: str = "/") -> str:
         return f"ws://{self.addr}{path}"
 
+    def rss_kib(self) -> int:
+        """The process's resident memory (VmRSS), KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
     def close_lines(self) -> list[str]:
         return [line for line in self.log if " code=" in line and " initiator=" in line]
 
