@@ -107,7 +107,7 @@ pub struct Config {
     pub max_connections: usize,
     /// listen(2) backlog of each shard's SO_REUSEPORT socket.
     pub backlog: i32,
-    /// Timing wheel resolution (at least 1 ms; default 100 ms). Every deadline (keepalive, timeouts,
+    /// Timing wheel resolution (at least 1 ms; default 10 ms). Every deadline (keepalive, timeouts,
     /// [`Ctx::set_timer`](crate::Ctx::set_timer)) fires at the first tick at or after it: up to one tick late,
     /// never early.
     pub tick: Duration,
@@ -230,7 +230,7 @@ impl Default for Config {
             shards: 0,
             max_connections: 0,
             backlog: 4096,
-            tick: Duration::from_millis(100),
+            tick: Duration::from_millis(10),
             ping_interval: Some(Duration::from_secs(20)),
             ping_jitter: true,
             pong_timeout: Duration::from_secs(10),

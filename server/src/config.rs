@@ -834,7 +834,7 @@ mod tests {
         let s = with_env(&[], || load_args(&[])).unwrap();
         let d = Config::default();
         assert_eq!(s.engine.listen, d.listen);
-        assert_eq!(s.engine.tick, Duration::from_millis(100));
+        assert_eq!(s.engine.tick, Duration::from_millis(10));
         assert_eq!(s.engine.ping_interval, Some(Duration::from_secs(20)));
         assert_eq!(s.engine.tcp_keepalive, Some(TcpKeepalive::default()));
         assert_eq!(s.engine.max_message_size, 16 << 20);
@@ -893,7 +893,7 @@ mod tests {
         let s = with_env(&[("TETHER_PING_INTERVAL", "0s")], || load_args(&[])).unwrap();
         assert_eq!(s.engine.ping_interval, None);
         let s = with_env(&[("TETHER_TICK", "")], || load_args(&[])).unwrap();
-        assert_eq!(s.engine.tick, Duration::from_millis(100), "an empty variable counts as unset");
+        assert_eq!(s.engine.tick, Duration::from_millis(10), "an empty variable counts as unset");
     }
 
     #[test]
@@ -1087,7 +1087,7 @@ mod tests {
 
         let defaults = with_env(&[], || load_args(&[])).unwrap().to_toml();
         assert_eq!(parse_file(&defaults).map(|_| ()), Ok(()));
-        assert!(defaults.contains("tick = \"100ms\"\n"), "{defaults}");
+        assert!(defaults.contains("tick = \"10ms\"\n"), "{defaults}");
         assert!(defaults.contains("deflate = \"shared\"\n"), "{defaults}");
         assert!(defaults.contains("tcp_keepalive = \"15s,5s,3\"\n"), "{defaults}");
         assert!(defaults.contains("submit_every = 512\n"), "{defaults}");

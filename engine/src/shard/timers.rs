@@ -3,7 +3,7 @@
 //! (`pause.rs`) and, outside Open, the handshake or
 //! teardown deadline. Delayed connects (`ConnectRequest::not_before`) use keys past the slots.
 //!
-//! Deadlines round *up* to the tick (default 100 ms), so nothing fires early. The loop sleeps until the
+//! Deadlines round *up* to the tick (default 10 ms), so nothing fires early. The loop sleeps until the
 //! wheel's next expiration (at most 1 s).
 
 use std::time::{Duration, Instant};
