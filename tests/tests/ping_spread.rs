@@ -180,6 +180,20 @@ fn first_pings_of_a_mass_connect_are_spread_over_the_interval() {
          together; {summary}",
         max - min
     );
+    // Groups of first pings: arrivals within 5 ms of each other went out at the same tick. With 200 first
+    // pings spread over 4 s, a 10 ms tick puts most groups 10-90 ms apart; a 100 ms tick puts none there.
+    let mut arrivals: Vec<Instant> = seen.iter().map(|s| s.opened + s.first_ping.unwrap()).collect();
+    arrivals.sort();
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    let short = gaps.iter().filter(|g| **g > Duration::from_millis(5) && **g < Duration::from_millis(95)).count();
+    let groups = 1 + gaps.iter().filter(|g| **g > Duration::from_millis(5)).count();
+    assert!(
+        short >= CONNECTIONS / 4,
+        "only {short} of {groups} groups of first pings follow the one before by 5-95 ms (< {}): the pings \
+         due within a tick go out together, a coarse tick (the default is 10 ms); {summary}",
+        CONNECTIONS / 4
+    );
+    eprintln!("{groups} groups of first pings, {short} of them 5-95 ms after the one before");
     assert!(
         server.log.matching(&["pong timeout"]).is_empty(),
         "a connection that answered its pings was timed out:\n{}",
