@@ -312,8 +312,9 @@ const PHASE_CLOSING: u8 = 2;
 struct Shared {
     epoch: Instant,
     phase: AtomicU8,
-    /// When the hold began and ended (`micros` since `epoch`; `u64::MAX` until then): the pings sent and
-    /// answered between the two are the hold's (not those of the drain, the final echo or the closes).
+    /// When the hold began and ended (`micros` since `epoch`; `u64::MAX` until then), the same instants as the
+    /// report's hold duration: the pings sent and answered between the two are the hold's (not those of the
+    /// ramp, a Centrifugo run's subscribe phase, the drain, the final echo or the closes).
     hold_start_us: AtomicU64,
     hold_end_us: AtomicU64,
     target: Target,
@@ -1242,7 +1243,6 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
     let ramp = epoch.elapsed();
 
     // Hold.
-    shared.hold_start_us.store(shared.micros(Instant::now()), Relaxed);
     shared.phase.store(PHASE_HOLD, Relaxed);
     if cfg.closed_loop && !interrupted {
         for shard in 0..shards {
@@ -1276,6 +1276,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
 
     monitor.phase = "hold";
     let hold_start = Instant::now();
+    shared.hold_start_us.store(shared.micros(hold_start), Relaxed);
     while !interrupted && hold_start.elapsed() < cfg.duration {
         if stop.load(Relaxed) {
             interrupted = true;
@@ -1284,7 +1285,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let hold = hold_start.elapsed();
-    shared.hold_end_us.store(shared.micros(Instant::now()), Relaxed);
+    shared.hold_end_us.store(shared.micros(hold_start + hold), Relaxed);
 
     // Centrifugo: stop publishing and cycling, then wait for the last deliveries and reconnects.
     let mut api_stats = ApiStats::default();
