@@ -3,7 +3,8 @@
 # established, no drops, every final echo answered, every close clean, tether-load exits within EXIT_LIMIT
 # of its last close (its final echo and closes wait while answers come: --close-wait 30s without one) and
 # tetherd within EXIT_LIMIT of SIGTERM. Prints ping RTT and handshake
-# percentiles, ramp rate, memory per connection and CPU; exits 1 when a check fails.
+# percentiles, ramp rate, memory per connection, CPU and the packets the kernel dropped at a full input
+# backlog; exits 1 when a check fails.
 #   bash benches/scripts/scale.sh [N] [HOLD]          (defaults: 200000 connections, 30s hold)
 # Environment: RATE (40000/s), SERVER_PING (5s), CLIENT_PING (10s), SERVER_ARGS / LOAD_ARGS (extra flags),
 #   BIN_DIR (target/release; when set nothing is built), PORT (9601), SRC_NET (127.0.60), ADDRS_PER (12000),
@@ -29,6 +30,9 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 slab_kib() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 tcp_pages() { awk '/^TCP:/ {print $11}' /proc/net/sockstat; }
+# Packets the kernel dropped because a CPU's input backlog (net.core.netdev_max_backlog) was full: on
+# loopback every segment passes through it. Machine-wide, all namespaces.
+backlog_drops() { local d=0 x; while read -r _ x _; do d=$((d + 16#$x)); done </proc/net/softnet_stat; echo "$d"; }
 open_now() {   # tetherd's open WebSockets (/metrics; awk reads all of curl's output, no SIGPIPE)
     { curl -s -m 10 "http://127.0.0.1:$PORT/metrics" || true; } |
         awk '$1 == "tether_connections_open{shard=\"total\"}" || $1 == "tether_connections_open" {v = $2} END {print v + 0}'
@@ -36,6 +40,7 @@ open_now() {   # tetherd's open WebSockets (/metrics; awk reads all of curl's ou
 now() { date +%s.%N; }
 
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+drops0=$(backlog_drops)
 timeout -s KILL $((hold_s + N / 1000 + 400)) "$BIN/tetherd" --listen "127.0.0.1:$PORT" --max-connections $((N + 1000)) \
     --ping-interval "$SERVER_PING" --log warn ${SERVER_ARGS:-} >"$OUT/tetherd.out" 2>"$OUT/tetherd.err" &
 tdwrap=$!
@@ -69,16 +74,18 @@ kill -TERM "$tdpid"
 t2=$(now)
 td_rc=0; wait "$tdwrap" || td_rc=$?
 t3=$(now)
+drops1=$(backlog_drops)
 
 python3 - "$OUT" "$N" "$hold_s" "$EXIT_LIMIT" "$t0" "$t1" "$t2" "$t3" "$tl_rc" "$td_rc" "$rss0" "$rss1" \
     "$open1" "$slab0" "$slab1" "$tcp0" "$tcp1" "$((td_b - td_a))" "$((tl_b - tl_a))" "$(getconf CLK_TCK)" \
-    "${LATENCY_CHECK:-0}" <<'PY'
+    "${LATENCY_CHECK:-0}" "$((drops1 - drops0))" "$(cat /proc/sys/net/core/netdev_max_backlog)" <<'PY'
 import json, sys, re
 out, n, hold, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 t0, t1, t2, t3 = map(float, sys.argv[5:9])
 tl_rc, td_rc, rss0, rss1 = int(sys.argv[9]), int(sys.argv[10]), int(sys.argv[11]), int(sys.argv[12])
 open1, slab0, slab1, tcp0, tcp1, td_ticks, tl_ticks, hz = map(int, sys.argv[13:21])
 latency = sys.argv[21] == "1"
+backlog_dropped, max_backlog = int(sys.argv[22]), int(sys.argv[23])
 fails = []
 try:
     r = json.load(open(f"{out}/report.json"))
@@ -105,6 +112,8 @@ print(f"memory        mid-hold, {open1} open: tetherd RSS {rss0} -> {rss1} KiB =
       f"kernel slab {per(slab1 - slab0)} and TCP buffers {per((tcp1 - tcp0) * 4)} per connection (both ends); "
       f"tether-load peak {r['peak_rss_mib']} MiB = {per(r['peak_rss_mib'] * 1024)}")
 print(f"keepalive CPU 10 s mid-hold: tetherd {td_ticks / hz / 10:.0%} of a core, tether-load {tl_ticks / hz / 10:.0%}")
+print(f"kernel        {backlog_dropped} packets dropped at a full CPU input backlog during the run (/proc/net/softnet_stat, "
+      f"whole machine; net.core.netdev_max_backlog {max_backlog})")
 for pat in ["drain deadline passed", "did not exit", "panicked"]:
     if pat in err:
         fails.append(f"log says: {pat}")
