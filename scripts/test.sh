@@ -29,10 +29,11 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 command -v python3 >/dev/null || apt_install python3
 
 # --- middleboxes and a browser for the end-to-end keepalive tests (tests/tests/{nat,nginx,browser}.rs) ---
-# Debian's packages: iproute2 + iptables (+ conntrack) build the NAT in network namespaces, nginx-light is
-# the reverse proxy, chromium the real browser.
+# Debian's packages: iproute2 + iptables (+ conntrack) build the NAT in network namespaces (and iproute2's
+# ss reads sockets' keepalive timers, tests/tests/keepalive.rs), nginx-light is the reverse proxy, chromium
+# the real browser.
 need=()
-command -v ip >/dev/null || need+=(iproute2)
+{ command -v ip && command -v ss; } >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)

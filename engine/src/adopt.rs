@@ -205,7 +205,7 @@ pub(crate) fn prepare(socket: &OwnedFd, cfg: &AdoptSockopts) -> std::io::Result<
 /// accepted sockets and adopted sockets get directly.
 pub(crate) fn set_tcp_timeouts(
     s: &socket2::Socket,
-    keepalive: Option<crate::config::TcpKeepalive>,
+    keepalive: Option<crate::config::SocketKeepalive>,
     user_timeout: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
     match keepalive {
@@ -226,6 +226,6 @@ pub(crate) fn set_tcp_timeouts(
 /// The socket options every adopted socket gets (from the engine's config).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AdoptSockopts {
-    pub keepalive: Option<crate::config::TcpKeepalive>,
+    pub keepalive: Option<crate::config::SocketKeepalive>,
     pub user_timeout: Option<std::time::Duration>,
 }

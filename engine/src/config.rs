@@ -9,19 +9,48 @@ pub use crate::proto::Deflate;
 /// TCP keepalive probes set on every socket: first probe after `idle`, then every `interval`, `count` probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpKeepalive {
-    /// Idle time before the first probe (TCP_KEEPIDLE; whole seconds, 1 s to 32767 s). Default 15 s.
-    pub idle: Duration,
+    /// Idle time before the first probe (TCP_KEEPIDLE; whole seconds, 1 s to 32767 s). `None` (the default,
+    /// `auto`): [`auto_idle`](TcpKeepalive::auto_idle) of the default profile's pings, so the kernel probes
+    /// only a connection that the WebSocket pings leave quiet.
+    pub idle: Option<Duration>,
     /// Time between probes (TCP_KEEPINTVL; whole seconds, 1 s to 32767 s). Default 5 s.
     pub interval: Duration,
     /// Unanswered probes before the kernel resets the connection (TCP_KEEPCNT; 1 to 127). Default 3, so a dead
-    /// peer is found after `idle + count * interval` (30 s by default).
+    /// peer is found after `idle + count * interval`.
     pub count: u32,
 }
 
 impl Default for TcpKeepalive {
     fn default() -> Self {
-        TcpKeepalive { idle: Duration::from_secs(15), interval: Duration::from_secs(5), count: 3 }
+        TcpKeepalive { idle: None, interval: Duration::from_secs(5), count: 3 }
     }
+}
+
+impl TcpKeepalive {
+    /// The idle time before the first probe when none is given, for a connection that pings every
+    /// `ping_interval` (`None`: no pings) with `pong_timeout`: 15 s without pings; with pings,
+    /// `ping_interval + pong_timeout` in whole seconds (30 s for the defaults 20 s and 10 s). A connection
+    /// whose pings are answered then never goes idle that long, so it gets no probes: measured, a 15 s idle
+    /// under 20 s pings made the kernel probe (and the peer answer) on every connection in every ping
+    /// interval at both ends, 69% more packets than the pings themselves (BENCHMARKS.md section 6).
+    pub fn auto_idle(ping_interval: Option<Duration>, pong_timeout: Duration) -> Duration {
+        match ping_interval.filter(|d| !d.is_zero()) {
+            None => Duration::from_secs(15),
+            Some(p) => {
+                let d = p.saturating_add(pong_timeout);
+                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                Duration::from_secs(secs.clamp(1, 32767))
+            }
+        }
+    }
+}
+
+/// TCP keepalive with every value decided: what a socket is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SocketKeepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
 }
 
 fn is_off(s: &str) -> bool {
@@ -53,16 +82,20 @@ pub fn parse_tcp_user_timeout(s: &str) -> Result<Option<Duration>, String> {
     Ok(Some(d))
 }
 
-/// TCP keepalive as people write it: `IDLE,INTERVAL,COUNT` (e.g. `15s,5s,3`), or `off` (`None`). The kernel
-/// counts idle and interval in whole seconds (1..=32767) and allows 1..=127 probes. Shared by tetherd and
-/// tether-load.
+/// TCP keepalive as people write it: `IDLE,INTERVAL,COUNT` (e.g. `15s,5s,3`; IDLE may be `auto`), `auto`
+/// (or `on`: the default, `auto,5s,3`), or `off` (`None`). The kernel counts idle and interval in whole seconds
+/// (1..=32767) and allows 1..=127 probes. Shared by tetherd and tether-load.
 pub fn parse_tcp_keepalive(s: &str) -> Result<Option<TcpKeepalive>, String> {
+    let s = s.trim();
     if is_off(s) || s == "0" {
         return Ok(None);
     }
+    if ["auto", "on", "true"].iter().any(|w| s.eq_ignore_ascii_case(w)) {
+        return Ok(Some(TcpKeepalive::default()));
+    }
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     if parts.len() != 3 {
-        return Err("expected IDLE,INTERVAL,COUNT such as 15s,5s,3, or off".into());
+        return Err("expected IDLE,INTERVAL,COUNT such as 15s,5s,3 or auto,5s,3, or auto, or off".into());
     }
     let secs = |what: &str, text: &str| -> Result<Duration, String> {
         let d = humantime::parse_duration(text)
@@ -72,7 +105,7 @@ pub fn parse_tcp_keepalive(s: &str) -> Result<Option<TcpKeepalive>, String> {
         }
         Ok(d)
     };
-    let idle = secs("IDLE", parts[0])?;
+    let idle = if parts[0].eq_ignore_ascii_case("auto") { None } else { Some(secs("IDLE", parts[0])?) };
     let interval = secs("INTERVAL", parts[1])?;
     let count = parts[2]
         .parse::<u32>()
@@ -132,7 +165,8 @@ pub struct Config {
     /// for every connection, whatever its profile, it also bounds flushing the last output of a closing
     /// connection and each step of its teardown. Default 5 s.
     pub close_timeout: Duration,
-    /// `None` disables TCP keepalive.
+    /// `None` disables TCP keepalive. Default: on, idle `auto` (the default profile's `ping_interval +
+    /// pong_timeout`, 30 s; 15 s when it does not ping), 5 s x 3 probes.
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// `None` leaves the kernel default.
     pub tcp_user_timeout: Option<Duration>,
@@ -274,6 +308,16 @@ impl Config {
         ProfileId(self.profiles.len() as u8)
     }
 
+    /// TCP keepalive as sockets get it (listeners pass it on to accepted sockets): an `auto` idle follows
+    /// this config's own (the default profile's) pings.
+    pub(crate) fn socket_keepalive(&self) -> Option<SocketKeepalive> {
+        self.tcp_keepalive.map(|k| SocketKeepalive {
+            idle: k.idle.unwrap_or_else(|| TcpKeepalive::auto_idle(self.ping_interval, self.pong_timeout)),
+            interval: k.interval,
+            count: k.count,
+        })
+    }
+
     /// The settings of profile `id` (the default profile is this config's own settings).
     pub fn profile(&self, id: ProfileId) -> Profile {
         match id.0 {
@@ -332,5 +376,38 @@ impl ProfileId {
     /// The profile's position: 0 for the default, `n` for the `n`th profile [`Config::add_profile`] added.
     pub fn index(self) -> usize {
         self.0 as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_idle_follows_the_pings_unless_given() {
+        let s = Duration::from_secs;
+        let mut c = Config::default();
+        let ka = |c: &Config| c.socket_keepalive().map(|k| (k.idle, k.interval, k.count));
+        assert_eq!(ka(&c), Some((s(30), s(5), 3)), "defaults: 20 s pings + 10 s pong timeout");
+        c.ping_interval = None;
+        assert_eq!(ka(&c), Some((s(15), s(5), 3)), "no pings");
+        c.ping_interval = Some(Duration::ZERO);
+        assert_eq!(ka(&c), Some((s(15), s(5), 3)), "zero = no pings");
+        c.ping_interval = Some(Duration::from_millis(4500));
+        c.pong_timeout = Duration::from_millis(200);
+        assert_eq!(ka(&c), Some((s(5), s(5), 3)), "rounded up to whole seconds");
+        c.ping_interval = Some(s(40_000));
+        assert_eq!(ka(&c), Some((s(32767), s(5), 3)), "the kernel's most");
+        c.tcp_keepalive = parse_tcp_keepalive("7s,2s,4").unwrap();
+        assert_eq!(ka(&c), Some((s(7), s(2), 4)), "given");
+        c.tcp_keepalive = parse_tcp_keepalive("auto,2s,4").unwrap();
+        c.ping_interval = Some(s(20));
+        c.pong_timeout = s(10);
+        assert_eq!(ka(&c), Some((s(30), s(2), 4)), "auto idle, given interval and count");
+        c.tcp_keepalive = parse_tcp_keepalive("off").unwrap();
+        assert_eq!(ka(&c), None);
+        assert_eq!(parse_tcp_keepalive(" Auto "), Ok(Some(TcpKeepalive::default())));
+        assert_eq!(parse_tcp_keepalive("on"), Ok(Some(TcpKeepalive::default())));
+        assert!(parse_tcp_keepalive("auto,5s").is_err());
     }
 }

@@ -38,7 +38,7 @@
 //! | `http_keepalive` | 60 s idle between plain HTTP requests on one connection | connection closed, no answer |
 //! | `ping_interval` / `pong_timeout` | 20 s / 10 s | close 1011 |
 //! | `handshake_timeout` / `close_timeout` | 10 s / 5 s | HTTP 408 (client role: `ConnectError::Timeout`) / connection dropped |
-//! | `tcp_keepalive` / `tcp_user_timeout` | 15 s, 5 s x 3 / 30 s | kernel resets the connection |
+//! | `tcp_keepalive` / `tcp_user_timeout` | idle `ping_interval + pong_timeout` (30 s; 15 s without pings), 5 s x 3 / 30 s | kernel resets the connection |
 //! | `max_connections` | what the fd limit and shards allow | HTTP 503 (adopt: `AdoptErrorKind::AtCapacity`) |
 //! | `inbox_capacity` | 65,536 commands per shard | `SendError::InboxFull` |
 //! | `per_ip_max_connections` / `per_ip_handshake_rate` | off | HTTP 503 / 429 with Retry-After |

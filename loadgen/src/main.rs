@@ -195,8 +195,9 @@ struct Common {
     shards: usize,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
-    /// TCP keepalive on every client socket: IDLE,INTERVAL,COUNT (e.g. 15s,5s,3), or off.
-    #[arg(long, default_value = "15s,5s,3", value_parser = parse_tcp_keepalive)]
+    /// TCP keepalive on every client socket: IDLE,INTERVAL,COUNT (e.g. 15s,5s,3; IDLE auto = --ping-interval +
+    /// --pong-timeout, 15s without pings, so a connection the pings keep busy is not probed), or off.
+    #[arg(long, default_value = "auto,5s,3", value_parser = parse_tcp_keepalive)]
     tcp_keepalive: MaybeKeepalive,
     /// TCP_USER_TIMEOUT on every client socket (0/off = kernel default).
     #[arg(long, default_value = "30s", value_parser = parse_tcp_user_timeout)]

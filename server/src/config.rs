@@ -78,7 +78,7 @@ settings! {
     handshake_timeout: "TETHER_HANDSHAKE_TIMEOUT", "DURATION", "Deadline for the HTTP upgrade";
     close_timeout: "TETHER_CLOSE_TIMEOUT", "DURATION", "Deadline for the peer's Close answer";
     drain_timeout: "TETHER_DRAIN_TIMEOUT", "DURATION", "On SIGINT/SIGTERM, wait this long for connections to close";
-    tcp_keepalive: "TETHER_TCP_KEEPALIVE", "IDLE,INTERVAL,COUNT", "TCP keepalive probes, off disables";
+    tcp_keepalive: "TETHER_TCP_KEEPALIVE", "IDLE,INTERVAL,COUNT", "TCP keepalive probes; IDLE auto = ping interval + pong timeout (15s without pings), so only a connection the pings leave quiet is probed; off disables";
     tcp_user_timeout: "TETHER_TCP_USER_TIMEOUT", "DURATION", "TCP_USER_TIMEOUT, 0 or off leaves the kernel default";
     max_message_size: "TETHER_MAX_MESSAGE_SIZE", "BYTES", "Largest message accepted (1009 beyond)";
     max_handshake_size: "TETHER_MAX_HANDSHAKE_SIZE", "BYTES", "Largest upgrade request accepted (431 beyond)";
@@ -668,7 +668,14 @@ impl Settings {
         let opt = |d: Option<Duration>| d.map_or_else(|| "off".to_string(), fmt_duration);
         let keepalive = c.tcp_keepalive.map_or_else(
             || "off".to_string(),
-            |k| format!("{},{},{}", fmt_duration(k.idle), fmt_duration(k.interval), k.count),
+            |k| {
+                format!(
+                    "{},{},{}",
+                    k.idle.map_or_else(|| "auto".into(), fmt_duration),
+                    fmt_duration(k.interval),
+                    k.count
+                )
+            },
         );
         let policy = match c.send_queue_policy {
             SendQueuePolicy::Close => "close",
@@ -817,7 +824,7 @@ mod tests {
             "[default: 127.0.0.1:9001]",
             "[default: 16MiB]",
             "[default: 4MiB]",
-            "[default: 15s,5s,3]",
+            "[default: auto,5s,3]",
             "[default: info]",
             "[default: 10s]",
             "[default: 1MiB]",
@@ -982,11 +989,16 @@ mod tests {
     fn keepalive() {
         assert_eq!(
             parse_keepalive("15s,5s,3"),
-            Ok(Some(TcpKeepalive { idle: Duration::from_secs(15), interval: Duration::from_secs(5), count: 3 }))
+            Ok(Some(TcpKeepalive { idle: Some(Duration::from_secs(15)), interval: Duration::from_secs(5), count: 3 }))
         );
         assert_eq!(
             parse_keepalive("1m, 10s, 9"),
-            Ok(Some(TcpKeepalive { idle: Duration::from_secs(60), interval: Duration::from_secs(10), count: 9 }))
+            Ok(Some(TcpKeepalive { idle: Some(Duration::from_secs(60)), interval: Duration::from_secs(10), count: 9 }))
+        );
+        assert_eq!(parse_keepalive("auto"), Ok(Some(TcpKeepalive::default())));
+        assert_eq!(
+            parse_keepalive("auto,10s,4"),
+            Ok(Some(TcpKeepalive { idle: None, interval: Duration::from_secs(10), count: 4 }))
         );
         assert_eq!(parse_keepalive("off"), Ok(None));
         assert_eq!(parse_keepalive("0"), Ok(None));
@@ -1089,7 +1101,7 @@ mod tests {
         assert_eq!(parse_file(&defaults).map(|_| ()), Ok(()));
         assert!(defaults.contains("tick = \"10ms\"\n"), "{defaults}");
         assert!(defaults.contains("deflate = \"shared\"\n"), "{defaults}");
-        assert!(defaults.contains("tcp_keepalive = \"15s,5s,3\"\n"), "{defaults}");
+        assert!(defaults.contains("tcp_keepalive = \"auto,5s,3\"\n"), "{defaults}");
         assert!(defaults.contains("submit_every = 512\n"), "{defaults}");
     }
 }

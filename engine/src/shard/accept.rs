@@ -53,7 +53,7 @@ pub(super) fn bind_listeners(cfg: &Config, addr: SocketAddr, shards: usize) -> i
 }
 
 fn apply_keepalive(s: &socket2::Socket, cfg: &Config) -> io::Result<()> {
-    crate::adopt::set_tcp_timeouts(s, cfg.tcp_keepalive, cfg.tcp_user_timeout)
+    crate::adopt::set_tcp_timeouts(s, cfg.socket_keepalive(), cfg.tcp_user_timeout)
 }
 
 /// How long a connection refused by the per-IP limits may take to send its request before it is answered

@@ -22,7 +22,7 @@ use crate::ring::{self, Completion, Op, Token};
 pub(super) fn client_sockopts(cfg: &Config) -> Vec<(i32, i32, i32)> {
     let secs = |d: Duration| d.as_secs().clamp(1, i32::MAX as u64) as i32;
     let mut out = Vec::new();
-    if let Some(ka) = cfg.tcp_keepalive {
+    if let Some(ka) = cfg.socket_keepalive() {
         out.push((libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1));
         out.push((libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(ka.idle)));
         out.push((libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(ka.interval)));

@@ -258,7 +258,7 @@ where
         drain_nanos: AtomicU64::new(0),
         per_ip: crate::per_ip::PerIp::new(config.per_ip_max_connections, config.per_ip_handshake_rate, Instant::now()),
         adopt_sockopts: crate::adopt::AdoptSockopts {
-            keepalive: config.tcp_keepalive,
+            keepalive: config.socket_keepalive(),
             user_timeout: config.tcp_user_timeout,
         },
         next_adopt: Default::default(),
