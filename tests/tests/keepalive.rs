@@ -148,13 +148,18 @@ fn ping_interval_zero_disables_pings() {
     assert_eq!(raw::read_message(&mut stream).data, b"alive");
 }
 
-/// The time left on the kernel's keepalive timer of the TCP socket `local` -> `peer`, in seconds, read with
-/// `ss -o` (iproute2): None while the socket shows no keepalive timer (e.g. data in flight).
-fn keepalive_timer(local: u16, peer: u16) -> Option<f64> {
-    let filter = format!("( sport = :{local} and dport = :{peer} )");
-    let out = std::process::Command::new("ss").args(["-tnoH", "state", "established", &filter]).output();
+/// `ss -tnH state established FILTER` (iproute2), with `-o` (timers) when `timers`: one line per socket.
+fn ss_established(filter: &str, timers: bool) -> String {
+    let flags = if timers { "-tnoH" } else { "-tnH" };
+    let out = std::process::Command::new("ss").args([flags, "state", "established", filter]).output();
     let out = out.unwrap_or_else(|e| panic!("running ss (iproute2): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The time left on the kernel's keepalive timer of the TCP socket `local` -> `peer`, in seconds: None while
+/// the socket shows no keepalive timer (e.g. data in flight).
+fn keepalive_timer(local: u16, peer: u16) -> Option<f64> {
+    let text = ss_established(&format!("( sport = :{local} and dport = :{peer} )"), true);
     let timer = text.split("timer:(keepalive,").nth(1)?.split(',').next()?;
     Some(parse_ss_time(timer))
 }
@@ -184,14 +189,13 @@ fn parse_ss_time(t: &str) -> f64 {
 
 /// Polls `keepalive_timer` for a few seconds (a ping in flight shows the retransmit timer instead).
 fn wait_keepalive_timer(local: u16, peer: u16) -> f64 {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = keepalive_timer(local, peer) {
-            return t;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "no keepalive timer on {local} -> {peer} within 5 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut left = None;
+    let found = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        left = keepalive_timer(local, peer);
+        left.is_some()
+    });
+    assert!(found, "no keepalive timer on {local} -> {peer} within 5 s");
+    left.unwrap_or_default()
 }
 
 /// TCP keepalive's idle time follows the pings unless given (`--tcp-keepalive auto,5s,3` by default):
@@ -226,25 +230,17 @@ fn tcp_keepalive_idle_follows_the_pings() {
         None,
         &["run", "--url", &url, "--connections", "1", "--duration", "6s", "--ping-interval", "40s"],
     );
-    let port = server.port().to_string();
-    let client_port = {
-        let start = Instant::now();
-        loop {
-            let filter = format!("( dport = :{port} )");
-            let out = std::process::Command::new("ss").args(["-tnH", "state", "established", &filter]).output();
-            let text = String::from_utf8_lossy(&out.expect("ss").stdout).to_string();
-            let found = text.split_whitespace().find_map(|field| {
-                let (_, p) = field.rsplit_once(':')?;
-                let p: u16 = p.parse().ok()?;
-                (p != server.port()).then_some(p)
-            });
-            if let Some(p) = found {
-                break p;
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "tether-load did not connect within 10 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let mut client_port = None;
+    let connected = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let text = ss_established(&format!("( dport = :{} )", server.port()), false);
+        client_port = text.split_whitespace().find_map(|field| {
+            let p: u16 = field.rsplit_once(':')?.1.parse().ok()?;
+            (p != server.port()).then_some(p)
+        });
+        client_port.is_some()
+    });
+    assert!(connected, "tether-load did not connect within 10 s");
+    let client_port = client_port.unwrap_or_default();
     let left = wait_keepalive_timer(client_port, server.port());
     assert!(
         left > 45.0 && left <= 50.0,
