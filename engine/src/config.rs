@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use crate::proto::Deflate;
+pub use crate::proto::{Deflate, PingMode};
 
 /// TCP keepalive probes set on every socket: first probe after `idle`, then every `interval`, `count` probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +115,16 @@ pub fn parse_tcp_keepalive(s: &str) -> Result<Option<TcpKeepalive>, String> {
     Ok(Some(TcpKeepalive { idle, interval, count }))
 }
 
+/// Parse a ping mode: `interval` (a ping every interval) or `idle` (only after an interval without a frame
+/// from the peer).
+pub fn parse_ping_mode(s: &str) -> Result<PingMode, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "interval" => Ok(PingMode::Interval),
+        "idle" => Ok(PingMode::Idle),
+        other => Err(format!("ping mode \"{other}\" must be interval or idle")),
+    }
+}
+
 /// What to do when a connection's send queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SendQueuePolicy {
@@ -150,6 +160,10 @@ pub struct Config {
     /// that open together (a ramp, a mass reconnect) do not ping together for the rest of their lives; `false`:
     /// one whole interval after the open.
     pub ping_jitter: bool,
+    /// [`PingMode::Interval`] (default): a ping every `ping_interval`. [`PingMode::Idle`]: only after an
+    /// interval in which nothing was heard from the peer, so connections that talk, or whose peer pings
+    /// often enough, cost no pings; silent ones are pinged and a dead peer is found as soon.
+    pub ping_mode: PingMode,
     /// After a ping, how long the peer has to send any frame at all (a pong or anything else; 16 KiB of a large
     /// frame in progress also counts). Past it the connection is closed with 1011 "pong timeout"
     /// ([`CloseCause::PongTimeout`](crate::CloseCause::PongTimeout)) without waiting for the peer's Close.
@@ -267,6 +281,7 @@ impl Default for Config {
             tick: Duration::from_millis(10),
             ping_interval: Some(Duration::from_secs(20)),
             ping_jitter: true,
+            ping_mode: PingMode::Interval,
             pong_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
@@ -333,6 +348,8 @@ impl Config {
 pub struct Profile {
     /// Ping cadence; `None` (or zero) disables pings.
     pub ping_interval: Option<Duration>,
+    /// Every interval or only after an idle one (see [`Config::ping_mode`]).
+    pub ping_mode: PingMode,
     /// After a ping, how long the peer has to send any frame; past it close 1011 (see [`Config::pong_timeout`]).
     pub pong_timeout: Duration,
     /// How long to wait for the peer's Close after ours (see [`Config::close_timeout`]).
@@ -354,6 +371,7 @@ impl Profile {
     pub fn of(config: &Config) -> Profile {
         Profile {
             ping_interval: config.ping_interval.filter(|d| !d.is_zero()),
+            ping_mode: config.ping_mode,
             pong_timeout: config.pong_timeout,
             close_timeout: config.close_timeout,
             max_message_size: config.max_message_size,

@@ -36,7 +36,7 @@
 //! | `max_handshake_size` | 8 KiB | HTTP 431 |
 //! | `max_http_body` | 1 MiB | HTTP 413 |
 //! | `http_keepalive` | 60 s idle between plain HTTP requests on one connection | connection closed, no answer |
-//! | `ping_interval` / `pong_timeout` | 20 s / 10 s | close 1011 |
+//! | `ping_interval` / `pong_timeout` | 20 s / 10 s (`ping_mode`: every interval; `Idle`: only after a silent one) | close 1011 |
 //! | `handshake_timeout` / `close_timeout` | 10 s / 5 s | HTTP 408 (client role: `ConnectError::Timeout`) / connection dropped |
 //! | `tcp_keepalive` / `tcp_user_timeout` | idle `ping_interval + pong_timeout` (30 s; 15 s without pings), 5 s x 3 / 30 s | kernel resets the connection |
 //! | `max_connections` | what the fd limit and shards allow | HTTP 503 (adopt: `AdoptErrorKind::AtCapacity`) |
@@ -192,8 +192,8 @@ pub mod wheel;
 pub use adopt::{AdoptError, AdoptErrorKind, Adoption};
 pub use capacity::{auto_recv_buffers, plan_capacity, Capacity};
 pub use config::{
-    parse_optional_duration, parse_tcp_keepalive, parse_tcp_user_timeout, Config, Deflate, Profile, ProfileId,
-    SendQueuePolicy, TcpKeepalive,
+    parse_optional_duration, parse_ping_mode, parse_tcp_keepalive, parse_tcp_user_timeout, Config, Deflate, PingMode,
+    Profile, ProfileId, SendQueuePolicy, TcpKeepalive,
 };
 pub use context::Ctx;
 pub use facade::{AsyncEngine, AsyncHandle, Event, Events, FacadeOptions, FacadeStats, OwnedMessage};

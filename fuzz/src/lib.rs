@@ -23,7 +23,9 @@ use arbitrary::{Arbitrary, Unstructured};
 use tether::proto::frame::{
     parse_header, write_frame, MAX_CONTROL_PAYLOAD, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT,
 };
-use tether::proto::{CloseCause, CloseInfo, Connection, Event, Initiator, Input, MessageKind, ProtoConfig, Role};
+use tether::proto::{
+    CloseCause, CloseInfo, Connection, Event, Initiator, Input, MessageKind, PingMode, ProtoConfig, Role,
+};
 
 /// A close code an endpoint may put on the wire (RFC 6455 section 7.4; 1004, 1005, 1006 and 1015 never).
 pub fn sendable_close_code(code: u16) -> bool {
@@ -35,8 +37,8 @@ pub fn sendable_close_code(code: u16) -> bool {
 /// Decoded front to back by a hand-written [`Arbitrary`] impl (little-endian integers, each variable-length
 /// field preceded by its length) rather than the derived one, so that the seed corpora can be written as
 /// plain byte strings (fuzz/seeds.py): `max_message_size`, `ping_interval_ms`, `pong_timeout_ms`,
-/// `close_timeout_ms` (u16 each), `seed` (u64), then operations until the input ends, each a tag byte
-/// (modulo 9, in the order of [`Op`]) and its fields.
+/// `close_timeout_ms` (u16 each), `seed` (u64; its low bit picks the ping mode), then operations until the
+/// input ends, each a tag byte (modulo 9, in the order of [`Op`]) and its fields.
 #[derive(Debug)]
 pub struct Script {
     /// Small limits, so the 1009 paths are reachable with small inputs.
@@ -178,6 +180,8 @@ impl Player {
         let cfg = ProtoConfig {
             max_message_size: s.max_message_size as usize,
             ping_interval: (s.ping_interval_ms > 0).then(|| Duration::from_millis(s.ping_interval_ms as u64)),
+            // The seed's low bit picks the ping mode, so the committed corpora exercise both.
+            ping_mode: if s.seed & 1 == 1 { PingMode::Idle } else { PingMode::Interval },
             pong_timeout: Duration::from_millis(s.pong_timeout_ms as u64),
             close_timeout: Duration::from_millis(s.close_timeout_ms as u64),
         };

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tether::{
     CloseCause, Closed, Config, ConnId, ConnectError, ConnectRequest, Ctx, Engine, EngineHandle, Handler, Initiator,
-    Message, Notifier,
+    Message, Notifier, PingMode,
 };
 
 use crate::centrifugo::client::{CentConn, CentShard};
@@ -44,6 +44,8 @@ pub struct LoadConfig {
     pub ping_interval: Option<Duration>,
     /// The first ping at a random point of the first interval (the engine's `ping_jitter`).
     pub ping_jitter: bool,
+    /// Every interval, or only after one without a frame from the server (the engine's `ping_mode`).
+    pub ping_mode: PingMode,
     pub pong_timeout: Duration,
     /// Messages per second per connection (echo traffic); 0 = idle.
     pub message_rate: f64,
@@ -97,6 +99,7 @@ impl LoadConfig {
             duration: Duration::from_secs(60),
             ping_interval: Some(Duration::from_secs(5)),
             ping_jitter: true,
+            ping_mode: PingMode::Interval,
             pong_timeout: Duration::from_secs(10),
             message_rate: 0.0,
             closed_loop: false,
@@ -1136,6 +1139,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         max_connections: n + n / 8 + 256,
         ping_interval: cfg.ping_interval.filter(|d| !d.is_zero()),
         ping_jitter: cfg.ping_jitter,
+        ping_mode: cfg.ping_mode,
         pong_timeout: cfg.pong_timeout,
         handshake_timeout: cfg.handshake_timeout,
         tcp_keepalive: cfg.tcp_keepalive,

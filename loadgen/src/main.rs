@@ -146,6 +146,10 @@ struct Common {
     /// interval after the open (off).
     #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     ping_jitter: bool,
+    /// interval: a client ping every interval; idle: only after an interval in which nothing came from the
+    /// server (its pings count, so a server that pings more often than this is never pinged).
+    #[arg(long, default_value = "interval", value_parser = tether::parse_ping_mode)]
+    ping_mode: tether::PingMode,
     /// A ping unanswered this long (no frame at all) counts the connection as dead.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pong_timeout: Duration,
@@ -396,6 +400,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         duration: c.duration,
         ping_interval: Some(c.ping_interval).filter(|d| !d.is_zero()),
         ping_jitter: c.ping_jitter,
+        ping_mode: c.ping_mode,
         pong_timeout: c.pong_timeout,
         message_rate: c.message_rate,
         closed_loop: c.closed_loop,

@@ -74,6 +74,7 @@ settings! {
     tick: "TETHER_TICK", "DURATION", "Timing wheel resolution";
     ping_interval: "TETHER_PING_INTERVAL", "DURATION", "Server ping cadence, 0 or off disables";
     ping_jitter: "TETHER_PING_JITTER", "on|off", "First ping of a connection at a random point of its first interval (spreads the pings of connections that opened together)";
+    ping_mode: "TETHER_PING_MODE", "interval|idle", "interval: a ping every interval; idle: only after an interval in which nothing came from the peer (connections that talk, or whose client pings often enough, are not pinged)";
     pong_timeout: "TETHER_PONG_TIMEOUT", "DURATION", "Close a peer silent this long after a ping";
     handshake_timeout: "TETHER_HANDSHAKE_TIMEOUT", "DURATION", "Deadline for the HTTP upgrade";
     close_timeout: "TETHER_CLOSE_TIMEOUT", "DURATION", "Deadline for the peer's Close answer";
@@ -320,6 +321,7 @@ pub fn resolve(cli: &Cli, matches: &ArgMatches, file: Option<(&FileConfig, &Path
         tick: pick!(r, cli, tick, parse_positive_duration).unwrap_or(d.tick),
         ping_interval: pick!(r, cli, ping_interval, parse_optional_duration).unwrap_or(d.ping_interval),
         ping_jitter: pick!(r, cli, ping_jitter, parse_on_off).unwrap_or(d.ping_jitter),
+        ping_mode: pick!(r, cli, ping_mode, tether::parse_ping_mode).unwrap_or(d.ping_mode),
         pong_timeout: pick!(r, cli, pong_timeout, parse_positive_duration).unwrap_or(d.pong_timeout),
         handshake_timeout: pick!(r, cli, handshake_timeout, parse_positive_duration).unwrap_or(d.handshake_timeout),
         close_timeout: pick!(r, cli, close_timeout, parse_positive_duration).unwrap_or(d.close_timeout),
@@ -696,6 +698,7 @@ impl Settings {
         line("tick", quoted(&fmt_duration(c.tick)));
         line("ping_interval", quoted(&opt(c.ping_interval)));
         line("ping_jitter", quoted(if c.ping_jitter { "on" } else { "off" }));
+        line("ping_mode", quoted(c.ping_mode.as_str()));
         line("pong_timeout", quoted(&fmt_duration(c.pong_timeout)));
         line("handshake_timeout", quoted(&fmt_duration(c.handshake_timeout)));
         line("close_timeout", quoted(&fmt_duration(c.close_timeout)));
@@ -871,6 +874,20 @@ mod tests {
         assert_eq!(s.engine.shards, 3);
         // default when nobody says anything
         assert_eq!(s.engine.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.engine.ping_mode, tether::PingMode::Interval);
+    }
+
+    #[test]
+    fn ping_mode_from_file_and_flag() {
+        let file = temp_file("ping_mode.toml", "ping_mode = \"idle\"\n");
+        let file = file.to_str().unwrap();
+        let s = load_args(&["--config", file]).unwrap();
+        assert_eq!(s.engine.ping_mode, tether::PingMode::Idle);
+        assert!(s.to_toml().contains("ping_mode = \"idle\"\n"), "{}", s.to_toml());
+        let s = load_args(&["--config", file, "--ping-mode", "interval"]).unwrap();
+        assert_eq!(s.engine.ping_mode, tether::PingMode::Interval);
+        let e = load_args(&["--ping-mode", "sometimes"]).unwrap_err();
+        assert!(e.0.contains("must be interval or idle"), "{e}");
     }
 
     #[test]

@@ -160,6 +160,65 @@ def test_server_pings_arrive_and_idle_connection_survives(server):
     assert not any("pong timeout" in l for l in server.log), "an answering client was timed out"
 
 
+def frame_log(name: str) -> tuple[logging.Logger, list[str]]:
+    """A logger for one websockets connection that keeps its frame lines ("< PING ...", "> PONG ...")."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger(f"tether-test-ws-{name}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.handlers = [Collect()]
+    return logger, lines
+
+
+def test_ping_mode_idle_pings_only_quiet_connections():
+    """--ping-mode idle: a connection whose client talks (messages, or websockets' own keepalive pings) is
+    not pinged; a silent one is, and survives by answering. The same clients against --ping-mode interval
+    are all pinged (the check can fail)."""
+
+    async def clients(srv: Tetherd) -> dict[str, int]:
+        async def talker(logger):
+            async with client(srv.url(), ping_interval=None, logger=logger) as ws:
+                for i in range(12):
+                    await ws.send(f"m{i}")
+                    assert await recv(ws) == f"m{i}"
+                    await asyncio.sleep(0.3)
+
+        async def pinger(logger):
+            # websockets' keepalive: a client ping every 0.4 s.
+            async with client(srv.url(), ping_interval=0.4, ping_timeout=5, logger=logger) as ws:
+                await asyncio.sleep(3.6)
+                assert ws.close_code is None
+
+        async def silent(logger):
+            async with client(srv.url(), ping_interval=None, logger=logger) as ws:
+                await asyncio.sleep(3.6)
+                assert ws.close_code is None, f"silent client closed with {ws.close_code}"
+                await ws.send("still here")
+                assert await recv(ws) == "still here"
+
+        logs = {name: frame_log(name) for name in ("talker", "pinger", "silent")}
+        await asyncio.gather(talker(logs["talker"][0]), pinger(logs["pinger"][0]), silent(logs["silent"][0]))
+        return {name: sum(1 for m in lines if m.startswith("< PING")) for name, (_, lines) in logs.items()}
+
+    seen = {}
+    for mode in ("idle", "interval"):
+        srv = Tetherd("--ping-interval", "1s", "--pong-timeout", "1s", "--tick", "100ms", "--ping-mode", mode)
+        try:
+            seen[mode] = run(clients(srv))
+            assert not any("pong timeout" in l for l in srv.log), f"{mode}: an answering client was timed out"
+        finally:
+            srv.stop()
+    # At most one: idle mode never moves a connection's first ping (a random point of its first second).
+    assert seen["idle"]["talker"] <= 1 and seen["idle"]["pinger"] <= 1, f"idle mode pinged talkers: {seen}"
+    assert 2 <= seen["idle"]["silent"] <= 6, f"idle mode did not ping the silent client: {seen}"
+    assert all(2 <= n <= 6 for n in seen["interval"].values()), f"interval mode should ping everyone: {seen}"
+
+
 def test_silent_peer_is_closed_by_server():
     # A websockets client whose pong answers are suppressed: the server must close it (1011).
     srv = Tetherd("--ping-interval", "1s", "--pong-timeout", "1s", "--tick", "100ms", "--close-timeout", "1s")

@@ -42,6 +42,32 @@ pub enum Role {
     Client,
 }
 
+/// When a keepalive ping is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PingMode {
+    /// Every `ping_interval`, whatever the peer sends (the default).
+    #[default]
+    Interval,
+    /// Only after `ping_interval` in which nothing was heard from the peer: a frame from it (a message, its own
+    /// ping, a pong) moves the next ping to one interval after it. A connection that talks, or whose peer
+    /// pings more often than we do, is not pinged after its first ping; a silent one is pinged as in
+    /// `Interval`, so a dead peer is found as soon (`ping_interval + pong_timeout` after it was last heard).
+    /// Bytes trickled inside one frame count only as [`PROGRESS_AS_LIFE`] allows. The first ping keeps its
+    /// time (a random point of the first interval with `ping_jitter`): were it moved by the first frames,
+    /// connections that reconnect together and speak at once would ping together from then on.
+    Idle,
+}
+
+impl PingMode {
+    /// `interval` or `idle`, as [`parse_ping_mode`](crate::config::parse_ping_mode) reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PingMode::Interval => "interval",
+            PingMode::Idle => "idle",
+        }
+    }
+}
+
 /// Shared by every connection of a profile; passed by reference, never copied into a connection.
 #[derive(Clone, Debug)]
 pub struct ProtoConfig {
@@ -49,6 +75,8 @@ pub struct ProtoConfig {
     pub max_message_size: usize,
     /// Keepalive ping period; None = never ping.
     pub ping_interval: Option<Duration>,
+    /// Whether a ping goes out every interval or only after an interval without a frame from the peer.
+    pub ping_mode: PingMode,
     /// After a ping, a peer that sends no frame at all within this is dead (close 1011).
     pub pong_timeout: Duration,
     /// How long to wait for the peer's Close after we sent ours.
@@ -60,6 +88,7 @@ impl Default for ProtoConfig {
         ProtoConfig {
             max_message_size: 16 << 20,
             ping_interval: Some(Duration::from_secs(20)),
+            ping_mode: PingMode::Interval,
             pong_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
         }
@@ -231,8 +260,8 @@ struct Rx {
 /// The sending half and the connection's state: every byte written to the peer goes through it.
 pub struct Writer {
     state: State,
-    /// When the last ping was sent (the connection's start before the first one): the next
-    /// keepalive ping is due at `last_ping_at + ping_interval`.
+    /// When the last ping was sent (the connection's start before the first one; in [`PingMode::Idle`] also
+    /// when the peer was last heard, if later): the next keepalive ping is due at `last_ping_at + ping_interval`.
     last_ping_at: Instant,
     /// When the outstanding ping actually went out (for its RTT).
     ping_sent_at: Instant,
@@ -250,6 +279,9 @@ pub struct Writer {
     role: Role,
     /// The outstanding ping (`ping_counter`) has not been answered yet: its pong yields an rtt.
     rtt_pending: bool,
+    /// [`PingMode::Idle`]: once the first ping went out, a sign of life from the peer moves `last_ping_at` to
+    /// its time.
+    idle_pings: bool,
     /// permessage-deflate as negotiated: [`deflate::OFF`] (the default), [`deflate::NEVER_COMPRESS`] or the
     /// window this side compresses with; dedicated mode's own streams are in `State::Open`.
     deflate: u8,
@@ -278,11 +310,12 @@ fn after(t: Instant, d: Duration) -> Option<Instant> {
 
 impl Connection {
     /// Open state; `seed` feeds the xorshift used for client-role mask keys; the first ping is due one
-    /// ping_interval after `now` (see [`Writer::new`]; `_cfg` is not kept: every call takes the config).
-    pub fn new(role: Role, now: Instant, _cfg: &ProtoConfig, seed: u64) -> Self {
+    /// ping_interval after `now` (see [`Writer::new`]; `cfg` is not kept, only its ping mode: every call
+    /// takes the config).
+    pub fn new(role: Role, now: Instant, cfg: &ProtoConfig, seed: u64) -> Self {
         Connection {
             reader: Reader::default(),
-            writer: Writer::new(role, now, seed),
+            writer: Writer::new(role, now, seed, cfg.ping_mode),
             codec: Box::default(),
             spares: Spares::default(),
         }
@@ -451,7 +484,7 @@ impl Reader {
             Ok(t) => t,
             Err(e) => return Some(sm.fail(out, e)),
         };
-        sm.w.alive();
+        sm.w.alive(now);
         if buf.len() < total {
             sm.spares.lend_to(&mut self.partial);
             grow_partial(&mut self.partial, buf.len(), total);
@@ -504,7 +537,7 @@ impl Reader {
             Err(e) => return Some(sm.fail(out, e)),
         };
         if fresh {
-            sm.w.alive();
+            sm.w.alive(now);
         }
         // Invariant: partial never holds more than one frame, so partial.len() <= total.
         let missing = total.saturating_sub(self.partial.len());
@@ -514,7 +547,7 @@ impl Reader {
             self.partial.extend_from_slice(&input.data[input.pos..input.pos + take]);
             input.pos += take;
             if !fresh {
-                sm.w.frame_progress(take);
+                sm.w.frame_progress(take, now);
             }
             if take < missing {
                 return None;
@@ -568,7 +601,7 @@ impl Writer {
     /// An open connection's writer. `seed` feeds the xorshift used for client-role mask keys (0 is replaced
     /// by a fixed constant); the first keepalive ping is due one ping_interval after `now`
     /// ([`Writer::schedule_first_ping`] moves it).
-    pub fn new(role: Role, now: Instant, seed: u64) -> Writer {
+    pub fn new(role: Role, now: Instant, seed: u64, ping_mode: PingMode) -> Writer {
         Writer {
             state: State::Open(None),
             last_ping_at: now,
@@ -579,6 +612,7 @@ impl Writer {
             rng: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
             role,
             rtt_pending: false,
+            idle_pings: ping_mode == PingMode::Idle,
             deflate: deflate::OFF,
         }
     }
@@ -786,18 +820,22 @@ impl Writer {
         }
     }
 
-    /// The peer is alive (a frame began or ended): no pong is awaited any more.
-    fn alive(&mut self) {
+    /// The peer is alive (a frame began or ended, at `now`): no pong is awaited any more, and in
+    /// [`PingMode::Idle`] the next ping is one interval away.
+    fn alive(&mut self, now: Instant) {
         self.pong_wait_since = None;
         self.mid_frame_bytes = 0;
+        if self.idle_pings && self.ping_counter != 0 && now > self.last_ping_at {
+            self.last_ping_at = now;
+        }
     }
 
     /// `n` more payload bytes of a frame whose header came earlier.
-    fn frame_progress(&mut self, n: usize) {
-        if self.pong_wait_since.is_some() {
+    fn frame_progress(&mut self, n: usize, now: Instant) {
+        if self.pong_wait_since.is_some() || self.idle_pings {
             self.mid_frame_bytes = self.mid_frame_bytes.saturating_add(n.min(u32::MAX as usize) as u32);
             if self.mid_frame_bytes >= PROGRESS_AS_LIFE {
-                self.alive();
+                self.alive(now);
             }
         }
     }
@@ -886,7 +924,7 @@ impl Machine<'_> {
     /// A complete, unmasked frame whose header passed check_header.
     fn on_frame(&mut self, h: &FrameHeader, payload: &[u8], src: Src, out: &mut Vec<u8>, now: Instant) -> Action {
         // A whole frame is a sign of life (also one whose header came before the ping).
-        self.w.alive();
+        self.w.alive(now);
         let open = matches!(self.w.state, State::Open(_));
         match h.opcode {
             OP_TEXT | OP_BINARY => {
@@ -1173,7 +1211,7 @@ mod tests {
     fn first_ping_can_be_moved_into_the_first_interval() {
         let now = Instant::now();
         let cfg = ProtoConfig { ping_interval: Some(Duration::from_secs(10)), ..cfg() };
-        let mut w = Writer::new(Role::Server, now, 1);
+        let mut w = Writer::new(Role::Server, now, 1, PingMode::Interval);
         assert_eq!(w.poll_timeout(&cfg), Some(now + Duration::from_secs(10)));
         w.schedule_first_ping(now + Duration::from_secs(3), &cfg);
         assert_eq!(w.poll_timeout(&cfg), Some(now + Duration::from_secs(3)));
@@ -1541,6 +1579,80 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    /// `PingMode::Idle`: once the first ping went out (at its own time), whatever the peer sends moves the
+    /// next ping one interval past it; a silent peer is pinged and timed out as in `Interval`. The same
+    /// script in `Interval` pings on the fixed cadence.
+    #[test]
+    fn idle_mode_pings_only_after_an_interval_without_a_frame() {
+        let t0 = Instant::now();
+        let idle = ProtoConfig { ping_mode: PingMode::Idle, ..cfg() };
+        for (mode, cfg) in [("idle", idle), ("interval", cfg())] {
+            let mut c = Connection::new(Role::Server, t0, &cfg, 1);
+            let mut out = Vec::new();
+            // A message at 15 s does not move the first ping (it keeps its place in the interval).
+            assert_eq!(feed(&mut c, &cframe(true, OP_TEXT, b"hi"), &mut out, t0 + secs(15), &cfg).len(), 1);
+            assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(20)), "{mode}");
+            assert!(matches!(c.handle_timeout(t0 + secs(20), &mut out, &cfg), Some(Event::PingSent)), "{mode}");
+            feed(&mut c, &cframe(true, OP_PONG, &1u64.to_be_bytes()), &mut out, t0 + secs(20), &cfg);
+            // From then on a message at 35 s and the peer's own ping at 50 s each put the next ping an
+            // interval away in idle mode; interval mode pings at 40 s and 60 s regardless.
+            feed(&mut c, &cframe(true, OP_TEXT, b"hi"), &mut out, t0 + secs(35), &cfg);
+            out.clear();
+            let pinged_at_40 = matches!(c.handle_timeout(t0 + secs(40), &mut out, &cfg), Some(Event::PingSent));
+            assert_eq!(pinged_at_40, mode == "interval", "{mode}");
+            if mode == "interval" {
+                continue;
+            }
+            assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(55)));
+            feed(&mut c, &cframe(true, OP_PING, b"p"), &mut out, t0 + secs(50), &cfg);
+            assert_eq!(frames(&out), [(OP_PONG, false, b"p".to_vec())]);
+            out.clear();
+            assert!(c.handle_timeout(t0 + secs(55), &mut out, &cfg).is_none(), "pinged a peer heard at 50 s");
+            // Then silence: the ping comes one interval after the peer was last heard, and the pong deadline
+            // after it as always.
+            assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(70)));
+            assert!(c.handle_timeout(t0 + secs(69), &mut out, &cfg).is_none());
+            assert!(matches!(c.handle_timeout(t0 + secs(70), &mut out, &cfg), Some(Event::PingSent)));
+            assert_eq!(frames(&out)[0].0, OP_PING);
+            assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(80)));
+            assert!(matches!(
+                c.handle_timeout(t0 + secs(80), &mut out, &cfg),
+                Some(Event::Closed(CloseInfo { code: 1011, .. }))
+            ));
+        }
+    }
+
+    /// In `PingMode::Idle` a frame trickled a byte at a time is not a sign of life until `PROGRESS_AS_LIFE`
+    /// bytes of it came: a peer that only trickles is still pinged, and closed at the pong deadline.
+    #[test]
+    fn idle_mode_does_not_count_a_trickle_as_talk() {
+        let t0 = Instant::now();
+        let cfg = ProtoConfig { ping_mode: PingMode::Idle, ..cfg() };
+        let pinged = |at: u64| {
+            let mut c = Connection::new(Role::Server, t0, &cfg, 1);
+            let mut out = Vec::new();
+            c.send_ping(&mut out, t0).unwrap();
+            feed(&mut c, &cframe(true, OP_PONG, &1u64.to_be_bytes()), &mut out, t0 + secs(at), &cfg);
+            c
+        };
+        let mut c = pinged(0);
+        let mut out = Vec::new();
+        let frame = cframe(true, OP_BINARY, &[7u8; 100]);
+        // The header at 1 s (a frame began: a sign of life), then one byte a second.
+        feed(&mut c, &frame[..8], &mut out, t0 + secs(1), &cfg);
+        for i in 0..25 {
+            feed(&mut c, &frame[8 + i..9 + i], &mut out, t0 + secs(2 + i as u64), &cfg);
+        }
+        assert_eq!(c.poll_timeout(&cfg), Some(t0 + secs(21)));
+        assert!(matches!(c.handle_timeout(t0 + secs(21), &mut out, &cfg), Some(Event::PingSent)));
+        // Enough bytes of one frame do count.
+        let big = cframe(true, OP_BINARY, &vec![7u8; 40 << 10]);
+        let mut d = pinged(0);
+        feed(&mut d, &big[..8], &mut out, t0 + secs(1), &cfg);
+        feed(&mut d, &big[8..8 + (20 << 10)], &mut out, t0 + secs(10), &cfg);
+        assert_eq!(d.poll_timeout(&cfg), Some(t0 + secs(30)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod handshake;
 pub mod spares;
 
 pub use close::{CloseCause, CloseInfo, Initiator};
-pub use conn::{Connection, Event, Input, MessageKind, ProtoConfig, Reader, Role, SendError, Writer};
+pub use conn::{Connection, Event, Input, MessageKind, PingMode, ProtoConfig, Reader, Role, SendError, Writer};
 pub use deflate::{Codec, Deflate, PerConn};
 pub use frame::ProtocolError;
 pub use spares::Spares;
