@@ -128,38 +128,6 @@ def test_clean_close_1000(server):
         pytest.fail(f"no close line for the python client's 1000: {server.log[-10:]}")
 
 
-def test_server_pings_arrive_and_idle_connection_survives(server):
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    logger = logging.getLogger("tether-test-ws")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    handler = Collect()
-    logger.addHandler(handler)
-
-    async def go():
-        # No client pings: only the server's pings (answered by websockets) keep it alive.
-        async with client(server.url(), ping_interval=None, logger=logger) as ws:
-            await asyncio.sleep(3.5)
-            assert ws.close_code is None, f"idle connection closed with {ws.close_code}"
-            await ws.send("still alive")
-            assert await recv(ws) == "still alive"
-
-    try:
-        run(go())
-    finally:
-        logger.removeHandler(handler)
-    pings = [m for m in messages if m.startswith("< PING")]
-    pongs = [m for m in messages if m.startswith("> PONG")]
-    assert 2 <= len(pings) <= 6, f"expected 2..=6 server pings in 3.5 s with --ping-interval 1s: {pings}"
-    assert len(pongs) >= len(pings) - 1, f"websockets did not answer the pings: {pongs}"
-    assert not any("pong timeout" in l for l in server.log), "an answering client was timed out"
-
-
 def frame_log(name: str) -> tuple[logging.Logger, list[str]]:
     """A logger for one websockets connection that keeps its frame lines ("< PING ...", "> PONG ...")."""
     lines: list[str] = []
@@ -173,6 +141,25 @@ def frame_log(name: str) -> tuple[logging.Logger, list[str]]:
     logger.propagate = False
     logger.handlers = [Collect()]
     return logger, lines
+
+
+def test_server_pings_arrive_and_idle_connection_survives(server):
+    logger, messages = frame_log("idle")
+
+    async def go():
+        # No client pings: only the server's pings (answered by websockets) keep it alive.
+        async with client(server.url(), ping_interval=None, logger=logger) as ws:
+            await asyncio.sleep(3.5)
+            assert ws.close_code is None, f"idle connection closed with {ws.close_code}"
+            await ws.send("still alive")
+            assert await recv(ws) == "still alive"
+
+    run(go())
+    pings = [m for m in messages if m.startswith("< PING")]
+    pongs = [m for m in messages if m.startswith("> PONG")]
+    assert 2 <= len(pings) <= 6, f"expected 2..=6 server pings in 3.5 s with --ping-interval 1s: {pings}"
+    assert len(pongs) >= len(pings) - 1, f"websockets did not answer the pings: {pongs}"
+    assert not any("pong timeout" in l for l in server.log), "an answering client was timed out"
 
 
 def test_ping_mode_idle_pings_only_quiet_connections():
