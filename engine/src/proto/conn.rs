@@ -260,8 +260,9 @@ struct Rx {
 /// The sending half and the connection's state: every byte written to the peer goes through it.
 pub struct Writer {
     state: State,
-    /// When the last ping was sent (the connection's start before the first one; in [`PingMode::Idle`] also
-    /// when the peer was last heard, if later): the next keepalive ping is due at `last_ping_at + ping_interval`.
+    /// When the last ping was sent (the connection's start before the first one; in [`PingMode::Idle`], after
+    /// the first ping, also when the peer was last heard, if later): the next keepalive ping is due at
+    /// `last_ping_at + ping_interval`.
     last_ping_at: Instant,
     /// When the outstanding ping actually went out (for its RTT).
     ping_sent_at: Instant,
@@ -279,9 +280,6 @@ pub struct Writer {
     role: Role,
     /// The outstanding ping (`ping_counter`) has not been answered yet: its pong yields an rtt.
     rtt_pending: bool,
-    /// [`PingMode::Idle`]: once the first ping went out, a sign of life from the peer moves `last_ping_at` to
-    /// its time.
-    idle_pings: bool,
     /// permessage-deflate as negotiated: [`deflate::OFF`] (the default), [`deflate::NEVER_COMPRESS`] or the
     /// window this side compresses with; dedicated mode's own streams are in `State::Open`.
     deflate: u8,
@@ -310,12 +308,11 @@ fn after(t: Instant, d: Duration) -> Option<Instant> {
 
 impl Connection {
     /// Open state; `seed` feeds the xorshift used for client-role mask keys; the first ping is due one
-    /// ping_interval after `now` (see [`Writer::new`]; `cfg` is not kept, only its ping mode: every call
-    /// takes the config).
-    pub fn new(role: Role, now: Instant, cfg: &ProtoConfig, seed: u64) -> Self {
+    /// ping_interval after `now` (see [`Writer::new`]; `_cfg` is not kept: every call takes the config).
+    pub fn new(role: Role, now: Instant, _cfg: &ProtoConfig, seed: u64) -> Self {
         Connection {
             reader: Reader::default(),
-            writer: Writer::new(role, now, seed, cfg.ping_mode),
+            writer: Writer::new(role, now, seed),
             codec: Box::default(),
             spares: Spares::default(),
         }
@@ -469,7 +466,7 @@ impl Reader {
     ) -> Option<Action> {
         let start = input.pos;
         let buf = input.data.get_mut(start..).filter(|b| !b.is_empty())?;
-        let mut sm = Machine { rx: &mut self.rx, w, z, spares, max: cfg.max_message_size };
+        let mut sm = Machine::new(&mut self.rx, w, z, spares, cfg);
         let header = match parse_header(buf) {
             Err(e) => return Some(sm.fail(out, e)),
             Ok(None) => {
@@ -484,7 +481,7 @@ impl Reader {
             Ok(t) => t,
             Err(e) => return Some(sm.fail(out, e)),
         };
-        sm.w.alive(now);
+        sm.w.alive(now, sm.idle);
         if buf.len() < total {
             sm.spares.lend_to(&mut self.partial);
             grow_partial(&mut self.partial, buf.len(), total);
@@ -516,7 +513,7 @@ impl Reader {
         if input.is_empty() {
             return None;
         }
-        let mut sm = Machine { rx: &mut self.rx, w, z, spares, max: cfg.max_message_size };
+        let mut sm = Machine::new(&mut self.rx, w, z, spares, cfg);
         // Whether the header completes with this input (a frame starting) or came with an earlier one.
         let mut fresh = false;
         let header = loop {
@@ -537,7 +534,7 @@ impl Reader {
             Err(e) => return Some(sm.fail(out, e)),
         };
         if fresh {
-            sm.w.alive(now);
+            sm.w.alive(now, sm.idle);
         }
         // Invariant: partial never holds more than one frame, so partial.len() <= total.
         let missing = total.saturating_sub(self.partial.len());
@@ -547,7 +544,7 @@ impl Reader {
             self.partial.extend_from_slice(&input.data[input.pos..input.pos + take]);
             input.pos += take;
             if !fresh {
-                sm.w.frame_progress(take, now);
+                sm.w.frame_progress(take, now, sm.idle);
             }
             if take < missing {
                 return None;
@@ -601,7 +598,7 @@ impl Writer {
     /// An open connection's writer. `seed` feeds the xorshift used for client-role mask keys (0 is replaced
     /// by a fixed constant); the first keepalive ping is due one ping_interval after `now`
     /// ([`Writer::schedule_first_ping`] moves it).
-    pub fn new(role: Role, now: Instant, seed: u64, ping_mode: PingMode) -> Writer {
+    pub fn new(role: Role, now: Instant, seed: u64) -> Writer {
         Writer {
             state: State::Open(None),
             last_ping_at: now,
@@ -612,7 +609,6 @@ impl Writer {
             rng: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
             role,
             rtt_pending: false,
-            idle_pings: ping_mode == PingMode::Idle,
             deflate: deflate::OFF,
         }
     }
@@ -820,22 +816,22 @@ impl Writer {
         }
     }
 
-    /// The peer is alive (a frame began or ended, at `now`): no pong is awaited any more, and in
-    /// [`PingMode::Idle`] the next ping is one interval away.
-    fn alive(&mut self, now: Instant) {
+    /// The peer is alive (a frame began or ended, at `now`): no pong is awaited any more, and with `idle`
+    /// (the profile's [`PingMode::Idle`]), once the first ping went out, the next ping is one interval away.
+    fn alive(&mut self, now: Instant, idle: bool) {
         self.pong_wait_since = None;
         self.mid_frame_bytes = 0;
-        if self.idle_pings && self.ping_counter != 0 && now > self.last_ping_at {
+        if idle && self.ping_counter != 0 && now > self.last_ping_at {
             self.last_ping_at = now;
         }
     }
 
     /// `n` more payload bytes of a frame whose header came earlier.
-    fn frame_progress(&mut self, n: usize, now: Instant) {
-        if self.pong_wait_since.is_some() || self.idle_pings {
+    fn frame_progress(&mut self, n: usize, now: Instant, idle: bool) {
+        if self.pong_wait_since.is_some() || idle {
             self.mid_frame_bytes = self.mid_frame_bytes.saturating_add(n.min(u32::MAX as usize) as u32);
             if self.mid_frame_bytes >= PROGRESS_AS_LIFE {
-                self.alive(now);
+                self.alive(now, idle);
             }
         }
     }
@@ -863,6 +859,14 @@ struct Machine<'s> {
     spares: &'s mut Spares,
     /// The profile's max_message_size: the bound on an inflated message.
     max: usize,
+    /// The profile pings in [`PingMode::Idle`]: a sign of life moves the next ping.
+    idle: bool,
+}
+
+impl<'s> Machine<'s> {
+    fn new(rx: &'s mut Rx, w: &'s mut Writer, z: &'s mut Codec, spares: &'s mut Spares, cfg: &ProtoConfig) -> Self {
+        Machine { rx, w, z, spares, max: cfg.max_message_size, idle: cfg.ping_mode == PingMode::Idle }
+    }
 }
 
 impl Machine<'_> {
@@ -924,7 +928,7 @@ impl Machine<'_> {
     /// A complete, unmasked frame whose header passed check_header.
     fn on_frame(&mut self, h: &FrameHeader, payload: &[u8], src: Src, out: &mut Vec<u8>, now: Instant) -> Action {
         // A whole frame is a sign of life (also one whose header came before the ping).
-        self.w.alive(now);
+        self.w.alive(now, self.idle);
         let open = matches!(self.w.state, State::Open(_));
         match h.opcode {
             OP_TEXT | OP_BINARY => {
@@ -1211,7 +1215,7 @@ mod tests {
     fn first_ping_can_be_moved_into_the_first_interval() {
         let now = Instant::now();
         let cfg = ProtoConfig { ping_interval: Some(Duration::from_secs(10)), ..cfg() };
-        let mut w = Writer::new(Role::Server, now, 1, PingMode::Interval);
+        let mut w = Writer::new(Role::Server, now, 1);
         assert_eq!(w.poll_timeout(&cfg), Some(now + Duration::from_secs(10)));
         w.schedule_first_ping(now + Duration::from_secs(3), &cfg);
         assert_eq!(w.poll_timeout(&cfg), Some(now + Duration::from_secs(3)));

@@ -440,9 +440,9 @@ impl Core {
     fn open_slot(&mut self, slot: u32, profile: u8, role: Role, deflate: crate::proto::PerConn) {
         let seed = self.next_random();
         let now = self.now;
-        let cfg = &self.profiles[profile as usize].proto;
-        let mut writer = Writer::new(role, now, seed, cfg.ping_mode);
+        let mut writer = Writer::new(role, now, seed);
         writer.set_deflate(deflate);
+        let cfg = &self.profiles[profile as usize].proto;
         if let Some(interval) = cfg.ping_interval.filter(|_| self.cfg.ping_jitter) {
             let fraction = (seed >> 11) as f64 / (1u64 << 53) as f64;
             writer.schedule_first_ping(now + interval.mul_f64(fraction), cfg);
