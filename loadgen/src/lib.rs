@@ -14,6 +14,7 @@ pub mod load;
 pub mod plot;
 pub mod report;
 pub mod url;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::time::Duration;

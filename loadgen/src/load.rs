@@ -26,6 +26,7 @@ use crate::centrifugo::stats::{self as cent_stats, ApiStats, CentStats};
 use crate::centrifugo::{self, api::Publisher, CentrifugoConfig};
 use crate::report::{self, new_histogram, Report, Summary};
 use crate::url::Target;
+use crate::window::EchoWindow;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -73,6 +74,9 @@ pub struct LoadConfig {
     /// At the end of the hold, send one message on every open connection and wait (while they come, see
     /// `close_wait`) for the echoes: proof that each held connection still works end to end.
     pub final_echo: bool,
+    /// Final echoes out at once per shard; 0 (the default) = a window that follows their latency
+    /// ([`crate::window`]).
+    pub final_window: usize,
     pub progress: ProgressMode,
     /// `--protocol centrifugo`: speak the Centrifugo client protocol and publish; `None` = echo.
     pub centrifugo: Option<CentrifugoConfig>,
@@ -112,6 +116,7 @@ impl LoadConfig {
             tcp_user_timeout: Some(Duration::from_secs(30)),
             close_wait: Duration::from_secs(10),
             final_echo: false,
+            final_window: 0,
             progress: ProgressMode::Auto,
             centrifugo: None,
             deflate: tether::Deflate::Off,
@@ -172,8 +177,6 @@ const PAYLOAD_MAGIC: u64 = 0x646c_7265_6874_6574; // "tetherld"
 const FINAL_MAGIC: u64 = 0x6c6e_6966_6874_6574; // "tethfinl"
 /// The engine's timer tick: echo messages are paced by the wheel, and a fine tick keeps their cadence.
 const MESSAGE_TICK: Duration = Duration::from_millis(10);
-/// Final echoes out at once per shard (see `LoadHandler::pump_final`).
-const FINAL_WINDOW: usize = 2_000;
 const PAYLOAD_HEADER: usize = 16;
 
 /// What an echo message carries.
@@ -327,6 +330,7 @@ struct Shared {
     reconnect: bool,
     message_interval: Option<Duration>,
     closed_loop: bool,
+    final_window: usize,
     message_size: usize,
     /// `--payload json`: the documents sent in turn (empty for zeros).
     json_docs: Arc<[Vec<u8>]>,
@@ -419,6 +423,11 @@ pub struct ShardStats {
     /// without the pings the ramp's queues held up.
     pub ping_rtt_hold_us: Histogram<u64>,
     pub echo_us: Histogram<u64>,
+    /// `--final-echo` round trips.
+    pub final_echo_us: Histogram<u64>,
+    /// The most final echoes a shard had out at once (the sum over shards when merged): how far the
+    /// window opened while there were echoes left to send.
+    pub final_window_peak: u64,
     pub server_ping_interval_ms: Histogram<u64>,
     pub cent: CentStats,
 }
@@ -449,6 +458,8 @@ impl Default for ShardStats {
             ping_rtt_us: new_histogram(),
             ping_rtt_hold_us: new_histogram(),
             echo_us: new_histogram(),
+            final_echo_us: new_histogram(),
+            final_window_peak: 0,
             server_ping_interval_ms: new_histogram(),
             cent: CentStats::default(),
         }
@@ -489,6 +500,8 @@ impl ShardStats {
         let _ = self.ping_rtt_us.add(&o.ping_rtt_us);
         let _ = self.ping_rtt_hold_us.add(&o.ping_rtt_hold_us);
         let _ = self.echo_us.add(&o.echo_us);
+        let _ = self.final_echo_us.add(&o.final_echo_us);
+        self.final_window_peak += o.final_window_peak;
         let _ = self.server_ping_interval_ms.add(&o.server_ping_interval_ms);
         self.cent.merge(&o.cent);
     }
@@ -540,10 +553,11 @@ pub struct LoadHandler {
     recent_ping_us: Histogram<u64>,
     /// The final echo went out: no more echo traffic, also on connections that open later.
     traffic_done: bool,
-    /// The final echo's connections still to send on (popped from the end), and the echoes out (at most
-    /// `FINAL_WINDOW`).
+    /// The final echo's connections still to send on (popped from the end), the echoes out, and how many
+    /// may be out (it follows their latency).
     final_queue: Vec<ConnId>,
     final_inflight: usize,
+    final_window: EchoWindow,
     closing: bool,
     rng: u64,
     /// `--payload json`: the pool document to send next, and the send buffer.
@@ -560,6 +574,10 @@ const MAX_ERROR_KINDS: usize = 32;
 impl LoadHandler {
     fn new(shard: usize, shared: Arc<Shared>) -> LoadHandler {
         let seed = shared.epoch.elapsed().as_nanos() as u64 ^ (shard as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let final_window = match shared.final_window {
+            0 => EchoWindow::default(),
+            n => EchoWindow::fixed(n),
+        };
         let cent = shared.centrifugo.as_ref().map(|cfg| {
             CentShard::new(
                 cfg.clone(),
@@ -581,6 +599,7 @@ impl LoadHandler {
             traffic_done: false,
             final_queue: Vec::new(),
             final_inflight: 0,
+            final_window,
             closing: false,
             rng: seed | 1,
             next_doc: shard,
@@ -630,9 +649,9 @@ impl LoadHandler {
 
     /// Send final echoes while the window has room. All at once, a million of them (on two cores, with the
     /// server) took long enough that the pongs behind them missed their deadlines: half the connections
-    /// were dropped with 1011 in the final echo.
+    /// were dropped with 1011 in the final echo. The window follows the echoes' latency (`window.rs`).
     fn pump_final(&mut self, ctx: &mut Ctx<'_, Self>) {
-        while self.final_inflight < FINAL_WINDOW && !self.closing {
+        while self.final_inflight < self.final_window.size() && !self.closing {
             let Some(conn) = self.final_queue.pop() else { break };
             if ctx.state(conn).is_none_or(|c| c.closing) || !self.send_message(ctx, conn, FINAL_MAGIC) {
                 continue;
@@ -643,6 +662,7 @@ impl LoadHandler {
             self.final_inflight += 1;
             self.stats.final_sent += 1;
         }
+        self.stats.final_window_peak = self.stats.final_window_peak.max(self.final_inflight as u64);
         self.stats.final_queued = self.final_queue.len() as u64;
     }
 
@@ -789,7 +809,10 @@ impl Handler for LoadHandler {
             }
         };
         if magic == FINAL_MAGIC {
+            let now = self.shared.micros(ctx.now());
+            self.stats.final_echo_us.saturating_record(now.saturating_sub(sent).max(1));
             self.stats.final_echoed += 1;
+            self.final_window.on_echo(sent, now);
             self.final_done(ctx, conn);
         } else if magic == PAYLOAD_MAGIC {
             let latency = self.shared.micros(ctx.now()).saturating_sub(sent);
@@ -1165,6 +1188,7 @@ pub fn run(cfg: &LoadConfig, stop: &AtomicBool) -> anyhow::Result<Outcome> {
         message_interval: (cfg.message_rate > 0.0 && !cfg.closed_loop)
             .then(|| Duration::from_secs_f64(1.0 / cfg.message_rate)),
         closed_loop: cfg.closed_loop,
+        final_window: cfg.final_window,
         message_size: cfg.message_size,
         json_docs: match cfg.payload {
             Payload::Zeros => Arc::from(Vec::new()),
@@ -1517,6 +1541,8 @@ fn build_report(
         ping_rtt_us: Summary::of(&s.ping_rtt_us),
         ping_rtt_hold_us: Summary::of(&s.ping_rtt_hold_us),
         echo_us: Summary::of(&s.echo_us),
+        final_echo_us: Summary::of(&s.final_echo_us),
+        final_window_peak: s.final_window_peak,
         server_ping_interval_ms: Summary::of(&s.server_ping_interval_ms),
         pings: report::Pings {
             sent: engine.pings_sent,

@@ -214,6 +214,11 @@ struct Common {
     /// the echoes (report: messages.final_sent / final_echoed).
     #[arg(long)]
     final_echo: bool,
+    /// Final echoes out at once per shard. Default (0): a window that follows their latency, doubling
+    /// while they come back within 50 ms and shrinking when they are slower, so the final echo does not
+    /// queue up in front of the pongs on a busy machine.
+    #[arg(long, default_value_t = 0)]
+    final_window: usize,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -418,6 +423,7 @@ fn load_config(target: url::Target, connections: usize, c: &Common) -> anyhow::R
         tcp_user_timeout: c.tcp_user_timeout,
         close_wait: c.close_wait,
         final_echo: c.final_echo,
+        final_window: c.final_window,
         progress: if c.quiet { ProgressMode::Off } else { ProgressMode::Auto },
         centrifugo: None,
         deflate: c.deflate.unwrap_or(tether::Deflate::Off),

@@ -126,6 +126,10 @@ pub struct Report {
     /// Pings sent and answered in the hold only (after the ramp, before the final echo and the closes).
     pub ping_rtt_hold_us: Summary,
     pub echo_us: Summary,
+    /// `--final-echo` round trips, and the most final echoes out at once (summed over the shards' peaks;
+    /// the window follows the echoes' latency: `window.rs`).
+    pub final_echo_us: Summary,
+    pub final_window_peak: u64,
     pub server_ping_interval_ms: Summary,
     pub pings: Pings,
     pub messages: Messages,
@@ -324,8 +328,8 @@ impl Report {
         if self.messages.final_sent > 0 {
             let _ = writeln!(
                 s,
-                "final echo        sent {}  echoed {}",
-                self.messages.final_sent, self.messages.final_echoed
+                "final echo        sent {}  echoed {}  (up to {} out at once)",
+                self.messages.final_sent, self.messages.final_echoed, self.final_window_peak
             );
         }
         let _ = writeln!(s);
@@ -343,6 +347,9 @@ impl Report {
             ("echo", &self.echo_us, &us),
             ("server ping interval", &self.server_ping_interval_ms, &ms),
         ];
+        if self.messages.final_sent > 0 {
+            rows.insert(4, ("final echo", &self.final_echo_us, &us));
+        }
         if let Some(c) = &self.centrifugo {
             rows.push(("delivery", &c.latency_us, &us));
             rows.push(("delivery (recovered)", &c.recovered_latency_us, &us));
