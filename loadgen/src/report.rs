@@ -345,11 +345,11 @@ impl Report {
             ("ping rtt", &self.ping_rtt_us, &us),
             ("ping rtt (hold)", &self.ping_rtt_hold_us, &us),
             ("echo", &self.echo_us, &us),
-            ("server ping interval", &self.server_ping_interval_ms, &ms),
         ];
         if self.messages.final_sent > 0 {
-            rows.insert(4, ("final echo", &self.final_echo_us, &us));
+            rows.push(("final echo", &self.final_echo_us, &us));
         }
+        rows.push(("server ping interval", &self.server_ping_interval_ms, &ms));
         if let Some(c) = &self.centrifugo {
             rows.push(("delivery", &c.latency_us, &us));
             rows.push(("delivery (recovered)", &c.recovered_latency_us, &us));
