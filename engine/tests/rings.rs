@@ -106,8 +106,13 @@ fn one_thread_holds_several_rings_worth_of_connections() {
         }
     }
     assert_eq!((opens.len(), echoes, rtts), (N, N, N));
-    // Slots of every ring are in use: ids beyond one table's range exist on both sides.
-    assert!(opens.iter().any(|c| c.as_u64() >> 24 & 0xff_ffff >= 264 * 7), "the client's last ring is used");
+    // Slots of every ring are in use on the client: a thread numbers its slots across its rings in turn
+    // (slot `i * rings + r` is ring `r`'s descriptor `i`), so every residue mod 8 shows up, and the numbers
+    // stay within the eight tables.
+    let slots: Vec<u64> = opens.iter().map(|c| c.as_u64() >> 24 & 0xff_ffff).collect();
+    let rings: std::collections::BTreeSet<u64> = slots.iter().map(|s| s % 8).collect();
+    assert_eq!(rings.len(), 8, "the client's connections are on rings {rings:?}");
+    assert!(slots.iter().all(|&s| s < 264 * 8), "a slot past the eight tables: {:?}", slots.iter().max());
     let stats = server.handle().stats();
     assert_eq!(stats.websocket_open, N as u64);
     assert_eq!(stats.accept_table_full, 0);

@@ -120,9 +120,14 @@ pub struct RingConfig {
     pub slots: u32,
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
-    /// The thread's slot number of this ring's descriptor 0: every method takes the thread's slot numbers
-    /// and every token carries them; the ring subtracts `base` for its own table.
-    pub base: u32,
+    /// This ring's place among the thread's `stride` rings. The thread numbers its slots across its rings
+    /// in turn: descriptor `i` of ring `r` is the thread's slot `i * stride + r`. Every method takes the
+    /// thread's slot numbers and every token carries them; the ring divides by `stride` for its own table.
+    /// (In turn rather than in blocks, so that tables indexed by slot above the ring grow with the
+    /// connections: the kernel hands out each ring's lowest free descriptors, so the thread's highest slot
+    /// in use stays near the number open instead of jumping to the last ring's block.)
+    pub position: u32,
+    pub stride: u32,
     /// A second ring of the thread: it signals `notify` (an eventfd the thread's first ring reads) whenever
     /// it posts completions, so the thread can sleep on its first ring alone. It runs its task work the
     /// default way (a signal wakes the sleeping thread), not deferred: nobody waits on it directly.
@@ -187,8 +192,9 @@ pub struct Ring {
     backlog: Vec<Completion>,
     /// Whether DEFER_TASKRUN was accepted (otherwise COOP_TASKRUN or nothing).
     pub defer_taskrun: bool,
-    /// This ring's first slot in the thread's numbering.
-    base: u32,
+    /// This ring's place among the thread's rings, and their number (see `RingConfig::position`).
+    position: u32,
+    stride: u32,
     /// Read buffer for the children's eventfd (first ring only).
     child_wake_buf: Box<u64>,
     /// Scratch for building iovecs.
@@ -250,7 +256,8 @@ impl Ring {
             sockopt_values: Vec::new(),
             backlog: Vec::new(),
             defer_taskrun,
-            base: cfg.base,
+            position: cfg.position,
+            stride: cfg.stride.max(1),
             child_wake_buf: Box::new(0),
             pieces: Vec::new(),
             installs: Vec::new(),
@@ -260,16 +267,16 @@ impl Ring {
 
     /// The ring's own descriptor index for the thread's `slot`.
     fn fx(&self, slot: u32) -> Fixed {
-        Fixed(slot.wrapping_sub(self.base))
+        Fixed(slot / self.stride)
     }
 
     fn index(&self, slot: u32) -> usize {
-        slot.wrapping_sub(self.base) as usize
+        (slot / self.stride) as usize
     }
 
     /// The thread's slot number for this ring's descriptor `index` (an accept's or socket's result).
     pub fn slot_of(&self, index: u32) -> u32 {
-        self.base + index
+        index * self.stride + self.position
     }
 
     /// Submissions queued and not yet handed to the kernel.

@@ -116,11 +116,10 @@ pub(crate) struct Core {
     /// Reassembly buffers the shard's readers share (see proto/spares.rs): a frame spanning receives is
     /// assembled in one, returned when delivered.
     spares: crate::proto::Spares,
-    /// The thread's rings; ring `r` holds slots `r * table .. (r + 1) * table`. Ring 0 is the one the thread
+    /// The thread's rings; ring `r` holds the slots `r`, `r + rings`, `r + 2 * rings` ... (numbered in
+    /// turn, `RingConfig::position`). Ring 0 is the one the thread
     /// sleeps on; the others signal it through `child_wake`.
     rings: Vec<Ring>,
-    /// Registered file table size of each ring.
-    table: u32,
     /// Slots in use per ring, and socket ops in flight per ring (the client role opens sockets on the
     /// emptiest, counting those still on their way).
     ring_open: Vec<u32>,
@@ -357,7 +356,8 @@ impl Core {
                 slots: table,
                 recv_buffers: cfg.recv_buffers,
                 recv_buffer_size: cfg.recv_buffer_size,
-                base: r as u32 * table,
+                position: r as u32,
+                stride: count as u32,
                 child: r > 0,
             })?;
             if let (true, Some(wake)) = (r > 0, &child_wake) {
@@ -390,7 +390,6 @@ impl Core {
             index,
             profiles,
             rings,
-            table,
             ring_open: vec![0; count],
             ring_sockets: vec![0; count],
             child_wake,
@@ -467,12 +466,12 @@ impl Core {
 
     /// The ring that holds `slot`.
     fn ring(&mut self, slot: u32) -> &mut Ring {
-        let r = (slot / self.table) as usize;
+        let r = self.ring_index(slot);
         &mut self.rings[r]
     }
 
     fn ring_index(&self, slot: u32) -> usize {
-        (slot / self.table) as usize
+        slot as usize % self.rings.len()
     }
 
     /// Hand every ring's queued submissions to the kernel without waiting.
