@@ -978,6 +978,8 @@ struct Monitor {
     prev_opens: u64,
     prev_answered: u64,
     prev_deliveries: u64,
+    /// The handshakes recorded up to the last progress line: the line's handshake p99 is of those since.
+    prev_handshakes: Histogram<u64>,
     progress: Progress,
     phase: &'static str,
 }
@@ -1033,6 +1035,7 @@ impl Monitor {
             prev_opens: 0,
             prev_answered: 0,
             prev_deliveries: 0,
+            prev_handshakes: new_histogram(),
             progress,
             phase: "ramp",
         }
@@ -1097,15 +1100,25 @@ impl Monitor {
         let q = |q: f64| (!recent.is_empty()).then(|| recent.value_at_quantile(q) as f64 / 1000.0);
         let sample = Sample { t_s, open, ping_p50_ms: q(0.5), ping_p99_ms: q(0.99), drops: total.drops() };
         let opens = total.established + total.reconnects;
+        // The handshakes completed since the last line: the total's histogram less the last line's (the
+        // shards' histograms only grow; a shard that did not answer in time keeps its last copy).
+        let mut handshakes = total.handshake_us.clone();
+        let hs_p99 = match handshakes.subtract(&self.prev_handshakes) {
+            Ok(()) if !handshakes.is_empty() => Some(handshakes.value_at_quantile(0.99) as f64 / 1000.0),
+            _ => None,
+        };
+        self.prev_handshakes = total.handshake_us.clone();
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}ms"));
         let mut line = format!(
-            "[{:>5.0}s] {:<7} open {}/{}  conn/s {}  pings/s {}  ping p99 {}  drops {}",
+            "[{:>5.0}s] {:<7} open {}/{}  conn/s {}  handshake p99 {}  pings/s {}  ping p99 {}  drops {}",
             t_s,
             self.phase,
             open,
             self.target_connections,
             opens.saturating_sub(self.prev_opens),
+            ms(hs_p99),
             total.pings_answered.saturating_sub(self.prev_answered),
-            sample.ping_p99_ms.map_or("-".to_string(), |v| format!("{v:.2}ms")),
+            ms(sample.ping_p99_ms),
             sample.drops,
         );
         if total.cent.connects > 0 {
