@@ -117,8 +117,8 @@ pub(crate) struct Core {
     /// assembled in one, returned when delivered.
     spares: crate::proto::Spares,
     /// The thread's rings; ring `r` holds the slots `r`, `r + rings`, `r + 2 * rings` ... (numbered in
-    /// turn, `RingConfig::position`). Ring 0 is the one the thread
-    /// sleeps on; the others signal it through `child_wake`.
+    /// turn, `RingConfig::position`). Ring 0 is the one the thread sleeps on; the others signal it through
+    /// `child_wake`.
     rings: Vec<Ring>,
     /// Slots in use per ring, and socket ops in flight per ring (the client role opens sockets on the
     /// emptiest, counting those still on their way).
