@@ -8,20 +8,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use tether_tests::raw::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT};
-use tether_tests::{expect_close, read_http_response, wait_until, Server};
+use tether_tests::{expect_close, read_http_response, rss_kib, wait_until, Server};
 
 const FAST_PINGS: &[&str] =
     &["--ping-interval", "1s", "--pong-timeout", "1s", "--close-timeout", "1s", "--tick", "100ms"];
-
-/// The server's resident memory in KiB (VmRSS).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
 
 /// Waits until no WebSocket is open and at most the scrape itself holds a slot.
 fn wait_slots_free(server: &Server, what: &str) {

@@ -12,22 +12,13 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tether_tests::{block_on_with_timeout, Server};
+use tether_tests::{block_on_with_timeout, rss_kib, Server};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
 const CONNECTIONS: usize = 64;
 /// 64 connections need well under 1 MiB; the tables of a single high ring slot cost tens of MiB.
 const GROWTH_LIMIT_KIB: u64 = 6 * 1024;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("tetherd's /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc status")
-}
 
 #[test]
 fn the_first_connections_of_a_many_ring_shard_touch_only_what_they_use() {
