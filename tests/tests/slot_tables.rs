@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tether_tests::{block_on_with_timeout, rss_kib, Server};
+use tether_tests::{block_on_with_timeout, rss_kib, wait_until, Server};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,8 +33,12 @@ fn the_first_connections_of_a_many_ring_shard_touch_only_what_they_use() {
         "--ping-interval",
         "1h",
     ]);
-    let rings = server.log.matching(&["rings_per_shard=11"]);
-    assert!(!rings.is_empty(), "the premise: one shard of 11 rings; tetherd said:\n{}", server.log.tail(10));
+    // The start line goes to stderr, which another thread reads: it may land a moment after the stdout
+    // line that `Server::start` waited for.
+    let eleven = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        !server.log.matching(&["rings_per_shard="]).is_empty()
+    }) && !server.log.matching(&["rings_per_shard=11"]).is_empty();
+    assert!(eleven, "the premise: one shard of 11 rings; tetherd said:\n{}", server.log.tail(10));
     let url = server.ws_url("/");
     // Settle whatever the start allocates, then take the baseline.
     std::thread::sleep(Duration::from_millis(300));
