@@ -1101,13 +1101,14 @@ impl Monitor {
         let sample = Sample { t_s, open, ping_p50_ms: q(0.5), ping_p99_ms: q(0.99), drops: total.drops() };
         let opens = total.established + total.reconnects;
         // The handshakes completed since the last line: the total's histogram less the last line's (the
-        // shards' histograms only grow; a shard that did not answer in time keeps its last copy).
+        // shards' histograms only grow; a shard that did not answer in time keeps its last copy). The total's
+        // histogram is kept for the next line (moved: nothing below reads it).
         let mut handshakes = total.handshake_us.clone();
         let hs_p99 = match handshakes.subtract(&self.prev_handshakes) {
             Ok(()) if !handshakes.is_empty() => Some(handshakes.value_at_quantile(0.99) as f64 / 1000.0),
             _ => None,
         };
-        self.prev_handshakes = total.handshake_us.clone();
+        self.prev_handshakes = total.handshake_us;
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}ms"));
         let mut line = format!(
             "[{:>5.0}s] {:<7} open {}/{}  conn/s {}  handshake p99 {}  pings/s {}  ping p99 {}  drops {}",
